@@ -1,0 +1,10 @@
+//! floxy-core
+pub mod builder;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod expr;
+pub mod graph;
+pub mod machine;
+pub mod model;
+pub mod store;
+pub mod validate;
