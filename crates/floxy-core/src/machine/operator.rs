@@ -178,6 +178,15 @@ impl Work<'_> {
                 if status != StepStatus::CompensationFailed {
                     return Err(TransitionError::StaleResult { step: rec.record.step.to_string(), status, kind: "requeue" });
                 }
+                // Compensations run strictly one at a time: a repair waits for the
+                // compensation in flight.
+                if self.run_ids().into_iter().any(|o| self.status(o) == Some(StepStatus::Compensating)) {
+                    return Err(TransitionError::WrongInstanceStatus {
+                        operation: "requeue of a compensation",
+                        status: self.inst.status,
+                        expected: "no other compensation in flight",
+                    });
+                }
                 let NodeKind::Task { compensation: Some(handler), .. } = &self.wf.node(n).kind else {
                     return Err(TransitionError::Corrupt("compensation record of a step without on_failure".into()));
                 };
