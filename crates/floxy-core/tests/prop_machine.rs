@@ -1,7 +1,7 @@
 //! Property tests: random workflow graphs (nested forks, conditions, savepoints, human
 //! steps) driven with random outcomes, interleavings, lease losses, cancels and aborts;
 //! every SEMANTICS §13 invariant is checked at the end.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::explicit_counter_loop, clippy::collapsible_if)]
 
 mod common;
 use common::{payload, H};

@@ -209,8 +209,9 @@ pub async fn claim_priority_aging<S: Store>(store: S) {
     add("new-high", at(600_000), 90);
     // Fresh at priority 20: key = at(600 s) - 40 s.
     add("new-low", at(600_000), 20);
-    // Due in the future with top priority: smallest key, not claimable yet.
-    add("future", at(700_000), 100);
+    // Due in 10 s with top priority: the smallest key, but not claimable yet (the leases
+    // taken below expire at 630 s, after this item is due).
+    add("future", at(610_000), 100);
     create(&store, t).await;
     let got = claim(&store, "w", &["h"], 10, at(600_000)).await;
     assert_eq!(
@@ -219,10 +220,10 @@ pub async fn claim_priority_aging<S: Store>(store: S) {
         "aged low priority first, then by priority; the future item waits"
     );
     assert!(
-        claim(&store, "w", &["h"], 10, at(699_999)).await.is_empty(),
+        claim(&store, "w", &["h"], 10, at(609_999)).await.is_empty(),
         "not claimable before its run_at"
     );
-    let later = claim(&store, "w", &["h"], 10, at(700_000)).await;
+    let later = claim(&store, "w", &["h"], 10, at(610_000)).await;
     assert_eq!(steps_of(&later), vec!["future"], "claimable at its run_at");
 }
 
