@@ -775,3 +775,21 @@ mod s12_events {
         );
     }
 }
+
+mod s5_strict_order {
+    use super::*;
+
+    #[test]
+    fn rollback_waits_for_running_handlers_before_compensating() {
+        let mut h = H::start(saga(), json!({}));
+        h.ok("reserve");
+        let (token, attempt, _) = h.claim("charge", WorkKind::Execute);
+        h.feed(Input::Cancel { reason: None }).unwrap();
+        assert!(h.ready().is_empty(), "no compensation while charge still runs");
+        let key = QueueKey { instance_id: h.snap.instance.id, step: "charge".into(), kind: WorkKind::Execute };
+        h.feed(Input::WorkDone { key, token, attempt, outcome: WorkOutcome::Succeeded(Payload::null()) }).unwrap();
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge", "reserve"], "late success compensated first");
+        assert_eq!(h.inst(), InstanceStatus::Cancelled);
+    }
+}

@@ -23,7 +23,15 @@ impl Work<'_> {
     /// handler become `rolled_back` without a call, in their turn.
     pub fn drive_compensation(&mut self) -> Result<(), TransitionError> {
         let ids = self.run_ids();
-        if ids.iter().any(|&n| self.status(n) == Some(StepStatus::Compensating)) {
+        // One at a time, and only once every handler asked to stop has reported: a late
+        // success must be compensated before anything that completed earlier.
+        let in_flight = ids.iter().any(|&n| {
+            self.run(n).is_some_and(|r| {
+                r.status == StepStatus::Compensating
+                    || (r.status == StepStatus::Running && r.cancel_requested)
+            })
+        });
+        if in_flight {
             return Ok(());
         }
         loop {

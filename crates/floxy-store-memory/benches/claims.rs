@@ -1,0 +1,169 @@
+//! Claim throughput of the memory store, single thread.
+//!
+//! A store is prefilled with 100,000 `Execute` items (10,000 instances of 10 pending steps,
+//! spread over 1,000 distinct `run_at`s and 5 priorities) and drained by claims of a fixed
+//! batch size; when it is empty, a fresh prefilled store replaces it outside the timed
+//! section. The first claim on a store promotes all 100,000 items into the ready sets (they
+//! all became due at once); that cost is timed and spread over the store's claims. Every claim does the full work of the contract: lease with a fencing token,
+//! attempt, step run to `running`, `step_started` event, and a clone of the item and step
+//! run for the caller. Throughput is reported in claimed items per second.
+//!
+//! ```text
+//! cargo bench -p floxy-store-memory --bench claims -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use floxy_core::model::{
+    EventKind, InstanceId, InstanceRecord, InstanceStatus, NewEvent, Payload, QueueItem,
+    QueueKey, QueueOp, StepRun, StepStatus, StepWrite, Timestamp, Transition, WorkKind,
+    WorkflowId,
+};
+use floxy_core::store::{ClaimRequest, ClaimedItem, Store, StoreError};
+use floxy_store_memory::MemoryStore;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+const ITEMS: usize = 100_000;
+const STEPS_PER_INSTANCE: usize = 10;
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+/// Polls a future that never waits (every memory store method completes on first poll).
+fn now_or_never<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the memory store never waits"),
+    }
+}
+
+fn prefilled(handlers: &[&str]) -> MemoryStore {
+    let store = MemoryStore::new();
+    let wf = WorkflowId::new("bench", 1);
+    let steps: Vec<Arc<str>> = (0..STEPS_PER_INSTANCE)
+        .map(|i| Arc::from(format!("step-{i}")))
+        .collect();
+    let handlers: Vec<Arc<str>> = handlers.iter().map(|h| Arc::from(*h)).collect();
+    let input = Payload::new(serde_json::json!({ "order": 42 }));
+    for n in 0..ITEMS / STEPS_PER_INSTANCE {
+        let id = InstanceId::from_u128(n as u128 + 1);
+        let mut t = Transition {
+            now: T0,
+            create: true,
+            instance: InstanceRecord {
+                id,
+                workflow_id: wf.clone(),
+                status: InstanceStatus::Running,
+                input: input.clone(),
+                output: None,
+                error: None,
+                idempotency_key: None,
+                created_at: T0,
+                updated_at: T0,
+                version: 1,
+                completion_seq: 0,
+                rollback_depth: 0,
+                rollback_to: None,
+                failed_step: None,
+                branches: Vec::new(),
+            },
+            steps: Vec::new(),
+            queue: Vec::new(),
+            events: vec![NewEvent {
+                kind: EventKind::WorkflowStarted,
+                step: None,
+                attempt: None,
+                detail: None,
+            }],
+            dlq_insert: Vec::new(),
+            dlq_delete: Vec::new(),
+            lease_check: None,
+        };
+        for (i, step) in steps.iter().enumerate() {
+            let k = n * STEPS_PER_INSTANCE + i;
+            let run_at = T0.add_ms((k % 1_000) as u64);
+            let priority = 30 + 10 * (k % 5) as u8;
+            t.steps.push(StepWrite {
+                run: StepRun::new(id, step.clone(), StepStatus::Pending, input.clone(), T0),
+                expect: None,
+            });
+            t.queue.push(QueueOp::Upsert(QueueItem {
+                key: QueueKey {
+                    instance_id: id,
+                    step: step.clone(),
+                    kind: WorkKind::Execute,
+                },
+                workflow_id: wf.clone(),
+                handler: handlers[k % handlers.len()].clone(),
+                run_at,
+                priority,
+                order_key: QueueItem::order_key_for(run_at, priority, 2_000),
+                attempt: 0,
+                lease_ttl_ms: 60_000,
+                cancel_requested: false,
+                lease: None,
+            }));
+        }
+        if let Err(e) = now_or_never(store.create_instance(t)) {
+            panic!("prefill failed: {e}");
+        }
+    }
+    store
+}
+
+fn claim(store: &MemoryStore, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
+    now_or_never(store.claim(req))
+}
+
+fn bench_claims(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory_claims");
+    group.sample_size(20);
+    let cases: [(&str, &[&str], usize); 3] = [
+        ("1_handler", &["h"], 1),
+        ("1_handler", &["h"], 64),
+        ("4_handlers", &["h0", "h1", "h2", "h3"], 64),
+    ];
+    for (label, handlers, batch) in cases {
+        group.throughput(Throughput::Elements(batch as u64));
+        let req = ClaimRequest {
+            owner: Arc::from("bench-worker"),
+            handlers: handlers.iter().map(|h| Arc::from(*h)).collect(),
+            limit: batch,
+            now: T0.add_ms(1_000),
+        };
+        group.bench_function(BenchmarkId::new(label, format!("batch_{batch}")), |b| {
+            // One store drained across samples, so the promotion of newly due items (paid
+            // by the first claim after they became due) is spread over all their claims.
+            let mut store = prefilled(handlers);
+            let mut left = ITEMS / batch;
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    if left == 0 {
+                        store = prefilled(handlers);
+                        left = ITEMS / batch;
+                    }
+                    let n = left.min(usize::try_from(iters - done).unwrap_or(usize::MAX));
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        match claim(&store, &req) {
+                            Ok(items) => assert_eq!(black_box(items).len(), batch),
+                            Err(e) => panic!("claim failed: {e}"),
+                        }
+                    }
+                    total += start.elapsed();
+                    left -= n;
+                    done += n as u64;
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_claims);
+criterion_main!(benches);

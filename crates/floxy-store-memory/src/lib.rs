@@ -1,0 +1,235 @@
+//! An in-memory [`Store`] for floxy: the default backend for embedding and tests, the oracle
+//! of the differential tests, and the fastest way to claim work.
+//!
+//! [`MemoryStore`] keeps everything behind **one mutex** (`parking_lot`, or `loom`'s under
+//! `--cfg floxy_loom`). Every trait method takes the lock once, does plain synchronous work,
+//! and releases it before returning; nothing is held across an `.await` (the methods never
+//! await). One lock for everything makes the contract easy to meet: a transition is checked
+//! completely and then applied, with no other operation in between, so atomicity and
+//! per-instance serialisation hold by construction. Data is not durable
+//! ([`Capabilities::durable`] is false) and lives as long as the last clone of the store.
+//!
+//! # Data structures
+//!
+//! * **Instances** live in a slab (`Vec<Option<_>>`) indexed by a small slot number, with a
+//!   `BTreeMap<InstanceId, slot>` for lookups and id-ordered paging. Each entry keeps its
+//!   [`InstanceSnapshot`](floxy_core::model::InstanceSnapshot) as is, so `update_instance`
+//!   hands the transition function a reference instead of building a snapshot, plus a
+//!   step-name index, its events (a `Vec`, already in sequence order because sequence
+//!   numbers are store-wide and increasing) and the slab ids of its queue items.
+//! * **Idempotency keys** are a `HashMap<WorkflowId, HashMap<key, InstanceId>>`; **DLQ
+//!   records** live in their instance's snapshot with a `BTreeMap<DlqId, slot>` for paging;
+//!   **terminal instances** are indexed by `(updated_at, id)` so `cleanup` never scans the
+//!   live ones; per-status counters make `stats` O(1).
+//! * **Queue items** live in a second slab; a `HashMap<QueueKey, item id>` resolves the keys
+//!   that transitions and heartbeats name. The item remembers its instance's slot and the
+//!   index of its step run, so a claim touches no hash map.
+//!
+//! # Why claims are fast
+//!
+//! Handler names are interned to small numbers, and each handler owns a claim index:
+//!
+//! * `by_due: BTreeSet<(due, item id)>`: all its items by the time they become claimable
+//!   (`run_at`, or the lease expiry if leased);
+//! * `ready: BTreeSet<(order_key, key, item id)>`: the items already due, in claim order;
+//! * `watermark`: the latest `now` promoted so far. An item is in `ready` exactly when its
+//!   due time is at or before the watermark.
+//!
+//! A claim at `now` first promotes the `by_due` range `(watermark, now]` into `ready`. That
+//! range holds only items that became due since the previous claim, so each item is
+//! promoted once per due time: new items, retries whose `run_at` arrived, and expired leases
+//! (which come back to `ready` this way, still carrying their old lease, so the claim can
+//! report `previous_lease_expired`). Then the claim pops the first `limit` entries of
+//! `ready`; with several handlers it takes up to `limit` candidates from each, sorts them
+//! and keeps the first `limit`. Each claimed item costs a `pop_first` and a re-insertion in
+//! `by_due` at its lease expiry (all `O(log n)`), a fencing token from a plain counter under
+//! the lock, and for `Execute` items a direct slab access to its step run and a push of the
+//! `step_started` event. Items not yet due are never looked at. A claim whose `now` is older
+//! than the watermark (a worker with a lagging clock) checks the due time of each ready
+//! entry and skips the ones not due for it.
+//!
+//! # Choices where the contract is silent
+//!
+//! * A lease whose expiry has passed but that nobody has reclaimed yet is still current: a
+//!   heartbeat with its token extends it, and a transition with its token is accepted.
+//! * Claiming an `Execute` item whose step run is not `pending`, `retrying` or `running`
+//!   leases the item but leaves the step run alone and writes no event. (An item whose step
+//!   run is missing fails the whole claim with [`StoreError::Corrupt`], as the contract
+//!   says, and nothing is leased.)
+//! * Several writes to the same step in one transition are checked in order: each `expect`
+//!   is compared with the status the previous write of the transition left.
+//! * A transition may only write queue items, step runs and DLQ records of its own
+//!   instance, and may delete only its own DLQ records (unknown DLQ ids are ignored);
+//!   anything else is a [`StoreError::Conflict`]. Changing the idempotency key to one used
+//!   by another instance is a conflict too.
+//! * Reads of an unknown instance return `None` or an empty list.
+//! * [`StoreStats::instances_by_status`](floxy_core::store::StoreStats) lists only statuses
+//!   with at least one instance, in [`InstanceStatus::ALL`](floxy_core::model::InstanceStatus)
+//!   order.
+
+mod queue;
+mod state;
+mod sync;
+
+use async_trait::async_trait;
+use floxy_core::model::{
+    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
+    Timestamp, Transition, WorkflowDefinition, WorkflowId,
+};
+use floxy_core::store::{
+    Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
+    LeaseState, Page, PutDefinition, Store, StoreError, StoreStats, TransitionFn,
+};
+use state::State;
+use std::fmt;
+use sync::{Arc, Mutex};
+
+/// The in-memory store. Cloning is cheap and shares the data (an inner `Arc`).
+///
+/// ```
+/// use floxy_store_memory::MemoryStore;
+/// let store = MemoryStore::new();
+/// let shared = store.clone(); // same data
+/// # drop(shared);
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<State>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(State::new())),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn capabilities(&self) -> Capabilities {
+        // `Capabilities` is `#[non_exhaustive]` with no constructor in `floxy_core::store`:
+        // build it through the conformance module's helper until the core has one.
+        floxy_core::conformance::capabilities(false, false)
+    }
+
+    async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {
+        self.inner.lock().put_definition(def)
+    }
+
+    async fn get_definition(
+        &self,
+        id: &WorkflowId,
+    ) -> Result<Option<WorkflowDefinition>, StoreError> {
+        Ok(self.inner.lock().get_definition(id))
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<WorkflowDefinition>, StoreError> {
+        Ok(self.inner.lock().list_definitions())
+    }
+
+    async fn create_instance(&self, t: Transition) -> Result<CreateOutcome, StoreError> {
+        self.inner.lock().create_instance(t)
+    }
+
+    async fn update_instance(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+    ) -> Result<Transition, StoreError> {
+        self.inner.lock().update_instance(id, f)
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
+        self.inner.lock().claim(req)
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[LeaseRef],
+        now: Timestamp,
+    ) -> Result<Vec<LeaseState>, StoreError> {
+        Ok(self.inner.lock().heartbeat(owner, leases, now))
+    }
+
+    async fn load_instance(
+        &self,
+        id: InstanceId,
+    ) -> Result<Option<InstanceSnapshot>, StoreError> {
+        Ok(self.inner.lock().load_instance(id))
+    }
+
+    async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        Ok(self.inner.lock().get_instance(id))
+    }
+
+    async fn list_steps(&self, id: InstanceId) -> Result<Vec<StepRun>, StoreError> {
+        Ok(self.inner.lock().list_steps(id))
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        workflow_id: &WorkflowId,
+        key: &str,
+    ) -> Result<Option<InstanceId>, StoreError> {
+        Ok(self.inner.lock().find_by_idempotency_key(workflow_id, key))
+    }
+
+    async fn list_instances(
+        &self,
+        q: &InstanceQuery,
+    ) -> Result<Page<InstanceRecord, InstanceId>, StoreError> {
+        Ok(self.inner.lock().list_instances(q))
+    }
+
+    async fn list_events(
+        &self,
+        id: InstanceId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        Ok(self.inner.lock().list_events(id, after_seq, limit))
+    }
+
+    async fn list_dlq(&self, q: &DlqQuery) -> Result<Page<DlqRecord, DlqId>, StoreError> {
+        Ok(self.inner.lock().list_dlq(q))
+    }
+
+    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqRecord>, StoreError> {
+        Ok(self.inner.lock().get_dlq(id))
+    }
+
+    async fn list_queue(&self, id: InstanceId) -> Result<Vec<QueueItem>, StoreError> {
+        Ok(self.inner.lock().list_queue(id))
+    }
+
+    async fn next_due(
+        &self,
+        handlers: &[std::sync::Arc<str>],
+    ) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.inner.lock().next_due(handlers))
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        Ok(self.inner.lock().stats())
+    }
+
+    async fn cleanup(&self, older_than: Timestamp) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().cleanup(older_than))
+    }
+}

@@ -1,0 +1,244 @@
+//! Working on one claimed item: run its handler (or not), feed the result to the core,
+//! commit.
+
+use crate::engine::Engine;
+use crate::handler::{CompensationInfo, StepContext};
+use crate::heartbeat::LeaseGuard;
+use floxy_core::graph::CompiledWorkflow;
+use floxy_core::machine::{Input, TransitionError, WorkOutcome};
+use floxy_core::model::{CompensationReason, FencingToken, QueueItem, StepKind, StepRun, WorkKind};
+use floxy_core::store::{ClaimedItem, StoreError};
+use futures::FutureExt;
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+impl Engine {
+    /// Works on one claimed item to the end: the result is committed, dropped (stale lease,
+    /// lost lease) or abandoned (hard shutdown; the lease expires).
+    pub(crate) async fn process(&self, claimed: ClaimedItem) {
+        let span = tracing::info_span!(
+            "floxy.step",
+            instance = %claimed.item.key.instance_id,
+            workflow = %claimed.item.workflow_id,
+            step = %claimed.item.key.step,
+            attempt = claimed.item.attempt,
+            kind = claimed.item.key.kind.as_str(),
+        );
+        self.process_in_span(claimed).instrument(span).await;
+    }
+
+    async fn process_in_span(&self, claimed: ClaimedItem) {
+        let ClaimedItem {
+            item,
+            previous_lease_expired,
+            run,
+        } = claimed;
+        let Some(token) = item.lease.as_ref().map(|l| l.token) else {
+            tracing::error!("store returned a claimed item without a lease; skipping it");
+            return;
+        };
+        let inner = &self.inner;
+        let wf = match inner
+            .workflows
+            .get(inner.store.as_ref(), &item.workflow_id)
+            .await
+        {
+            Ok(wf) => wf,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the item's workflow; its lease will expire");
+                return;
+            }
+        };
+        let guard = inner.leases.register(
+            item.key.clone(),
+            token,
+            item.lease_ttl_ms,
+            inner.config.clock.now(),
+            inner.lifecycle.hard_stop.child_token(),
+        );
+        if item.cancel_requested {
+            guard.cancel.cancel();
+        }
+        let key = item.key.clone();
+        let input = if previous_lease_expired {
+            tracing::debug!("previous lease expired; reporting the lost attempt");
+            Input::LeaseExpired {
+                key,
+                token,
+                attempt: item.attempt,
+            }
+        } else {
+            match item.key.kind {
+                WorkKind::Timer => Input::TimerFired { key, token },
+                WorkKind::Execute | WorkKind::Compensate => {
+                    let Some(outcome) = self.run_handler(&wf, &item, &run, &guard).await else {
+                        return;
+                    };
+                    Input::WorkDone {
+                        key,
+                        token,
+                        attempt: item.attempt,
+                        outcome,
+                    }
+                }
+            }
+        };
+        if guard.lost.is_cancelled() {
+            tracing::debug!("lease lost while working; result dropped");
+            return;
+        }
+        self.commit_result(&wf, &item, token, input).await;
+        drop(guard);
+    }
+
+    async fn commit_result(
+        &self,
+        wf: &Arc<CompiledWorkflow>,
+        item: &QueueItem,
+        token: FencingToken,
+        input: Input,
+    ) {
+        match self
+            .inner
+            .apply_input(wf, item.key.instance_id, input)
+            .await
+        {
+            Ok(t) => tracing::debug!(status = t.instance.status.as_str(), "result committed"),
+            Err(StoreError::StaleLease { .. }) => {
+                tracing::debug!(token = token.0, "stale lease; result dropped");
+            }
+            Err(StoreError::Rejected(TransitionError::Corrupt(msg))) => {
+                tracing::error!(error = %msg, "state machine found the instance inconsistent");
+            }
+            Err(StoreError::Rejected(e)) => {
+                tracing::debug!(error = %e, "state machine refused the result; dropped");
+            }
+            Err(StoreError::NotFound(_)) => tracing::debug!("instance is gone; result dropped"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not commit the result; the lease will expire and the attempt count as lost"
+            ),
+        }
+    }
+
+    /// Runs the handler of an `Execute` or `Compensate` item with its timeout, catching
+    /// panics. `None`: the lease was lost or the engine hard-stopped; drop the attempt.
+    async fn run_handler(
+        &self,
+        wf: &CompiledWorkflow,
+        item: &QueueItem,
+        run: &StepRun,
+        guard: &LeaseGuard,
+    ) -> Option<WorkOutcome> {
+        let Some(handler) = self.inner.handlers.get(&item.handler) else {
+            return Some(WorkOutcome::Failed {
+                error: format!("no handler named {:?} is registered", item.handler),
+                retryable: true,
+            });
+        };
+        let step_def = wf.find(&item.key.step).map(|n| wf.step_def(n));
+        let timeout_ms = step_def.and_then(|d| match item.key.kind {
+            WorkKind::Compensate => match &d.kind {
+                StepKind::Task {
+                    on_failure: Some(c),
+                    ..
+                } => c.timeout_ms,
+                _ => None,
+            },
+            _ => d.options.timeout_ms,
+        });
+        let compensation = (item.key.kind == WorkKind::Compensate).then(|| {
+            Arc::new(CompensationInfo {
+                reason: run.compensate.unwrap_or(CompensationReason::Failure),
+                output: run.output.clone(),
+                error: run.error.clone(),
+            })
+        });
+        let ctx = StepContext {
+            instance_id: item.key.instance_id,
+            workflow_id: item.workflow_id.clone(),
+            step: item.key.step.clone(),
+            attempt: item.attempt,
+            idempotency_key: run.idempotency_key().into(),
+            metadata: Arc::new(
+                step_def
+                    .map(|d| d.options.metadata.clone())
+                    .unwrap_or_default(),
+            ),
+            kind: item.key.kind,
+            compensation,
+            cancel: guard.cancel.clone(),
+        };
+        let call = AssertUnwindSafe(handler.execute(ctx, run.input.clone())).catch_unwind();
+        let timed = async {
+            match timeout_ms {
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
+                    .await
+                    .map_err(|_| ms),
+                None => Ok(call.await),
+            }
+        };
+        let hard_stop = &self.inner.lifecycle.hard_stop;
+        let result = tokio::select! {
+            biased;
+            r = timed => r,
+            () = guard.lost.cancelled() => {
+                tracing::debug!("lease lost while the handler ran; abandoning it");
+                return None;
+            }
+            () = hard_stop.cancelled() => {
+                tracing::debug!("shutdown: abandoning the handler; its lease will expire");
+                return None;
+            }
+        };
+        let outcome = match result {
+            Err(ms) => {
+                guard.cancel.cancel();
+                tracing::debug!(timeout_ms = ms, "handler timed out");
+                WorkOutcome::Failed {
+                    error: format!("timed out after {ms} ms"),
+                    retryable: true,
+                }
+            }
+            Ok(Err(panic)) => {
+                let msg = panic_message(panic.as_ref());
+                tracing::warn!(panic = %msg, "handler panicked");
+                WorkOutcome::Failed {
+                    error: format!("handler panicked: {msg}"),
+                    retryable: true,
+                }
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(error = %e.message, retryable = e.retryable, "handler failed");
+                WorkOutcome::Failed {
+                    error: e.message,
+                    retryable: e.retryable,
+                }
+            }
+            Ok(Ok(Ok(output))) => {
+                let max = wf.definition().options.max_payload_bytes;
+                match output.check_size(max) {
+                    Err(too_large) if item.key.kind == WorkKind::Execute => WorkOutcome::Failed {
+                        error: format!("handler output rejected: {too_large}"),
+                        retryable: false,
+                    },
+                    _ => WorkOutcome::Succeeded(output),
+                }
+            }
+        };
+        Some(outcome)
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

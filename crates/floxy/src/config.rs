@@ -1,0 +1,108 @@
+//! Engine configuration and its builder.
+
+use crate::clock::{Clock, SystemClock};
+use crate::engine::Engine;
+use floxy_core::store::{MAX_CLAIM_BATCH, Store};
+use std::sync::Arc;
+
+/// Default number of concurrent handler executions of the worker pool.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Default number of items asked for by one claim.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+/// Default upper bound on an idle worker's sleep (and on [`Engine::wait_for`]'s poll period,
+/// which catches commits made by other processes).
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 500;
+/// Default time [`Engine::shutdown`] waits for in-flight handlers.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+/// Upper bound on the number of concurrent handler executions.
+pub const MAX_WORKERS: usize = 10_000;
+/// Smallest poll interval accepted (smaller values are raised to it).
+pub const MIN_POLL_INTERVAL_MS: u64 = 1;
+
+/// Settings of an [`Engine`]; built with [`EngineBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct EngineConfig {
+    pub(crate) workers: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) shutdown_timeout_ms: u64,
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// Builds an [`Engine`]. Out-of-range values are clamped to their bounds (documented on each
+/// method), so [`EngineBuilder::build`] cannot fail.
+#[must_use]
+pub struct EngineBuilder {
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            config: EngineConfig {
+                workers: DEFAULT_WORKERS,
+                batch_size: DEFAULT_BATCH_SIZE,
+                poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+                shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+                worker_id: format!("floxy-{}", uuid::Uuid::now_v7()).into(),
+                clock: Arc::new(SystemClock),
+            },
+        }
+    }
+
+    /// Number of handler executions the worker pool runs at once (1..=[`MAX_WORKERS`]).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n.clamp(1, MAX_WORKERS);
+        self
+    }
+
+    /// Largest number of items one claim asks for (1..=[`MAX_CLAIM_BATCH`]). The pool never
+    /// claims more than it has free workers for.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n.clamp(1, MAX_CLAIM_BATCH);
+        self
+    }
+
+    /// Upper bound on an idle worker's sleep when the store reports no due work, and the
+    /// poll period of [`Engine::wait_for`] (at least [`MIN_POLL_INTERVAL_MS`]). Local commits
+    /// wake both at once; the poll only matters for work created by other processes.
+    pub fn poll_interval_ms(mut self, ms: u64) -> Self {
+        self.config.poll_interval_ms = ms.max(MIN_POLL_INTERVAL_MS);
+        self
+    }
+
+    /// Time [`Engine::shutdown`] waits for in-flight handlers when called without a timeout.
+    pub fn shutdown_timeout_ms(mut self, ms: u64) -> Self {
+        self.config.shutdown_timeout_ms = ms;
+        self
+    }
+
+    /// The lease owner name of this engine's claims and heartbeats (default
+    /// `floxy-<uuid>`). Must be unique among the processes sharing a store.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.config.worker_id = id.into().into();
+        self
+    }
+
+    /// The time source (default [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// Builds the engine. Workers do not run until [`Engine::start_workers`].
+    pub fn build(self) -> Engine {
+        Engine::from_parts(self.store, self.config)
+    }
+}

@@ -1,0 +1,205 @@
+//! Lease heartbeats.
+//!
+//! Every claimed item this engine works on is registered in the [`LeaseTable`] for as long as
+//! its worker holds it. One heartbeat task per engine extends all of them in a single
+//! [`Store::heartbeat`] call whenever the earliest one is due (each lease is due a third of
+//! its TTL after its claim or last extension), and acts on the answers:
+//!
+//! * `Held { cancel_requested: true }`: the instance is being cancelled, aborted or rolled
+//!   back: the handler's cancellation token fires; its result is still reported.
+//! * `Lost`: the lease was reclaimed or removed: the token fires and the result is dropped.
+
+use crate::clock::{Clock, until};
+use floxy_core::model::{FencingToken, QueueKey, Timestamp};
+use floxy_core::store::{LeaseRef, LeaseState, Store};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Shortest heartbeat period, whatever the TTL.
+pub const MIN_HEARTBEAT_PERIOD_MS: u64 = 10;
+
+struct Entry {
+    lease: LeaseRef,
+    period_ms: u64,
+    next_beat: Timestamp,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+}
+
+/// The leases this engine currently holds.
+#[derive(Default)]
+pub(crate) struct LeaseTable {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next_id: AtomicU64,
+    changed: Notify,
+}
+
+/// A registered lease; unregisters itself when dropped.
+pub(crate) struct LeaseGuard {
+    table: Arc<LeaseTable>,
+    id: u64,
+    /// Fired on cancel request, loss, timeout or hard shutdown (handed to the handler).
+    pub(crate) cancel: CancellationToken,
+    /// Fired when the store reports the lease lost.
+    pub(crate) lost: CancellationToken,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.table.entries.lock().remove(&self.id);
+    }
+}
+
+impl LeaseTable {
+    /// Registers a lease claimed at `now` with `ttl_ms`. `cancel` is the token handed to the
+    /// handler (a child of the engine's hard-stop token).
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        key: QueueKey,
+        token: FencingToken,
+        ttl_ms: u64,
+        now: Timestamp,
+        cancel: CancellationToken,
+    ) -> LeaseGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let period_ms = (ttl_ms / 3).max(MIN_HEARTBEAT_PERIOD_MS);
+        let lost = CancellationToken::new();
+        let entry = Entry {
+            lease: LeaseRef { key, token },
+            period_ms,
+            next_beat: now.add_ms(period_ms),
+            cancel: cancel.clone(),
+            lost: lost.clone(),
+        };
+        self.entries.lock().insert(id, entry);
+        self.changed.notify_one();
+        LeaseGuard {
+            table: Arc::clone(self),
+            id,
+            cancel,
+            lost,
+        }
+    }
+
+    /// Fires the cancellation token of every held lease on `key` (a local commit asked its
+    /// holder to stop; saves waiting for the next heartbeat).
+    pub(crate) fn request_cancel(&self, key: &QueueKey) {
+        for e in self.entries.lock().values() {
+            if &e.lease.key == key {
+                e.cancel.cancel();
+            }
+        }
+    }
+
+    fn earliest_beat(&self) -> Option<Timestamp> {
+        self.entries.lock().values().map(|e| e.next_beat).min()
+    }
+
+    fn snapshot(&self) -> Vec<(u64, LeaseRef)> {
+        self.entries
+            .lock()
+            .iter()
+            .map(|(id, e)| (*id, e.lease.clone()))
+            .collect()
+    }
+}
+
+/// Runs the heartbeat loop until `stop` fires.
+pub(crate) async fn run(
+    table: Arc<LeaseTable>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    owner: Arc<str>,
+    stop: CancellationToken,
+) {
+    loop {
+        let changed = table.changed.notified();
+        let wait = table.earliest_beat().map(|t| until(clock.now(), t));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = changed => continue,
+            () = sleep_opt(wait) => {}
+        }
+        beat_once(&table, store.as_ref(), clock.as_ref(), &owner).await;
+    }
+}
+
+async fn sleep_opt(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Extends every held lease in one store call and applies the answers.
+pub(crate) async fn beat_once(
+    table: &LeaseTable,
+    store: &dyn Store,
+    clock: &dyn Clock,
+    owner: &str,
+) {
+    let batch = table.snapshot();
+    if batch.is_empty() {
+        return;
+    }
+    let refs: Vec<LeaseRef> = batch.iter().map(|(_, r)| r.clone()).collect();
+    let now = clock.now();
+    let result = store.heartbeat(owner, &refs, now).await;
+    let mut entries = table.entries.lock();
+    match result {
+        Ok(states) => {
+            if states.len() != batch.len() {
+                tracing::warn!(
+                    asked = batch.len(),
+                    answered = states.len(),
+                    "store answered a heartbeat with the wrong number of lease states"
+                );
+            }
+            for ((id, _), state) in batch.iter().zip(states) {
+                let Some(e) = entries.get_mut(id) else {
+                    continue;
+                };
+                match state {
+                    LeaseState::Held {
+                        cancel_requested, ..
+                    } => {
+                        e.next_beat = now.add_ms(e.period_ms);
+                        if cancel_requested && !e.cancel.is_cancelled() {
+                            tracing::debug!(
+                                step = %e.lease.key.step,
+                                kind = e.lease.key.kind.as_str(),
+                                "cancel requested for a running handler"
+                            );
+                            e.cancel.cancel();
+                        }
+                    }
+                    // `LeaseState` is non-exhaustive: anything but `Held` means we cannot
+                    // count on the lease any more.
+                    _ => {
+                        tracing::debug!(
+                            step = %e.lease.key.step,
+                            kind = e.lease.key.kind.as_str(),
+                            token = e.lease.token.0,
+                            "lease lost; the handler's result will be dropped"
+                        );
+                        e.lost.cancel();
+                        e.cancel.cancel();
+                        e.next_beat = Timestamp(i64::MAX);
+                    }
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, leases = batch.len(), "heartbeat failed; retrying");
+            for (id, _) in &batch {
+                if let Some(e) = entries.get_mut(id) {
+                    e.next_beat = now.add_ms((e.period_ms / 2).max(MIN_HEARTBEAT_PERIOD_MS));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! floxy: a durable saga workflow engine.
+//!
+//! A workflow is a graph of steps (tasks with compensations, savepoints, fork/join,
+//! conditions, human approvals) declared with the [`Builder`] DSL. The engine runs it
+//! at-least-once on a pluggable durable [`Store`], rolls back with compensations when a step
+//! finally fails, and survives crashes of workers: the behaviour is specified in the
+//! project's `SEMANTICS.md`.
+//!
+//! # Model
+//!
+//! * A **definition** ([`WorkflowDefinition`], id `"<name>-v<version>"`) is registered once
+//!   with [`Engine::register_workflow`] and never changes; instances are pinned to it.
+//! * An **instance** ([`InstanceRecord`]) is started with an input payload and moves through
+//!   [`InstanceStatus`]es. Each step it reaches gets a **step run** ([`StepRun`]).
+//! * **Handlers** ([`Handler`], or closures via [`Engine::register_fn`]) are the user code of
+//!   tasks and compensations, looked up by name. They run at least once per attempt: use
+//!   [`StepContext::idempotency_key`].
+//! * Every decision (what runs next, retries, rollback order, joins, cancel, DLQ) is made by
+//!   the pure state machine in [`floxy_core::machine`]; the [`Store`] applies its decisions
+//!   atomically; this crate is the async shell around both.
+//!
+//! # The drive loop
+//!
+//! ```text
+//!   claim a batch ──► for each item, outside any store transaction:
+//!   (leases +           previous lease expired? ─► Input::LeaseExpired (handler not run)
+//!    fencing tokens)    timer?                  ─► Input::TimerFired
+//!                       execute / compensate    ─► run the handler with a timeout, a
+//!                                                  cancellation token and heartbeats,
+//!                                                  catching panics ─► Input::WorkDone
+//!                  ──► Store::update_instance(id, |snapshot| machine::apply(wf, snapshot,
+//!                        &input, now)): the store runs the pure transition under the
+//!                        instance lock, checks the fencing token, commits it atomically
+//!                  ──► wake local waiters and idle workers; repeat
+//! ```
+//!
+//! * **Workers** ([`Engine::start_workers`]): up to `workers` handler executions at once;
+//!   claims ask for at most `batch_size` items and only for registered handler names (plus
+//!   timers). Idle workers sleep until the store's next due item or `poll_interval_ms`, or
+//!   until a local commit wakes them. [`Engine::run_once`] claims and processes one batch
+//!   without a pool.
+//! * **Timeouts**: a step's `timeout_ms` (a compensation's own `timeout_ms`) bounds each
+//!   call; at the deadline the handler's future is dropped and the attempt fails
+//!   (retryable) with "timed out after N ms".
+//! * **Heartbeats**: one task extends every held lease in one [`Store::heartbeat`] call each
+//!   third of the shortest lease TTL. A lost lease cancels the handler and drops its result;
+//!   a cancel request (cancel, abort, rollback) fires its token, and a result it still
+//!   returns is reported.
+//! * **Stale results**: a commit rejected for a stale fencing token
+//!   ([`StoreError::StaleLease`]) is dropped: another worker owns the item now. Retryable
+//!   store errors are retried with a bounded backoff.
+//! * **Time** comes only from the engine's [`Clock`]; use [`TokioClock`] with a paused tokio
+//!   runtime for deterministic tests on virtual time.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "memory")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), floxy::EngineError> {
+//! use floxy::{Builder, Engine, InstanceStatus, MemoryStore, Payload};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! let engine = Engine::new(Arc::new(MemoryStore::new()));
+//! engine.register_fn("greet", |_ctx, input: Payload| async move {
+//!     let name = input.value()["name"].as_str().unwrap_or("world").to_owned();
+//!     Ok(Payload::from(serde_json::json!({ "greeting": format!("hello {name}") })))
+//! });
+//! let wf = engine
+//!     .register_workflow(Builder::new("hello", 1).step("greet", "greet").build()?)
+//!     .await?;
+//! engine.start_workers()?;
+//! let done = engine
+//!     .start_and_wait(&wf, serde_json::json!({ "name": "floxy" }), Duration::from_secs(5))
+//!     .await?;
+//! assert_eq!(done.status, InstanceStatus::Completed);
+//! engine.shutdown(Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "memory"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Features
+//!
+//! * `memory` (default): re-exports [`MemoryStore`], the in-process store.
+//! * `redb`, `postgres`: durable backends (planned).
+
+mod attempt;
+mod clock;
+mod commit;
+mod config;
+mod engine;
+mod error;
+mod handler;
+mod heartbeat;
+mod wait;
+mod worker;
+mod workflows;
+
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use commit::{STORE_RETRY_ATTEMPTS, STORE_RETRY_BASE_MS, STORE_RETRY_MAX_MS};
+pub use config::{
+    DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DEFAULT_WORKERS,
+    EngineBuilder, MAX_WORKERS, MIN_POLL_INTERVAL_MS,
+};
+pub use engine::{Engine, MAX_TIMELINE_EVENTS, StartOptions};
+pub use error::EngineError;
+pub use handler::{CompensationInfo, FnHandler, Handler, HandlerError, StepContext};
+pub use heartbeat::MIN_HEARTBEAT_PERIOD_MS;
+pub use wait::{Settled, settled};
+pub use worker::{ABANDON_GRACE_MS, MIN_IDLE_SLEEP_MS, ShutdownReport};
+
+pub use async_trait::async_trait;
+pub use tokio_util::sync::CancellationToken;
+
+/// The pure core, for everything not re-exported here.
+pub use floxy_core;
+pub use floxy_core::builder::{Builder, ForkBuilder};
+pub use floxy_core::graph::CompiledWorkflow;
+pub use floxy_core::machine::{Input, TransitionError, WorkOutcome};
+pub use floxy_core::model::*;
+pub use floxy_core::store::{
+    Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
+    LeaseState, MAX_CLAIM_BATCH, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats,
+    TransitionFn,
+};
+pub use floxy_core::validate::{DefinitionError, DefinitionErrors};
+
+#[cfg(feature = "memory")]
+pub use floxy_store_memory::MemoryStore;
+// #[cfg(feature = "redb")]
+// pub use floxy_store_redb::RedbStore;
+// #[cfg(feature = "postgres")]
+// pub use floxy_store_postgres::PostgresStore;

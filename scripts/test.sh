@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian machine: installs what the tests need
+# (PostgreSQL 15 server binaries and pg_partman), then runs unit, integration, property,
+# conformance, simulation, loom and chaos tests. Test harnesses start their own throwaway
+# PostgreSQL clusters and proxies; nothing has to be running beforehand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages -------------------------------------------------------------------
+need_pkgs=()
+pg_bin=/usr/lib/postgresql/15/bin
+[ -x "$pg_bin/initdb" ] || need_pkgs+=(postgresql-15)
+[ -f /usr/share/postgresql/15/extension/pg_partman.control ] || need_pkgs+=(postgresql-15-partman)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  step "installing ${need_pkgs[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+export PATH="$pg_bin:$PATH"
+
+# --- checks ----------------------------------------------------------------------------
+step "floxy-core stays pure"
+./scripts/check-core-deps.sh
+
+# --- tests -----------------------------------------------------------------------------
+step "workspace tests (unit, integration, property, conformance, simulation)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-features --no-fail-fast
+else
+  cargo test --workspace --all-features --no-fail-fast
+fi
+step "doc tests"
+cargo test --workspace --all-features --doc
+
+step "loom model of the memory store's claim path"
+RUSTFLAGS="--cfg floxy_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p floxy-store-memory --test loom_claim --release
+
+echo
+echo "all tests passed"
