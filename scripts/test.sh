@@ -37,6 +37,12 @@ fi
 step "doc tests"
 cargo test --workspace --all-features --doc
 
+step "examples (each exits non-zero if its saga does not end as documented)"
+for ex in order_saga savepoint fork_join conditions human_approval dlq_requeue cancel_abort; do
+  echo "-- example $ex"
+  cargo run -q -p floxy --example "$ex" >/dev/null
+done
+
 step "loom model of the memory store's claim path"
 RUSTFLAGS="--cfg floxy_loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p floxy-store-memory --test loom_claim --release
