@@ -135,7 +135,12 @@ impl Builder {
         } else if !self.steps.is_empty() {
             self.err(format!("step {name:?} has no predecessor"));
         }
-        self.steps.push(StepDef { name, kind, next: None, options: StepOptions::default() });
+        self.steps.push(StepDef {
+            name,
+            kind,
+            next: None,
+            options: StepOptions::default(),
+        });
         self.tail = Some(idx);
         self.last = Some(idx);
         self
@@ -143,7 +148,13 @@ impl Builder {
 
     /// Adds a task running `handler` (first step of a chain).
     pub fn step(self, name: &str, handler: &str) -> Self {
-        self.push(name, StepKind::Task { handler: handler.into(), on_failure: None })
+        self.push(
+            name,
+            StepKind::Task {
+                handler: handler.into(),
+                on_failure: None,
+            },
+        )
     }
 
     /// Adds a task after the previous step (same as [`Builder::step`]).
@@ -169,7 +180,10 @@ impl Builder {
 
     fn compensation(mut self, what: &str, f: impl FnOnce(&mut Compensation)) -> Self {
         match self.last.map(|i| &mut self.steps[i].kind) {
-            Some(StepKind::Task { on_failure: Some(c), .. }) => f(c),
+            Some(StepKind::Task {
+                on_failure: Some(c),
+                ..
+            }) => f(c),
             _ => self.err(format!("{what} must follow on_failure")),
         }
         self
@@ -177,7 +191,9 @@ impl Builder {
 
     /// Retries of the last task's compensation.
     pub fn compensation_max_retries(self, n: u32) -> Self {
-        self.compensation("compensation_max_retries", |c| c.retry.max_retries = Some(n))
+        self.compensation("compensation_max_retries", |c| {
+            c.retry.max_retries = Some(n)
+        })
     }
     /// Base retry delay of the last task's compensation.
     pub fn compensation_retry_delay_ms(self, ms: u64) -> Self {
@@ -214,7 +230,11 @@ impl Builder {
 
     fn fork_tail(&mut self, join: &str) -> Option<StepName> {
         match self.tail.map(|t| &self.steps[t]) {
-            Some(StepDef { kind: StepKind::Fork { .. }, name, .. }) => Some(name.clone()),
+            Some(StepDef {
+                kind: StepKind::Fork { .. },
+                name,
+                ..
+            }) => Some(name.clone()),
             _ => {
                 self.err(format!("join {join:?} must directly follow a fork"));
                 None
@@ -225,7 +245,14 @@ impl Builder {
     /// Adds the join of the preceding fork, waiting on its branches.
     pub fn join(mut self, name: &str, strategy: JoinStrategy) -> Self {
         let fork = self.fork_tail(name).unwrap_or_else(|| "".into());
-        self.push(name, StepKind::Join { fork, strategy, wait_for: None })
+        self.push(
+            name,
+            StepKind::Join {
+                fork,
+                strategy,
+                wait_for: None,
+            },
+        )
     }
 
     /// Adds the join of the preceding fork, waiting on exactly the named steps of its
@@ -233,13 +260,26 @@ impl Builder {
     pub fn join_step(mut self, name: &str, wait_for: &[&str], strategy: JoinStrategy) -> Self {
         let fork = self.fork_tail(name).unwrap_or_else(|| "".into());
         let wait_for = Some(wait_for.iter().map(|s| StepName::from(*s)).collect());
-        self.push(name, StepKind::Join { fork, strategy, wait_for })
+        self.push(
+            name,
+            StepKind::Join {
+                fork,
+                strategy,
+                wait_for,
+            },
+        )
     }
 
     /// Adds a condition: the chain continues when `expr` is true; see
     /// [`Builder::otherwise`] for the false arm.
     pub fn condition(self, name: &str, expr: &str) -> Self {
-        self.push(name, StepKind::Condition { expr: expr.into(), else_first: None })
+        self.push(
+            name,
+            StepKind::Condition {
+                expr: expr.into(),
+                else_first: None,
+            },
+        )
     }
 
     /// Gives the last condition an else chain built by `f`.
@@ -270,9 +310,17 @@ impl Builder {
         )
     }
 
-    fn human(mut self, what: &str, f: impl FnOnce(&mut RejectPolicy, &mut Option<u64>, &mut TimeoutPolicy)) -> Self {
+    fn human(
+        mut self,
+        what: &str,
+        f: impl FnOnce(&mut RejectPolicy, &mut Option<u64>, &mut TimeoutPolicy),
+    ) -> Self {
         match self.last.map(|i| &mut self.steps[i].kind) {
-            Some(StepKind::Human { on_reject, timeout_ms, on_timeout }) => {
+            Some(StepKind::Human {
+                on_reject,
+                timeout_ms,
+                on_timeout,
+            }) => {
                 f(on_reject, timeout_ms, on_timeout);
             }
             _ => self.err(format!("{what} must follow wait_human")),

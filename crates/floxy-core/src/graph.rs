@@ -119,22 +119,29 @@ impl CompiledWorkflow {
         if !errs.is_empty() {
             return Err(DefinitionErrors(errs));
         }
-        let resolve = |step: &StepDef, field: &'static str, target: &StepName, errs: &mut Vec<_>| {
-            by_name.get(target).copied().or_else(|| {
-                errs.push(DefinitionError::UnknownReference {
-                    step: step.name.to_string(),
-                    field,
-                    target: target.to_string(),
-                });
-                None
-            })
-        };
+        let resolve =
+            |step: &StepDef, field: &'static str, target: &StepName, errs: &mut Vec<_>| {
+                by_name.get(target).copied().or_else(|| {
+                    errs.push(DefinitionError::UnknownReference {
+                        step: step.name.to_string(),
+                        field,
+                        target: target.to_string(),
+                    });
+                    None
+                })
+            };
         let mut nodes = Vec::with_capacity(def.steps.len());
         for step in &def.steps {
             check_step_options(&def, step, &mut errs);
-            let next = step.next.as_ref().and_then(|n| resolve(step, "next", n, &mut errs));
+            let next = step
+                .next
+                .as_ref()
+                .and_then(|n| resolve(step, "next", n, &mut errs));
             let kind = match &step.kind {
-                StepKind::Task { handler, on_failure } => {
+                StepKind::Task {
+                    handler,
+                    on_failure,
+                } => {
                     if handler.trim().is_empty() {
                         errs.push(DefinitionError::EmptyHandler {
                             step: step.name.to_string(),
@@ -186,11 +193,18 @@ impl CompiledWorkflow {
                             errs.push(DefinitionError::ForkWithoutJoin {
                                 step: step.name.to_string(),
                             });
-                            NodeKind::Fork { branches, join: usize::MAX }
+                            NodeKind::Fork {
+                                branches,
+                                join: usize::MAX,
+                            }
                         }
                     }
                 }
-                StepKind::Join { fork, strategy, wait_for } => {
+                StepKind::Join {
+                    fork,
+                    strategy,
+                    wait_for,
+                } => {
                     let f = resolve(step, "fork", fork, &mut errs).unwrap_or(usize::MAX);
                     let wait_for = wait_for.as_ref().map(|w| {
                         if w.is_empty() {
@@ -202,11 +216,16 @@ impl CompiledWorkflow {
                             .filter_map(|n| resolve(step, "wait_for", n, &mut errs))
                             .collect()
                     });
-                    NodeKind::Join { fork: f, strategy: *strategy, wait_for }
+                    NodeKind::Join {
+                        fork: f,
+                        strategy: *strategy,
+                        wait_for,
+                    }
                 }
                 StepKind::Condition { expr, else_first } => {
-                    let else_first =
-                        else_first.as_ref().and_then(|e| resolve(step, "else", e, &mut errs));
+                    let else_first = else_first
+                        .as_ref()
+                        .and_then(|e| resolve(step, "else", e, &mut errs));
                     match Expr::parse(expr) {
                         Ok(expr) => NodeKind::Condition { expr, else_first },
                         Err(error) => {
@@ -218,7 +237,11 @@ impl CompiledWorkflow {
                         }
                     }
                 }
-                StepKind::Human { on_reject, timeout_ms, on_timeout } => NodeKind::Human {
+                StepKind::Human {
+                    on_reject,
+                    timeout_ms,
+                    on_timeout,
+                } => NodeKind::Human {
                     on_reject: *on_reject,
                     timeout_ms: *timeout_ms,
                     on_timeout: *on_timeout,
@@ -241,7 +264,12 @@ impl CompiledWorkflow {
         if !errs.is_empty() {
             return Err(DefinitionErrors(errs));
         }
-        Ok(Self { id: def.id(), def, nodes, by_name })
+        Ok(Self {
+            id: def.id(),
+            def,
+            nodes,
+            by_name,
+        })
     }
 
     /// The id.
@@ -279,7 +307,11 @@ impl CompiledWorkflow {
     pub fn handlers(&self) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = Vec::new();
         for n in &self.nodes {
-            if let NodeKind::Task { handler, compensation } = &n.kind {
+            if let NodeKind::Task {
+                handler,
+                compensation,
+            } = &n.kind
+            {
                 for h in std::iter::once(handler).chain(compensation.iter()) {
                     if !out.contains(h) {
                         out.push(h.clone());
@@ -302,7 +334,10 @@ fn check_header(def: &WorkflowDefinition, errs: &mut Vec<DefinitionError>) {
         errs.push(DefinitionError::NoSteps);
     }
     if def.steps.len() > MAX_STEPS {
-        errs.push(DefinitionError::TooManySteps { count: def.steps.len(), max: MAX_STEPS });
+        errs.push(DefinitionError::TooManySteps {
+            count: def.steps.len(),
+            max: MAX_STEPS,
+        });
     }
     let o = &def.options;
     if o.lease_ttl_ms < 100 {
@@ -336,10 +371,14 @@ fn index_names(
             continue;
         }
         if s.name.starts_with(RESERVED_PREFIX) {
-            errs.push(DefinitionError::ReservedName { step: s.name.to_string() });
+            errs.push(DefinitionError::ReservedName {
+                step: s.name.to_string(),
+            });
         }
         if by_name.insert(s.name.clone(), i).is_some() {
-            errs.push(DefinitionError::DuplicateStep { step: s.name.to_string() });
+            errs.push(DefinitionError::DuplicateStep {
+                step: s.name.to_string(),
+            });
         }
     }
     by_name
@@ -352,7 +391,11 @@ fn check_step_options(def: &WorkflowDefinition, s: &StepDef, errs: &mut Vec<Defi
             priority: s.options.priority,
         });
     }
-    let r = s.options.retry.max_retries.unwrap_or(def.options.default_max_retries);
+    let r = s
+        .options
+        .retry
+        .max_retries
+        .unwrap_or(def.options.default_max_retries);
     if r > MAX_RETRIES {
         errs.push(DefinitionError::TooManyRetries {
             step: s.name.to_string(),
@@ -373,7 +416,9 @@ fn walk_tree(nodes: &mut [Node], errs: &mut Vec<DefinitionError>) {
     let mut stack: Vec<WalkItem> = vec![(0, Vec::new(), Vec::new(), None)];
     while let Some((id, scope, sps, from_fork)) = stack.pop() {
         if seen[id] {
-            errs.push(DefinitionError::ReachedTwice { step: nodes[id].name.to_string() });
+            errs.push(DefinitionError::ReachedTwice {
+                step: nodes[id].name.to_string(),
+            });
             continue;
         }
         seen[id] = true;
@@ -408,7 +453,10 @@ fn walk_tree(nodes: &mut [Node], errs: &mut Vec<DefinitionError>) {
                 if from_fork != Some(fork) {
                     errs.push(DefinitionError::JoinNotAfterFork {
                         step: nodes[id].name.to_string(),
-                        fork: nodes.get(fork).map(|n| n.name.to_string()).unwrap_or_default(),
+                        fork: nodes
+                            .get(fork)
+                            .map(|n| n.name.to_string())
+                            .unwrap_or_default(),
                     });
                 }
                 if let Some(n) = next {
@@ -444,14 +492,21 @@ fn walk_tree(nodes: &mut [Node], errs: &mut Vec<DefinitionError>) {
     }
     for (i, s) in seen.iter().enumerate() {
         if !s {
-            errs.push(DefinitionError::Unreachable { step: nodes[i].name.to_string() });
+            errs.push(DefinitionError::Unreachable {
+                step: nodes[i].name.to_string(),
+            });
         }
     }
 }
 
 fn check_joins(nodes: &[Node], errs: &mut Vec<DefinitionError>) {
     for n in nodes {
-        if let NodeKind::Join { fork, wait_for: Some(w), .. } = &n.kind {
+        if let NodeKind::Join {
+            fork,
+            wait_for: Some(w),
+            ..
+        } = &n.kind
+        {
             for t in w {
                 if !nodes[*t].scope.iter().any(|(f, _)| f == fork) {
                     errs.push(DefinitionError::JoinWaitsOutside {

@@ -3,6 +3,7 @@ pub mod builder;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod expr;
+pub mod failpoints;
 pub mod graph;
 pub mod machine;
 pub mod model;

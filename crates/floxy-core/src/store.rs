@@ -289,8 +289,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<LeaseState>, StoreError>;
 
     /// Reads the snapshot of an instance (not locked).
-    async fn load_instance(&self, id: InstanceId)
-    -> Result<Option<InstanceSnapshot>, StoreError>;
+    async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError>;
 
     /// Reads an instance record.
     async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError>;

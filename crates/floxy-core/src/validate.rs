@@ -59,7 +59,9 @@ pub enum DefinitionError {
         target: String,
     },
     /// A step referenced from two places, or a cycle.
-    #[error("step {step:?}: reached twice (steps form a tree of chains; cycles and shared steps are not allowed)")]
+    #[error(
+        "step {step:?}: reached twice (steps form a tree of chains; cycles and shared steps are not allowed)"
+    )]
     ReachedTwice {
         /// Step.
         step: String,

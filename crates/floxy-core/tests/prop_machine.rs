@@ -1,10 +1,15 @@
 //! Property tests: random workflow graphs (nested forks, conditions, savepoints, human
 //! steps) driven with random outcomes, interleavings, lease losses, cancels and aborts;
 //! every SEMANTICS §13 invariant is checked at the end.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::explicit_counter_loop, clippy::collapsible_if)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::explicit_counter_loop,
+    clippy::collapsible_if
+)]
 
 mod common;
-use common::{payload, H};
+use common::{H, payload};
 use floxy_core::builder::Builder;
 use floxy_core::machine::{Input, WorkOutcome};
 use floxy_core::model::*;
@@ -14,16 +19,32 @@ use serde_json::json;
 /// A random chain element.
 #[derive(Debug, Clone)]
 enum El {
-    Task { comp: bool, retries: u32, no_idem: bool },
+    Task {
+        comp: bool,
+        retries: u32,
+        no_idem: bool,
+    },
     SavePoint,
-    Cond { k: i64, else_chain: Option<Vec<El>> },
-    Fork { branches: Vec<Vec<El>>, any: bool },
+    Cond {
+        k: i64,
+        else_chain: Option<Vec<El>>,
+    },
+    Fork {
+        branches: Vec<Vec<El>>,
+        any: bool,
+    },
     Human,
 }
 
 fn chain(depth: u32, top: bool) -> BoxedStrategy<Vec<El>> {
-    let task = (any::<bool>(), 0u32..3, prop::bool::weighted(0.1))
-        .prop_map(|(comp, retries, no_idem)| El::Task { comp, retries, no_idem });
+    let task =
+        (any::<bool>(), 0u32..3, prop::bool::weighted(0.1)).prop_map(|(comp, retries, no_idem)| {
+            El::Task {
+                comp,
+                retries,
+                no_idem,
+            }
+        });
     let leaf = prop_oneof![
         6 => task,
         1 => Just(El::Human),
@@ -56,10 +77,16 @@ fn add(mut b: Builder, els: &[El], n: &mut usize) -> Builder {
         *n += 1;
         let name = format!("s{n}");
         b = match e {
-            El::Task { comp, retries, no_idem } => {
+            El::Task {
+                comp,
+                retries,
+                no_idem,
+            } => {
                 let mut x = b.step(&name, "h").max_retries(*retries).retry_delay_ms(5);
                 if *comp {
-                    x = x.on_failure(&format!("u{n}"), "undo").compensation_max_retries(1);
+                    x = x
+                        .on_failure(&format!("u{n}"), "undo")
+                        .compensation_max_retries(1);
                 }
                 if *no_idem {
                     x = x.no_idempotent();
@@ -89,7 +116,11 @@ fn add(mut b: Builder, els: &[El], n: &mut usize) -> Builder {
                     f
                 });
                 *n = m + 1;
-                let strategy = if *any { JoinStrategy::Any } else { JoinStrategy::All };
+                let strategy = if *any {
+                    JoinStrategy::Any
+                } else {
+                    JoinStrategy::All
+                };
                 x.join(&format!("j{n}"), strategy)
             }
         };
@@ -106,7 +137,11 @@ struct Dice {
 }
 
 fn dice() -> impl Strategy<Value = Dice> {
-    (any::<u8>(), any::<u8>(), any::<u16>()).prop_map(|(action, outcome, pick)| Dice { action, outcome, pick })
+    (any::<u8>(), any::<u8>(), any::<u16>()).prop_map(|(action, outcome, pick)| Dice {
+        action,
+        outcome,
+        pick,
+    })
 }
 
 struct InFlight {
@@ -120,14 +155,38 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
     let mut i = 0usize;
     let mut stop_faults = false;
     for _ in 0..5_000 {
-        let d = if i < dice.len() { dice[i] } else { stop_faults = true; Dice { action: 0, outcome: 255, pick: 0 } };
+        let d = if i < dice.len() {
+            dice[i]
+        } else {
+            stop_faults = true;
+            Dice {
+                action: 0,
+                outcome: 255,
+                pick: 0,
+            }
+        };
         i += 1;
         // Settle any decision steps with a confirm (or, rarely, a reject).
-        let waiting: Vec<String> = h.snap.steps.iter().filter(|r| r.status == StepStatus::WaitingDecision).map(|r| r.step.to_string()).collect();
+        let waiting: Vec<String> = h
+            .snap
+            .steps
+            .iter()
+            .filter(|r| r.status == StepStatus::WaitingDecision)
+            .map(|r| r.step.to_string())
+            .collect();
         if let Some(w) = waiting.first() {
             if d.action % 7 == 0 || stop_faults {
-                let decision = if !stop_faults && d.outcome < 20 { Decision::Reject } else { Decision::Confirm };
-                let _ = h.try_feed(Input::Decide { step: w.as_str().into(), decided_by: "p".into(), decision, comment: None });
+                let decision = if !stop_faults && d.outcome < 20 {
+                    Decision::Reject
+                } else {
+                    Decision::Confirm
+                };
+                let _ = h.try_feed(Input::Decide {
+                    step: w.as_str().into(),
+                    decided_by: "p".into(),
+                    decision,
+                    comment: None,
+                });
                 continue;
             }
         }
@@ -143,21 +202,36 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
         }
         if !stop_faults && act == 14 && !h.snap.dlq.is_empty() {
             let id = h.snap.dlq[usize::from(d.pick) % h.snap.dlq.len()].id;
-            let _ = h.try_feed(Input::Requeue { dlq_id: id, new_input: Some(payload(json!({"v": 5}))) });
+            let _ = h.try_feed(Input::Requeue {
+                dlq_id: id,
+                new_input: Some(payload(json!({"v": 5}))),
+            });
             continue;
         }
         if (act < 8 || inflight.is_empty()) && !ready.is_empty() {
             let (step, kind) = ready[usize::from(d.pick) % ready.len()].clone();
             let (token, attempt, expired) = h.claim(&step, kind);
-            let key = QueueKey { instance_id: h.snap.instance.id, step: step.as_str().into(), kind };
+            let key = QueueKey {
+                instance_id: h.snap.instance.id,
+                step: step.as_str().into(),
+                kind,
+            };
             if expired {
                 inflight.retain(|f| f.key != key);
-                let _ = h.try_feed(Input::LeaseExpired { key, token, attempt });
+                let _ = h.try_feed(Input::LeaseExpired {
+                    key,
+                    token,
+                    attempt,
+                });
             } else if kind == WorkKind::Timer {
                 let _ = h.try_feed(Input::TimerFired { key, token });
             } else {
                 h.calls.push((step.clone(), kind, attempt));
-                inflight.push(InFlight { key, token, attempt });
+                inflight.push(InFlight {
+                    key,
+                    token,
+                    attempt,
+                });
             }
             continue;
         }
@@ -170,15 +244,27 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
             }
             let fail = !stop_faults && d.outcome < fail_pct;
             let outcome = if fail {
-                WorkOutcome::Failed { error: "boom".into(), retryable: d.outcome % 2 == 0 }
+                WorkOutcome::Failed {
+                    error: "boom".into(),
+                    retryable: d.outcome % 2 == 0,
+                }
             } else {
                 WorkOutcome::Succeeded(payload(json!({"v": i64::from(d.pick % 10)})))
             };
-            let _ = h.try_feed(Input::WorkDone { key: f.key, token: f.token, attempt: f.attempt, outcome });
+            let _ = h.try_feed(Input::WorkDone {
+                key: f.key,
+                token: f.token,
+                attempt: f.attempt,
+                outcome,
+            });
             continue;
         }
         if !h.advance_to_next() && inflight.is_empty() {
-            let waiting = h.snap.steps.iter().any(|r| r.status == StepStatus::WaitingDecision);
+            let waiting = h
+                .snap
+                .steps
+                .iter()
+                .any(|r| r.status == StepStatus::WaitingDecision);
             if !waiting {
                 return;
             }
@@ -204,14 +290,23 @@ fn check_end(h: &H) {
     // final failure).
     for (s, k, _) in &h.calls {
         if *k == WorkKind::Compensate {
-            let ran_ok = h.events.iter().any(|e| e.kind == EventKind::StepCompleted && e.step.as_deref() == Some(s.as_str()));
-            let failed = h.events.iter().any(|e| e.kind == EventKind::StepFailed && e.step.as_deref() == Some(s.as_str()));
+            let ran_ok = h.events.iter().any(|e| {
+                e.kind == EventKind::StepCompleted && e.step.as_deref() == Some(s.as_str())
+            });
+            let failed = h
+                .events
+                .iter()
+                .any(|e| e.kind == EventKind::StepFailed && e.step.as_deref() == Some(s.as_str()));
             assert!(ran_ok || failed, "{s} compensated without a forward run");
         }
     }
     // Invariant 1 for terminal: no queue items (a requeued repair aside).
     if st.is_terminal() {
-        assert!(h.queue.is_empty(), "terminal with queue {:?}", h.queue.keys().collect::<Vec<_>>());
+        assert!(
+            h.queue.is_empty(),
+            "terminal with queue {:?}",
+            h.queue.keys().collect::<Vec<_>>()
+        );
     }
 }
 
@@ -219,9 +314,19 @@ fn check_end(h: &H) {
 fn sequential(els: Vec<El>) -> Vec<El> {
     els.into_iter()
         .map(|e| match e {
-            El::Fork { branches, .. } => El::Fork { branches: branches.into_iter().map(sequential).collect(), any: false },
-            El::Human => El::Task { comp: true, retries: 0, no_idem: false },
-            El::Cond { k, else_chain } => El::Cond { k, else_chain: else_chain.map(sequential) },
+            El::Fork { branches, .. } => El::Fork {
+                branches: branches.into_iter().map(sequential).collect(),
+                any: false,
+            },
+            El::Human => El::Task {
+                comp: true,
+                retries: 0,
+                no_idem: false,
+            },
+            El::Cond { k, else_chain } => El::Cond {
+                k,
+                else_chain: else_chain.map(sequential),
+            },
             e => e,
         })
         .collect()
@@ -273,5 +378,8 @@ fn the_generator_builds_valid_definitions() {
             Err(e) => last_err = Some(e.to_string()),
         }
     }
-    assert!(ok >= 190, "only {ok}/200 random graphs are valid; last error: {last_err:?}");
+    assert!(
+        ok >= 190,
+        "only {ok}/200 random graphs are valid; last error: {last_err:?}"
+    );
 }

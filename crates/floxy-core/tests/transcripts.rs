@@ -3,18 +3,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{payload, H};
+use StepStatus as S;
+use common::{H, payload};
 use floxy_core::builder::Builder;
 use floxy_core::machine::{Input, TransitionError, WorkOutcome};
 use floxy_core::model::*;
 use serde_json::json;
-use StepStatus as S;
 
 fn saga() -> WorkflowDefinition {
     Builder::new("order", 1)
-        .step("reserve", "stock").on_failure("release", "stock.undo")
-        .then("charge", "pay").on_failure("refund", "pay.undo")
-        .then("ship", "ship").max_retries(1).retry_delay_ms(10)
+        .step("reserve", "stock")
+        .on_failure("release", "stock.undo")
+        .then("charge", "pay")
+        .on_failure("refund", "pay.undo")
+        .then("ship", "ship")
+        .max_retries(1)
+        .retry_delay_ms(10)
         .build()
         .unwrap()
 }
@@ -39,24 +43,64 @@ mod s1_definitions {
         let e = errs(Builder::new("w", 1).step("__x", "h"));
         assert!(e.contains(&E::ReservedName { step: "__x".into() }), "{e:?}");
         let e = errs(Builder::new("w", 1).step("a", ""));
-        assert!(e.contains(&E::EmptyHandler { step: "a".into(), what: "task" }), "{e:?}");
-        let e = errs(Builder::new("w", 1).fork("f", |f| f.branch(|b| b.step("a", "h"))).join("j", JoinStrategy::All));
-        assert!(e.contains(&E::ForkTooFewBranches { step: "f".into(), branches: 1 }), "{e:?}");
+        assert!(
+            e.contains(&E::EmptyHandler {
+                step: "a".into(),
+                what: "task"
+            }),
+            "{e:?}"
+        );
         let e = errs(
             Builder::new("w", 1)
-                .fork("f", |f| f.branch(|b| b.step("a", "h").save_point("sp")).branch(|b| b.step("b", "h")))
+                .fork("f", |f| f.branch(|b| b.step("a", "h")))
                 .join("j", JoinStrategy::All),
         );
-        assert!(e.contains(&E::SavePointInBranch { step: "sp".into() }), "{e:?}");
-        let e = errs(Builder::new("w", 1).step("a", "h").condition("c", "{{ gtt .x 1 }}"));
-        assert!(matches!(&e[0], E::InvalidExpression { step, .. } if step == "c"), "{e:?}");
+        assert!(
+            e.contains(&E::ForkTooFewBranches {
+                step: "f".into(),
+                branches: 1
+            }),
+            "{e:?}"
+        );
         let e = errs(
             Builder::new("w", 1)
-                .fork("f", |f| f.branch(|b| b.step("a", "h")).branch(|b| b.step("b", "h")))
+                .fork("f", |f| {
+                    f.branch(|b| b.step("a", "h").save_point("sp"))
+                        .branch(|b| b.step("b", "h"))
+                })
+                .join("j", JoinStrategy::All),
+        );
+        assert!(
+            e.contains(&E::SavePointInBranch { step: "sp".into() }),
+            "{e:?}"
+        );
+        let e = errs(
+            Builder::new("w", 1)
+                .step("a", "h")
+                .condition("c", "{{ gtt .x 1 }}"),
+        );
+        assert!(
+            matches!(&e[0], E::InvalidExpression { step, .. } if step == "c"),
+            "{e:?}"
+        );
+        let e = errs(
+            Builder::new("w", 1)
+                .fork("f", |f| {
+                    f.branch(|b| b.step("a", "h")).branch(|b| b.step("b", "h"))
+                })
                 .join_step("j", &["zzz"], JoinStrategy::All),
         );
-        assert!(matches!(&e[0], E::UnknownReference { target, .. } if target == "zzz"), "{e:?}");
-        let e = errs(Builder::new("w", 1).fork("f", |f| f.branch(|b| b.step("a", "h")).branch(|b| b.step("b", "h"))).then("x", "h"));
+        assert!(
+            matches!(&e[0], E::UnknownReference { target, .. } if target == "zzz"),
+            "{e:?}"
+        );
+        let e = errs(
+            Builder::new("w", 1)
+                .fork("f", |f| {
+                    f.branch(|b| b.step("a", "h")).branch(|b| b.step("b", "h"))
+                })
+                .then("x", "h"),
+        );
         assert!(!e.is_empty());
         assert!(errs(Builder::new("", 0)).contains(&E::InvalidVersion));
         assert!(errs(Builder::new("w", 1)).contains(&E::NoSteps));
@@ -64,9 +108,15 @@ mod s1_definitions {
 
     #[test]
     fn cycles_and_shared_steps_are_rejected() {
-        let mut def = Builder::new("w", 1).step("a", "h").then("b", "h").build().unwrap();
+        let mut def = Builder::new("w", 1)
+            .step("a", "h")
+            .then("b", "h")
+            .build()
+            .unwrap();
         def.steps[1].next = Some("a".into());
-        let e = floxy_core::graph::CompiledWorkflow::compile(def).unwrap_err().0;
+        let e = floxy_core::graph::CompiledWorkflow::compile(def)
+            .unwrap_err()
+            .0;
         assert!(e.contains(&E::ReachedTwice { step: "a".into() }), "{e:?}");
     }
 
@@ -77,7 +127,10 @@ mod s1_definitions {
             b = b.then(&format!("s{i}"), "h");
         }
         assert!(matches!(errs(b)[0], E::TooManySteps { .. }));
-        assert!(matches!(errs(Builder::new("w", 1).step("a", "h").priority(101))[0], E::InvalidPriority { .. }));
+        assert!(matches!(
+            errs(Builder::new("w", 1).step("a", "h").priority(101))[0],
+            E::InvalidPriority { .. }
+        ));
     }
 
     #[test]
@@ -89,9 +142,19 @@ mod s1_definitions {
 
     #[test]
     fn oversized_input_is_refused_at_start() {
-        let def = Builder::new("w", 1).max_payload_bytes(10).step("a", "h").build().unwrap();
+        let def = Builder::new("w", 1)
+            .max_payload_bytes(10)
+            .step("a", "h")
+            .build()
+            .unwrap();
         let wf = floxy_core::graph::CompiledWorkflow::compile(def).unwrap();
-        let e = floxy_core::machine::start(&wf, InstanceId::from_u128(1), payload(json!({"x": "0123456789"})), None, Timestamp(0));
+        let e = floxy_core::machine::start(
+            &wf,
+            InstanceId::from_u128(1),
+            payload(json!({"x": "0123456789"})),
+            None,
+            Timestamp(0),
+        );
         assert!(matches!(e, Err(TransitionError::PayloadTooLarge(_))));
     }
 }
@@ -109,7 +172,10 @@ mod s2_lifecycle {
         assert_eq!(h.inst(), InstanceStatus::Running);
         h.ok("ship");
         assert_eq!(h.inst(), InstanceStatus::Completed);
-        assert_eq!(h.snap.instance.output.as_ref().unwrap().value(), &json!({"by": "ship"}));
+        assert_eq!(
+            h.snap.instance.output.as_ref().unwrap().value(),
+            &json!({"by": "ship"})
+        );
         assert!(h.queue.is_empty());
         h.check_invariants();
     }
@@ -133,7 +199,12 @@ mod s2_lifecycle {
         let mut h = H::start(saga(), json!({}));
         h.run_ok();
         let e = h.feed(Input::Cancel { reason: None }).unwrap_err();
-        assert_eq!(e, TransitionError::InstanceTerminal { status: InstanceStatus::Completed });
+        assert_eq!(
+            e,
+            TransitionError::InstanceTerminal {
+                status: InstanceStatus::Completed
+            }
+        );
         let e = h.feed(Input::Abort { reason: None }).unwrap_err();
         assert!(matches!(e, TransitionError::InstanceTerminal { .. }));
     }
@@ -155,11 +226,29 @@ mod s3_steps {
     fn a_late_or_duplicate_result_is_rejected() {
         let mut h = H::start(saga(), json!({}));
         let (token, attempt, _) = h.claim("reserve", WorkKind::Execute);
-        let key = QueueKey { instance_id: h.snap.instance.id, step: "reserve".into(), kind: WorkKind::Execute };
-        let done = Input::WorkDone { key, token, attempt, outcome: WorkOutcome::Succeeded(Payload::null()) };
+        let key = QueueKey {
+            instance_id: h.snap.instance.id,
+            step: "reserve".into(),
+            kind: WorkKind::Execute,
+        };
+        let done = Input::WorkDone {
+            key,
+            token,
+            attempt,
+            outcome: WorkOutcome::Succeeded(Payload::null()),
+        };
         h.feed(done.clone()).unwrap();
         let e = h.feed(done).unwrap_err();
-        assert!(matches!(e, TransitionError::StaleResult { status: S::Completed, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                TransitionError::StaleResult {
+                    status: S::Completed,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -167,7 +256,10 @@ mod s3_steps {
         let def = Builder::new("w", 1)
             .save_point("sp")
             .condition("c", "{{ eq .go true }}")
-            .fork("f", |f| f.branch(|b| b.save_point_free("a")).branch(|b| b.save_point_free("b")))
+            .fork("f", |f| {
+                f.branch(|b| b.save_point_free("a"))
+                    .branch(|b| b.save_point_free("b"))
+            })
             .join("j", JoinStrategy::All)
             .build();
         // Builder has no `save_point_free`; see helper trait below.
@@ -188,7 +280,10 @@ mod s3_steps {
         let def = Builder::new("w", 1)
             .save_point("sp")
             .condition("c", "{{ eq .go true }}")
-            .fork("f", |f| f.branch(|b| b.condition("a", "{{ true }}")).branch(|b| b.condition("b", "{{ true }}")))
+            .fork("f", |f| {
+                f.branch(|b| b.condition("a", "{{ true }}"))
+                    .branch(|b| b.condition("b", "{{ true }}"))
+            })
             .join("j", JoinStrategy::All)
             .build()
             .unwrap();
@@ -225,47 +320,87 @@ mod s4_attempts {
     #[test]
     fn max_retries_bounds_calls() {
         let mut h = H::start(saga(), json!({}));
-        h.run(|s, k, _| if s == "ship" && k == WorkKind::Execute {
-            WorkOutcome::Failed { error: "down".into(), retryable: true }
-        } else {
-            WorkOutcome::Succeeded(Payload::null())
+        h.run(|s, k, _| {
+            if s == "ship" && k == WorkKind::Execute {
+                WorkOutcome::Failed {
+                    error: "down".into(),
+                    retryable: true,
+                }
+            } else {
+                WorkOutcome::Succeeded(Payload::null())
+            }
         });
-        assert_eq!(h.calls.iter().filter(|c| c.0 == "ship").count(), 2, "max_retries 1 = 2 calls");
+        assert_eq!(
+            h.calls.iter().filter(|c| c.0 == "ship").count(),
+            2,
+            "max_retries 1 = 2 calls"
+        );
         assert_eq!(h.inst(), InstanceStatus::Failed);
         h.check_invariants();
     }
 
     #[test]
     fn no_idempotent_runs_at_most_once_and_lease_loss_is_final() {
-        let def = Builder::new("w", 1).step("a", "h").no_idempotent().build().unwrap();
+        let def = Builder::new("w", 1)
+            .step("a", "h")
+            .no_idempotent()
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
         h.claim("a", WorkKind::Execute);
         h.now = h.now.add_ms(DEFAULT_LEASE_TTL_MS + 1);
         let (token, attempt, expired) = h.claim("a", WorkKind::Execute);
         assert!(expired);
-        let key = QueueKey { instance_id: h.snap.instance.id, step: "a".into(), kind: WorkKind::Execute };
-        h.feed(Input::LeaseExpired { key, token, attempt }).unwrap();
+        let key = QueueKey {
+            instance_id: h.snap.instance.id,
+            step: "a".into(),
+            kind: WorkKind::Execute,
+        };
+        h.feed(Input::LeaseExpired {
+            key,
+            token,
+            attempt,
+        })
+        .unwrap();
         assert_eq!(h.status("a"), Some(S::Failed));
         assert_eq!(h.inst(), InstanceStatus::Failed);
     }
 
     #[test]
     fn lease_expiry_counts_as_an_attempt_and_ends_in_failure() {
-        let def = Builder::new("w", 1).step("a", "h").max_retries(2).retry_delay_ms(1).build().unwrap();
+        let def = Builder::new("w", 1)
+            .step("a", "h")
+            .max_retries(2)
+            .retry_delay_ms(1)
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
         let mut expiries = 0;
         loop {
-            if !h.advance_to_next() { break; }
+            if !h.advance_to_next() {
+                break;
+            }
             let (token, attempt, expired) = h.claim("a", WorkKind::Execute);
             if expired {
                 expiries += 1;
-                let key = QueueKey { instance_id: h.snap.instance.id, step: "a".into(), kind: WorkKind::Execute };
-                h.feed(Input::LeaseExpired { key, token, attempt }).unwrap();
+                let key = QueueKey {
+                    instance_id: h.snap.instance.id,
+                    step: "a".into(),
+                    kind: WorkKind::Execute,
+                };
+                h.feed(Input::LeaseExpired {
+                    key,
+                    token,
+                    attempt,
+                })
+                .unwrap();
                 continue;
             }
             // The handler kills its worker: never report; the lease expires.
             let _ = token;
-            if expiries > 10 { panic!("loops forever"); }
+            if expiries > 10 {
+                panic!("loops forever");
+            }
         }
         assert_eq!(expiries, 3, "three lost attempts = max_retries 2 + 1");
         assert_eq!(h.status("a"), Some(S::Failed));
@@ -274,9 +409,18 @@ mod s4_attempts {
 
     #[test]
     fn oversized_output_fails_without_retry() {
-        let def = Builder::new("w", 1).max_payload_bytes(20).step("a", "h").build().unwrap();
+        let def = Builder::new("w", 1)
+            .max_payload_bytes(20)
+            .step("a", "h")
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
-        h.work("a", WorkKind::Execute, WorkOutcome::Succeeded(payload(json!({"big": "x".repeat(100)})))).unwrap();
+        h.work(
+            "a",
+            WorkKind::Execute,
+            WorkOutcome::Succeeded(payload(json!({"big": "x".repeat(100)}))),
+        )
+        .unwrap();
         assert_eq!(h.status("a"), Some(S::Failed));
         assert_eq!(h.calls.len(), 1);
     }
@@ -292,9 +436,15 @@ mod s5_rollback {
         h.ok("charge");
         h.fail("ship", false);
         // Only one compensation is queued at a time.
-        assert_eq!(h.ready(), vec![("charge".to_string(), WorkKind::Compensate)]);
+        assert_eq!(
+            h.ready(),
+            vec![("charge".to_string(), WorkKind::Compensate)]
+        );
         h.compensate_ok("charge");
-        assert_eq!(h.ready(), vec![("reserve".to_string(), WorkKind::Compensate)]);
+        assert_eq!(
+            h.ready(),
+            vec![("reserve".to_string(), WorkKind::Compensate)]
+        );
         h.compensate_ok("reserve");
         assert_eq!(h.compensations(), vec!["charge", "reserve"]);
         assert_eq!(h.statuses().get("ship"), Some(&S::Failed));
@@ -307,7 +457,10 @@ mod s5_rollback {
         let mut h = H::start(saga(), json!({}));
         h.ok("reserve");
         h.fail("charge", false);
-        assert_eq!(h.ready(), vec![("charge".to_string(), WorkKind::Compensate)]);
+        assert_eq!(
+            h.ready(),
+            vec![("charge".to_string(), WorkKind::Compensate)]
+        );
         h.run_ok();
         assert_eq!(h.compensations(), vec!["charge", "reserve"]);
         assert_eq!(h.inst(), InstanceStatus::Failed);
@@ -316,14 +469,26 @@ mod s5_rollback {
     #[test]
     fn rollback_stops_at_the_savepoint() {
         let def = Builder::new("w", 1)
-            .step("a", "h").on_failure("ua", "u")
+            .step("a", "h")
+            .on_failure("ua", "u")
             .save_point("sp")
-            .then("b", "h").on_failure("ub", "u")
-            .then("c", "h").max_retries(0)
+            .then("b", "h")
+            .on_failure("ub", "u")
+            .then("c", "h")
+            .max_retries(0)
             .build()
             .unwrap();
         let mut h = H::start(def, json!({}));
-        h.run(|s, _, _| if s == "c" { WorkOutcome::Failed { error: "x".into(), retryable: true } } else { WorkOutcome::Succeeded(Payload::null()) });
+        h.run(|s, _, _| {
+            if s == "c" {
+                WorkOutcome::Failed {
+                    error: "x".into(),
+                    retryable: true,
+                }
+            } else {
+                WorkOutcome::Succeeded(Payload::null())
+            }
+        });
         assert_eq!(h.compensations(), vec!["b"]);
         assert_eq!(h.status("a"), Some(S::Completed));
         assert_eq!(h.status("sp"), Some(S::Completed));
@@ -334,7 +499,12 @@ mod s5_rollback {
 
     #[test]
     fn steps_without_compensation_roll_back_without_a_call() {
-        let def = Builder::new("w", 1).step("a", "h").then("b", "h").max_retries(0).build().unwrap();
+        let def = Builder::new("w", 1)
+            .step("a", "h")
+            .then("b", "h")
+            .max_retries(0)
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
         h.ok("a");
         h.fail("b", true);
@@ -346,15 +516,26 @@ mod s5_rollback {
     #[test]
     fn compensation_failure_writes_dlq_and_rollback_continues() {
         let def = Builder::new("w", 1)
-            .step("a", "h").on_failure("ua", "u")
-            .then("b", "h").on_failure("ub", "u").compensation_max_retries(1).compensation_retry_delay_ms(1)
-            .then("c", "h").max_retries(0)
+            .step("a", "h")
+            .on_failure("ua", "u")
+            .then("b", "h")
+            .on_failure("ub", "u")
+            .compensation_max_retries(1)
+            .compensation_retry_delay_ms(1)
+            .then("c", "h")
+            .max_retries(0)
             .build()
             .unwrap();
         let mut h = H::start(def, json!({}));
         h.run(|s, k, _| match (s, k) {
-            ("c", _) => WorkOutcome::Failed { error: "x".into(), retryable: true },
-            ("b", WorkKind::Compensate) => WorkOutcome::Failed { error: "undo broke".into(), retryable: true },
+            ("c", _) => WorkOutcome::Failed {
+                error: "x".into(),
+                retryable: true,
+            },
+            ("b", WorkKind::Compensate) => WorkOutcome::Failed {
+                error: "undo broke".into(),
+                retryable: true,
+            },
             _ => WorkOutcome::Succeeded(Payload::null()),
         });
         assert_eq!(h.status("b"), Some(S::CompensationFailed));
@@ -362,10 +543,20 @@ mod s5_rollback {
         assert_eq!(h.inst(), InstanceStatus::Failed);
         assert_eq!(h.snap.dlq.len(), 1);
         assert_eq!(h.snap.dlq[0].record.kind, WorkKind::Compensate);
-        assert_eq!(h.calls.iter().filter(|c| c.0 == "b" && c.1 == WorkKind::Compensate).count(), 2);
+        assert_eq!(
+            h.calls
+                .iter()
+                .filter(|c| c.0 == "b" && c.1 == WorkKind::Compensate)
+                .count(),
+            2
+        );
         // Requeueing the record re-runs the compensation, never the forward handler.
         let id = h.snap.dlq[0].id;
-        h.feed(Input::Requeue { dlq_id: id, new_input: None }).unwrap();
+        h.feed(Input::Requeue {
+            dlq_id: id,
+            new_input: None,
+        })
+        .unwrap();
         assert_eq!(h.ready(), vec![("b".to_string(), WorkKind::Compensate)]);
         h.compensate_ok("b");
         assert_eq!(h.status("b"), Some(S::RolledBack));
@@ -376,9 +567,10 @@ mod s5_rollback {
     #[test]
     fn running_siblings_are_cancelled_and_late_success_compensated() {
         let def = Builder::new("w", 1)
-            .fork("f", |f| f
-                .branch(|b| b.step("a", "h").on_failure("ua", "u"))
-                .branch(|b| b.step("b", "h").max_retries(0)))
+            .fork("f", |f| {
+                f.branch(|b| b.step("a", "h").on_failure("ua", "u"))
+                    .branch(|b| b.step("b", "h").max_retries(0))
+            })
             .join("j", JoinStrategy::All)
             .build()
             .unwrap();
@@ -388,8 +580,18 @@ mod s5_rollback {
         assert_eq!(h.inst(), InstanceStatus::RollingBack);
         let a = h.queue.values().find(|i| &*i.key.step == "a").unwrap();
         assert!(a.cancel_requested, "running sibling asked to stop");
-        let key = QueueKey { instance_id: h.snap.instance.id, step: "a".into(), kind: WorkKind::Execute };
-        h.feed(Input::WorkDone { key, token: ta, attempt: aa, outcome: WorkOutcome::Succeeded(Payload::null()) }).unwrap();
+        let key = QueueKey {
+            instance_id: h.snap.instance.id,
+            step: "a".into(),
+            kind: WorkKind::Execute,
+        };
+        h.feed(Input::WorkDone {
+            key,
+            token: ta,
+            attempt: aa,
+            outcome: WorkOutcome::Succeeded(Payload::null()),
+        })
+        .unwrap();
         assert_eq!(h.ready(), vec![("a".to_string(), WorkKind::Compensate)]);
         h.run_ok();
         assert_eq!(h.status("a"), Some(S::RolledBack));
@@ -403,10 +605,17 @@ mod s6_fork_join {
 
     fn fork(strategy: JoinStrategy) -> WorkflowDefinition {
         Builder::new("w", 1)
-            .step("pre", "h").on_failure("upre", "u")
-            .fork("f", |f| f
-                .branch(|b| b.step("a1", "h").on_failure("ua1", "u").then("a2", "h").max_retries(0))
-                .branch(|b| b.step("b1", "h").on_failure("ub1", "u")))
+            .step("pre", "h")
+            .on_failure("upre", "u")
+            .fork("f", |f| {
+                f.branch(|b| {
+                    b.step("a1", "h")
+                        .on_failure("ua1", "u")
+                        .then("a2", "h")
+                        .max_retries(0)
+                })
+                .branch(|b| b.step("b1", "h").on_failure("ub1", "u"))
+            })
             .join("j", strategy)
             .then("post", "h")
             .build()
@@ -439,7 +648,11 @@ mod s6_fork_join {
         assert_eq!(h.status("j"), None, "the join never fires");
         h.run_ok();
         assert_eq!(h.inst(), InstanceStatus::Failed);
-        assert_eq!(h.compensations(), vec!["a1", "b1", "pre"], "reverse completion order");
+        assert_eq!(
+            h.compensations(),
+            vec!["a1", "b1", "pre"],
+            "reverse completion order"
+        );
         let mut comps = h.compensations();
         assert_eq!(comps.pop().as_deref(), Some("pre"), "pre compensated last");
         comps.sort();
@@ -452,7 +665,11 @@ mod s6_fork_join {
         let mut h = H::start(fork(JoinStrategy::Any), json!({}));
         h.ok("pre");
         h.ok("b1");
-        assert_eq!(h.status("j"), Some(S::Completed), "fires on the first branch");
+        assert_eq!(
+            h.status("j"),
+            Some(S::Completed),
+            "fires on the first branch"
+        );
         h.ok("a1");
         h.fail("a2", true);
         // Local rollback of branch a: only a1 compensated, the instance goes on.
@@ -468,13 +685,21 @@ mod s6_fork_join {
     fn any_join_fails_when_every_branch_failed() {
         let mut h = H::start(fork(JoinStrategy::Any), json!({}));
         h.run(|s, k, _| match (s, k) {
-            ("a2" | "b1", WorkKind::Execute) => WorkOutcome::Failed { error: "x".into(), retryable: false },
+            ("a2" | "b1", WorkKind::Execute) => WorkOutcome::Failed {
+                error: "x".into(),
+                retryable: false,
+            },
             _ => WorkOutcome::Succeeded(Payload::null()),
         });
         assert_eq!(h.inst(), InstanceStatus::Failed);
         assert_eq!(h.status("j"), Some(S::Failed));
         let comps = h.compensations();
-        assert!(comps.contains(&"a1".to_string()) && comps.contains(&"b1".to_string()) && comps.contains(&"pre".to_string()), "{comps:?}");
+        assert!(
+            comps.contains(&"a1".to_string())
+                && comps.contains(&"b1".to_string())
+                && comps.contains(&"pre".to_string()),
+            "{comps:?}"
+        );
         assert_eq!(comps.last().map(String::as_str), Some("pre"));
         h.check_invariants();
     }
@@ -482,21 +707,37 @@ mod s6_fork_join {
     #[test]
     fn conditions_and_nested_forks_inside_branches() {
         let def = Builder::new("w", 1)
-            .fork("f", |f| f
-                .branch(|b| b.step("a", "h").condition("c", "{{ gt .n 5 }}").otherwise(|e| e.step("small", "h")).then("big", "h"))
-                .branch(|b| b
-                    .fork("g", |g| g.branch(|x| x.step("x", "h")).branch(|y| y.step("y", "h")))
+            .fork("f", |f| {
+                f.branch(|b| {
+                    b.step("a", "h")
+                        .condition("c", "{{ gt .n 5 }}")
+                        .otherwise(|e| e.step("small", "h"))
+                        .then("big", "h")
+                })
+                .branch(|b| {
+                    b.fork("g", |g| {
+                        g.branch(|x| x.step("x", "h")).branch(|y| y.step("y", "h"))
+                    })
                     .join("gj", JoinStrategy::All)
-                    .then("after_g", "h")))
+                    .then("after_g", "h")
+                })
+            })
             .join("j", JoinStrategy::All)
             .build()
             .unwrap();
         for (n, end) in [(1, "small"), (9, "big")] {
             let mut h = H::start(def.clone(), json!({}));
-            h.run(|s, _, _| WorkOutcome::Succeeded(payload(if s == "a" { json!({"n": n}) } else { json!({"by": s}) })));
+            h.run(|s, _, _| {
+                WorkOutcome::Succeeded(payload(if s == "a" {
+                    json!({"n": n})
+                } else {
+                    json!({"by": s})
+                }))
+            });
             assert_eq!(h.inst(), InstanceStatus::Completed, "n={n}");
             let out = h.snap.instance.output.as_ref().unwrap().value().clone();
-            let mut completed: Vec<String> = serde_json::from_value(out["completed"].clone()).unwrap();
+            let mut completed: Vec<String> =
+                serde_json::from_value(out["completed"].clone()).unwrap();
             completed.sort();
             let mut want = vec![end.to_string(), "after_g".to_string()];
             want.sort();
@@ -508,9 +749,10 @@ mod s6_fork_join {
     #[test]
     fn join_step_waits_for_named_steps() {
         let def = Builder::new("w", 1)
-            .fork("f", |f| f
-                .branch(|b| b.step("a", "h").then("a_tail", "h"))
-                .branch(|b| b.step("b", "h")))
+            .fork("f", |f| {
+                f.branch(|b| b.step("a", "h").then("a_tail", "h"))
+                    .branch(|b| b.step("b", "h"))
+            })
             .join_step("j", &["a", "b"], JoinStrategy::All)
             .then("post", "h")
             .build()
@@ -519,7 +761,11 @@ mod s6_fork_join {
         h.ok("a");
         assert_eq!(h.status("j"), None);
         h.ok("b");
-        assert_eq!(h.status("j"), Some(S::Completed), "fires without waiting for a_tail");
+        assert_eq!(
+            h.status("j"),
+            Some(S::Completed),
+            "fires without waiting for a_tail"
+        );
         h.run_ok();
         assert_eq!(h.inst(), InstanceStatus::Completed);
         assert_eq!(h.status("a_tail"), Some(S::Completed));
@@ -545,24 +791,52 @@ mod s7_conditions {
         let h = H::start(cond(), json!({"count": "500"}));
         assert_eq!(h.ready(), vec![("no".to_string(), WorkKind::Execute)]);
         let h = H::start(cond(), json!({}));
-        assert_eq!(h.ready(), vec![("no".to_string(), WorkKind::Execute)], "missing is 0");
+        assert_eq!(
+            h.ready(),
+            vec![("no".to_string(), WorkKind::Execute)],
+            "missing is 0"
+        );
         assert!(h.event_names().contains(&"condition_check:c".to_string()));
     }
 
     #[test]
     fn false_without_else_ends_the_path() {
-        let def = Builder::new("w", 1).step("a", "h").condition("c", "{{ eq .status \"active\" }}").then("b", "h").build().unwrap();
+        let def = Builder::new("w", 1)
+            .step("a", "h")
+            .condition("c", "{{ eq .status \"active\" }}")
+            .then("b", "h")
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
-        h.work("a", WorkKind::Execute, WorkOutcome::Succeeded(payload(json!({"status": "idle"})))).unwrap();
+        h.work(
+            "a",
+            WorkKind::Execute,
+            WorkOutcome::Succeeded(payload(json!({"status": "idle"}))),
+        )
+        .unwrap();
         assert_eq!(h.inst(), InstanceStatus::Completed);
-        assert_eq!(h.snap.instance.output.as_ref().unwrap().value(), &json!({"status": "idle"}));
+        assert_eq!(
+            h.snap.instance.output.as_ref().unwrap().value(),
+            &json!({"status": "idle"})
+        );
     }
 
     #[test]
     fn evaluation_errors_fail_the_condition_without_retry() {
-        let def = Builder::new("w", 1).step("a", "h").on_failure("ua", "u").condition("c", "{{ gt .obj 1 }}").then("b", "h").build().unwrap();
+        let def = Builder::new("w", 1)
+            .step("a", "h")
+            .on_failure("ua", "u")
+            .condition("c", "{{ gt .obj 1 }}")
+            .then("b", "h")
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
-        h.work("a", WorkKind::Execute, WorkOutcome::Succeeded(payload(json!({"obj": {"x": 1}})))).unwrap();
+        h.work(
+            "a",
+            WorkKind::Execute,
+            WorkOutcome::Succeeded(payload(json!({"obj": {"x": 1}}))),
+        )
+        .unwrap();
         assert_eq!(h.status("c"), Some(S::Failed));
         assert_eq!(h.inst(), InstanceStatus::RollingBack);
         h.run_ok();
@@ -575,15 +849,22 @@ mod s8_human {
 
     fn human(policy: RejectPolicy) -> WorkflowDefinition {
         Builder::new("w", 1)
-            .step("a", "h").on_failure("ua", "u")
-            .wait_human("approve").on_reject(policy)
+            .step("a", "h")
+            .on_failure("ua", "u")
+            .wait_human("approve")
+            .on_reject(policy)
             .then("b", "h")
             .build()
             .unwrap()
     }
 
     fn decide(h: &mut H, d: Decision) -> Result<(), TransitionError> {
-        h.feed(Input::Decide { step: "approve".into(), decided_by: "ann".into(), decision: d, comment: Some("ok".into()) })
+        h.feed(Input::Decide {
+            step: "approve".into(),
+            decided_by: "ann".into(),
+            decision: d,
+            comment: Some("ok".into()),
+        })
     }
 
     #[test]
@@ -592,12 +873,24 @@ mod s8_human {
         h.ok("a");
         assert_eq!(h.status("approve"), Some(S::WaitingDecision));
         assert!(h.queue.is_empty(), "nothing polls");
-        assert!(h.event_names().contains(&"human_decision_waiting:approve".to_string()));
+        assert!(
+            h.event_names()
+                .contains(&"human_decision_waiting:approve".to_string())
+        );
         decide(&mut h, Decision::Confirm).unwrap();
         let b = h.snap.steps.iter().find(|r| &*r.step == "b").unwrap();
         assert_eq!(b.input.value()["decided_by"], json!("ann"));
         let e = decide(&mut h, Decision::Reject).unwrap_err();
-        assert!(matches!(e, TransitionError::NotWaitingDecision { status: S::Confirmed, .. }), "second decision: {e:?}");
+        assert!(
+            matches!(
+                e,
+                TransitionError::NotWaitingDecision {
+                    status: S::Confirmed,
+                    ..
+                }
+            ),
+            "second decision: {e:?}"
+        );
         h.run_ok();
         assert_eq!(h.inst(), InstanceStatus::Completed);
     }
@@ -619,7 +912,12 @@ mod s8_human {
 
     #[test]
     fn decision_timeout_applies_policy() {
-        let def = Builder::new("w", 1).wait_human("approve").decision_timeout_ms(5_000, TimeoutPolicy::Confirm).then("b", "h").build().unwrap();
+        let def = Builder::new("w", 1)
+            .wait_human("approve")
+            .decision_timeout_ms(5_000, TimeoutPolicy::Confirm)
+            .then("b", "h")
+            .build()
+            .unwrap();
         let mut h = H::start(def, json!({}));
         assert_eq!(h.queue.len(), 1, "one timer");
         h.run_ok();
@@ -634,24 +932,38 @@ mod s9_cancel_abort {
     #[test]
     fn cancel_compensates_everything_ignoring_savepoints() {
         let def = Builder::new("w", 1)
-            .step("a", "h").on_failure("ua", "u")
+            .step("a", "h")
+            .on_failure("ua", "u")
             .save_point("sp")
-            .then("b", "h").on_failure("ub", "u")
+            .then("b", "h")
+            .on_failure("ub", "u")
             .then("c", "h")
             .build()
             .unwrap();
         let mut h = H::start(def, json!({}));
         h.ok("a");
         h.ok("b");
-        h.feed(Input::Cancel { reason: Some("user".into()) }).unwrap();
+        h.feed(Input::Cancel {
+            reason: Some("user".into()),
+        })
+        .unwrap();
         assert_eq!(h.inst(), InstanceStatus::Cancelling);
         assert_eq!(h.status("c"), Some(S::Skipped));
         let e = h.feed(Input::Cancel { reason: None }).unwrap_err();
-        assert_eq!(e, TransitionError::AlreadyInProgress { status: InstanceStatus::Cancelling });
+        assert_eq!(
+            e,
+            TransitionError::AlreadyInProgress {
+                status: InstanceStatus::Cancelling
+            }
+        );
         h.run_ok();
         assert_eq!(h.compensations(), vec!["b", "a"]);
         assert_eq!(h.inst(), InstanceStatus::Cancelled);
-        assert!(h.events.iter().any(|e| e.kind == EventKind::WorkflowCancelled));
+        assert!(
+            h.events
+                .iter()
+                .any(|e| e.kind == EventKind::WorkflowCancelled)
+        );
         h.check_invariants();
     }
 
@@ -675,9 +987,10 @@ mod s10_dlq {
     fn dlq_def() -> WorkflowDefinition {
         Builder::new("w", 1)
             .dlq(true)
-            .fork("f", |f| f
-                .branch(|b| b.step("a", "h").max_retries(0))
-                .branch(|b| b.step("b", "h").then("b2", "h")))
+            .fork("f", |f| {
+                f.branch(|b| b.step("a", "h").max_retries(0))
+                    .branch(|b| b.step("b", "h").then("b2", "h"))
+            })
             .join("j", JoinStrategy::All)
             .then("post", "h")
             .build()
@@ -694,14 +1007,28 @@ mod s10_dlq {
         assert_eq!(h.snap.dlq.len(), 1);
         assert_eq!(h.snap.dlq[0].record.error, "a broke");
         // The running sibling finishes and its result is kept; its successor is paused.
-        let key = QueueKey { instance_id: h.snap.instance.id, step: "b".into(), kind: WorkKind::Execute };
-        h.feed(Input::WorkDone { key, token: tb, attempt: ab, outcome: WorkOutcome::Succeeded(Payload::null()) }).unwrap();
+        let key = QueueKey {
+            instance_id: h.snap.instance.id,
+            step: "b".into(),
+            kind: WorkKind::Execute,
+        };
+        h.feed(Input::WorkDone {
+            key,
+            token: tb,
+            attempt: ab,
+            outcome: WorkOutcome::Succeeded(Payload::null()),
+        })
+        .unwrap();
         assert_eq!(h.status("b"), Some(S::Completed));
         assert_eq!(h.status("b2"), Some(S::Paused));
         assert!(h.queue.is_empty());
         assert!(h.compensations().is_empty(), "no rollback in DLQ mode");
         let id = h.snap.dlq[0].id;
-        h.feed(Input::Requeue { dlq_id: id, new_input: Some(payload(json!({"fixed": true}))) }).unwrap();
+        h.feed(Input::Requeue {
+            dlq_id: id,
+            new_input: Some(payload(json!({"fixed": true}))),
+        })
+        .unwrap();
         assert_eq!(h.inst(), InstanceStatus::Running);
         assert!(h.snap.dlq.is_empty());
         assert!(h.event_names().contains(&"dlq_requeued:a".to_string()));
@@ -709,8 +1036,19 @@ mod s10_dlq {
         assert_eq!(a.input.value(), &json!({"fixed": true}));
         h.run_ok();
         assert_eq!(h.inst(), InstanceStatus::Completed);
-        assert!(!h.calls.iter().any(|c| c.0 == "b"), "b not re-run after requeue");
-        assert_eq!(h.snap.steps.iter().find(|r| &*r.step == "b").unwrap().attempts, 1);
+        assert!(
+            !h.calls.iter().any(|c| c.0 == "b"),
+            "b not re-run after requeue"
+        );
+        assert_eq!(
+            h.snap
+                .steps
+                .iter()
+                .find(|r| &*r.step == "b")
+                .unwrap()
+                .attempts,
+            1
+        );
     }
 
     #[test]
@@ -718,12 +1056,20 @@ mod s10_dlq {
         let mut h = H::start(dlq_def(), json!({}));
         h.fail("a", true);
         assert_eq!(h.inst(), InstanceStatus::Dlq);
-        let e = h.feed(Input::Requeue { dlq_id: DlqId(999), new_input: None }).unwrap_err();
+        let e = h
+            .feed(Input::Requeue {
+                dlq_id: DlqId(999),
+                new_input: None,
+            })
+            .unwrap_err();
         assert_eq!(e, TransitionError::UnknownDlqRecord { id: 999 });
         h.feed(Input::Cancel { reason: None }).unwrap();
         h.run_ok();
         assert_eq!(h.inst(), InstanceStatus::Cancelled);
-        assert!(h.snap.dlq.is_empty(), "forward DLQ records go with the cancel");
+        assert!(
+            h.snap.dlq.is_empty(),
+            "forward DLQ records go with the cancel"
+        );
         h.check_invariants();
     }
 }
@@ -734,19 +1080,35 @@ mod s11_scheduling {
     #[test]
     fn priority_and_delay_shape_the_order_key() {
         let def = Builder::new("w", 1)
-            .fork("f", |f| f
-                .branch(|b| b.step("low", "h").priority(0))
-                .branch(|b| b.step("high", "h").priority(100))
-                .branch(|b| b.step("later", "h").delay_ms(1_000)))
+            .fork("f", |f| {
+                f.branch(|b| b.step("low", "h").priority(0))
+                    .branch(|b| b.step("high", "h").priority(100))
+                    .branch(|b| b.step("later", "h").delay_ms(1_000))
+            })
             .join("j", JoinStrategy::All)
             .build()
             .unwrap();
         let h = H::start(def, json!({}));
-        let key = |s: &str| h.queue.values().find(|i| &*i.key.step == s).unwrap().clone();
+        let key = |s: &str| {
+            h.queue
+                .values()
+                .find(|i| &*i.key.step == s)
+                .unwrap()
+                .clone()
+        };
         assert!(key("high").order_key < key("low").order_key);
-        assert_eq!(key("low").order_key - key("high").order_key, 100 * DEFAULT_AGING_MS_PER_POINT as i64);
+        assert_eq!(
+            key("low").order_key - key("high").order_key,
+            100 * DEFAULT_AGING_MS_PER_POINT as i64
+        );
         assert_eq!(key("later").run_at, h.now.add_ms(1_000));
-        assert_eq!(h.ready(), vec![("high".to_string(), WorkKind::Execute), ("low".to_string(), WorkKind::Execute)]);
+        assert_eq!(
+            h.ready(),
+            vec![
+                ("high".to_string(), WorkKind::Execute),
+                ("low".to_string(), WorkKind::Execute)
+            ]
+        );
     }
 }
 
@@ -785,11 +1147,28 @@ mod s5_strict_order {
         h.ok("reserve");
         let (token, attempt, _) = h.claim("charge", WorkKind::Execute);
         h.feed(Input::Cancel { reason: None }).unwrap();
-        assert!(h.ready().is_empty(), "no compensation while charge still runs");
-        let key = QueueKey { instance_id: h.snap.instance.id, step: "charge".into(), kind: WorkKind::Execute };
-        h.feed(Input::WorkDone { key, token, attempt, outcome: WorkOutcome::Succeeded(Payload::null()) }).unwrap();
+        assert!(
+            h.ready().is_empty(),
+            "no compensation while charge still runs"
+        );
+        let key = QueueKey {
+            instance_id: h.snap.instance.id,
+            step: "charge".into(),
+            kind: WorkKind::Execute,
+        };
+        h.feed(Input::WorkDone {
+            key,
+            token,
+            attempt,
+            outcome: WorkOutcome::Succeeded(Payload::null()),
+        })
+        .unwrap();
         h.run_ok();
-        assert_eq!(h.compensations(), vec!["charge", "reserve"], "late success compensated first");
+        assert_eq!(
+            h.compensations(),
+            vec!["charge", "reserve"],
+            "late success compensated first"
+        );
         assert_eq!(h.inst(), InstanceStatus::Cancelled);
     }
 }

@@ -15,7 +15,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = common::engine();
     engine.register_fn("book", |_ctx, input: Payload| async move { Ok(input) });
     engine.register_fn("unbook", |ctx, _input| async move {
-        println!("  compensating {} ({})", ctx.step(), ctx.compensation().map(|c| c.reason.as_str()).unwrap_or("?"));
+        println!(
+            "  compensating {} ({})",
+            ctx.step(),
+            ctx.compensation().map(|c| c.reason.as_str()).unwrap_or("?")
+        );
         Ok(Payload::null())
     });
     engine.register_fn("slow", |ctx, _input| async move {
@@ -35,11 +39,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wf = engine.register_workflow(def).await?;
     engine.start_workers()?;
 
-    for (op, want) in [("cancel", InstanceStatus::Cancelled), ("abort", InstanceStatus::Aborted)] {
+    for (op, want) in [
+        ("cancel", InstanceStatus::Cancelled),
+        ("abort", InstanceStatus::Aborted),
+    ] {
         let id = engine.start(&wf, json!({ "who": op })).await?;
         // Wait until the slow step runs.
         engine
-            .wait_until(id, common::WAIT, |s| s.steps.iter().any(|r| &*r.step == "visa" && r.status == floxy::StepStatus::Running))
+            .wait_until(id, common::WAIT, |s| {
+                s.steps
+                    .iter()
+                    .any(|r| &*r.step == "visa" && r.status == floxy::StepStatus::Running)
+            })
             .await?;
         if op == "cancel" {
             engine.cancel(id, Some("customer changed plans")).await?;

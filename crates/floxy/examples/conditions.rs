@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let def = Builder::new("order-routing", 1)
-        .condition("is_big", "{{ and (gt .amount 100) (eq .currency \"EUR\") }}")
+        .condition(
+            "is_big",
+            "{{ and (gt .amount 100) (eq .currency \"EUR\") }}",
+        )
         .otherwise(|e| e.step("fast_path", "fast_path"))
         .then("review", "review")
         .then("notify", "notify")
@@ -28,14 +31,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wf = engine.register_workflow(def).await?;
     engine.start_workers()?;
     for (amount, want) in [(500, "review"), (20, "fast_path")] {
-        let done = engine.start_and_wait(&wf, json!({ "amount": amount, "currency": "EUR" }), common::WAIT).await?;
+        let done = engine
+            .start_and_wait(
+                &wf,
+                json!({ "amount": amount, "currency": "EUR" }),
+                common::WAIT,
+            )
+            .await?;
         common::print_timeline(&engine, done.id).await?;
-        let out = done.output.clone().map(|o| o.value().clone()).unwrap_or_default();
+        let out = done
+            .output
+            .clone()
+            .map(|o| o.value().clone())
+            .unwrap_or_default();
         if out[want] != json!(true) {
             eprintln!("amount {amount}: expected the {want} branch, output {out}");
             std::process::exit(1);
         }
-        common::expect(&format!("amount {amount} took {want}"), done.status, InstanceStatus::Completed);
+        common::expect(
+            &format!("amount {amount} took {want}"),
+            done.status,
+            InstanceStatus::Completed,
+        );
     }
     engine.shutdown(None).await;
     Ok(())

@@ -28,18 +28,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let wf = engine.register_workflow(def).await?;
     engine.start_workers()?;
-    let parked = engine.start_and_wait(&wf, json!({ "payment_id": "typo" }), common::WAIT).await?;
+    let parked = engine
+        .start_and_wait(&wf, json!({ "payment_id": "typo" }), common::WAIT)
+        .await?;
     common::expect("bad payment id", parked.status, InstanceStatus::Dlq);
-    let page = engine.dlq(&DlqQuery { instance_id: Some(parked.id), ..DlqQuery::default() }).await?;
+    let page = engine
+        .dlq(&DlqQuery {
+            instance_id: Some(parked.id),
+            ..DlqQuery::default()
+        })
+        .await?;
     let Some(record) = page.items.first() else {
         eprintln!("no DLQ record");
         std::process::exit(1);
     };
-    println!("DLQ record {}: step {} failed: {}", record.id, record.record.step, record.record.error);
-    engine.requeue(record.id, Some(json!({ "payment_id": "pay-42" }).into())).await?;
+    println!(
+        "DLQ record {}: step {} failed: {}",
+        record.id, record.record.step, record.record.error
+    );
+    engine
+        .requeue(record.id, Some(json!({ "payment_id": "pay-42" }).into()))
+        .await?;
     let done = engine.wait_for(parked.id, common::WAIT).await?;
     common::print_timeline(&engine, done.id).await?;
-    common::expect("after requeue with a fixed input", done.status, InstanceStatus::Completed);
+    common::expect(
+        "after requeue with a fixed input",
+        done.status,
+        InstanceStatus::Completed,
+    );
     engine.shutdown(None).await;
     Ok(())
 }

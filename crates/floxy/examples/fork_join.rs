@@ -17,7 +17,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     engine.register_fn("aggregate", |_ctx, input: Payload| async move {
-        let outputs = input.value()["outputs"].as_object().cloned().unwrap_or_default();
+        let outputs = input.value()["outputs"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let total: u64 = outputs.values().filter_map(|o| o["rows"].as_u64()).sum();
         Ok(json!({ "total_rows": total, "sources": outputs.len() }).into())
     });

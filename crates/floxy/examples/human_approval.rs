@@ -32,12 +32,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let id = engine.start(&wf, json!({ "amount": 250 })).await?;
         // Returns as soon as the human step waits: nothing polls.
         let waiting = engine.wait_for(id, common::WAIT).await?;
-        let approve = engine.steps(id).await?.into_iter().find(|s| &*s.step == "approve");
-        if waiting.status != InstanceStatus::Running || approve.map(|s| s.status) != Some(StepStatus::WaitingDecision) {
+        let approve = engine
+            .steps(id)
+            .await?
+            .into_iter()
+            .find(|s| &*s.step == "approve");
+        if waiting.status != InstanceStatus::Running
+            || approve.map(|s| s.status) != Some(StepStatus::WaitingDecision)
+        {
             eprintln!("expected the instance to wait for a decision");
             std::process::exit(1);
         }
-        engine.decide(id, "approve", who, decision, Some("looked fine")).await?;
+        engine
+            .decide(id, "approve", who, decision, Some("looked fine"))
+            .await?;
         let done = engine.wait_for(id, common::WAIT).await?;
         common::print_timeline(&engine, id).await?;
         common::expect(&format!("decision by {who}"), done.status, want);

@@ -16,7 +16,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(json!({ "reserved": input.value()["items"], "order": input.value()["order"] }).into())
     });
     engine.register_fn("stock.release", |ctx, _input| async move {
-        println!("  compensating: releasing stock ({})", ctx.idempotency_key());
+        println!(
+            "  compensating: releasing stock ({})",
+            ctx.idempotency_key()
+        );
         Ok(Payload::null())
     });
     engine.register_fn("payment.charge", |_ctx, input: Payload| async move {
@@ -47,12 +50,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     engine.start_workers()?;
 
     println!("== an order that ships");
-    let ok = engine.start_and_wait(&wf, json!({ "order": "o-1", "items": ["book"] }), common::WAIT).await?;
+    let ok = engine
+        .start_and_wait(
+            &wf,
+            json!({ "order": "o-1", "items": ["book"] }),
+            common::WAIT,
+        )
+        .await?;
     common::print_timeline(&engine, ok.id).await?;
     common::expect("order o-1", ok.status, InstanceStatus::Completed);
 
     println!("== an order whose shipping fails: refund, then release");
-    let bad = engine.start_and_wait(&wf, json!({ "order": "bad-address", "items": ["lamp"] }), common::WAIT).await?;
+    let bad = engine
+        .start_and_wait(
+            &wf,
+            json!({ "order": "bad-address", "items": ["lamp"] }),
+            common::WAIT,
+        )
+        .await?;
     common::print_timeline(&engine, bad.id).await?;
     common::expect("order bad-address", bad.status, InstanceStatus::Failed);
 

@@ -33,11 +33,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let wf = engine.register_workflow(def).await?;
     engine.start_workers()?;
-    let done = engine.start_and_wait(&wf, json!({ "order": 7 }), common::WAIT).await?;
+    let done = engine
+        .start_and_wait(&wf, json!({ "order": 7 }), common::WAIT)
+        .await?;
     common::print_timeline(&engine, done.id).await?;
     let steps = engine.steps(done.id).await?;
     let status = |n: &str| steps.iter().find(|s| &*s.step == n).map(|s| s.status);
-    if status("payment") != Some(StepStatus::Completed) || status("inventory") != Some(StepStatus::RolledBack) {
+    if status("payment") != Some(StepStatus::Completed)
+        || status("inventory") != Some(StepStatus::RolledBack)
+    {
         eprintln!("the savepoint did not bound the rollback");
         std::process::exit(1);
     }

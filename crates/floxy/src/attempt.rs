@@ -2,8 +2,10 @@
 //! commit.
 
 use crate::engine::Engine;
+use crate::failpoints::{self, Hit};
 use crate::handler::{CompensationInfo, StepContext};
 use crate::heartbeat::LeaseGuard;
+use floxy_core::failpoints as fp;
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{Input, TransitionError, WorkOutcome};
 use floxy_core::model::{CompensationReason, FencingToken, QueueItem, StepKind, StepRun, WorkKind};
@@ -40,6 +42,9 @@ impl Engine {
             tracing::error!("store returned a claimed item without a lease; skipping it");
             return;
         };
+        if failpoints::hit(fp::AFTER_CLAIM).await == Hit::Abandon {
+            return;
+        }
         let inner = &self.inner;
         let wf = match inner
             .workflows
@@ -90,6 +95,9 @@ impl Engine {
             tracing::debug!("lease lost while working; result dropped");
             return;
         }
+        if failpoints::hit(fp::BEFORE_COMMIT).await == Hit::Abandon {
+            return;
+        }
         self.commit_result(&wf, &item, token, input).await;
         drop(guard);
     }
@@ -103,10 +111,16 @@ impl Engine {
     ) {
         match self
             .inner
-            .apply_input(wf, item.key.instance_id, input)
+            .commit_input(wf, item.key.instance_id, input)
             .await
         {
-            Ok(t) => tracing::debug!(status = t.instance.status.as_str(), "result committed"),
+            Ok(t) => {
+                if failpoints::hit(fp::AFTER_COMMIT).await == Hit::Abandon {
+                    return;
+                }
+                self.inner.after_commit(&t);
+                tracing::debug!(status = t.instance.status.as_str(), "result committed");
+            }
             Err(StoreError::StaleLease { .. }) => {
                 tracing::debug!(token = token.0, "stale lease; result dropped");
             }

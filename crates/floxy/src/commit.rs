@@ -51,7 +51,20 @@ impl Inner {
         id: InstanceId,
         input: Input,
     ) -> Result<Transition, StoreError> {
-        let t = with_store_retry("update_instance", || {
+        let t = self.commit_input(wf, id, input).await?;
+        self.after_commit(&t);
+        Ok(t)
+    }
+
+    /// [`Inner::apply_input`] without the acknowledgement ([`Inner::after_commit`]): the
+    /// caller acknowledges.
+    pub(crate) async fn commit_input(
+        &self,
+        wf: &Arc<CompiledWorkflow>,
+        id: InstanceId,
+        input: Input,
+    ) -> Result<Transition, StoreError> {
+        with_store_retry("update_instance", || {
             let wf = Arc::clone(wf);
             let input = input.clone();
             let now = self.config.clock.now();
@@ -60,9 +73,7 @@ impl Inner {
                 Box::new(move |snap| machine::apply(&wf, snap, &input, now)),
             )
         })
-        .await?;
-        self.after_commit(&t);
-        Ok(t)
+        .await
     }
 
     /// Wakes local waiters and idle workers after a commit, and fires the tokens of local

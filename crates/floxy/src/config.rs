@@ -28,6 +28,7 @@ pub(crate) struct EngineConfig {
     pub(crate) shutdown_timeout_ms: u64,
     pub(crate) worker_id: Arc<str>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) id_seed: Option<u64>,
 }
 
 /// Builds an [`Engine`]. Out-of-range values are clamped to their bounds (documented on each
@@ -57,6 +58,7 @@ impl EngineBuilder {
                 shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
                 worker_id: format!("floxy-{}", uuid::Uuid::now_v7()).into(),
                 clock: Arc::new(SystemClock),
+                id_seed: None,
             },
         }
     }
@@ -92,6 +94,14 @@ impl EngineBuilder {
     /// `floxy-<uuid>`). Must be unique among the processes sharing a store.
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.config.worker_id = id.into().into();
+        self
+    }
+
+    /// Derives instance ids from `seed` and a counter instead of random bits (still UUIDv7,
+    /// time-ordered). For seeded simulations that must replay exactly; never share a seed
+    /// between engines on one store.
+    pub fn deterministic_ids(mut self, seed: u64) -> Self {
+        self.config.id_seed = Some(seed);
         self
     }
 

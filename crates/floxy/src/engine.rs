@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) commits: watch::Sender<u64>,
     pub(crate) lifecycle: Lifecycle,
     ids: Mutex<uuid::timestamp::context::ContextV7>,
+    /// Counter of deterministic ids (used when `config.id_seed` is set).
+    id_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -114,6 +116,7 @@ impl Engine {
                 commits,
                 lifecycle: Lifecycle::default(),
                 ids: Mutex::new(uuid::timestamp::context::ContextV7::new()),
+                id_counter: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -268,6 +271,16 @@ impl Engine {
 
     fn new_instance_id(&self) -> InstanceId {
         let ms = u64::try_from(self.clock().now().as_millis()).unwrap_or(0);
+        if let Some(seed) = self.inner.config.id_seed {
+            let n = self
+                .inner
+                .id_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut bits = [0u8; 10];
+            bits[..8].copy_from_slice(&splitmix64(seed ^ n.rotate_left(32)).to_le_bytes());
+            bits[8..].copy_from_slice(&(n as u16).to_le_bytes());
+            return InstanceId(uuid::Builder::from_unix_timestamp_millis(ms, &bits).into_uuid());
+        }
         let ctx = self.inner.ids.lock();
         let ts = uuid::Timestamp::from_unix(&*ctx, ms / 1_000, (ms % 1_000) as u32 * 1_000_000);
         InstanceId(uuid::Uuid::new_v7(ts))
@@ -471,4 +484,12 @@ impl Engine {
     pub async fn stats(&self) -> Result<StoreStats, EngineError> {
         Ok(self.inner.store.stats().await?)
     }
+}
+
+/// splitmix64 finaliser: spreads a counter over 64 bits.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -10,8 +10,9 @@
 //! * `Lost`: the lease was reclaimed or removed: the token fires and the result is dropped.
 
 use crate::clock::{Clock, until};
+use crate::failpoints::{self, Hit};
 use floxy_core::model::{FencingToken, QueueKey, Timestamp};
-use floxy_core::store::{LeaseRef, LeaseState, Store};
+use floxy_core::store::{LeaseRef, LeaseState, Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,7 +149,12 @@ pub(crate) async fn beat_once(
     }
     let refs: Vec<LeaseRef> = batch.iter().map(|(_, r)| r.clone()).collect();
     let now = clock.now();
-    let result = store.heartbeat(owner, &refs, now).await;
+    let result = match failpoints::hit(floxy_core::failpoints::HEARTBEAT).await {
+        Hit::Continue => store.heartbeat(owner, &refs, now).await,
+        Hit::Abandon => Err(StoreError::Unavailable(
+            "heartbeat skipped by failpoint".to_owned(),
+        )),
+    };
     let mut entries = table.entries.lock();
     match result {
         Ok(states) => {

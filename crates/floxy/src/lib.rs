@@ -86,6 +86,10 @@
 //!
 //! * `memory` (default): re-exports [`MemoryStore`], the in-process store.
 //! * `redb`, `postgres`: durable backends (planned).
+//! * `failpoints`: evaluates [fail-rs](https://docs.rs/fail) failpoints at the runtime's
+//!   crash points (after a claim, before a commit, after a commit, in heartbeats), named in
+//!   [`floxy_core::failpoints`]. For fault-injection tests only; off by default (and then the
+//!   points compile to nothing).
 
 mod attempt;
 mod clock;
@@ -93,6 +97,7 @@ mod commit;
 mod config;
 mod engine;
 mod error;
+mod failpoints;
 mod handler;
 mod heartbeat;
 mod wait;

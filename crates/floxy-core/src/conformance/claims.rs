@@ -2,12 +2,12 @@
 //! aging, and the side effects on step runs.
 
 use super::fixtures::{
-    TTL_MS, at, claim, create, event, execute, iid, item, key, next, ok, request, snapshot,
-    start, step_run, stored_step, update, wf, write,
+    TTL_MS, at, claim, create, event, execute, iid, item, key, next, ok, request, snapshot, start,
+    step_run, stored_step, update, wf, write,
 };
 use crate::model::{
-    EventKind, FencingToken, LeaseCheck, QueueItem, QueueKey, QueueOp, StepStatus,
-    TIMER_HANDLER, Timestamp, WorkKind,
+    EventKind, FencingToken, LeaseCheck, QueueItem, QueueKey, QueueOp, StepStatus, TIMER_HANDLER,
+    Timestamp, WorkKind,
 };
 use crate::store::{ClaimRequest, Store, StoreError};
 use std::collections::HashSet;
@@ -20,7 +20,10 @@ fn token_of(item: &QueueItem) -> FencingToken {
 }
 
 fn steps_of(claimed: &[crate::store::ClaimedItem]) -> Vec<String> {
-    claimed.iter().map(|c| c.item.key.step.to_string()).collect()
+    claimed
+        .iter()
+        .map(|c| c.item.key.step.to_string())
+        .collect()
 }
 
 /// Many concurrent claims (16 workers polled together, batches of 7, over 200 items) never
@@ -40,8 +43,7 @@ pub async fn claim_uniqueness<S: Store>(store: S) {
     let mut keys: HashSet<QueueKey> = HashSet::new();
     let mut tokens: HashSet<FencingToken> = HashSet::new();
     for _round in 0..100 {
-        let results =
-            futures::future::join_all(requests.iter().map(|r| store.claim(r))).await;
+        let results = futures::future::join_all(requests.iter().map(|r| store.claim(r))).await;
         let mut got = 0;
         for (w, r) in results.into_iter().enumerate() {
             let claimed = ok(r, "concurrent claim");
@@ -61,7 +63,11 @@ pub async fn claim_uniqueness<S: Store>(store: S) {
                     "item {:?} claimed twice",
                     c.item.key
                 );
-                assert!(tokens.insert(lease.token), "token {} issued twice", lease.token);
+                assert!(
+                    tokens.insert(lease.token),
+                    "token {} issued twice",
+                    lease.token
+                );
             }
         }
         if got == 0 {
@@ -85,7 +91,14 @@ pub async fn claim_batches<S: Store>(store: S) {
     let id = iid(1);
     let mut t = start(id, at(0), &[]);
     // Order keys deliberately not in name order.
-    let order = [("e", 5), ("a", 40), ("d", 10), ("b", 30), ("c", 20), ("f", 0)];
+    let order = [
+        ("e", 5),
+        ("a", 40),
+        ("d", 10),
+        ("b", 30),
+        ("c", 20),
+        ("f", 0),
+    ];
     for (step, ok_) in order {
         t.steps
             .push(write(step_run(id, step, StepStatus::Pending, at(0)), None));
@@ -99,9 +112,17 @@ pub async fn claim_batches<S: Store>(store: S) {
         "limit 0 claims nothing"
     );
     let first = claim(&store, "w", &["h"], 4, at(1)).await;
-    assert_eq!(steps_of(&first), vec!["f", "e", "d", "c"], "first batch in order");
+    assert_eq!(
+        steps_of(&first),
+        vec!["f", "e", "d", "c"],
+        "first batch in order"
+    );
     let rest = claim(&store, "w", &["h"], 4, at(1)).await;
-    assert_eq!(steps_of(&rest), vec!["b", "a"], "second batch takes the rest");
+    assert_eq!(
+        steps_of(&rest),
+        vec!["b", "a"],
+        "second batch takes the rest"
+    );
     let mut all: Vec<FencingToken> = first
         .iter()
         .chain(rest.iter())
@@ -122,8 +143,10 @@ pub async fn claim_tie_break<S: Store>(store: S) {
     for n in [3_u128, 1, 2] {
         let mut t = start(iid(n), at(0), &[]);
         for step in ["y", "x"] {
-            t.steps
-                .push(write(step_run(iid(n), step, StepStatus::Pending, at(0)), None));
+            t.steps.push(write(
+                step_run(iid(n), step, StepStatus::Pending, at(0)),
+                None,
+            ));
             t.queue
                 .push(QueueOp::Upsert(execute(iid(n), step, "h", at(0))));
         }
@@ -132,7 +155,12 @@ pub async fn claim_tie_break<S: Store>(store: S) {
     let got: Vec<(u128, String)> = claim(&store, "w", &["h"], 10, at(0))
         .await
         .iter()
-        .map(|c| (c.item.key.instance_id.0.as_u128(), c.item.key.step.to_string()))
+        .map(|c| {
+            (
+                c.item.key.instance_id.0.as_u128(),
+                c.item.key.step.to_string(),
+            )
+        })
         .collect();
     let expect: Vec<(u128, String)> = [1_u128, 2, 3]
         .iter()
@@ -163,7 +191,12 @@ pub async fn claim_handler_filter<S: Store>(store: S) {
         step_run(id, "human", StepStatus::WaitingDecision, at(0)),
         None,
     ));
-    let mut timer = item(&wf(), key(id, "human", WorkKind::Timer), TIMER_HANDLER, at(0));
+    let mut timer = item(
+        &wf(),
+        key(id, "human", WorkKind::Timer),
+        TIMER_HANDLER,
+        at(0),
+    );
     timer.order_key = 0;
     t.queue.push(QueueOp::Upsert(timer));
     create(&store, t).await;
@@ -256,13 +289,21 @@ pub async fn claim_side_effects<S: Store>(store: S) {
         .clone()
         .unwrap_or_else(|| panic!("claimed item without lease"));
     assert_eq!(&*lease.owner, "w1");
-    assert_eq!(lease.expires_at, at(10).add_ms(TTL_MS), "expiry = now + TTL");
+    assert_eq!(
+        lease.expires_at,
+        at(10).add_ms(TTL_MS),
+        "expiry = now + TTL"
+    );
     assert!(!c.previous_lease_expired);
     assert_eq!(c.run.status, StepStatus::Running);
     assert_eq!(c.run.attempts, 1);
     assert_eq!(c.run.started_at, Some(at(10)));
     let snap = snapshot(&store, id).await;
-    assert_eq!(stored_step(&snap, "a"), c.run, "the returned run is the stored one");
+    assert_eq!(
+        stored_step(&snap, "a"),
+        c.run,
+        "the returned run is the stored one"
+    );
     assert_eq!(
         snap.instance.version, 1,
         "a claim does not change the instance record"
@@ -316,10 +357,17 @@ pub async fn claim_side_effects<S: Store>(store: S) {
     let got = claim(&store, "w2", &["h"], 1, at(100)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].item.attempt, 2, "second attempt");
-    assert!(!got[0].previous_lease_expired, "the upsert dropped the old lease");
+    assert!(
+        !got[0].previous_lease_expired,
+        "the upsert dropped the old lease"
+    );
     assert_eq!(got[0].run.status, StepStatus::Running);
     assert_eq!(got[0].run.attempts, 2);
-    assert_eq!(got[0].run.error.as_deref(), Some("boom"), "the run is returned as stored");
+    assert_eq!(
+        got[0].run.error.as_deref(),
+        Some("boom"),
+        "the run is returned as stored"
+    );
     let events = ok(store.list_events(id, None, 0).await, "list_events");
     let last = &events[events.len() - 1];
     assert_eq!(
@@ -353,7 +401,8 @@ pub async fn claim_side_effects<S: Store>(store: S) {
 pub async fn claim_missing_step_run<S: Store>(store: S) {
     let id = iid(1);
     let mut t = start(id, at(0), &[]);
-    t.queue.push(QueueOp::Upsert(execute(id, "ghost", "h", at(0))));
+    t.queue
+        .push(QueueOp::Upsert(execute(id, "ghost", "h", at(0))));
     create(&store, t).await;
     let r = store.claim(&request("w", &["h"], 10, at(1))).await;
     assert!(

@@ -113,12 +113,7 @@ pub fn key(id: InstanceId, step: &str, kind: WorkKind) -> QueueKey {
 /// A queue item of `workflow` due at `run_at`, with `order_key == run_at`, priority 50,
 /// attempt 0 and lease TTL [`TTL_MS`].
 #[must_use]
-pub fn item(
-    workflow: &WorkflowId,
-    key: QueueKey,
-    handler: &str,
-    run_at: Timestamp,
-) -> QueueItem {
+pub fn item(workflow: &WorkflowId, key: QueueKey, handler: &str, run_at: Timestamp) -> QueueItem {
     QueueItem {
         key,
         workflow_id: workflow.clone(),
@@ -221,7 +216,12 @@ pub fn stored_step(snap: &InstanceSnapshot, step: &str) -> StepRun {
         .iter()
         .find(|r| &*r.step == step)
         .cloned()
-        .unwrap_or_else(|| panic!("step {step} missing from the snapshot of {}", snap.instance.id))
+        .unwrap_or_else(|| {
+            panic!(
+                "step {step} missing from the snapshot of {}",
+                snap.instance.id
+            )
+        })
 }
 
 /// Unwraps a store result, panicking with `what` and the error.
@@ -233,7 +233,11 @@ pub fn ok<T>(r: Result<T, StoreError>, what: &str) -> T {
 pub async fn create<S: Store>(store: &S, t: Transition) {
     let id = t.instance.id;
     let out = ok(store.create_instance(t).await, "create_instance");
-    assert_eq!(out, CreateOutcome::Created(id), "create_instance of a new id");
+    assert_eq!(
+        out,
+        CreateOutcome::Created(id),
+        "create_instance of a new id"
+    );
 }
 
 /// Applies `f` to instance `id` through [`Store::update_instance`].
@@ -242,7 +246,9 @@ where
     S: Store,
     F: FnOnce(&InstanceSnapshot) -> Transition + Send + 'static,
 {
-    store.update_instance(id, Box::new(move |snap| Ok(f(snap)))).await
+    store
+        .update_instance(id, Box::new(move |snap| Ok(f(snap))))
+        .await
 }
 
 /// Claims as `owner` for `handlers`, panicking on a store error.
@@ -253,7 +259,10 @@ pub async fn claim<S: Store>(
     limit: usize,
     now: Timestamp,
 ) -> Vec<ClaimedItem> {
-    ok(store.claim(&request(owner, handlers, limit, now)).await, "claim")
+    ok(
+        store.claim(&request(owner, handlers, limit, now)).await,
+        "claim",
+    )
 }
 
 /// A claim request.

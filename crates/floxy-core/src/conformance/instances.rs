@@ -1,8 +1,8 @@
 //! Definitions, instance creation, versions, step compare-and-set and atomicity.
 
 use super::fixtures::{
-    assert_conflict, assert_stale, at, claim, create, definition, dlq_record, event, execute,
-    iid, key, next, observe, ok, snapshot, start, step_run, stored_step, update, wf, wf2, write,
+    assert_conflict, assert_stale, at, claim, create, definition, dlq_record, event, execute, iid,
+    key, next, observe, ok, snapshot, start, step_run, stored_step, update, wf, wf2, write,
 };
 use crate::machine::TransitionError;
 use crate::model::{
@@ -63,13 +63,18 @@ pub async fn definitions<S: Store>(store: S) {
 pub async fn create_and_read<S: Store>(store: S) {
     let id = iid(1);
     let mut t = start(id, at(0), &[("b", "h"), ("a", "h")]);
-    t.steps
-        .push(write(step_run(id, "0-late", StepStatus::Pending, at(5)), None));
+    t.steps.push(write(
+        step_run(id, "0-late", StepStatus::Pending, at(5)),
+        None,
+    ));
     t.instance.idempotency_key = Some("order-1".into());
     create(&store, t.clone()).await;
 
     let snap = snapshot(&store, id).await;
-    assert_eq!(snap.instance, t.instance, "load_instance returns the record written");
+    assert_eq!(
+        snap.instance, t.instance,
+        "load_instance returns the record written"
+    );
     assert_eq!(
         ok(store.get_instance(id).await, "get_instance"),
         Some(t.instance.clone()),
@@ -95,7 +100,11 @@ pub async fn create_and_read<S: Store>(store: S) {
     assert_eq!(events.len(), 1, "one event written");
     assert_eq!(events[0].kind, EventKind::WorkflowStarted);
     assert_eq!(events[0].instance_id, id);
-    assert_eq!(events[0].at, at(0), "events are stamped with the transition time");
+    assert_eq!(
+        events[0].at,
+        at(0),
+        "events are stamped with the transition time"
+    );
     assert_eq!(
         ok(store.get_instance(iid(2)).await, "get_instance"),
         None,
@@ -118,7 +127,11 @@ pub async fn idempotency_key<S: Store>(store: S) {
     let mut again = start(iid(2), at(1), &[("a", "h")]);
     again.instance.idempotency_key = Some("k".into());
     let out = ok(store.create_instance(again).await, "create_instance");
-    assert_eq!(out, CreateOutcome::Existing(iid(1)), "same workflow and key");
+    assert_eq!(
+        out,
+        CreateOutcome::Existing(iid(1)),
+        "same workflow and key"
+    );
     assert_eq!(out.id(), iid(1));
     assert_eq!(
         ok(store.get_instance(iid(2)).await, "get_instance"),
@@ -199,7 +212,10 @@ pub async fn version_check<S: Store>(store: S) {
         .await,
         "update with version + 1",
     );
-    assert_eq!(applied.instance.version, 2, "the applied transition is returned");
+    assert_eq!(
+        applied.instance.version, 2,
+        "the applied transition is returned"
+    );
     let rec = ok(store.get_instance(id).await, "get_instance");
     assert_eq!(rec, Some(applied.instance), "the record is the one written");
     // A transition that claims to create is refused for an existing instance.
@@ -235,11 +251,17 @@ pub async fn update_errors<S: Store>(store: S) {
     assert!(
         matches!(
             r,
-            Err(StoreError::Rejected(TransitionError::InstanceTerminal { .. }))
+            Err(StoreError::Rejected(
+                TransitionError::InstanceTerminal { .. }
+            ))
         ),
         "a refusing transition function: expected Rejected, got {r:?}"
     );
-    assert_eq!(observe(&store, iid(1)).await, before, "a rejected update writes nothing");
+    assert_eq!(
+        observe(&store, iid(1)).await,
+        before,
+        "a rejected update writes nothing"
+    );
 }
 
 /// Step writes are compare-and-set on the stored status; `None` means "must not exist".
@@ -264,7 +286,11 @@ pub async fn step_compare_and_set<S: Store>(store: S) {
         })
         .await;
         assert_conflict(&r, &format!("step write on {step} expecting {expect:?}"));
-        assert_eq!(observe(&store, id).await, before, "a failed CAS changes nothing");
+        assert_eq!(
+            observe(&store, id).await,
+            before,
+            "a failed CAS changes nothing"
+        );
     }
     ok(
         update(&store, id, move |s| {

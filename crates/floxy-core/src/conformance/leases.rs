@@ -4,9 +4,7 @@ use super::fixtures::{
     TTL_MS, assert_stale, at, claim, create, event, iid, key, next, observe, ok, start,
     stored_step, update, write,
 };
-use crate::model::{
-    EventKind, FencingToken, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind,
-};
+use crate::model::{EventKind, FencingToken, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind};
 use crate::store::{LeaseRef, LeaseState, Store};
 
 fn token(c: &crate::store::ClaimedItem) -> FencingToken {
@@ -21,7 +19,11 @@ fn token(c: &crate::store::ClaimedItem) -> FencingToken {
 pub async fn fencing_tokens_increase<S: Store>(store: S) {
     create(
         &store,
-        start(iid(1), at(0), &[("a", "h"), ("b", "h"), ("c", "h"), ("d", "h")]),
+        start(
+            iid(1),
+            at(0),
+            &[("a", "h"), ("b", "h"), ("c", "h"), ("d", "h")],
+        ),
     )
     .await;
     let mut tokens = Vec::new();
@@ -29,7 +31,12 @@ pub async fn fencing_tokens_increase<S: Store>(store: S) {
     tokens.extend(claim(&store, "w", &["h"], 1, at(0)).await.iter().map(token));
     // Reclaim all four after their leases expired, then the last one again.
     let later = at(0).add_ms(TTL_MS);
-    tokens.extend(claim(&store, "w", &["h"], 10, later).await.iter().map(token));
+    tokens.extend(
+        claim(&store, "w", &["h"], 10, later)
+            .await
+            .iter()
+            .map(token),
+    );
     tokens.extend(
         claim(&store, "w", &["h"], 10, later.add_ms(TTL_MS))
             .await
@@ -60,7 +67,10 @@ pub async fn lease_expiry<S: Store>(store: S) {
     let again = claim(&store, "w2", &["h"], 1, expires).await;
     assert_eq!(again.len(), 1, "reclaimable at expires_at");
     let c = &again[0];
-    assert!(c.previous_lease_expired, "the reclaim reports the expired lease");
+    assert!(
+        c.previous_lease_expired,
+        "the reclaim reports the expired lease"
+    );
     assert_eq!(c.item.attempt, 2, "the lost attempt counts");
     assert!(token(c) > token(&first[0]), "a new, larger token");
     let lease = c
@@ -105,7 +115,11 @@ pub async fn stale_token<S: Store>(store: S) {
     };
     let r = update(&store, id, complete(old)).await;
     assert_stale(&r, "completion with the token of the expired lease");
-    assert_eq!(observe(&store, id).await, before, "a stale write changes nothing");
+    assert_eq!(
+        observe(&store, id).await,
+        before,
+        "a stale write changes nothing"
+    );
     let hb = ok(
         store
             .heartbeat(
@@ -183,7 +197,9 @@ pub async fn heartbeat<S: Store>(store: S) {
     );
     assert_eq!(other, vec![LeaseState::Lost], "another owner cannot extend");
     assert!(
-        claim(&store, "w2", &["h"], 10, at(0).add_ms(TTL_MS)).await.is_empty(),
+        claim(&store, "w2", &["h"], 10, at(0).add_ms(TTL_MS))
+            .await
+            .is_empty(),
         "not reclaimable at the old expiry after a heartbeat"
     );
     let stored = ok(store.list_queue(id).await, "list_queue");

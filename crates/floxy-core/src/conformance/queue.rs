@@ -63,7 +63,11 @@ pub async fn upsert_replaces<S: Store>(store: S) {
             .await,
         "heartbeat",
     );
-    assert_eq!(hb, vec![LeaseState::Lost], "the replaced item's lease is gone");
+    assert_eq!(
+        hb,
+        vec![LeaseState::Lost],
+        "the replaced item's lease is gone"
+    );
     assert!(
         claim(&store, "w2", &["h"], 10, at(100)).await.is_empty(),
         "the old handler no longer matches"
@@ -74,7 +78,10 @@ pub async fn upsert_replaces<S: Store>(store: S) {
     );
     let got = claim(&store, "w2", &["h2"], 10, at(50)).await;
     assert_eq!(got.len(), 1);
-    assert!(!got[0].previous_lease_expired, "a dropped lease is not an expired one");
+    assert!(
+        !got[0].previous_lease_expired,
+        "a dropped lease is not an expired one"
+    );
     assert_eq!(got[0].item.attempt, 2);
 }
 
@@ -148,8 +155,15 @@ pub async fn request_cancel<S: Store>(store: S) {
         "the holder sees the cancel request"
     );
     let queue = ok(store.list_queue(id).await, "list_queue");
-    assert!(queue[0].cancel_requested, "the stored item carries the flag");
-    assert_eq!(queue.len(), 1, "a request for a missing item creates nothing");
+    assert!(
+        queue[0].cancel_requested,
+        "the stored item carries the flag"
+    );
+    assert_eq!(
+        queue.len(),
+        1,
+        "a request for a missing item creates nothing"
+    );
     let again = claim(&store, "w2", &["h"], 1, at(2).add_ms(TTL_MS)).await;
     assert_eq!(again.len(), 1);
     assert!(again[0].item.cancel_requested, "a reclaim keeps the flag");
@@ -166,8 +180,11 @@ pub async fn next_due<S: Store>(store: S) {
     );
     let id = iid(1);
     let mut t = start(id, at(0), &[]);
-    for (step, handler, run_at) in [("x", "a", at(500)), ("y", "a", at(300)), ("z", "b", at(100))]
-    {
+    for (step, handler, run_at) in [
+        ("x", "a", at(500)),
+        ("y", "a", at(300)),
+        ("z", "b", at(100)),
+    ] {
         t.steps
             .push(write(step_run(id, step, StepStatus::Pending, at(0)), None));
         t.queue.push(QueueOp::Upsert(item(
@@ -178,7 +195,10 @@ pub async fn next_due<S: Store>(store: S) {
         )));
     }
     create(&store, t).await;
-    assert_eq!(ok(store.next_due(&h(&["a"])).await, "next_due"), Some(at(300)));
+    assert_eq!(
+        ok(store.next_due(&h(&["a"])).await, "next_due"),
+        Some(at(300))
+    );
     assert_eq!(
         ok(store.next_due(&h(&["a", "b"])).await, "next_due"),
         Some(at(100))
@@ -188,7 +208,10 @@ pub async fn next_due<S: Store>(store: S) {
     // Claim y at 300: it is due again when its lease expires; x is next for `a`.
     let got = claim(&store, "w", &["a"], 1, at(300)).await;
     assert_eq!(&*got[0].item.key.step, "y");
-    assert_eq!(ok(store.next_due(&h(&["a"])).await, "next_due"), Some(at(500)));
+    assert_eq!(
+        ok(store.next_due(&h(&["a"])).await, "next_due"),
+        Some(at(500))
+    );
     let got = claim(&store, "w", &["a"], 1, at(500)).await;
     assert_eq!(&*got[0].item.key.step, "x");
     assert_eq!(

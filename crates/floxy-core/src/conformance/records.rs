@@ -1,8 +1,7 @@
 //! DLQ records, events and instance listings.
 
 use super::fixtures::{
-    at, create, create_bare, dlq_record, event, iid, next, ok, snapshot, start, update, wf,
-    wf2,
+    at, create, create_bare, dlq_record, event, iid, next, ok, snapshot, start, update, wf, wf2,
 };
 use crate::model::{DlqId, EventKind, InstanceId, InstanceStatus, Payload};
 use crate::store::{DlqQuery, InstanceQuery, Store};
@@ -40,12 +39,27 @@ pub async fn dlq_records<S: Store>(store: S) {
     assert_eq!(all.next, None, "one page");
     let ids: Vec<DlqId> = all.items.iter().map(|r| r.id).collect();
     assert_eq!(ids.len(), 3);
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ordered by id, unique: {ids:?}");
-    let steps: Vec<String> = all.items.iter().map(|r| r.record.step.to_string()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ordered by id, unique: {ids:?}"
+    );
+    let steps: Vec<String> = all
+        .items
+        .iter()
+        .map(|r| r.record.step.to_string())
+        .collect();
     assert_eq!(steps, vec!["a", "b", "c"], "ids follow commit order here");
     let first = &all.items[0];
-    assert_eq!(first.created_at, at(10), "created_at is the transition time");
-    assert_eq!(first.record, dlq_record(iid(1), &wf(), "a"), "contents kept");
+    assert_eq!(
+        first.created_at,
+        at(10),
+        "created_at is the transition time"
+    );
+    assert_eq!(
+        first.record,
+        dlq_record(iid(1), &wf(), "a"),
+        "contents kept"
+    );
     assert_eq!(
         ok(store.get_dlq(first.id).await, "get_dlq"),
         Some(first.clone())
@@ -57,7 +71,11 @@ pub async fn dlq_records<S: Store>(store: S) {
     );
     let mut snap_dlq = snapshot(&store, iid(1)).await.dlq;
     snap_dlq.sort_by_key(|r| r.id);
-    assert_eq!(snap_dlq, all.items[..2].to_vec(), "the snapshot holds its records");
+    assert_eq!(
+        snap_dlq,
+        all.items[..2].to_vec(),
+        "the snapshot holds its records"
+    );
 
     // Paging.
     let mut paged = Vec::new();
@@ -168,7 +186,10 @@ pub async fn events_sequence<S: Store>(store: S) {
     let e2 = ok(store.list_events(iid(2), None, 0).await, "list_events");
     assert_eq!(e1.len(), 7, "started + 3 rounds of 2");
     assert_eq!(e2.len(), 7);
-    assert!(e1.iter().all(|e| e.instance_id == iid(1)), "per-instance listing");
+    assert!(
+        e1.iter().all(|e| e.instance_id == iid(1)),
+        "per-instance listing"
+    );
     assert!(e1.windows(2).all(|w| w[0].seq < w[1].seq), "increasing seq");
     // Commit order across instances: round r of instance 1 before round r of instance 2.
     for r in 0..3 {
@@ -192,7 +213,11 @@ pub async fn events_sequence<S: Store>(store: S) {
         store.list_events(iid(1), Some(e1[2].seq), 0).await,
         "list_events",
     );
-    assert_eq!(after, e1[3..].to_vec(), "after_seq skips up to and including it");
+    assert_eq!(
+        after,
+        e1[3..].to_vec(),
+        "after_seq skips up to and including it"
+    );
     let limited = ok(
         store.list_events(iid(1), Some(e1[0].seq), 2).await,
         "list_events",
@@ -222,7 +247,14 @@ pub async fn list_instances<S: Store>(store: S) {
         } else {
             InstanceStatus::Running
         };
-        create_bare(&store, id, &workflow, status, at(i64::try_from(n).unwrap_or(0))).await;
+        create_bare(
+            &store,
+            id,
+            &workflow,
+            status,
+            at(i64::try_from(n).unwrap_or(0)),
+        )
+        .await;
         expected_all.push((id, workflow, status));
     }
     expected_all.sort_by_key(|(id, _, _)| *id);
@@ -244,7 +276,11 @@ pub async fn list_instances<S: Store>(store: S) {
             for _ in 0..100 {
                 let page = ok(store.list_instances(&q).await, "list_instances");
                 assert!(page.items.len() <= q.limit, "page size respected");
-                out.extend(page.items.iter().map(|r| (r.id, r.workflow_id.clone(), r.status)));
+                out.extend(
+                    page.items
+                        .iter()
+                        .map(|r| (r.id, r.workflow_id.clone(), r.status)),
+                );
                 match page.next {
                     Some(n) => q.after = Some(n),
                     None => return out,

@@ -1,8 +1,8 @@
 //! Stats and cleanup.
 
 use super::fixtures::{
-    at, claim, create, create_bare, dlq_record, event, iid, next, ok, start,
-    status_counts, update, wf,
+    at, claim, create, create_bare, dlq_record, event, iid, next, ok, start, status_counts, update,
+    wf,
 };
 use crate::model::{EventKind, InstanceStatus};
 use crate::store::{CreateOutcome, DlqQuery, Store};
@@ -16,13 +16,21 @@ fn counts(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
 /// Stats count instances per status, ready and leased queue items, and DLQ records.
 pub async fn stats<S: Store>(store: S) {
     let empty = ok(store.stats().await, "stats");
-    assert_eq!(status_counts(&empty), Vec::new(), "empty store: no instances");
+    assert_eq!(
+        status_counts(&empty),
+        Vec::new(),
+        "empty store: no instances"
+    );
     assert_eq!(
         (empty.queue_ready, empty.queue_leased, empty.dlq),
         (0, 0, 0),
         "empty store: no queue, no DLQ"
     );
-    create(&store, start(iid(1), at(0), &[("a", "h"), ("b", "h"), ("c", "h")])).await;
+    create(
+        &store,
+        start(iid(1), at(0), &[("a", "h"), ("b", "h"), ("c", "h")]),
+    )
+    .await;
     create_bare(&store, iid(2), &wf(), InstanceStatus::Completed, at(0)).await;
     let mut parked = start(iid(3), at(0), &[]);
     parked.instance.status = InstanceStatus::Dlq;
@@ -109,10 +117,20 @@ pub async fn cleanup<S: Store>(store: S) {
     assert_eq!(removed, 5, "the five old terminal instances");
     for n in [1_u128, 2, 3, 4, 11] {
         let id = iid(n);
-        assert_eq!(ok(store.get_instance(id).await, "get_instance"), None, "{id} removed");
+        assert_eq!(
+            ok(store.get_instance(id).await, "get_instance"),
+            None,
+            "{id} removed"
+        );
         assert_eq!(ok(store.load_instance(id).await, "load_instance"), None);
-        assert!(ok(store.list_steps(id).await, "list_steps").is_empty(), "{id}: steps");
-        assert!(ok(store.list_queue(id).await, "list_queue").is_empty(), "{id}: queue");
+        assert!(
+            ok(store.list_steps(id).await, "list_steps").is_empty(),
+            "{id}: steps"
+        );
+        assert!(
+            ok(store.list_queue(id).await, "list_queue").is_empty(),
+            "{id}: queue"
+        );
         assert!(
             ok(store.list_events(id, None, 0).await, "list_events").is_empty(),
             "{id}: events"
@@ -124,7 +142,9 @@ pub async fn cleanup<S: Store>(store: S) {
         "DLQ records of removed instances are removed"
     );
     assert!(
-        claim(&store, "w", &["gone"], 10, at(2_000)).await.is_empty(),
+        claim(&store, "w", &["gone"], 10, at(2_000))
+            .await
+            .is_empty(),
         "queue items of removed instances are removed"
     );
     assert_eq!(
@@ -165,7 +185,11 @@ pub async fn cleanup<S: Store>(store: S) {
         ]),
         "stats after cleanup"
     );
-    assert_eq!(ok(store.cleanup(cutoff).await, "cleanup"), 0, "nothing more to remove");
+    assert_eq!(
+        ok(store.cleanup(cutoff).await, "cleanup"),
+        0,
+        "nothing more to remove"
+    );
     assert_eq!(
         ok(store.cleanup(cutoff.add_ms(1)).await, "cleanup"),
         1,

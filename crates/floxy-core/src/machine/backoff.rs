@@ -47,7 +47,13 @@ mod tests {
     use super::*;
 
     fn policy(strategy: RetryStrategy, jitter_pct: u8) -> RetryPolicy {
-        RetryPolicy { max_retries: Some(5), delay_ms: 100, strategy, max_delay_ms: 1_000, jitter_pct }
+        RetryPolicy {
+            max_retries: Some(5),
+            delay_ms: 100,
+            strategy,
+            max_delay_ms: 1_000,
+            jitter_pct,
+        }
     }
 
     #[test]
@@ -56,9 +62,18 @@ mod tests {
         let f = policy(RetryStrategy::Fixed, 0);
         let l = policy(RetryStrategy::Linear, 0);
         let e = policy(RetryStrategy::Exponential, 0);
-        assert_eq!([1, 2, 3].map(|r| retry_delay_ms(&f, r, id, "s")), [100, 100, 100]);
-        assert_eq!([1, 2, 3].map(|r| retry_delay_ms(&l, r, id, "s")), [100, 200, 300]);
-        assert_eq!([1, 2, 3, 5].map(|r| retry_delay_ms(&e, r, id, "s")), [100, 200, 400, 1_000]);
+        assert_eq!(
+            [1, 2, 3].map(|r| retry_delay_ms(&f, r, id, "s")),
+            [100, 100, 100]
+        );
+        assert_eq!(
+            [1, 2, 3].map(|r| retry_delay_ms(&l, r, id, "s")),
+            [100, 200, 300]
+        );
+        assert_eq!(
+            [1, 2, 3, 5].map(|r| retry_delay_ms(&e, r, id, "s")),
+            [100, 200, 400, 1_000]
+        );
         assert_eq!(retry_delay_ms(&e, 1_000, id, "s"), 1_000);
     }
 

@@ -6,8 +6,8 @@ use super::backoff::retry_delay_ms;
 use super::work::Work;
 use crate::graph::{NodeId, NodeKind};
 use crate::model::{
-    BranchPhase, EventKind, InstanceStatus, NewDlqRecord, StepKind, StepStatus, WorkKind,
-    DEFAULT_RETRY_PRIORITY,
+    BranchPhase, DEFAULT_RETRY_PRIORITY, EventKind, InstanceStatus, NewDlqRecord, StepKind,
+    StepStatus, WorkKind,
 };
 use serde_json::json;
 
@@ -15,7 +15,10 @@ impl Work<'_> {
     fn awaiting_compensation(&self, n: NodeId) -> bool {
         self.run(n).is_some_and(|r| {
             r.compensate.is_some()
-                && matches!(r.status, StepStatus::Completed | StepStatus::Confirmed | StepStatus::Failed)
+                && matches!(
+                    r.status,
+                    StepStatus::Completed | StepStatus::Confirmed | StepStatus::Failed
+                )
         })
     }
 
@@ -43,7 +46,16 @@ impl Work<'_> {
             let Some(n) = next else { break };
             let wf = self.wf;
             match (&wf.node(n).kind, &wf.step_def(n).kind) {
-                (NodeKind::Task { compensation: Some(handler), .. }, StepKind::Task { on_failure: Some(c), .. }) => {
+                (
+                    NodeKind::Task {
+                        compensation: Some(handler),
+                        ..
+                    },
+                    StepKind::Task {
+                        on_failure: Some(c),
+                        ..
+                    },
+                ) => {
                     let priority = wf.step_def(n).options.priority.max(DEFAULT_RETRY_PRIORITY);
                     let reason = self.run(n).and_then(|r| r.compensate).map(|r| r.as_str());
                     self.set_status(n, StepStatus::Compensating)?;
@@ -79,7 +91,8 @@ impl Work<'_> {
             let Some(f) = wf.find(&bs.fork) else { continue };
             let busy = self.run_ids().into_iter().any(|n| {
                 wf.node(n).in_branch((f, bs.branch))
-                    && (self.status(n).is_some_and(StepStatus::is_active) || self.awaiting_compensation(n))
+                    && (self.status(n).is_some_and(StepStatus::is_active)
+                        || self.awaiting_compensation(n))
             });
             if !busy {
                 done.push(i);
@@ -91,17 +104,33 @@ impl Work<'_> {
     }
 
     /// A compensation call of `n` returned.
-    pub fn compensation_done(&mut self, n: NodeId, attempt: u32, error: Option<(String, bool)>) -> Result<(), TransitionError> {
+    pub fn compensation_done(
+        &mut self,
+        n: NodeId,
+        attempt: u32,
+        error: Option<(String, bool)>,
+    ) -> Result<(), TransitionError> {
         self.run_mut(n)?.compensation_attempts = attempt;
         match error {
             None => {
                 self.set_status(n, StepStatus::RolledBack)?;
                 self.dequeue(n, WorkKind::Compensate);
-                self.event(EventKind::CompensationCompleted, Some(n), Some(attempt), None);
+                self.event(
+                    EventKind::CompensationCompleted,
+                    Some(n),
+                    Some(attempt),
+                    None,
+                );
             }
             Some((error, retryable)) => {
-                let StepKind::Task { on_failure: Some(c), .. } = &self.wf.step_def(n).kind else {
-                    return Err(TransitionError::Corrupt("compensation of a step without on_failure".into()));
+                let StepKind::Task {
+                    on_failure: Some(c),
+                    ..
+                } = &self.wf.step_def(n).kind
+                else {
+                    return Err(TransitionError::Corrupt(
+                        "compensation of a step without on_failure".into(),
+                    ));
                 };
                 let max_calls = c
                     .retry
@@ -111,9 +140,19 @@ impl Work<'_> {
                 if retryable && attempt < max_calls {
                     let delay = retry_delay_ms(&c.retry, attempt, self.inst.id, &c.name);
                     let handler = c.handler.as_str().into();
-                    let priority = self.wf.step_def(n).options.priority.max(DEFAULT_RETRY_PRIORITY);
+                    let priority = self
+                        .wf
+                        .step_def(n)
+                        .options
+                        .priority
+                        .max(DEFAULT_RETRY_PRIORITY);
                     self.enqueue(n, WorkKind::Compensate, handler, delay, priority, attempt);
-                    self.event(EventKind::CompensationRetry, Some(n), Some(attempt), Some(json!({ "error": error, "delay_ms": delay })));
+                    self.event(
+                        EventKind::CompensationRetry,
+                        Some(n),
+                        Some(attempt),
+                        Some(json!({ "error": error, "delay_ms": delay })),
+                    );
                 } else {
                     let run = self.run_mut(n)?;
                     run.error = Some(error.clone());
@@ -129,7 +168,12 @@ impl Work<'_> {
                         error: error.clone(),
                         reason: "compensation failed finally".into(),
                     });
-                    self.event(EventKind::CompensationFailed, Some(n), Some(attempt), Some(json!({ "error": error })));
+                    self.event(
+                        EventKind::CompensationFailed,
+                        Some(n),
+                        Some(attempt),
+                        Some(json!({ "error": error })),
+                    );
                 }
             }
         }
@@ -146,7 +190,9 @@ impl Work<'_> {
         if busy || !self.ready.is_empty() {
             return;
         }
-        let paused = ids.iter().any(|&n| self.status(n) == Some(StepStatus::Paused));
+        let paused = ids
+            .iter()
+            .any(|&n| self.status(n) == Some(StepStatus::Paused));
         let (status, kind) = match self.inst.status {
             InstanceStatus::Running if paused => (InstanceStatus::Dlq, EventKind::WorkflowDlq),
             InstanceStatus::Running => (InstanceStatus::Completed, EventKind::WorkflowCompleted),

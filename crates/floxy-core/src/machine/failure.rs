@@ -6,8 +6,8 @@ use super::backoff::retry_delay_ms;
 use super::work::Work;
 use crate::graph::{BranchRef, NodeId, NodeKind};
 use crate::model::{
-    BranchPhase, CompensationReason, EventKind, InstanceStatus, JoinStrategy, NewDlqRecord,
-    Payload, StepStatus, StepKind, WorkKind, DEFAULT_RETRY_PRIORITY,
+    BranchPhase, CompensationReason, DEFAULT_RETRY_PRIORITY, EventKind, InstanceStatus,
+    JoinStrategy, NewDlqRecord, Payload, StepKind, StepStatus, WorkKind,
 };
 use serde_json::json;
 
@@ -15,10 +15,15 @@ impl Work<'_> {
     /// Whether results of `n` no longer drive forward progress (the instance or one of the
     /// step's branches is stopping).
     pub fn forward_stopped(&self, n: NodeId) -> bool {
-        matches!(self.inst.status, InstanceStatus::RollingBack | InstanceStatus::Cancelling)
-            || self.wf.node(n).scope.iter().any(|&(f, b)| {
-                matches!(self.branch_phase(f, b), Some(BranchPhase::RollingBack | BranchPhase::Failed))
-            })
+        matches!(
+            self.inst.status,
+            InstanceStatus::RollingBack | InstanceStatus::Cancelling
+        ) || self.wf.node(n).scope.iter().any(|&(f, b)| {
+            matches!(
+                self.branch_phase(f, b),
+                Some(BranchPhase::RollingBack | BranchPhase::Failed)
+            )
+        })
     }
 
     /// Whether a late success of `n` is covered by the rollback in progress.
@@ -36,7 +41,12 @@ impl Work<'_> {
         }
         node.scope
             .iter()
-            .any(|&(f, b)| matches!(self.branch_phase(f, b), Some(BranchPhase::RollingBack | BranchPhase::Failed)))
+            .any(|&(f, b)| {
+                matches!(
+                    self.branch_phase(f, b),
+                    Some(BranchPhase::RollingBack | BranchPhase::Failed)
+                )
+            })
             .then_some(CompensationReason::Failure)
     }
 
@@ -55,7 +65,12 @@ impl Work<'_> {
     }
 
     /// A forward handler call of `n` returned `output`.
-    pub fn step_succeeded(&mut self, n: NodeId, attempt: u32, output: Payload) -> Result<(), TransitionError> {
+    pub fn step_succeeded(
+        &mut self,
+        n: NodeId,
+        attempt: u32,
+        output: Payload,
+    ) -> Result<(), TransitionError> {
         let max = self.wf.definition().options.max_payload_bytes;
         if let Err(e) = output.check_size(max) {
             return self.attempt_failed(n, attempt, format!("output rejected: {e}"), false);
@@ -84,7 +99,13 @@ impl Work<'_> {
     }
 
     /// A forward handler call of `n` failed (or its lease was lost).
-    pub fn attempt_failed(&mut self, n: NodeId, attempt: u32, error: String, retryable: bool) -> Result<(), TransitionError> {
+    pub fn attempt_failed(
+        &mut self,
+        n: NodeId,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+    ) -> Result<(), TransitionError> {
         let cancelled = self.run(n).is_some_and(|r| r.cancel_requested);
         if cancelled || self.forward_stopped(n) {
             // A late failure of a step asked to stop is recorded and ignored.
@@ -95,7 +116,12 @@ impl Work<'_> {
             run.finished_at = Some(now);
             self.set_status(n, StepStatus::Failed)?;
             self.dequeue(n, WorkKind::Execute);
-            self.event(EventKind::StepFailed, Some(n), Some(attempt), Some(json!({ "error": error, "ignored": true })));
+            self.event(
+                EventKind::StepFailed,
+                Some(n),
+                Some(attempt),
+                Some(json!({ "error": error, "ignored": true })),
+            );
             return Ok(());
         }
         if retryable && attempt < self.max_calls(n) {
@@ -106,7 +132,12 @@ impl Work<'_> {
                 // Parked instance: keep the attempt count, resume on requeue.
                 self.set_status(n, StepStatus::Paused)?;
                 self.dequeue(n, WorkKind::Execute);
-                self.event(EventKind::StepPaused, Some(n), Some(attempt), Some(json!({ "error": error })));
+                self.event(
+                    EventKind::StepPaused,
+                    Some(n),
+                    Some(attempt),
+                    Some(json!({ "error": error })),
+                );
                 return Ok(());
             }
             let def = self.wf.step_def(n);
@@ -116,8 +147,20 @@ impl Work<'_> {
                 return Err(TransitionError::Corrupt("retry of a non-task".into()));
             };
             self.set_status(n, StepStatus::Retrying)?;
-            self.enqueue(n, WorkKind::Execute, handler.clone(), delay, priority, attempt);
-            self.event(EventKind::StepRetry, Some(n), Some(attempt), Some(json!({ "error": error, "delay_ms": delay })));
+            self.enqueue(
+                n,
+                WorkKind::Execute,
+                handler.clone(),
+                delay,
+                priority,
+                attempt,
+            );
+            self.event(
+                EventKind::StepRetry,
+                Some(n),
+                Some(attempt),
+                Some(json!({ "error": error, "delay_ms": delay })),
+            );
             return Ok(());
         }
         self.run_mut(n)?.attempts = attempt;
@@ -136,7 +179,12 @@ impl Work<'_> {
         let input = run.input.clone();
         let attempts = run.attempts;
         self.dequeue(n, WorkKind::Execute);
-        self.event(EventKind::StepFailed, Some(n), Some(attempts), Some(json!({ "error": error })));
+        self.event(
+            EventKind::StepFailed,
+            Some(n),
+            Some(attempts),
+            Some(json!({ "error": error })),
+        );
         if dlq_mode {
             self.set_status(n, StepStatus::Paused)?;
             self.dlq_insert.push(NewDlqRecord {
@@ -200,17 +248,31 @@ impl Work<'_> {
                 return Err(TransitionError::Corrupt("branch of a non-fork".into()));
             };
             let join = *join;
-            let any = matches!(wf.node(join).kind, NodeKind::Join { strategy: JoinStrategy::Any, .. });
+            let any = matches!(
+                wf.node(join).kind,
+                NodeKind::Join {
+                    strategy: JoinStrategy::Any,
+                    ..
+                }
+            );
             if !any {
                 return self.global_rollback(at);
             }
             let others_alive = (0..branches.len()).any(|o| {
                 let o = u16::try_from(o).unwrap_or(u16::MAX);
-                o != b && matches!(self.branch_phase(f, o), Some(BranchPhase::Running | BranchPhase::Succeeded))
+                o != b
+                    && matches!(
+                        self.branch_phase(f, o),
+                        Some(BranchPhase::Running | BranchPhase::Succeeded)
+                    )
             });
             if let Some(bs) = self.branch_mut(f, b) {
                 bs.end_step = Some(failed_name.clone());
-                bs.phase = if others_alive { BranchPhase::RollingBack } else { BranchPhase::Failed };
+                bs.phase = if others_alive {
+                    BranchPhase::RollingBack
+                } else {
+                    BranchPhase::Failed
+                };
             }
             if others_alive {
                 return self.local_rollback((f, b));
@@ -224,7 +286,12 @@ impl Work<'_> {
                 run.error = Some("every branch failed".into());
                 run.completed_seq = Some(seq);
                 self.set_status(join, StepStatus::Failed)?;
-                self.event(EventKind::StepFailed, Some(join), None, Some(json!({ "error": "every branch failed" })));
+                self.event(
+                    EventKind::StepFailed,
+                    Some(join),
+                    None,
+                    Some(json!({ "error": "every branch failed" })),
+                );
             }
             at = join;
         }
@@ -263,7 +330,11 @@ impl Work<'_> {
     }
 
     /// Marks every successful run selected by `within` for compensation (once).
-    pub fn flag_completed(&mut self, reason: CompensationReason, within: impl Fn(NodeId) -> bool) -> Result<(), TransitionError> {
+    pub fn flag_completed(
+        &mut self,
+        reason: CompensationReason,
+        within: impl Fn(NodeId) -> bool,
+    ) -> Result<(), TransitionError> {
         for id in self.run_ids() {
             if within(id) && self.status(id).is_some_and(StepStatus::is_success) {
                 self.run_mut(id)?.compensate.get_or_insert(reason);
@@ -305,10 +376,18 @@ impl Work<'_> {
             Some(json!({ "branch": branch.1 })),
         );
         self.stop_forward(|id| wf.node(id).in_branch(branch))?;
-        self.flag_completed(CompensationReason::Failure, |id| wf.node(id).in_branch(branch))
+        self.flag_completed(CompensationReason::Failure, |id| {
+            wf.node(id).in_branch(branch)
+        })
     }
 }
 
 fn has_compensation(w: &Work<'_>, n: NodeId) -> bool {
-    matches!(&w.wf.step_def(n).kind, StepKind::Task { on_failure: Some(_), .. })
+    matches!(
+        &w.wf.step_def(n).kind,
+        StepKind::Task {
+            on_failure: Some(_),
+            ..
+        }
+    )
 }

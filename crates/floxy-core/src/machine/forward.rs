@@ -6,9 +6,9 @@ use super::work::Work;
 use crate::graph::{NodeId, NodeKind};
 use crate::model::{
     BranchPhase, BranchState, EventKind, InstanceStatus, JoinStrategy, Payload, StepStatus,
-    WorkKind, TIMER_HANDLER,
+    TIMER_HANDLER, WorkKind,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 impl Work<'_> {
     /// Processes every step made ready in this transition (FIFO, iterative: structural steps
@@ -33,7 +33,14 @@ impl Work<'_> {
                 } else {
                     self.create_run(n, StepStatus::Pending, input);
                     let o = &wf.step_def(n).options;
-                    self.enqueue(n, WorkKind::Execute, handler.clone(), o.delay_ms, o.priority, 0);
+                    self.enqueue(
+                        n,
+                        WorkKind::Execute,
+                        handler.clone(),
+                        o.delay_ms,
+                        o.priority,
+                        0,
+                    );
                 }
             }
             NodeKind::SavePoint => {
@@ -44,7 +51,12 @@ impl Work<'_> {
             NodeKind::Condition { expr, else_first } => match expr.eval(input.value()) {
                 Ok(result) => {
                     self.complete_structural(n, input.clone(), input.clone());
-                    self.event(EventKind::ConditionCheck, Some(n), None, Some(json!({ "result": result })));
+                    self.event(
+                        EventKind::ConditionCheck,
+                        Some(n),
+                        None,
+                        Some(json!({ "result": result })),
+                    );
                     if result {
                         self.advance(n, input)?;
                     } else if let Some(e) = else_first {
@@ -60,7 +72,12 @@ impl Work<'_> {
             },
             NodeKind::Fork { branches, .. } => {
                 self.complete_structural(n, input.clone(), input.clone());
-                self.event(EventKind::ForkStarted, Some(n), None, Some(json!({ "branches": branches.len() })));
+                self.event(
+                    EventKind::ForkStarted,
+                    Some(n),
+                    None,
+                    Some(json!({ "branches": branches.len() })),
+                );
                 for (b, first) in branches.iter().enumerate() {
                     let branch = u16::try_from(b).unwrap_or(u16::MAX);
                     self.inst.branches.push(BranchState {
@@ -95,7 +112,14 @@ impl Work<'_> {
         self.create_run(n, StepStatus::WaitingDecision, input);
         self.event(EventKind::HumanDecisionWaiting, Some(n), None, None);
         if let Some(t) = timeout_ms {
-            self.enqueue(n, WorkKind::Timer, TIMER_HANDLER.into(), t, crate::model::MAX_PRIORITY, 0);
+            self.enqueue(
+                n,
+                WorkKind::Timer,
+                TIMER_HANDLER.into(),
+                t,
+                crate::model::MAX_PRIORITY,
+                0,
+            );
         }
     }
 
@@ -145,7 +169,9 @@ impl Work<'_> {
         let scope = self.wf.node(n).scope.clone();
         for (f, _) in scope {
             if let NodeKind::Fork { join, .. } = self.wf.node(f).kind
-                && let NodeKind::Join { wait_for: Some(w), .. } = &self.wf.node(join).kind
+                && let NodeKind::Join {
+                    wait_for: Some(w), ..
+                } = &self.wf.node(join).kind
                 && w.contains(&n)
             {
                 self.evaluate_join(f)?;
@@ -164,20 +190,34 @@ impl Work<'_> {
         if self.run(join).is_some() || !self.path_live(f) {
             return Ok(());
         }
-        let NodeKind::Join { strategy, wait_for, .. } = &wf.node(join).kind else {
+        let NodeKind::Join {
+            strategy, wait_for, ..
+        } = &wf.node(join).kind
+        else {
             return Err(TransitionError::Corrupt("fork without join".into()));
         };
         let phases: Vec<Option<BranchPhase>> = (0..branches.len())
             .map(|b| self.branch_phase(f, u16::try_from(b).unwrap_or(u16::MAX)))
             .collect();
-        let ended = |p: &Option<BranchPhase>| !matches!(p, Some(BranchPhase::Running) | Some(BranchPhase::RollingBack));
+        let ended = |p: &Option<BranchPhase>| {
+            !matches!(
+                p,
+                Some(BranchPhase::Running) | Some(BranchPhase::RollingBack)
+            )
+        };
         let succeeded = |p: &Option<BranchPhase>| *p == Some(BranchPhase::Succeeded);
         let fire = match (wait_for, strategy) {
             (None, JoinStrategy::All) => phases.iter().all(succeeded),
             (None, JoinStrategy::Any) => phases.iter().any(succeeded),
             (Some(w), strategy) => {
                 let done = |s: &NodeId| self.status(*s).is_some_and(StepStatus::is_success);
-                let branch_of = |s: &NodeId| wf.node(*s).scope.iter().find(|(ff, _)| *ff == f).map(|x| x.1);
+                let branch_of = |s: &NodeId| {
+                    wf.node(*s)
+                        .scope
+                        .iter()
+                        .find(|(ff, _)| *ff == f)
+                        .map(|x| x.1)
+                };
                 let settled = |s: &NodeId| {
                     done(s) || branch_of(s).is_some_and(|b| succeeded(&phases[usize::from(b)]))
                 };
@@ -186,7 +226,8 @@ impl Work<'_> {
                     // success or a path not taken can settle a waited step here.
                     JoinStrategy::All => w.iter().all(settled),
                     JoinStrategy::Any => {
-                        w.iter().any(done) || (phases.iter().all(ended) && phases.iter().any(succeeded))
+                        w.iter().any(done)
+                            || (phases.iter().all(ended) && phases.iter().any(succeeded))
                     }
                 }
             }
@@ -197,7 +238,12 @@ impl Work<'_> {
         Ok(())
     }
 
-    fn fire_join(&mut self, f: NodeId, join: NodeId, wait_for: Option<&[NodeId]>) -> Result<(), TransitionError> {
+    fn fire_join(
+        &mut self,
+        f: NodeId,
+        join: NodeId,
+        wait_for: Option<&[NodeId]>,
+    ) -> Result<(), TransitionError> {
         let wf = self.wf;
         let fork_name = wf.node(f).name.clone();
         let mut outputs = Map::new();
@@ -231,7 +277,8 @@ impl Work<'_> {
                 outputs.insert(name.to_string(), out);
             }
         }
-        let output = Payload::new(json!({ "outputs": outputs, "completed": completed, "failed": failed }));
+        let output =
+            Payload::new(json!({ "outputs": outputs, "completed": completed, "failed": failed }));
         self.event(EventKind::JoinReady, Some(join), None, None);
         self.complete_structural(join, output.clone(), output.clone());
         self.event(EventKind::JoinCompleted, Some(join), None, None);

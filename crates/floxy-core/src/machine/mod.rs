@@ -80,7 +80,9 @@ pub fn apply(
     // A requeued compensation may still repair a terminal (failed) instance; nothing else
     // changes a terminal instance.
     let repair = match input {
-        Input::WorkDone { key, .. } | Input::LeaseExpired { key, .. } => key.kind == WorkKind::Compensate,
+        Input::WorkDone { key, .. } | Input::LeaseExpired { key, .. } => {
+            key.kind == WorkKind::Compensate
+        }
         Input::Requeue { dlq_id, .. } => snapshot
             .dlq
             .iter()
@@ -88,12 +90,22 @@ pub fn apply(
         _ => false,
     };
     if terminal && !repair {
-        return Err(TransitionError::InstanceTerminal { status: w.inst.status });
+        return Err(TransitionError::InstanceTerminal {
+            status: w.inst.status,
+        });
     }
     match input {
-        Input::WorkDone { key, token, attempt, outcome } => {
+        Input::WorkDone {
+            key,
+            token,
+            attempt,
+            outcome,
+        } => {
             let n = step_of(wf, &key.step)?;
-            w.lease_check = Some(LeaseCheck { key: key.clone(), token: *token });
+            w.lease_check = Some(LeaseCheck {
+                key: key.clone(),
+                token: *token,
+            });
             let status = w.status(n).ok_or_else(|| unknown(&key.step))?;
             match key.kind {
                 WorkKind::Execute => {
@@ -101,7 +113,9 @@ pub fn apply(
                         return Err(stale(&key.step, status, "execute"));
                     }
                     match outcome {
-                        WorkOutcome::Succeeded(out) => w.step_succeeded(n, *attempt, out.clone())?,
+                        WorkOutcome::Succeeded(out) => {
+                            w.step_succeeded(n, *attempt, out.clone())?
+                        }
                         WorkOutcome::Failed { error, retryable } => {
                             w.attempt_failed(n, *attempt, error.clone(), *retryable)?;
                         }
@@ -113,19 +127,33 @@ pub fn apply(
                     }
                     let err = match outcome {
                         WorkOutcome::Succeeded(_) => None,
-                        WorkOutcome::Failed { error, retryable } => Some((error.clone(), *retryable)),
+                        WorkOutcome::Failed { error, retryable } => {
+                            Some((error.clone(), *retryable))
+                        }
                     };
                     w.compensation_done(n, *attempt, err)?;
                 }
                 WorkKind::Timer => return Err(stale(&key.step, status, "timer")),
             }
         }
-        Input::LeaseExpired { key, token, attempt } => {
+        Input::LeaseExpired {
+            key,
+            token,
+            attempt,
+        } => {
             let n = step_of(wf, &key.step)?;
-            w.lease_check = Some(LeaseCheck { key: key.clone(), token: *token });
+            w.lease_check = Some(LeaseCheck {
+                key: key.clone(),
+                token: *token,
+            });
             let status = w.status(n).ok_or_else(|| unknown(&key.step))?;
             let lost = attempt.saturating_sub(1);
-            w.event(EventKind::LeaseExpired, Some(n), Some(lost), Some(serde_json::json!({ "kind": key.kind.as_str() })));
+            w.event(
+                EventKind::LeaseExpired,
+                Some(n),
+                Some(lost),
+                Some(serde_json::json!({ "kind": key.kind.as_str() })),
+            );
             match key.kind {
                 WorkKind::Execute => {
                     if status != StepStatus::Running {
@@ -137,7 +165,10 @@ pub fn apply(
                         if cancelled || w.forward_stopped(n) {
                             w.attempt_failed(n, lost, "lease expired".into(), false)?;
                         } else {
-                            w.final_failure(n, "lease expired while a no_idempotent step was running".into())?;
+                            w.final_failure(
+                                n,
+                                "lease expired while a no_idempotent step was running".into(),
+                            )?;
                         }
                     } else {
                         w.attempt_failed(n, lost, "lease expired (worker lost)".into(), true)?;
@@ -147,19 +178,31 @@ pub fn apply(
                     if status != StepStatus::Compensating {
                         return Err(stale(&key.step, status, "lease expiry"));
                     }
-                    w.compensation_done(n, lost, Some(("lease expired (worker lost)".into(), true)))?;
+                    w.compensation_done(
+                        n,
+                        lost,
+                        Some(("lease expired (worker lost)".into(), true)),
+                    )?;
                 }
                 WorkKind::Timer => w.timer_fired(n)?,
             }
         }
         Input::TimerFired { key, token } => {
             let n = step_of(wf, &key.step)?;
-            w.lease_check = Some(LeaseCheck { key: key.clone(), token: *token });
+            w.lease_check = Some(LeaseCheck {
+                key: key.clone(),
+                token: *token,
+            });
             w.timer_fired(n)?;
         }
         Input::Cancel { reason } => w.cancel(reason.clone())?,
         Input::Abort { reason } => w.abort(reason.clone())?,
-        Input::Decide { step, decided_by, decision, comment } => {
+        Input::Decide {
+            step,
+            decided_by,
+            decision,
+            comment,
+        } => {
             let n = step_of(wf, step)?;
             let d = HumanDecision {
                 decided_by: decided_by.clone(),
@@ -191,9 +234,15 @@ fn step_of(wf: &CompiledWorkflow, name: &str) -> Result<usize, TransitionError> 
 }
 
 fn unknown(name: &str) -> TransitionError {
-    TransitionError::UnknownStep { step: name.to_string() }
+    TransitionError::UnknownStep {
+        step: name.to_string(),
+    }
 }
 
 fn stale(name: &str, status: StepStatus, kind: &'static str) -> TransitionError {
-    TransitionError::StaleResult { step: name.to_string(), status, kind }
+    TransitionError::StaleResult {
+        step: name.to_string(),
+        status,
+        kind,
+    }
 }

@@ -7,7 +7,7 @@ use crate::model::{
     CompensationReason, Decision, DlqId, EventKind, HumanDecision, InstanceStatus, Payload,
     RejectPolicy, StepStatus, TimeoutPolicy, WorkKind,
 };
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 impl Work<'_> {
     fn delete_forward_dlq_records(&mut self) {
@@ -25,14 +25,21 @@ impl Work<'_> {
         match self.inst.status {
             s if s.is_terminal() => return Err(TransitionError::InstanceTerminal { status: s }),
             InstanceStatus::Cancelling => {
-                return Err(TransitionError::AlreadyInProgress { status: self.inst.status });
+                return Err(TransitionError::AlreadyInProgress {
+                    status: self.inst.status,
+                });
             }
             _ => {}
         }
         self.inst.status = InstanceStatus::Cancelling;
         self.inst.rollback_to = None;
         self.inst.error = Some(reason.clone().unwrap_or_else(|| "cancelled".into()));
-        self.event(EventKind::CancellationStarted, None, None, Some(json!({ "reason": reason })));
+        self.event(
+            EventKind::CancellationStarted,
+            None,
+            None,
+            Some(json!({ "reason": reason })),
+        );
         self.stop_forward(|_| true)?;
         self.delete_forward_dlq_records();
         self.flag_completed(CompensationReason::Cancel, |_| true)
@@ -41,10 +48,17 @@ impl Work<'_> {
     /// Abort: stop everything at once, no compensation.
     pub fn abort(&mut self, reason: Option<String>) -> Result<(), TransitionError> {
         if self.inst.status.is_terminal() {
-            return Err(TransitionError::InstanceTerminal { status: self.inst.status });
+            return Err(TransitionError::InstanceTerminal {
+                status: self.inst.status,
+            });
         }
         let reason = reason.unwrap_or_else(|| "aborted".into());
-        self.event(EventKind::AbortStarted, None, None, Some(json!({ "reason": reason })));
+        self.event(
+            EventKind::AbortStarted,
+            None,
+            None,
+            Some(json!({ "reason": reason })),
+        );
         for id in self.run_ids() {
             let (to, kinds): (StepStatus, &[WorkKind]) = match self.status(id) {
                 Some(StepStatus::Pending | StepStatus::Retrying | StepStatus::Paused) => {
@@ -71,7 +85,12 @@ impl Work<'_> {
         self.delete_forward_dlq_records();
         self.inst.status = InstanceStatus::Aborted;
         self.inst.error = Some(reason.clone());
-        self.event(EventKind::WorkflowAborted, None, None, Some(json!({ "reason": reason })));
+        self.event(
+            EventKind::WorkflowAborted,
+            None,
+            None,
+            Some(json!({ "reason": reason })),
+        );
         Ok(())
     }
 
@@ -113,7 +132,12 @@ impl Work<'_> {
                 let output = Payload::new(merge_decision(input, &detail));
                 self.run_mut(n)?.output = Some(output.clone());
                 self.set_status(n, StepStatus::Confirmed)?;
-                self.event(EventKind::HumanDecisionConfirmed, Some(n), None, Some(detail));
+                self.event(
+                    EventKind::HumanDecisionConfirmed,
+                    Some(n),
+                    None,
+                    Some(detail),
+                );
                 self.advance(n, output)?;
                 self.notify_wait_lists(n)
             }
@@ -121,7 +145,12 @@ impl Work<'_> {
                 let why = format!("rejected by {}", decision.decided_by);
                 self.run_mut(n)?.error = Some(why.clone());
                 self.set_status(n, StepStatus::Rejected)?;
-                self.event(EventKind::HumanDecisionRejected, Some(n), None, Some(detail));
+                self.event(
+                    EventKind::HumanDecisionRejected,
+                    Some(n),
+                    None,
+                    Some(detail),
+                );
                 match on_reject {
                     RejectPolicy::Abort => self.abort(Some(why)),
                     RejectPolicy::RollBack => {
@@ -143,7 +172,9 @@ impl Work<'_> {
             return Ok(());
         }
         let NodeKind::Human { on_timeout, .. } = self.wf.node(n).kind else {
-            return Err(TransitionError::NotHumanStep { step: self.wf.node(n).name.to_string() });
+            return Err(TransitionError::NotHumanStep {
+                step: self.wf.node(n).name.to_string(),
+            });
         };
         let decided = |decision| HumanDecision {
             decided_by: "system:timeout".into(),
@@ -159,16 +190,23 @@ impl Work<'_> {
     }
 
     /// Requeues DLQ record `id`, optionally with a new input.
-    pub fn requeue(&mut self, id: DlqId, new_input: Option<Payload>) -> Result<(), TransitionError> {
+    pub fn requeue(
+        &mut self,
+        id: DlqId,
+        new_input: Option<Payload>,
+    ) -> Result<(), TransitionError> {
         let rec = self
             .dlq
             .iter()
             .find(|r| r.id == id)
             .cloned()
             .ok_or(TransitionError::UnknownDlqRecord { id: id.0 })?;
-        let n = self.wf.find(&rec.record.step).ok_or_else(|| TransitionError::UnknownStep {
-            step: rec.record.step.to_string(),
-        })?;
+        let n = self
+            .wf
+            .find(&rec.record.step)
+            .ok_or_else(|| TransitionError::UnknownStep {
+                step: rec.record.step.to_string(),
+            })?;
         if let Some(p) = &new_input {
             p.check_size(self.wf.definition().options.max_payload_bytes)?;
         }
@@ -176,21 +214,40 @@ impl Work<'_> {
             WorkKind::Compensate => {
                 let status = self.status(n).unwrap_or(StepStatus::Pending);
                 if status != StepStatus::CompensationFailed {
-                    return Err(TransitionError::StaleResult { step: rec.record.step.to_string(), status, kind: "requeue" });
+                    return Err(TransitionError::StaleResult {
+                        step: rec.record.step.to_string(),
+                        status,
+                        kind: "requeue",
+                    });
                 }
                 // Compensations run strictly one at a time: a repair waits for the
                 // compensation in flight.
-                if self.run_ids().into_iter().any(|o| self.status(o) == Some(StepStatus::Compensating)) {
+                if self
+                    .run_ids()
+                    .into_iter()
+                    .any(|o| self.status(o) == Some(StepStatus::Compensating))
+                {
                     return Err(TransitionError::WrongInstanceStatus {
                         operation: "requeue of a compensation",
                         status: self.inst.status,
                         expected: "no other compensation in flight",
                     });
                 }
-                let NodeKind::Task { compensation: Some(handler), .. } = &self.wf.node(n).kind else {
-                    return Err(TransitionError::Corrupt("compensation record of a step without on_failure".into()));
+                let NodeKind::Task {
+                    compensation: Some(handler),
+                    ..
+                } = &self.wf.node(n).kind
+                else {
+                    return Err(TransitionError::Corrupt(
+                        "compensation record of a step without on_failure".into(),
+                    ));
                 };
-                let priority = self.wf.step_def(n).options.priority.max(crate::model::DEFAULT_RETRY_PRIORITY);
+                let priority = self
+                    .wf
+                    .step_def(n)
+                    .options
+                    .priority
+                    .max(crate::model::DEFAULT_RETRY_PRIORITY);
                 self.enqueue(n, WorkKind::Compensate, handler.clone(), 0, priority, 0);
                 let run = self.run_mut(n)?;
                 run.compensation_attempts = 0;
@@ -209,28 +266,46 @@ impl Work<'_> {
                 }
                 let status = self.status(n).unwrap_or(StepStatus::Pending);
                 if status != StepStatus::Paused {
-                    return Err(TransitionError::StaleResult { step: rec.record.step.to_string(), status, kind: "requeue" });
+                    return Err(TransitionError::StaleResult {
+                        step: rec.record.step.to_string(),
+                        status,
+                        kind: "requeue",
+                    });
                 }
                 self.inst.status = InstanceStatus::Running;
                 self.inst.failed_step = None;
                 self.inst.error = None;
-                let input = new_input.unwrap_or_else(|| self.run(n).map(|r| r.input.clone()).unwrap_or_default());
+                let input = new_input
+                    .unwrap_or_else(|| self.run(n).map(|r| r.input.clone()).unwrap_or_default());
                 // Fresh run with a fresh retry budget.
                 self.restart(n, input, 0)?;
                 let others: Vec<NodeId> = self
                     .run_ids()
                     .into_iter()
                     .filter(|&o| o != n && self.status(o) == Some(StepStatus::Paused))
-                    .filter(|&o| !self.dlq.iter().any(|r| r.id != id && *r.record.step == *self.wf.node(o).name))
+                    .filter(|&o| {
+                        !self
+                            .dlq
+                            .iter()
+                            .any(|r| r.id != id && *r.record.step == *self.wf.node(o).name)
+                    })
                     .collect();
                 for o in others {
-                    let (input, attempts) = self.run(o).map(|r| (r.input.clone(), r.attempts)).unwrap_or_default();
+                    let (input, attempts) = self
+                        .run(o)
+                        .map(|r| (r.input.clone(), r.attempts))
+                        .unwrap_or_default();
                     self.restart(o, input, attempts)?;
                 }
             }
         }
         self.dlq_delete.push(id);
-        self.event(EventKind::DlqRequeued, Some(n), None, Some(json!({ "dlq_id": id.0 })));
+        self.event(
+            EventKind::DlqRequeued,
+            Some(n),
+            None,
+            Some(json!({ "dlq_id": id.0 })),
+        );
         Ok(())
     }
 

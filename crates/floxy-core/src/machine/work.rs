@@ -4,9 +4,9 @@
 use super::TransitionError;
 use crate::graph::{CompiledWorkflow, NodeId};
 use crate::model::{
-    BranchPhase, DlqRecord, EventKind, InstanceRecord, InstanceSnapshot, LeaseCheck,
-    NewDlqRecord, NewEvent, Payload, QueueItem, QueueKey, QueueOp, StepRun, StepStatus,
-    StepWrite, Timestamp, Transition, WorkKind, DlqId,
+    BranchPhase, DlqId, DlqRecord, EventKind, InstanceRecord, InstanceSnapshot, LeaseCheck,
+    NewDlqRecord, NewEvent, Payload, QueueItem, QueueKey, QueueOp, StepRun, StepStatus, StepWrite,
+    Timestamp, Transition, WorkKind,
 };
 use std::collections::VecDeque;
 
@@ -81,7 +81,9 @@ impl<'a> Work<'a> {
 
     /// Node ids that have a run, in node order.
     pub fn run_ids(&self) -> Vec<NodeId> {
-        (0..self.runs.len()).filter(|&i| self.runs[i].is_some()).collect()
+        (0..self.runs.len())
+            .filter(|&i| self.runs[i].is_some())
+            .collect()
     }
 
     pub fn run_mut(&mut self, n: NodeId) -> Result<&mut StepRun, TransitionError> {
@@ -89,7 +91,9 @@ impl<'a> Work<'a> {
         let name = &self.wf.node(n).name;
         self.runs[n]
             .as_mut()
-            .ok_or_else(|| TransitionError::UnknownStep { step: name.to_string() })
+            .ok_or_else(|| TransitionError::UnknownStep {
+                step: name.to_string(),
+            })
     }
 
     /// Moves a run to `to`, checking the status table (a violation is a machine bug that
@@ -108,7 +112,13 @@ impl<'a> Work<'a> {
 
     /// Creates (or, on requeue, replaces) the run of `n`.
     pub fn create_run(&mut self, n: NodeId, status: StepStatus, input: Payload) -> &mut StepRun {
-        let run = StepRun::new(self.inst.id, self.wf.node(n).name.clone(), status, input, self.now);
+        let run = StepRun::new(
+            self.inst.id,
+            self.wf.node(n).name.clone(),
+            status,
+            input,
+            self.now,
+        );
         self.dirty[n] = true;
         self.runs[n].insert(run)
     }
@@ -118,7 +128,13 @@ impl<'a> Work<'a> {
         self.inst.completion_seq
     }
 
-    pub fn event(&mut self, kind: EventKind, step: Option<NodeId>, attempt: Option<u32>, detail: Option<serde_json::Value>) {
+    pub fn event(
+        &mut self,
+        kind: EventKind,
+        step: Option<NodeId>,
+        attempt: Option<u32>,
+        detail: Option<serde_json::Value>,
+    ) {
         self.events.push(NewEvent {
             kind,
             step: step.map(|n| self.wf.node(n).name.clone()),
@@ -128,10 +144,22 @@ impl<'a> Work<'a> {
     }
 
     pub fn key(&self, n: NodeId, kind: WorkKind) -> QueueKey {
-        QueueKey { instance_id: self.inst.id, step: self.wf.node(n).name.clone(), kind }
+        QueueKey {
+            instance_id: self.inst.id,
+            step: self.wf.node(n).name.clone(),
+            kind,
+        }
     }
 
-    pub fn enqueue(&mut self, n: NodeId, kind: WorkKind, handler: std::sync::Arc<str>, delay_ms: u64, priority: u8, attempt: u32) {
+    pub fn enqueue(
+        &mut self,
+        n: NodeId,
+        kind: WorkKind,
+        handler: std::sync::Arc<str>,
+        delay_ms: u64,
+        priority: u8,
+        attempt: u32,
+    ) {
         let run_at = self.now.add_ms(delay_ms);
         let opts = &self.wf.definition().options;
         let item = QueueItem {
@@ -168,16 +196,28 @@ impl<'a> Work<'a> {
             .map(|b| b.phase)
     }
 
-    pub fn branch_mut(&mut self, fork: NodeId, branch: u16) -> Option<&mut crate::model::BranchState> {
+    pub fn branch_mut(
+        &mut self,
+        fork: NodeId,
+        branch: u16,
+    ) -> Option<&mut crate::model::BranchState> {
         let name = self.wf.node(fork).name.clone();
-        self.inst.branches.iter_mut().find(|b| b.fork == name && b.branch == branch)
+        self.inst
+            .branches
+            .iter_mut()
+            .find(|b| b.fork == name && b.branch == branch)
     }
 
     /// Whether the path through `n` may still make forward progress.
     pub fn path_live(&self, n: NodeId) -> bool {
         use crate::model::InstanceStatus as I;
         matches!(self.inst.status, I::Running | I::Dlq)
-            && self.wf.node(n).scope.iter().all(|&(f, b)| self.branch_phase(f, b) == Some(BranchPhase::Running))
+            && self
+                .wf
+                .node(n)
+                .scope
+                .iter()
+                .all(|&(f, b)| self.branch_phase(f, b) == Some(BranchPhase::Running))
     }
 
     /// Turns the working copy into the transition.
@@ -187,7 +227,10 @@ impl<'a> Work<'a> {
         let mut steps = Vec::new();
         for (i, run) in self.runs.into_iter().enumerate() {
             if let (true, Some(run)) = (self.dirty[i], run) {
-                steps.push(StepWrite { run, expect: self.orig[i] });
+                steps.push(StepWrite {
+                    run,
+                    expect: self.orig[i],
+                });
             }
         }
         Transition {

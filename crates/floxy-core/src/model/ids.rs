@@ -104,7 +104,11 @@ impl Timestamp {
     /// This time plus `ms` milliseconds (saturating).
     #[must_use]
     pub const fn add_ms(self, ms: u64) -> Self {
-        let ms = if ms > i64::MAX as u64 { i64::MAX } else { ms as i64 };
+        let ms = if ms > i64::MAX as u64 {
+            i64::MAX
+        } else {
+            ms as i64
+        };
         Self(self.0.saturating_add(ms))
     }
     /// Milliseconds elapsed from `earlier` to `self` (0 if `earlier` is later).

@@ -52,7 +52,10 @@ impl Payload {
     pub fn check_size(&self, max_bytes: usize) -> Result<(), PayloadTooLarge> {
         let size_bytes = self.encoded_len();
         if size_bytes > max_bytes {
-            Err(PayloadTooLarge { size_bytes, max_bytes })
+            Err(PayloadTooLarge {
+                size_bytes,
+                max_bytes,
+            })
         } else {
             Ok(())
         }

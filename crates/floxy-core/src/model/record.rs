@@ -274,9 +274,8 @@ impl QueueItem {
     /// Computes the claim order key.
     #[must_use]
     pub fn order_key_for(run_at: Timestamp, priority: u8, aging_ms_per_point: u64) -> i64 {
-        let head_start = i64::from(priority).saturating_mul(
-            i64::try_from(aging_ms_per_point).unwrap_or(i64::MAX),
-        );
+        let head_start = i64::from(priority)
+            .saturating_mul(i64::try_from(aging_ms_per_point).unwrap_or(i64::MAX));
         run_at.as_millis().saturating_sub(head_start)
     }
 }

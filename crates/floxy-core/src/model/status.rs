@@ -184,10 +184,9 @@ impl StepStatus {
         match (self, to) {
             (S::Pending | S::Retrying, S::Running) => true,
             (S::Running, S::Completed | S::Failed | S::Retrying | S::Skipped) => true,
-            (
-                S::Pending | S::Retrying | S::WaitingDecision | S::Paused,
-                S::Skipped | S::Paused,
-            ) => true,
+            (S::Pending | S::Retrying | S::WaitingDecision | S::Paused, S::Skipped | S::Paused) => {
+                true
+            }
             (S::Pending | S::Retrying, S::Failed) => true,
             (S::Paused, S::Pending | S::Retrying) => true,
             (

@@ -1,9 +1,7 @@
 //! The `Transition`: every write of one atomic commit, as data.
 
 use super::ids::{DlqId, FencingToken, Timestamp};
-use super::record::{
-    InstanceRecord, NewDlqRecord, NewEvent, QueueItem, QueueKey, StepRun,
-};
+use super::record::{InstanceRecord, NewDlqRecord, NewEvent, QueueItem, QueueKey, StepRun};
 use super::status::StepStatus;
 use serde::{Deserialize, Serialize};
 

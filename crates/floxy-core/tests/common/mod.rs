@@ -31,7 +31,11 @@ impl H {
         let t = machine::start(&wf, id, Payload::new(input), None, now).expect("start");
         let mut h = H {
             wf,
-            snap: InstanceSnapshot { instance: t.instance.clone(), steps: vec![], dlq: vec![] },
+            snap: InstanceSnapshot {
+                instance: t.instance.clone(),
+                steps: vec![],
+                dlq: vec![],
+            },
             queue: BTreeMap::new(),
             events: vec![],
             next_dlq: 1,
@@ -44,13 +48,25 @@ impl H {
     }
 
     pub fn apply_t(&mut self, t: Transition) {
-        assert_eq!(t.instance.version, self.snap.instance.version + u64::from(!t.create));
+        assert_eq!(
+            t.instance.version,
+            self.snap.instance.version + u64::from(!t.create)
+        );
         if let Some(lc) = &t.lease_check {
             let item = self.queue.get(&lc.key).expect("lease check: item exists");
-            assert_eq!(item.lease.as_ref().map(|l| l.token), Some(lc.token), "lease check token");
+            assert_eq!(
+                item.lease.as_ref().map(|l| l.token),
+                Some(lc.token),
+                "lease check token"
+            );
         }
         for sw in &t.steps {
-            let cur = self.snap.steps.iter().find(|r| r.step == sw.run.step).map(|r| r.status);
+            let cur = self
+                .snap
+                .steps
+                .iter()
+                .find(|r| r.step == sw.run.step)
+                .map(|r| r.status);
             assert_eq!(cur, sw.expect, "CAS on step {}", sw.run.step);
         }
         self.snap.instance = t.instance;
@@ -80,7 +96,11 @@ impl H {
             self.snap.dlq.retain(|r| r.id != id);
         }
         for rec in t.dlq_insert {
-            self.snap.dlq.push(DlqRecord { id: DlqId(self.next_dlq), created_at: self.now, record: rec });
+            self.snap.dlq.push(DlqRecord {
+                id: DlqId(self.next_dlq),
+                created_at: self.now,
+                record: rec,
+            });
             self.next_dlq += 1;
         }
     }
@@ -89,7 +109,11 @@ impl H {
     pub fn try_feed(&mut self, input: Input) -> Result<(), Option<TransitionError>> {
         let t = machine::apply(&self.wf, &self.snap, &input, self.now).map_err(Some)?;
         if let Some(lc) = &t.lease_check {
-            let held = self.queue.get(&lc.key).and_then(|i| i.lease.as_ref()).map(|l| l.token);
+            let held = self
+                .queue
+                .get(&lc.key)
+                .and_then(|i| i.lease.as_ref())
+                .map(|l| l.token);
             if held != Some(lc.token) {
                 return Err(None);
             }
@@ -106,42 +130,90 @@ impl H {
 
     /// Claims an item like a store would (run_at must be due unless `force`).
     pub fn claim(&mut self, step: &str, kind: WorkKind) -> (FencingToken, u32, bool) {
-        let key = QueueKey { instance_id: self.snap.instance.id, step: step.into(), kind };
+        let key = QueueKey {
+            instance_id: self.snap.instance.id,
+            step: step.into(),
+            kind,
+        };
         let now = self.now;
         let token = FencingToken(self.next_token);
         self.next_token += 1;
-        let item = self.queue.get_mut(&key).unwrap_or_else(|| panic!("no queue item for {step} {kind:?}"));
+        let item = self
+            .queue
+            .get_mut(&key)
+            .unwrap_or_else(|| panic!("no queue item for {step} {kind:?}"));
         assert!(item.run_at <= now, "{step} not due");
         let expired = item.lease.as_ref().is_some_and(|l| l.expires_at <= now);
         assert!(item.lease.is_none() || expired, "{step} already leased");
         item.attempt += 1;
-        item.lease = Some(Lease { owner: "w".into(), token, expires_at: now.add_ms(item.lease_ttl_ms) });
+        item.lease = Some(Lease {
+            owner: "w".into(),
+            token,
+            expires_at: now.add_ms(item.lease_ttl_ms),
+        });
         let attempt = item.attempt;
         if kind == WorkKind::Execute {
-            let run = self.snap.steps.iter_mut().find(|r| &*r.step == step).unwrap();
+            let run = self
+                .snap
+                .steps
+                .iter_mut()
+                .find(|r| &*r.step == step)
+                .unwrap();
             run.status = StepStatus::Running;
             run.attempts = attempt;
         }
         (token, attempt, expired)
     }
 
-    pub fn work(&mut self, step: &str, kind: WorkKind, outcome: WorkOutcome) -> Result<(), TransitionError> {
+    pub fn work(
+        &mut self,
+        step: &str,
+        kind: WorkKind,
+        outcome: WorkOutcome,
+    ) -> Result<(), TransitionError> {
         let (token, attempt, _) = self.claim(step, kind);
         self.calls.push((step.into(), kind, attempt));
-        let key = QueueKey { instance_id: self.snap.instance.id, step: step.into(), kind };
-        self.feed(Input::WorkDone { key, token, attempt, outcome })
+        let key = QueueKey {
+            instance_id: self.snap.instance.id,
+            step: step.into(),
+            kind,
+        };
+        self.feed(Input::WorkDone {
+            key,
+            token,
+            attempt,
+            outcome,
+        })
     }
 
     pub fn ok(&mut self, step: &str) {
-        self.work(step, WorkKind::Execute, WorkOutcome::Succeeded(payload(serde_json::json!({ "by": step })))).unwrap();
+        self.work(
+            step,
+            WorkKind::Execute,
+            WorkOutcome::Succeeded(payload(serde_json::json!({ "by": step }))),
+        )
+        .unwrap();
     }
 
     pub fn fail(&mut self, step: &str, retryable: bool) {
-        self.work(step, WorkKind::Execute, WorkOutcome::Failed { error: format!("{step} broke"), retryable }).unwrap();
+        self.work(
+            step,
+            WorkKind::Execute,
+            WorkOutcome::Failed {
+                error: format!("{step} broke"),
+                retryable,
+            },
+        )
+        .unwrap();
     }
 
     pub fn compensate_ok(&mut self, step: &str) {
-        self.work(step, WorkKind::Compensate, WorkOutcome::Succeeded(Payload::null())).unwrap();
+        self.work(
+            step,
+            WorkKind::Compensate,
+            WorkOutcome::Succeeded(Payload::null()),
+        )
+        .unwrap();
     }
 
     /// Due, unleased items in claim order.
@@ -149,10 +221,14 @@ impl H {
         let mut v: Vec<&QueueItem> = self
             .queue
             .values()
-            .filter(|i| i.run_at <= self.now && i.lease.as_ref().is_none_or(|l| l.expires_at <= self.now))
+            .filter(|i| {
+                i.run_at <= self.now && i.lease.as_ref().is_none_or(|l| l.expires_at <= self.now)
+            })
             .collect();
         v.sort_by(|a, b| (a.order_key, &a.key).cmp(&(b.order_key, &b.key)));
-        v.into_iter().map(|i| (i.key.step.to_string(), i.key.kind)).collect()
+        v.into_iter()
+            .map(|i| (i.key.step.to_string(), i.key.kind))
+            .collect()
     }
 
     /// Advances virtual time to the next run_at if nothing is due.
@@ -160,7 +236,11 @@ impl H {
         if !self.ready().is_empty() {
             return true;
         }
-        let due = |i: &QueueItem| i.lease.as_ref().map_or(i.run_at, |l| l.expires_at.max(i.run_at));
+        let due = |i: &QueueItem| {
+            i.lease
+                .as_ref()
+                .map_or(i.run_at, |l| l.expires_at.max(i.run_at))
+        };
         match self.queue.values().map(due).min() {
             Some(t) => {
                 self.now = self.now.max(t);
@@ -176,18 +256,34 @@ impl H {
             if !self.advance_to_next() {
                 return;
             }
-            let Some((step, kind)) = self.ready().into_iter().next() else { return };
+            let Some((step, kind)) = self.ready().into_iter().next() else {
+                return;
+            };
             if kind == WorkKind::Timer {
                 let (token, _, _) = self.claim(&step, kind);
-                let key = QueueKey { instance_id: self.snap.instance.id, step: step.as_str().into(), kind };
+                let key = QueueKey {
+                    instance_id: self.snap.instance.id,
+                    step: step.as_str().into(),
+                    kind,
+                };
                 self.feed(Input::TimerFired { key, token }).unwrap();
                 continue;
             }
             let (token, attempt, _) = self.claim(&step, kind);
             self.calls.push((step.clone(), kind, attempt));
             let outcome = f(&step, kind, attempt);
-            let key = QueueKey { instance_id: self.snap.instance.id, step: step.as_str().into(), kind };
-            self.feed(Input::WorkDone { key, token, attempt, outcome }).unwrap();
+            let key = QueueKey {
+                instance_id: self.snap.instance.id,
+                step: step.as_str().into(),
+                kind,
+            };
+            self.feed(Input::WorkDone {
+                key,
+                token,
+                attempt,
+                outcome,
+            })
+            .unwrap();
         }
         panic!("did not settle");
     }
@@ -197,11 +293,19 @@ impl H {
     }
 
     pub fn status(&self, step: &str) -> Option<StepStatus> {
-        self.snap.steps.iter().find(|r| &*r.step == step).map(|r| r.status)
+        self.snap
+            .steps
+            .iter()
+            .find(|r| &*r.step == step)
+            .map(|r| r.status)
     }
 
     pub fn statuses(&self) -> BTreeMap<String, StepStatus> {
-        self.snap.steps.iter().map(|r| (r.step.to_string(), r.status)).collect()
+        self.snap
+            .steps
+            .iter()
+            .map(|r| (r.step.to_string(), r.status))
+            .collect()
     }
 
     pub fn inst(&self) -> InstanceStatus {
@@ -235,32 +339,64 @@ impl H {
         if st.is_terminal() {
             for r in &self.snap.steps {
                 assert!(
-                    !matches!(r.status, StepStatus::Pending | StepStatus::Running | StepStatus::Retrying | StepStatus::Compensating | StepStatus::WaitingDecision),
-                    "terminal {st} has active step {} {}", r.step, r.status
+                    !matches!(
+                        r.status,
+                        StepStatus::Pending
+                            | StepStatus::Running
+                            | StepStatus::Retrying
+                            | StepStatus::Compensating
+                            | StepStatus::WaitingDecision
+                    ),
+                    "terminal {st} has active step {} {}",
+                    r.step,
+                    r.status
                 );
             }
             if st != InstanceStatus::Failed {
-                assert!(self.queue.is_empty(), "terminal {st} has queue items {:?}", self.queue.keys().collect::<Vec<_>>());
+                assert!(
+                    self.queue.is_empty(),
+                    "terminal {st} has queue items {:?}",
+                    self.queue.keys().collect::<Vec<_>>()
+                );
             }
         }
         if st == InstanceStatus::Completed {
             for r in &self.snap.steps {
                 assert!(
-                    matches!(r.status, StepStatus::Completed | StepStatus::Skipped | StepStatus::Confirmed)
-                        || self.in_failed_any_branch(&r.step),
-                    "completed instance has step {} {}", r.step, r.status
+                    matches!(
+                        r.status,
+                        StepStatus::Completed | StepStatus::Skipped | StepStatus::Confirmed
+                    ) || self.in_failed_any_branch(&r.step),
+                    "completed instance has step {} {}",
+                    r.step,
+                    r.status
                 );
             }
         }
         if matches!(st, InstanceStatus::Failed | InstanceStatus::Cancelled) {
-            let sp = self.snap.instance.rollback_to.as_ref().and_then(|s| self.wf.find(s));
+            let sp = self
+                .snap
+                .instance
+                .rollback_to
+                .as_ref()
+                .and_then(|s| self.wf.find(s));
             for r in &self.snap.steps {
                 let n = self.wf.find(&r.step).unwrap();
-                let in_scope = st == InstanceStatus::Cancelled || sp.is_none_or(|sp| self.wf.node(n).after_savepoint(sp));
+                let in_scope = st == InstanceStatus::Cancelled
+                    || sp.is_none_or(|sp| self.wf.node(n).after_savepoint(sp));
                 if in_scope {
                     assert!(
-                        matches!(r.status, StepStatus::RolledBack | StepStatus::CompensationFailed | StepStatus::Skipped | StepStatus::Failed | StepStatus::Rejected),
-                        "{st} instance has step {} {} in rollback scope", r.step, r.status
+                        matches!(
+                            r.status,
+                            StepStatus::RolledBack
+                                | StepStatus::CompensationFailed
+                                | StepStatus::Skipped
+                                | StepStatus::Failed
+                                | StepStatus::Rejected
+                        ),
+                        "{st} instance has step {} {} in rollback scope",
+                        r.step,
+                        r.status
                     );
                 }
             }
@@ -274,12 +410,28 @@ impl H {
             if k == WorkKind::Execute {
                 let n = self.wf.find(&s).unwrap();
                 let def = self.wf.step_def(n);
-                let max = if def.options.no_idempotent { 1 } else {
-                    def.options.retry.max_retries.unwrap_or(self.wf.definition().options.default_max_retries) + 1
+                let max = if def.options.no_idempotent {
+                    1
+                } else {
+                    def.options
+                        .retry
+                        .max_retries
+                        .unwrap_or(self.wf.definition().options.default_max_retries)
+                        + 1
                 };
                 // A DLQ requeue grants a fresh budget.
-                let epochs = 1 + self.events.iter().filter(|e| e.kind == EventKind::DlqRequeued && e.step.as_deref() == Some(s.as_str())).count() as u32;
-                assert!(c <= max * epochs, "step {s} called {c} times, max {max} x {epochs}\n{:?}", self.event_names());
+                let epochs = 1 + self
+                    .events
+                    .iter()
+                    .filter(|e| {
+                        e.kind == EventKind::DlqRequeued && e.step.as_deref() == Some(s.as_str())
+                    })
+                    .count() as u32;
+                assert!(
+                    c <= max * epochs,
+                    "step {s} called {c} times, max {max} x {epochs}\n{:?}",
+                    self.event_names()
+                );
             }
         }
         // Each compensation at most once per successful run (invariant 4), in reverse order.
@@ -287,8 +439,16 @@ impl H {
         let mut uniq = comps.clone();
         uniq.sort();
         uniq.dedup();
-        let requeued = self.events.iter().filter(|e| e.kind == EventKind::DlqRequeued).count();
-        assert!(uniq.len() + requeued >= comps.len(), "a step compensated twice: {comps:?}\n{:?}", self.event_names());
+        let requeued = self
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::DlqRequeued)
+            .count();
+        assert!(
+            uniq.len() + requeued >= comps.len(),
+            "a step compensated twice: {comps:?}\n{:?}",
+            self.event_names()
+        );
     }
 
     fn in_failed_any_branch(&self, step: &str) -> bool {
