@@ -484,6 +484,19 @@ impl Engine {
     pub async fn stats(&self) -> Result<StoreStats, EngineError> {
         Ok(self.inner.store.stats().await?)
     }
+
+    /// Retention: removes terminal instances (with their steps, events, queue items and DLQ
+    /// records) last updated more than `older_than` ago by the engine's clock. Never removes
+    /// a non-terminal or `dlq` instance. Returns how many instances were removed.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`].
+    pub async fn cleanup(&self, older_than: Duration) -> Result<u64, EngineError> {
+        let age_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let cutoff =
+            floxy_core::model::Timestamp(self.clock().now().as_millis().saturating_sub(age_ms));
+        Ok(self.inner.store.cleanup(cutoff).await?)
+    }
 }
 
 /// splitmix64 finaliser: spreads a counter over 64 bits.

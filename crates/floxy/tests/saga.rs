@@ -595,3 +595,62 @@ async fn instance_ids_follow_creation_order() {
         .collect();
     assert_eq!(listed, ids);
 }
+
+#[tokio::test(start_paused = true)]
+async fn cleanup_removes_only_old_terminal_instances() {
+    let (engine, _store) = common::engine();
+    engine.register_fn("ok", |_ctx, input: floxy::Payload| async move { Ok(input) });
+    let done = engine
+        .register_workflow(
+            floxy::Builder::new("retention", 1)
+                .step("a", "ok")
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let waiting = engine
+        .register_workflow(
+            floxy::Builder::new("retention-human", 1)
+                .wait_human("h")
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    engine.start_workers().unwrap();
+    let old = engine
+        .start_and_wait(&done, serde_json::json!({}), common::WAIT)
+        .await
+        .unwrap();
+    let live = engine
+        .start_and_wait(&waiting, serde_json::json!({}), common::WAIT)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3_600)).await;
+    let fresh = engine
+        .start_and_wait(&done, serde_json::json!({}), common::WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        engine
+            .cleanup(std::time::Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        engine.instance(old.id).await.unwrap().is_none(),
+        "old terminal instance removed"
+    );
+    assert!(
+        engine.instance(live.id).await.unwrap().is_some(),
+        "waiting instance kept"
+    );
+    assert!(
+        engine.instance(fresh.id).await.unwrap().is_some(),
+        "recent instance kept"
+    );
+    assert!(engine.events(old.id).await.unwrap().is_empty());
+    engine.shutdown(None).await;
+}
