@@ -230,6 +230,15 @@ pub struct Capabilities {
     pub multi_process: bool,
 }
 
+impl Capabilities {
+    /// Capability flags of a backend (the struct is `#[non_exhaustive]` so that flags can be
+    /// added; backends outside this crate build it here).
+    #[must_use]
+    pub const fn new(durable: bool, multi_process: bool) -> Self {
+        Self { durable, multi_process }
+    }
+}
+
 /// A durable store for floxy. See the [module docs](self) for the contract.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -13,7 +13,7 @@
 //!
 //! * **Instances** live in a slab (`Vec<Option<_>>`) indexed by a small slot number, with a
 //!   `BTreeMap<InstanceId, slot>` for lookups and id-ordered paging. Each entry keeps its
-//!   [`InstanceSnapshot`](floxy_core::model::InstanceSnapshot) as is, so `update_instance`
+//!   [`InstanceSnapshot`] as is, so `update_instance`
 //!   hands the transition function a reference instead of building a snapshot, plus a
 //!   step-name index, its events (a `Vec`, already in sequence order because sequence
 //!   numbers are store-wide and increasing) and the slab ids of its queue items.
@@ -27,26 +27,41 @@
 //!
 //! # Why claims are fast
 //!
-//! Handler names are interned to small numbers, and each handler owns a claim index:
+//! Handler names are interned to small numbers, and each handler owns a claim index (see
+//! the `queue` module):
 //!
-//! * `by_due: BTreeSet<(due, item id)>`: all its items by the time they become claimable
-//!   (`run_at`, or the lease expiry if leased);
-//! * `ready: BTreeSet<(order_key, key, item id)>`: the items already due, in claim order;
-//! * `watermark`: the latest `now` promoted so far. An item is in `ready` exactly when its
-//!   due time is at or before the watermark.
+//! * `watermark`: the latest `now` a claim of this handler promoted up to;
+//! * `ready: BTreeSet<(order_key, instance, item id)>`: the items already due (due time at
+//!   or before the watermark), in claim order. Entries are 32-byte `Copy` values: no string,
+//!   no reference count;
+//! * `pending: BTreeMap<(due, item id), ready entry>`: the items not due yet, by the time
+//!   they become claimable (`run_at`, or the lease expiry while leased).
 //!
-//! A claim at `now` first promotes the `by_due` range `(watermark, now]` into `ready`. That
-//! range holds only items that became due since the previous claim, so each item is
-//! promoted once per due time: new items, retries whose `run_at` arrived, and expired leases
-//! (which come back to `ready` this way, still carrying their old lease, so the claim can
-//! report `previous_lease_expired`). Then the claim pops the first `limit` entries of
-//! `ready`; with several handlers it takes up to `limit` candidates from each, sorts them
-//! and keeps the first `limit`. Each claimed item costs a `pop_first` and a re-insertion in
-//! `by_due` at its lease expiry (all `O(log n)`), a fencing token from a plain counter under
-//! the lock, and for `Execute` items a direct slab access to its step run and a push of the
-//! `step_started` event. Items not yet due are never looked at. A claim whose `now` is older
-//! than the watermark (a worker with a lagging clock) checks the due time of each ready
-//! entry and skips the ones not due for it.
+//! A claim at `now` first promotes the due part of `pending` into `ready` with one
+//! `split_off` (each item is promoted once per due time: new items, retries whose `run_at`
+//! arrived, expired leases; a large backlog is sorted and built into a tree in bulk). An
+//! expired lease comes back to `ready` still carrying its lease, so the claim can report
+//! `previous_lease_expired`. Then the claim takes the first `limit` entries of `ready`
+//! (with several handlers, up to `limit` from each, merged). Entries with equal
+//! `(order_key, instance)` are taken as a group and sorted by step and kind, which restores
+//! the exact `(order_key, key)` order. Items not yet due are never looked at.
+//!
+//! Each claimed item then costs a `pop_first` from `ready`, an insertion into `pending` at
+//! its lease expiry (at the right edge of the tree: expiries grow with time), a fencing
+//! token from a plain counter under the lock, and, for `Execute` items, a direct slab access
+//! to its step run (its index is cached in the item) and a `step_started` event. A batch is
+//! committed in passes: one that only reads (candidates, step runs, lease parameters), one
+//! that writes the indexes and statuses, one that makes the clones returned to the caller,
+//! and one that appends the events. Reading first lets the cache misses of a batch overlap;
+//! keeping reference-count updates (locked instructions) out of the first passes keeps them
+//! from stalling behind those misses. Claims allocate only their result (scratch buffers are
+//! reused), so a batch of 64 claims runs at about a million items per second on one core
+//! even when every item belongs to a different, cold instance (see `benches/claims.rs`).
+//!
+//! A claim whose `now` is older than the watermark (a worker with a lagging clock) checks
+//! the due time of each ready entry and skips the ones not due for it. `next_due` reads the
+//! first `pending` entry and scans `ready` (which an idle worker's claim has just emptied of
+//! everything due for it).
 //!
 //! # Choices where the contract is silent
 //!
@@ -124,7 +139,7 @@ impl Store for MemoryStore {
     fn capabilities(&self) -> Capabilities {
         // `Capabilities` is `#[non_exhaustive]` with no constructor in `floxy_core::store`:
         // build it through the conformance module's helper until the core has one.
-        floxy_core::conformance::capabilities(false, false)
+        floxy_core::store::Capabilities::new(false, false)
     }
 
     async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {
@@ -167,10 +182,7 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().heartbeat(owner, leases, now))
     }
 
-    async fn load_instance(
-        &self,
-        id: InstanceId,
-    ) -> Result<Option<InstanceSnapshot>, StoreError> {
+    async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
         Ok(self.inner.lock().load_instance(id))
     }
 

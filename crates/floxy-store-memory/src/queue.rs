@@ -4,22 +4,25 @@
 //! ([`ItemId`]); the public [`QueueKey`] is only hashed when a transition or a heartbeat names
 //! an item. Each handler name is interned to a small number and owns a [`HandlerIndex`]:
 //!
-//! * `by_due`: every item of the handler, ordered by its *due time* (the moment it becomes
-//!   claimable: `run_at`, or the later of `run_at` and the lease expiry when leased);
-//! * `ready`: the items whose due time is at or before the handler's `watermark`, ordered by
-//!   `(order_key, key)`, the claim order;
-//! * `watermark`: the largest `now` a claim has promoted up to.
+//! * `watermark`: the largest `now` a claim of this handler has promoted up to;
+//! * `pending: BTreeMap<(due, item), ready key>`: the items whose *due time* (when they become
+//!   claimable: `run_at`, or the later of `run_at` and the lease expiry when leased) is after
+//!   the watermark;
+//! * `ready: BTreeSet<(order_key, key, item)>`: the other items, in claim order.
 //!
-//! Invariant: an item is in `ready` exactly when its due time is `<= watermark`. A claim at
-//! `now > watermark` promotes the `by_due` range `(watermark, now]` into `ready` (each item
-//! is promoted once per due time, so the work is amortised) and moves the watermark. The
-//! claim then pops the first items of `ready`. A claim with an older `now` (a worker whose
-//! clock lags) checks each ready item's due time and skips those not due for it.
+//! Invariant: an item is in `ready` exactly when its due time is `<= watermark`, and in
+//! `pending` otherwise. A claim at `now > watermark` splits `pending` at `now` and moves the
+//! due part into `ready` (each item is promoted once per due time; a large batch is sorted
+//! and merged in bulk), then pops the first items of `ready`. `pending` carries each item's
+//! ready key, built when the item was indexed (its slot was hot then), so a promotion never
+//! touches the slab. A new lease puts the item back into `pending` at its expiry, the largest
+//! due time so far, so that insertion lands at the right edge of the tree. A claim with an
+//! older `now` (a worker whose clock lags) checks each ready item's due time and skips those
+//! not due for it.
 
 use floxy_core::model::{FencingToken, Lease, QueueItem, QueueKey, Timestamp};
 use floxy_core::store::LeaseState;
-use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Slab index of a queue item.
@@ -43,19 +46,52 @@ pub(crate) struct Slot {
     pub(crate) step_idx: Option<u32>,
 }
 
-/// An entry of a handler's ready set: claim order, then the slot.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// An entry of a handler's ready set, ordered by `(order_key, instance)`, then slot.
+///
+/// The claim order is `(order_key, key)`, and the key also compares step and kind: entries
+/// with equal `(order_key, instance)` form a *group* that [`Queue::candidates`] takes whole
+/// and sorts by key. Leaving the step name out keeps the entry at 32 bytes, `Copy`, without
+/// a reference count to touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct ReadyKey {
     order_key: i64,
-    key: QueueKey,
+    inst_hi: u64,
+    inst_lo: u64,
     id: ItemId,
+}
+
+impl ReadyKey {
+    fn group(&self) -> (i64, u64, u64) {
+        (self.order_key, self.inst_hi, self.inst_lo)
+    }
+}
+
+/// What a claim needs to lease one candidate, read from its slot in the claim's first
+/// pass (so that the slot's cache lines are loaded early, together with the other
+/// candidates').
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeasePlan {
+    handler: u32,
+    key: ReadyKey,
+    /// Expiry of the new lease.
+    pub(crate) expires_at: Timestamp,
+    due: Timestamp,
+    /// The item holds a lease already (which expired).
+    pub(crate) was_leased: bool,
+}
+
+impl LeasePlan {
+    /// The item.
+    pub(crate) fn id(&self) -> ItemId {
+        self.key.id
+    }
 }
 
 /// The claim index of one handler (see the module docs).
 #[derive(Debug)]
 struct HandlerIndex {
     watermark: Timestamp,
-    by_due: BTreeSet<(Timestamp, ItemId)>,
+    pending: BTreeMap<(Timestamp, ItemId), ReadyKey>,
     ready: BTreeSet<ReadyKey>,
 }
 
@@ -63,30 +99,92 @@ impl HandlerIndex {
     fn new() -> Self {
         Self {
             watermark: Timestamp(i64::MIN),
-            by_due: BTreeSet::new(),
+            pending: BTreeMap::new(),
             ready: BTreeSet::new(),
         }
     }
 
-    /// Moves every item due in `(watermark, now]` into the ready set.
-    fn promote(&mut self, slots: &[Option<Slot>], now: Timestamp) {
+    /// Indexes `s` (stored at `id`) by its due time.
+    fn insert(&mut self, s: &Slot, id: ItemId) {
+        self.insert_key(ready_key(s, id), s.due);
+    }
+
+    /// Indexes item `key.id` due at `due` under its precomputed ready key.
+    fn insert_key(&mut self, key: ReadyKey, due: Timestamp) {
+        if due <= self.watermark {
+            self.ready.insert(key);
+        } else {
+            self.pending.insert((due, key.id), key);
+        }
+    }
+
+    /// Removes `s` (stored at `id`) from the index.
+    fn remove(&mut self, s: &Slot, id: ItemId) {
+        if s.due <= self.watermark {
+            self.ready.remove(&ready_key(s, id));
+        } else {
+            self.pending.remove(&(s.due, id));
+        }
+    }
+
+    /// Moves every pending item due at or before `now` into the ready set.
+    fn promote(&mut self, now: Timestamp) {
         if now <= self.watermark {
             return;
         }
-        let range = (
-            Bound::Excluded((self.watermark, ItemId::MAX)),
-            Bound::Included((now, ItemId::MAX)),
-        );
-        for &(_, id) in self.by_due.range(range) {
-            if let Some(Some(s)) = slots.get(id as usize) {
-                self.ready.insert(ReadyKey {
-                    order_key: s.item.order_key,
-                    key: s.item.key.clone(),
-                    id,
-                });
-            }
-        }
         self.watermark = now;
+        if self
+            .pending
+            .first_key_value()
+            .is_none_or(|(&(due, _), _)| due > now)
+        {
+            return;
+        }
+        let later = match now.0.checked_add(1) {
+            Some(next) => self.pending.split_off(&(Timestamp(next), 0)),
+            None => BTreeMap::new(),
+        };
+        let due = std::mem::replace(&mut self.pending, later);
+        if due.len() >= 64 && due.len() >= self.ready.len() / 4 {
+            // Many items at once (a backlog that became due together): sort them and build
+            // a tree in one pass instead of inserting one by one at random places, then add
+            // the (fewer) entries already ready.
+            let mut bulk: BTreeSet<ReadyKey> = due.into_values().collect();
+            if bulk.len() < self.ready.len() {
+                std::mem::swap(&mut bulk, &mut self.ready);
+            }
+            if bulk.len() * 8 < self.ready.len() {
+                self.ready.extend(bulk);
+            } else {
+                self.ready.append(&mut bulk);
+            }
+        } else {
+            self.ready.extend(due.into_values());
+        }
+    }
+
+    /// The earliest due time of its items. Ready items are scanned: after a claim that
+    /// returned fewer items than asked (when idle workers ask), they are only the items a
+    /// lagging clock could not take.
+    fn next_due(&self, slots: &[Option<Slot>]) -> Option<Timestamp> {
+        let pending = self.pending.first_key_value().map(|(&(due, _), _)| due);
+        let ready = self
+            .ready
+            .iter()
+            .filter_map(|rk| slots.get(rk.id as usize).and_then(Option::as_ref))
+            .map(|s| s.due)
+            .min();
+        pending.into_iter().chain(ready).min()
+    }
+}
+
+fn ready_key(s: &Slot, id: ItemId) -> ReadyKey {
+    let (inst_hi, inst_lo) = s.item.key.instance_id.0.as_u64_pair();
+    ReadyKey {
+        order_key: s.item.order_key,
+        inst_hi,
+        inst_lo,
+        id,
     }
 }
 
@@ -101,6 +199,8 @@ pub(crate) struct Queue {
     last_token: u64,
     len: u64,
     leased: u64,
+    /// Reused by every claim (no allocation per call).
+    scratch_handlers: Vec<u32>,
 }
 
 impl Queue {
@@ -114,6 +214,7 @@ impl Queue {
             last_token: 0,
             len: 0,
             leased: 0,
+            scratch_handlers: Vec::new(),
         }
     }
 
@@ -155,66 +256,38 @@ impl Queue {
     }
 
     fn index_insert(&mut self, id: ItemId) {
-        let Some(Some(s)) = self.slots.get(id as usize) else {
-            return;
-        };
-        let Some(h) = self.handlers.get_mut(s.handler as usize) else {
-            return;
-        };
-        h.by_due.insert((s.due, id));
-        if s.due <= h.watermark {
-            h.ready.insert(ReadyKey {
-                order_key: s.item.order_key,
-                key: s.item.key.clone(),
-                id,
-            });
+        if let Some(Some(s)) = self.slots.get(id as usize)
+            && let Some(h) = self.handlers.get_mut(s.handler as usize)
+        {
+            h.insert(s, id);
         }
     }
 
     fn index_remove(&mut self, id: ItemId) {
-        let Some(Some(s)) = self.slots.get(id as usize) else {
-            return;
-        };
-        let Some(h) = self.handlers.get_mut(s.handler as usize) else {
-            return;
-        };
-        h.by_due.remove(&(s.due, id));
-        if s.due <= h.watermark {
-            remove_ready(h, s, id);
+        if let Some(Some(s)) = self.slots.get(id as usize)
+            && let Some(h) = self.handlers.get_mut(s.handler as usize)
+        {
+            h.remove(s, id);
         }
     }
 
-    /// Changes the due time of `id`, keeping both sets of its handler consistent.
+    /// Changes the due time of `id`, keeping its handler's index consistent.
     fn set_due(&mut self, id: ItemId, due: Timestamp) {
-        let Some(Some(s)) = self.slots.get_mut(id as usize) else {
-            return;
-        };
-        let old = s.due;
-        if old == due {
-            return;
+        self.index_remove(id);
+        if let Some(s) = self.slot_mut(id) {
+            s.due = due;
         }
-        s.due = due;
-        let Some(h) = self.handlers.get_mut(s.handler as usize) else {
-            return;
-        };
-        h.by_due.remove(&(old, id));
-        h.by_due.insert((due, id));
-        let was_ready = old <= h.watermark;
-        let is_ready = due <= h.watermark;
-        if was_ready && !is_ready {
-            remove_ready(h, s, id);
-        } else if !was_ready && is_ready {
-            h.ready.insert(ReadyKey {
-                order_key: s.item.order_key,
-                key: s.item.key.clone(),
-                id,
-            });
-        }
+        self.index_insert(id);
     }
 
-    /// Inserts or replaces the item with `item.key` (dropping any lease). Returns its id and
-    /// whether it is new.
-    pub(crate) fn upsert(&mut self, mut item: QueueItem, inst: InstSlot) -> (ItemId, bool) {
+    /// Inserts or replaces the item with `item.key` (dropping any lease). `step_idx` is the
+    /// index of its step run in the instance, if known. Returns its id and whether it is new.
+    pub(crate) fn upsert(
+        &mut self,
+        mut item: QueueItem,
+        inst: InstSlot,
+        step_idx: Option<u32>,
+    ) -> (ItemId, bool) {
         item.lease = None;
         let handler = self.intern(&item.handler);
         let due = item.run_at;
@@ -226,6 +299,7 @@ impl Queue {
                 s.inst = inst;
                 s.handler = handler;
                 s.due = due;
+                s.step_idx = step_idx.or(s.step_idx);
                 if was_leased {
                     self.leased -= 1;
                 }
@@ -238,7 +312,7 @@ impl Queue {
             inst,
             handler,
             due,
-            step_idx: None,
+            step_idx,
         };
         let key = slot.item.key.clone();
         let id = match self.free.pop() {
@@ -325,20 +399,23 @@ impl Queue {
             .iter()
             .filter_map(|h| self.handler_ids.get(&**h))
             .filter_map(|&h| self.handlers.get(h as usize))
-            .filter_map(|h| h.by_due.first().map(|&(due, _)| due))
+            .filter_map(|h| h.next_due(&self.slots))
             .min()
     }
 
     /// Finds up to `limit` claimable items of `handlers`, in claim order, as
-    /// `(handler, item)` pairs. Promotes newly due items first; changes nothing else. The
+    /// `(handler, item)` pairs in `cands` (cleared first). Promotes newly due items first; changes nothing else. The
     /// caller must [`Self::take`] and [`Self::lease`] each item it claims.
     pub(crate) fn candidates(
         &mut self,
         handlers: &[Arc<str>],
         limit: usize,
         now: Timestamp,
-    ) -> Vec<(u32, ItemId)> {
-        let mut hs: Vec<u32> = Vec::with_capacity(handlers.len());
+        cands: &mut Vec<(u32, ItemId)>,
+    ) {
+        cands.clear();
+        let mut hs = std::mem::take(&mut self.scratch_handlers);
+        hs.clear();
         for name in handlers {
             if let Some(&h) = self.handler_ids.get(&**name)
                 && !hs.contains(&h)
@@ -346,15 +423,17 @@ impl Queue {
                 hs.push(h);
             }
         }
-        let mut cands: Vec<(u32, ItemId)> = Vec::with_capacity(limit.min(64) * hs.len().max(1));
         for &h in &hs {
             let Some(hi) = self.handlers.get_mut(h as usize) else {
                 continue;
             };
-            hi.promote(&self.slots, now);
+            hi.promote(now);
             let mut n = 0;
+            let mut last_group = None;
             for rk in &hi.ready {
-                if n == limit {
+                // Past the limit, finish the last group: its order is only known after the
+                // sort by key below.
+                if n >= limit && last_group != Some(rk.group()) {
                     break;
                 }
                 let due = self
@@ -365,79 +444,77 @@ impl Queue {
                 if due.is_some_and(|d| d <= now) {
                     cands.push((h, rk.id));
                     n += 1;
+                    last_group = Some(rk.group());
                 }
             }
         }
-        if hs.len() > 1 {
-            let slots = &self.slots;
-            let order = |id: ItemId| {
-                slots
-                    .get(id as usize)
-                    .and_then(Option::as_ref)
-                    .map(|s| (s.item.order_key, &s.item.key))
-            };
-            cands.sort_unstable_by(|a, b| order(a.1).cmp(&order(b.1)));
-            cands.truncate(limit);
-        }
-        cands
+        let slots = &self.slots;
+        let order = |id: ItemId| {
+            slots
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .map(|s| (s.item.order_key, &s.item.key))
+        };
+        // Usually sorted already (one handler, groups of one), which the sort detects in
+        // one pass.
+        cands.sort_unstable_by(|a, b| order(a.1).cmp(&order(b.1)));
+        cands.truncate(limit);
+        self.scratch_handlers = hs;
     }
 
-    /// Takes a candidate out of its handler's ready set.
-    pub(crate) fn take(&mut self, h: u32, id: ItemId) {
-        let (Some(hi), Some(Some(s))) =
-            (self.handlers.get_mut(h as usize), self.slots.get(id as usize))
-        else {
-            return;
-        };
-        if hi.ready.first().is_some_and(|rk| rk.id == id) {
-            hi.ready.pop_first();
-        } else {
-            remove_ready(hi, s, id);
-        }
-    }
-
-    /// Gives `id` (already [taken](Self::take) out of its ready set) a new lease. Returns whether it was
-    /// leased before (the previous lease expired).
-    pub(crate) fn lease(&mut self, id: ItemId, owner: &Arc<str>, now: Timestamp) -> bool {
-        self.last_token += 1;
-        let token = FencingToken(self.last_token);
-        let Some(Some(s)) = self.slots.get_mut(id as usize) else {
-            return false;
-        };
-        let Some(h) = self.handlers.get_mut(s.handler as usize) else {
-            return false;
-        };
+    /// Reads what a new lease of candidate `id` needs (see [`LeasePlan`]).
+    pub(crate) fn plan_lease(&self, h: u32, id: ItemId, now: Timestamp) -> Option<LeasePlan> {
+        let s = self.slot(id)?;
         let expires_at = now.add_ms(s.item.lease_ttl_ms);
-        let previous = s.item.lease.replace(Lease {
+        Some(LeasePlan {
+            handler: h,
+            key: ready_key(s, id),
+            expires_at,
+            due: s.item.run_at.max(expires_at),
+            was_leased: s.item.lease.is_some(),
+        })
+    }
+
+    /// First half of a new lease on a planned candidate: takes it out of the ready set,
+    /// issues the fencing token, counts the attempt and indexes the item at its new due
+    /// time (in `pending`, at the right edge, unless the TTL is zero or the watermark is
+    /// ahead of `now`). The caller must then [`Self::set_lease`] with the returned token
+    /// before releasing the lock. Split in two so that a batch claim does all its index
+    /// work before any reference-count update: a locked instruction waits for every
+    /// outstanding cache miss.
+    pub(crate) fn lease_prepare(&mut self, plan: &LeasePlan) -> Option<FencingToken> {
+        let id = plan.key.id;
+        let h = self.handlers.get_mut(plan.handler as usize)?;
+        if h.ready.first() == Some(&plan.key) {
+            h.ready.pop_first();
+        } else {
+            h.ready.remove(&plan.key);
+        }
+        let s = self.slots.get_mut(id as usize)?.as_mut()?;
+        self.last_token += 1;
+        s.item.attempt = s.item.attempt.saturating_add(1);
+        s.due = plan.due;
+        h.insert_key(plan.key, plan.due);
+        if !plan.was_leased {
+            self.leased += 1;
+        }
+        Some(FencingToken(self.last_token))
+    }
+
+    /// Second half of a new lease (see [`Self::lease_prepare`]): records the holder.
+    pub(crate) fn set_lease(
+        &mut self,
+        id: ItemId,
+        owner: &Arc<str>,
+        token: FencingToken,
+        expires_at: Timestamp,
+    ) -> Option<&Slot> {
+        let s = self.slots.get_mut(id as usize)?.as_mut()?;
+        s.item.lease = Some(Lease {
             owner: owner.clone(),
             token,
             expires_at,
         });
-        s.item.attempt = s.item.attempt.saturating_add(1);
-        let due = s.item.run_at.max(expires_at);
-        h.by_due.remove(&(s.due, id));
-        h.by_due.insert((due, id));
-        s.due = due;
-        // Taken out of `ready` by `take`; put back only if already due again
-        // (a zero TTL, or a watermark ahead of this claim's `now`).
-        if due <= h.watermark {
-            h.ready.insert(ReadyKey {
-                order_key: s.item.order_key,
-                key: s.item.key.clone(),
-                id,
-            });
-        }
-        if previous.is_none() {
-            self.leased += 1;
-        }
-        previous.is_some()
+        Some(s)
     }
-}
-
-fn remove_ready(h: &mut HandlerIndex, s: &Slot, id: ItemId) {
-    h.ready.remove(&ReadyKey {
-        order_key: s.item.order_key,
-        key: s.item.key.clone(),
-        id,
-    });
 }

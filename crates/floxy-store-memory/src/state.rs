@@ -1,8 +1,8 @@
 //! The whole store behind one lock: every operation is a plain synchronous method.
 
-use crate::queue::{InstSlot, ItemId, Queue};
+use crate::queue::{InstSlot, ItemId, LeasePlan, Queue};
 use floxy_core::model::{
-    DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
+    DlqId, DlqRecord, Event, EventKind, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot,
     InstanceStatus, QueueItem, QueueKey, QueueOp, StepName, StepRun, StepStatus, Timestamp,
     Transition, WorkKind, WorkflowDefinition, WorkflowId,
 };
@@ -31,6 +31,15 @@ impl InstanceEntry {
     }
 }
 
+/// Buffers reused by every claim, so that a claim allocates only its result.
+#[derive(Debug, Default)]
+struct ClaimScratch {
+    cands: Vec<(u32, ItemId)>,
+    plan: Vec<(LeasePlan, bool)>,
+    leased: Vec<(LeasePlan, FencingToken, Option<u64>)>,
+    started: Vec<(InstSlot, Event)>,
+}
+
 /// Everything the store holds.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -46,6 +55,7 @@ pub(crate) struct State {
     /// Terminal instances by last update, for cleanup.
     terminal: BTreeSet<(Timestamp, InstanceId)>,
     queue: Queue,
+    scratch: ClaimScratch,
 }
 
 fn status_index(s: InstanceStatus) -> usize {
@@ -88,6 +98,7 @@ impl State {
             status_counts: [0; InstanceStatus::ALL.len()],
             terminal: BTreeSet::new(),
             queue: Queue::new(),
+            scratch: ClaimScratch::default(),
         }
     }
 
@@ -139,7 +150,9 @@ impl State {
             return Ok(CreateOutcome::Existing(existing));
         }
         if self.by_id.contains_key(&id) {
-            return Err(StoreError::Conflict(format!("instance {id} already exists")));
+            return Err(StoreError::Conflict(format!(
+                "instance {id} already exists"
+            )));
         }
         self.check(None, &t)?;
         let entry = InstanceEntry {
@@ -213,7 +226,9 @@ impl State {
         // 1. Creation or version.
         if let Some((_, e)) = current {
             if t.create {
-                return Err(StoreError::Conflict(format!("instance {id} already exists")));
+                return Err(StoreError::Conflict(format!(
+                    "instance {id} already exists"
+                )));
             }
             let stored = e.snap.instance.version;
             if stored.checked_add(1) != Some(t.instance.version) {
@@ -358,7 +373,8 @@ impl State {
         for op in &t.queue {
             match op {
                 QueueOp::Upsert(item) => {
-                    let (qid, new) = self.queue.upsert(item.clone(), slot);
+                    let step_idx = e.step_idx.get(&item.key.step).copied();
+                    let (qid, new) = self.queue.upsert(item.clone(), slot, step_idx);
                     if new {
                         e.queue.push(qid);
                     }
@@ -409,22 +425,45 @@ impl State {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.queue
+            .candidates(&req.handlers, limit, req.now, &mut scratch.cands);
+        let out = self.commit_claim(req, &mut scratch);
+        self.scratch = scratch;
+        out
+    }
+
+    /// Leases the claim candidates in `scratch.cands` (from [`Queue::candidates`] under
+    /// the same lock).
+    fn commit_claim(
+        &mut self,
+        req: &ClaimRequest,
+        scratch: &mut ClaimScratch,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
         let now = req.now;
-        let cands = self.queue.candidates(&req.handlers, limit, now);
-        // Check every candidate has its step run before changing anything (and remember
-        // where it is).
-        for &(_, id) in &cands {
+        // Check that every candidate has its step run before changing anything, remember
+        // where it is and whether the claim starts it. Reading the step runs here, in a
+        // tight loop, also lets their cache misses overlap instead of stalling the claim
+        // loop below one by one.
+        let ClaimScratch {
+            cands,
+            plan,
+            leased,
+            started,
+        } = scratch;
+        plan.clear();
+        for &(h, id) in cands.iter() {
             let Some(s) = self.queue.slot_mut(id) else {
                 return Err(StoreError::Corrupt(format!("queue slot {id} is empty")));
             };
+            let e = self.insts.get(s.inst as usize).and_then(Option::as_ref);
             if s.step_idx.is_none() {
-                s.step_idx = self
-                    .insts
-                    .get(s.inst as usize)
-                    .and_then(Option::as_ref)
-                    .and_then(|e| e.step_idx.get(&s.item.key.step).copied());
+                s.step_idx = e.and_then(|e| e.step_idx.get(&s.item.key.step).copied());
             }
-            if s.step_idx.is_none() {
+            let Some(run) = e
+                .zip(s.step_idx)
+                .and_then(|(e, i)| e.snap.steps.get(i as usize))
+            else {
                 let k = &s.item.key;
                 return Err(StoreError::Corrupt(format!(
                     "queue item {}/{} ({}) has no step run",
@@ -432,51 +471,89 @@ impl State {
                     k.step,
                     k.kind.as_str()
                 )));
+            };
+            if run.instance_id != s.item.key.instance_id || run.step != s.item.key.step {
+                let k = &s.item.key;
+                return Err(StoreError::Corrupt(format!(
+                    "queue item {}/{} points at step run {}/{}",
+                    k.instance_id, k.step, run.instance_id, run.step
+                )));
+            }
+            let starts = s.item.key.kind == WorkKind::Execute
+                && matches!(
+                    run.status,
+                    StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
+                );
+            if let Some(p) = self.queue.plan_lease(h, id, now) {
+                plan.push((p, starts));
             }
         }
-        let mut out = Vec::with_capacity(cands.len());
-        for (h, id) in cands {
-            self.queue.take(h, id);
-            let previous_lease_expired = self.queue.lease(id, &req.owner, now);
-            let Some(s) = self.queue.slot(id) else {
+        // Commit in passes: first every index and status write (no reference counts
+        // touched), then the clones for the caller and the new leases' owners (locked
+        // instructions, which would otherwise wait for the cache misses of the writes), then
+        // the `step_started` events (the tail of an instance's event list is usually cold).
+        leased.clear();
+        for (p, starts) in plan.drain(..) {
+            let Some(token) = self.queue.lease_prepare(&p) else {
+                continue;
+            };
+            let mut seq = None;
+            if starts
+                && let Some(s) = self.queue.slot(p.id())
+                && let Some(Some(e)) = self.insts.get_mut(s.inst as usize)
+                && let Some(run) = s.step_idx.and_then(|i| e.snap.steps.get_mut(i as usize))
+            {
+                run.status = StepStatus::Running;
+                run.attempts = s.item.attempt;
+                run.started_at = Some(now);
+                self.last_seq += 1;
+                seq = Some(self.last_seq);
+            }
+            leased.push((p, token, seq));
+        }
+        let mut out = Vec::with_capacity(leased.len());
+        started.clear();
+        for (p, token, seq) in leased.drain(..) {
+            let previous_lease_expired = p.was_leased;
+            let Some(s) = self
+                .queue
+                .set_lease(p.id(), &req.owner, token, p.expires_at)
+            else {
                 continue;
             };
             let Some(run) = self
                 .insts
-                .get_mut(s.inst as usize)
-                .and_then(Option::as_mut)
-                .and_then(|e| {
-                    let run = e.snap.steps.get_mut(s.step_idx? as usize)?;
-                    if s.item.key.kind == WorkKind::Execute
-                        && matches!(
-                            run.status,
-                            StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
-                        )
-                    {
-                        run.status = StepStatus::Running;
-                        run.attempts = s.item.attempt;
-                        run.started_at = Some(now);
-                        self.last_seq += 1;
-                        e.events.push(Event {
-                            seq: self.last_seq,
-                            instance_id: run.instance_id,
-                            at: now,
-                            kind: EventKind::StepStarted,
-                            step: Some(run.step.clone()),
-                            attempt: Some(s.item.attempt),
-                            detail: None,
-                        });
-                    }
-                    Some(run.clone())
-                })
+                .get(s.inst as usize)
+                .and_then(Option::as_ref)
+                .zip(s.step_idx)
+                .and_then(|(e, i)| e.snap.steps.get(i as usize))
             else {
                 continue;
             };
+            if let Some(seq) = seq {
+                started.push((
+                    s.inst,
+                    Event {
+                        seq,
+                        instance_id: run.instance_id,
+                        at: now,
+                        kind: EventKind::StepStarted,
+                        step: Some(run.step.clone()),
+                        attempt: Some(s.item.attempt),
+                        detail: None,
+                    },
+                ));
+            }
             out.push(ClaimedItem {
                 item: s.item.clone(),
                 previous_lease_expired,
-                run,
+                run: run.clone(),
             });
+        }
+        for (inst, event) in started.drain(..) {
+            if let Some(Some(e)) = self.insts.get_mut(inst as usize) {
+                e.events.push(event);
+            }
         }
         Ok(out)
     }
@@ -576,10 +653,11 @@ impl State {
         let mut items = Vec::new();
         let mut more = false;
         for &id in self.dlq.range((start, Bound::Unbounded)).map(|(id, _)| id) {
-            let Some(r) = self.dlq_record(id) else { continue };
+            let Some(r) = self.dlq_record(id) else {
+                continue;
+            };
             if q.instance_id.is_some_and(|i| i != r.record.instance_id)
-                || q
-                    .workflow_id
+                || q.workflow_id
                     .as_ref()
                     .is_some_and(|w| *w != r.record.workflow_id)
             {

@@ -37,6 +37,8 @@ impl<T> Mutex<T> {
     /// Locks the mutex (a poisoned lock is taken over: state is only written after every
     /// check passed, so a panic never leaves it half-written).
     pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -152,8 +152,13 @@ pub async fn claim_tie_break<S: Store>(store: S) {
         }
         create(&store, t).await;
     }
-    let got: Vec<(u128, String)> = claim(&store, "w", &["h"], 10, at(0))
-        .await
+    // One at a time first (a batch limit inside a run of equal order keys), then the rest.
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        claimed.extend(claim(&store, "w", &["h"], 1, at(0)).await);
+    }
+    claimed.extend(claim(&store, "w", &["h"], 10, at(0)).await);
+    let got: Vec<(u128, String)> = claimed
         .iter()
         .map(|c| {
             (
@@ -223,7 +228,8 @@ pub async fn claim_handler_filter<S: Store>(store: S) {
 
 /// Priority with aging is the `order_key` order: an old low-priority item beats a new
 /// high-priority one when its key is smaller; items whose `run_at` is in the future are not
-/// claimed however small their key.
+/// claimed however small their key, judged by each claim's own `now` (a worker whose clock
+/// lags behind an earlier claim's does not take items not due at its `now`).
 pub async fn claim_priority_aging<S: Store>(store: S) {
     let aging = 2_000; // ms per priority point
     let id = iid(1);
@@ -258,6 +264,27 @@ pub async fn claim_priority_aging<S: Store>(store: S) {
     );
     let later = claim(&store, "w", &["h"], 10, at(610_000)).await;
     assert_eq!(steps_of(&later), vec!["future"], "claimable at its run_at");
+    // Each claim judges due-ness by its own `now`: after that claim at 610 s, a worker
+    // whose clock lags does not take an item that is not due at its `now`.
+    let lag = iid(2);
+    let mut t = start(lag, at(0), &[]);
+    for (step, run_at) in [("r", at(1_000)), ("s", at(3_000))] {
+        t.steps
+            .push(write(step_run(lag, step, StepStatus::Pending, at(0)), None));
+        t.queue
+            .push(QueueOp::Upsert(execute(lag, step, "lag", run_at)));
+    }
+    create(&store, t).await;
+    let got = claim(&store, "ahead", &["lag"], 1, at(5_000)).await;
+    assert_eq!(steps_of(&got), vec!["r"], "the earliest item first");
+    assert!(
+        claim(&store, "behind", &["lag"], 10, at(2_000))
+            .await
+            .is_empty(),
+        "an item due at 3 s is not claimed at 2 s, whatever claims came before"
+    );
+    let got = claim(&store, "behind", &["lag"], 10, at(3_000)).await;
+    assert_eq!(steps_of(&got), vec!["s"], "claimable at its run_at");
 }
 
 /// Claiming an `Execute` item makes its step run `running` with `attempts` = the item's

@@ -8,7 +8,7 @@
 //! the [`fixtures`], uses explicit [`Timestamp`](crate::model::Timestamp)s around
 //! [`fixtures::T0`], and never sleeps or reads a clock.
 //!
-//! ```ignore
+//! ```text
 //! #[test]
 //! fn conformance() {
 //!     futures::executor::block_on(floxy_core::conformance::run_all(|| async {
@@ -51,10 +51,7 @@ use std::panic::AssertUnwindSafe;
 /// this crate cannot write it as a literal).
 #[must_use]
 pub const fn capabilities(durable: bool, multi_process: bool) -> Capabilities {
-    Capabilities {
-        durable,
-        multi_process,
-    }
+    Capabilities::new(durable, multi_process)
 }
 
 /// One check: takes a fresh store, panics on a contract violation.

@@ -219,4 +219,25 @@ pub async fn next_due<S: Store>(store: S) {
         Some(at(300).add_ms(TTL_MS)),
         "a leased item is due at its lease expiry"
     );
+    // Two items due; a claim takes one: the other is still due at its run_at.
+    let id2 = iid(2);
+    let mut t = start(id2, at(0), &[]);
+    for step in ["p", "q"] {
+        t.steps
+            .push(write(step_run(id2, step, StepStatus::Pending, at(0)), None));
+        t.queue.push(QueueOp::Upsert(item(
+            &wf(),
+            key(id2, step, WorkKind::Execute),
+            "c",
+            at(1_000),
+        )));
+    }
+    create(&store, t).await;
+    let got = claim(&store, "w", &["c"], 1, at(2_000)).await;
+    assert_eq!(&*got[0].item.key.step, "p");
+    assert_eq!(
+        ok(store.next_due(&h(&["c"])).await, "next_due"),
+        Some(at(1_000)),
+        "an item left over by a claim is still due at its run_at"
+    );
 }
