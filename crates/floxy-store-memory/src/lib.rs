@@ -122,6 +122,38 @@ impl MemoryStore {
     }
 }
 
+/// What the `floxy::inside_commit` failpoint asked `update_instance` to do instead.
+#[cfg(feature = "failpoints")]
+type FailpointCommit = fn(&MemoryStore, InstanceId, TransitionFn) -> Result<Transition, StoreError>;
+
+#[cfg(feature = "failpoints")]
+impl MemoryStore {
+    /// Evaluates [`floxy_core::failpoints::INSIDE_COMMIT`]: `return` fails the commit with
+    /// [`StoreError::Unavailable`] and writes nothing; `return(applied)` applies it and then
+    /// reports `Unavailable` (a lost acknowledgement); `return(exit)` aborts the process;
+    /// `return(N)` is ignored (this store never waits inside a commit).
+    fn inside_commit_failpoint() -> Option<FailpointCommit> {
+        let arg = fail::eval(floxy_core::failpoints::INSIDE_COMMIT, |a| {
+            a.unwrap_or_default()
+        })?;
+        match arg.trim() {
+            "exit" => std::process::abort(),
+            "applied" => Some(|store, id, f| {
+                store.inner.lock().update_instance(id, f)?;
+                Err(StoreError::Unavailable(
+                    "failpoint floxy::inside_commit: committed, acknowledgement lost".into(),
+                ))
+            }),
+            a if a.parse::<u64>().is_ok() => None,
+            _ => Some(|_, _, _| {
+                Err(StoreError::Unavailable(
+                    "failpoint floxy::inside_commit: commit failed, nothing written".into(),
+                ))
+            }),
+        }
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -166,6 +198,10 @@ impl Store for MemoryStore {
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError> {
+        #[cfg(feature = "failpoints")]
+        if let Some(r) = Self::inside_commit_failpoint() {
+            return r(self, id, f);
+        }
         self.inner.lock().update_instance(id, f)
     }
 

@@ -1,0 +1,927 @@
+//! A PostgreSQL [`Store`] for floxy: what production deployments run, with several worker
+//! processes on several machines sharing one database.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), floxy_core::store::StoreError> {
+//! use floxy_store_postgres::{Layout, PostgresConfig, PostgresStore};
+//! let pool = sqlx::PgPool::connect("postgres://app@db/floxy")
+//!     .await
+//!     .map_err(|e| floxy_core::store::StoreError::Unavailable(e.to_string()))?;
+//! let store = PostgresStore::with_config(pool, PostgresConfig::default().schema("floxy"))?;
+//! store.migrate(Layout::Plain).await?; // explicit, idempotent
+//! # Ok(()) }
+//! ```
+//!
+//! Queries are checked at run time (no `DATABASE_URL` at compile time) and prepared once per
+//! connection. The store owns no connection of its own: it uses the [`PgPool`] it is given
+//! (plus, once [`PostgresStore::wait_for_work`] is used, one `LISTEN` connection).
+//!
+//! # Schema
+//!
+//! Everything lives in one schema (default `floxy`, see [`PostgresConfig::schema`]), with
+//! Floxy's table names so operators can read them:
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `workflow_definitions` | definition (`"<name>-v<version>"`) | JSON of the definition; immutable |
+//! | `workflow_instances` | instance | status, version, completion sequence, rollback state; `UNIQUE (workflow_id, idempotency_key)` |
+//! | `workflow_steps` | step run | `retrying` ≠ `failed`, attempts, compensation attempts, completion sequence, decision |
+//! | `workflow_queue` | pending piece of work | handler, `run_at`, priority, `order_key`, attempt, lease owner / fencing token / expiry; **deleted when done** |
+//! | `workflow_events` | event | `seq` identity, transition time, kind, step, attempt, detail |
+//! | `workflow_dlq` | dead letter | identity id (never reused), kind (`execute` / `compensate`) |
+//! | `workflow_human_decisions` | human decision | append-only audit log (the step run's `decision` column is what the engine reads) |
+//! | `floxy_meta` | setting | the layout (`plain` / `partitioned`) |
+//!
+//! plus the sequence `workflow_lease_tokens` (fencing tokens) and the function
+//! `floxy_corrupt()`. Times are `bigint` milliseconds since the epoch, exactly the core's
+//! [`Timestamp`] (`to_timestamp(created_at / 1000.0)` shows them). Step names are `COLLATE
+//! "C"` so that SQL orders them like Rust does.
+//!
+//! **Migrations** are embedded with `sqlx::migrate!` (`migrations/plain` and
+//! `migrations/partitioned`) and run only by an explicit [`PostgresStore::migrate`], which
+//! creates the schema, opens a dedicated connection whose `search_path` is that schema (so
+//! the fixed migration SQL lands in it, together with its own `_sqlx_migrations` table) and
+//! applies the migrations of the chosen [`Layout`] under sqlx's advisory lock. Migrating an
+//! existing schema to the other layout is refused.
+//!
+//! # Transactions
+//!
+//! * Every [`Transition`] is applied in one transaction, after `SELECT … FOR UPDATE` of its
+//!   instance row; the snapshot is read under that lock, the transition function runs (pure
+//!   and fast), its checks are verified, the writes are made and the transaction commits.
+//!   Handlers never run inside a transaction and no connection is held while one runs: the
+//!   runtime calls the store only to claim, heartbeat and commit.
+//! * **Group commit.** `create_instance` and `update_instance` calls are queued and applied
+//!   by [`PostgresConfig::committers`] committer tasks, up to
+//!   [`PostgresConfig::max_commit_batch`] calls of distinct instances per transaction, with
+//!   batched reads (`= ANY($1)`) and batched writes (`UNNEST`), and each caller is answered
+//!   only after the `COMMIT`. One caller's rejected transition does not affect the others.
+//!   See the `commit` module for the exact sequence. Under load this turns thousands of
+//!   commits (and fsyncs) into tens.
+//! * Lock order: committers lock instance rows in id order, then all queue rows of those
+//!   instances in key order, and only then read the step runs; heartbeats lock queue rows in
+//!   key order; claims lock queue rows without waiting (`SKIP LOCKED`) and then update the
+//!   step runs of the rows they locked. So a claim can never change a step run between a
+//!   committer's snapshot read and its write (the committer waits for a claim in flight on
+//!   one of its rows; later claims skip its rows), and nothing waits in a cycle.
+//!
+//! # The claim query
+//!
+//! One statement (so one round trip and one implicit transaction) per claim:
+//!
+//! 1. for each requested handler (`unnest($handlers)`, i.e. `handler = ANY`), the first
+//!    `limit` unleased items with `run_at <= now` in `(order_key, instance, step, kind)`
+//!    order, read from the partial index `workflow_queue_ready_idx (handler, order_key,
+//!    instance_id, step, kind_ord) WHERE lease_token IS NULL` (so finding work costs the
+//!    same with 1 k or 1 M queued items), plus the items whose lease expired
+//!    (`lease_expires_at <= now`, partial index `workflow_queue_leased_idx`): those are
+//!    reclaimed by the same query and reported as `previous_lease_expired`;
+//!    all with `FOR UPDATE SKIP LOCKED`;
+//! 2. the first `limit` of those in claim order get a fencing token from the sequence
+//!    `workflow_lease_tokens` (increasing in claim order), `attempt + 1`, the owner and
+//!    `lease_expires_at = now + lease_ttl_ms` (the rows are addressed by `ctid = ANY(…)`, so
+//!    the plan stays a TID scan whatever the planner thinks of the batch size);
+//! 3. for `execute` items the step run becomes `running` (attempts, `started_at`) and a
+//!    `step_started` event is inserted;
+//! 4. the items come back with their step runs; an item without a step run raises
+//!    `FX001` from `floxy_corrupt()`, which rolls the whole statement back
+//!    ([`StoreError::Corrupt`]).
+//!
+//! `order_key = run_at - priority * aging_ms_per_point` is priority-with-aging order, so
+//! the index serves it directly. Heartbeats extend all of a worker's leases in one statement.
+//! Finished queue rows are deleted by the transition that finishes them.
+//!
+//! # Wakeups
+//!
+//! A commit that queues work sends `NOTIFY floxy_work_<schema>`; idle workers can wait for it
+//! with [`PostgresStore::wait_for_work`] (a hint: keep polling
+//! [`Store::next_due`] slowly as well).
+//!
+//! # Partitioning and retention
+//!
+//! [`Layout::Partitioned`] partitions `workflow_steps` and `workflow_events` (the tables that
+//! grow with every step) daily by `created_at` with pg_partman 4.7 (`p_type => 'native'`,
+//! `p_epoch => 'milliseconds'`, [`PostgresConfig::partition_days`] partitions premade
+//! ahead and back, 30 and 30 by default, plus a default partition); their primary keys include `created_at`. The instance table stays
+//! unpartitioned: it is the lock target, the uniqueness guard of ids and idempotency keys,
+//! and the source of truth for which instances are live. Call
+//! [`PostgresStore::run_maintenance`] daily (it runs `partman.run_maintenance`) to keep
+//! premaking partitions. Partman's own retention is left **off**: it drops partitions by age
+//! alone, which is how Floxy lost live instances.
+//!
+//! [`Store::cleanup`] is the retention job, for both layouts. It never removes anything of a
+//! non-terminal or `dlq` instance:
+//!
+//! 1. (partitioned) every partition entirely older than the cutoff is locked and dropped
+//!    **only if no row in it belongs to an instance that is kept** (non-terminal, `dlq`, or
+//!    terminal but updated at or after the cutoff); partitions holding a live instance's
+//!    rows stay, however old;
+//! 2. terminal instances last updated before the cutoff are found in one pass over the
+//!    partial index of terminal instances (up to [`CLEANUP_SCAN`] per pass) and deleted with
+//!    all their rows (steps, events, queue, DLQ, decisions), in chunks of [`CLEANUP_CHUNK`]
+//!    instances per transaction, each re-checked under `FOR UPDATE SKIP LOCKED` (instances
+//!    locked by a concurrent commit are left for the next call).
+//!
+//! The instance table deliberately has no index on `updated_at` or `status` alone: every
+//! transition writes `updated_at`, and with no indexed column changing, PostgreSQL updates
+//! the row in place (a HOT update, no index writes). Unchanged JSON columns (instance and
+//! step inputs, fork branches) are not even sent: `coalesce($new, stored)` keeps them.
+//!
+//! # Choices where the contract is silent
+//!
+//! As in the memory store: an expired lease nobody reclaimed yet is still current; claiming
+//! an `execute` item whose step run is not `pending`/`retrying`/`running` leases it without
+//! touching the run; several writes to one step in a transition are checked in order;
+//! a transition may only write its own instance's rows. Event sequence numbers are unique
+//! and increase with commit order for the transitions of one instance (they are serialised
+//! by its row lock); across instances committed concurrently by different transactions a
+//! smaller number may become visible slightly after a larger one. Payloads are stored as
+//! `jsonb`, so a JSON string containing `\u0000` is refused by PostgreSQL (as is a NUL in
+//! any text), and object key order is not kept (the core does not depend on it).
+
+mod codec;
+mod commit;
+mod error;
+mod notify;
+mod queries;
+mod retention;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use commit::{GroupCommitStats, MAX_PENDING_COMMITS};
+pub use notify::LISTEN_RECONNECT_MS;
+pub use retention::{CLEANUP_CHUNK, CLEANUP_SCAN, MAX_CLEANUP_PASSES};
+
+use async_trait::async_trait;
+use commit::{Committer, Ctx};
+use error::map_sqlx;
+use floxy_core::model::{
+    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus,
+    QueueItem, StepRun, StepStatus, Timestamp, Transition, WorkKind, WorkflowDefinition,
+    WorkflowId,
+};
+use floxy_core::store::{
+    Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
+    LeaseState, MAX_CLAIM_BATCH, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats,
+    TransitionFn,
+};
+use queries::Queries;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgPool, Row};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default schema name.
+pub const DEFAULT_SCHEMA: &str = "floxy";
+/// Default largest number of `create_instance`/`update_instance` calls committed in one
+/// transaction.
+pub const DEFAULT_MAX_COMMIT_BATCH: usize = 512;
+/// Default number of committer tasks (transactions in flight at once).
+pub const DEFAULT_COMMITTERS: usize = 4;
+/// Upper bound of [`PostgresConfig::max_commit_batch`].
+pub const MAX_COMMIT_BATCH: usize = 10_000;
+/// Upper bound of [`PostgresConfig::committers`].
+pub const MAX_COMMITTERS: usize = 64;
+/// Longest schema name (PostgreSQL identifiers have at most 63 bytes; the NOTIFY channel
+/// adds a prefix).
+pub const MAX_SCHEMA_LEN: usize = 48;
+/// Default partitions premade ahead of (and kept before) today by the partitioned migration.
+pub const DEFAULT_PARTITION_DAYS: u32 = 30;
+/// Upper bound of the partition day counts.
+pub const MAX_PARTITION_DAYS: u32 = 365;
+/// Connections of the pool built by [`PostgresStore::connect`].
+pub const DEFAULT_POOL_SIZE: u32 = 32;
+
+static PLAIN: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/plain");
+static PARTITIONED: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/partitioned");
+
+/// Table layout chosen at [`PostgresStore::migrate`] time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// Plain tables.
+    Plain,
+    /// `workflow_steps` and `workflow_events` partitioned daily with pg_partman (which must
+    /// be installed on the server; the migration creates the extension in schema
+    /// `partman`).
+    Partitioned,
+}
+
+impl Layout {
+    /// `plain` or `partitioned` (as stored in `floxy_meta`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Partitioned => "partitioned",
+        }
+    }
+}
+
+/// Settings of a [`PostgresStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// Schema holding every table (lowercase letters, digits and `_`, starting with a letter
+    /// or `_`, at most [`MAX_SCHEMA_LEN`] bytes).
+    pub schema: String,
+    /// Largest number of calls committed in one transaction (1..=[`MAX_COMMIT_BATCH`]).
+    pub max_commit_batch: usize,
+    /// Committer tasks, i.e. group-commit transactions in flight at once
+    /// (1..=[`MAX_COMMITTERS`]).
+    pub committers: usize,
+    /// Send `NOTIFY` when a commit queues work.
+    pub notify: bool,
+    /// Partitioned layout: daily partitions premade ahead of today at migration
+    /// (1..=[`MAX_PARTITION_DAYS`]; `run_maintenance` keeps partman's own premake count).
+    pub partition_premake_days: u32,
+    /// Partitioned layout: daily partitions created before today at migration
+    /// (1..=[`MAX_PARTITION_DAYS`]); older rows go to the default partition.
+    pub partition_history_days: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
+            committers: DEFAULT_COMMITTERS,
+            notify: true,
+            partition_premake_days: DEFAULT_PARTITION_DAYS,
+            partition_history_days: DEFAULT_PARTITION_DAYS,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// Sets the schema.
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+    /// Sets the largest group-commit batch (clamped to 1..=[`MAX_COMMIT_BATCH`]).
+    #[must_use]
+    pub fn max_commit_batch(mut self, n: usize) -> Self {
+        self.max_commit_batch = n.clamp(1, MAX_COMMIT_BATCH);
+        self
+    }
+    /// Sets the number of committer tasks (clamped to 1..=[`MAX_COMMITTERS`]).
+    #[must_use]
+    pub fn committers(mut self, n: usize) -> Self {
+        self.committers = n.clamp(1, MAX_COMMITTERS);
+        self
+    }
+    /// Sets the partitions made ahead of and before today by the partitioned migration
+    /// (each clamped to 1..=[`MAX_PARTITION_DAYS`]).
+    #[must_use]
+    pub fn partition_days(mut self, premake: u32, history: u32) -> Self {
+        self.partition_premake_days = premake.clamp(1, MAX_PARTITION_DAYS);
+        self.partition_history_days = history.clamp(1, MAX_PARTITION_DAYS);
+        self
+    }
+    /// Turns `NOTIFY` on commits on or off.
+    #[must_use]
+    pub fn notify(mut self, on: bool) -> Self {
+        self.notify = on;
+        self
+    }
+}
+
+fn valid_schema(s: &str) -> bool {
+    let mut chars = s.chars();
+    !s.is_empty()
+        && s.len() <= MAX_SCHEMA_LEN
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with("pg_")
+}
+
+/// The PostgreSQL store. Cloning is cheap and shares the pool and the committers.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    config: PostgresConfig,
+    quoted_schema: String,
+    q: Arc<Queries>,
+    committer: Arc<Committer>,
+    signal: notify::WorkSignal,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.committer.close();
+        self.signal.close();
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// A store on `pool` in schema [`DEFAULT_SCHEMA`]. Does not touch the database; call
+    /// [`PostgresStore::migrate`] once before use.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self::build(pool, PostgresConfig::default())
+    }
+
+    /// A store on `pool` with `config`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] for an invalid schema name.
+    pub fn with_config(pool: PgPool, config: PostgresConfig) -> Result<Self, StoreError> {
+        if !valid_schema(&config.schema) {
+            return Err(StoreError::Backend(format!(
+                "invalid schema name {:?}: use lowercase letters, digits and _ (at most {} bytes)",
+                config.schema, MAX_SCHEMA_LEN
+            )));
+        }
+        Ok(Self::build(pool, config))
+    }
+
+    /// Connects a pool of [`DEFAULT_POOL_SIZE`] connections to `url` and builds a store with
+    /// `config`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the server cannot be reached; as
+    /// [`PostgresStore::with_config`].
+    pub async fn connect(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url.parse().map_err(map_sqlx)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(DEFAULT_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(map_sqlx)?;
+        Self::with_config(pool, config)
+    }
+
+    fn build(pool: PgPool, mut config: PostgresConfig) -> Self {
+        config.max_commit_batch = config.max_commit_batch.clamp(1, MAX_COMMIT_BATCH);
+        config.committers = config.committers.clamp(1, MAX_COMMITTERS);
+        let quoted_schema = format!("\"{}\"", config.schema);
+        let q = Arc::new(Queries::new(&quoted_schema));
+        let channel = format!("floxy_work_{}", config.schema);
+        let ctx = Arc::new(Ctx {
+            pool: pool.clone(),
+            q: Arc::clone(&q),
+            notify_channel: config.notify.then(|| channel.clone()),
+            max_batch: config.max_commit_batch,
+        });
+        Self {
+            inner: Arc::new(Inner {
+                committer: Committer::new(ctx, config.committers),
+                signal: notify::WorkSignal::new(channel),
+                pool,
+                quoted_schema,
+                q,
+                config,
+            }),
+        }
+    }
+
+    /// The pool.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema name.
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        &self.inner.config.schema
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn config(&self) -> &PostgresConfig {
+        &self.inner.config
+    }
+
+    /// Creates the schema if needed and applies the embedded migrations of `layout`
+    /// (idempotent; safe to call from several processes at once).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the schema already holds the other layout or a migration
+    /// fails (e.g. pg_partman missing for [`Layout::Partitioned`]);
+    /// [`StoreError::Unavailable`] if the server cannot be reached.
+    pub async fn migrate(&self, layout: Layout) -> Result<(), StoreError> {
+        let cfg = &self.inner.config;
+        let schema = &cfg.schema;
+        let premake = cfg
+            .partition_premake_days
+            .clamp(1, MAX_PARTITION_DAYS)
+            .to_string();
+        let history = cfg
+            .partition_history_days
+            .clamp(1, MAX_PARTITION_DAYS)
+            .to_string();
+        let opts = (*self.inner.pool.connect_options()).clone().options([
+            ("search_path", schema.as_str()),
+            ("floxy.premake_days", premake.as_str()),
+            ("floxy.history_days", history.as_str()),
+        ]);
+        let mut conn = sqlx::PgConnection::connect_with(&opts)
+            .await
+            .map_err(map_sqlx)?;
+        let lock_key = format!("floxy-migrate-{schema}");
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+            .bind(&lock_key)
+            .execute(&mut conn)
+            .await
+            .map_err(map_sqlx)?;
+        let result = async {
+            conn.execute(&*format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                self.inner.quoted_schema
+            ))
+            .await
+            .map_err(map_sqlx)?;
+            if let Some(existing) = self.layout_on(&mut conn).await?
+                && existing != layout.as_str()
+            {
+                return Err(StoreError::Backend(format!(
+                    "schema {schema} holds the {existing} layout; cannot migrate it to {}",
+                    layout.as_str()
+                )));
+            }
+            let migrator = match layout {
+                Layout::Plain => &PLAIN,
+                Layout::Partitioned => &PARTITIONED,
+            };
+            migrator
+                .run(&mut conn)
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))
+        }
+        .await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&lock_key)
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn layout_on(&self, conn: &mut sqlx::PgConnection) -> Result<Option<String>, StoreError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass(quote_ident($1) || '.floxy_meta') IS NOT NULL")
+                .bind(&self.inner.config.schema)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+        if !exists {
+            return Ok(None);
+        }
+        sqlx::query_scalar(&self.inner.q.layout)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    /// The layout of the migrated schema (`None` before [`PostgresStore::migrate`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] and other database errors.
+    pub async fn layout(&self) -> Result<Option<Layout>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(map_sqlx)?;
+        Ok(match self.layout_on(&mut conn).await?.as_deref() {
+            Some("plain") => Some(Layout::Plain),
+            Some("partitioned") => Some(Layout::Partitioned),
+            Some(other) => return Err(StoreError::Corrupt(format!("unknown layout {other:?}"))),
+            None => None,
+        })
+    }
+
+    /// Waits up to `timeout` for a `NOTIFY` of new work from any process using this schema;
+    /// returns whether one arrived. A hint only (see the crate docs): a `false` does not mean
+    /// there is no work. The first call starts a listener task with its own connection.
+    pub async fn wait_for_work(&self, timeout: Duration) -> bool {
+        self.inner.signal.wait(&self.inner.pool, timeout).await
+    }
+
+    /// Counters of the group committer (batches and calls so far).
+    #[must_use]
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.inner.committer.stats()
+    }
+
+    /// Partitioned layout: runs `partman.run_maintenance` for the partitioned tables
+    /// (premakes future partitions; never drops any). A no-op for the plain layout.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn run_maintenance(&self) -> Result<(), StoreError> {
+        retention::run_maintenance(self).await
+    }
+
+    // ----- internal helpers used by the modules -----
+
+    pub(crate) fn q(&self) -> &Queries {
+        &self.inner.q
+    }
+
+    pub(crate) fn quoted_schema(&self) -> &str {
+        &self.inner.quoted_schema
+    }
+}
+
+fn page_limit(limit: usize) -> usize {
+    if limit == 0 {
+        MAX_PAGE_SIZE
+    } else {
+        limit.min(MAX_PAGE_SIZE)
+    }
+}
+
+fn limit_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn capabilities(&self) -> Capabilities {
+        floxy_core::conformance::capabilities(true, true)
+    }
+
+    async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {
+        let id = def.id();
+        let json = codec::json_of(def)?;
+        let done = sqlx::query(&self.q().put_definition)
+            .bind(id.as_str())
+            .bind(&def.name)
+            .bind(i64::from(def.version))
+            .bind(&json)
+            .execute(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        if done.rows_affected() == 1 {
+            return Ok(PutDefinition::Created);
+        }
+        match self.get_definition(&id).await? {
+            Some(stored) if stored == *def => Ok(PutDefinition::Unchanged),
+            Some(_) => Err(StoreError::DefinitionConflict(id)),
+            None => Err(StoreError::Unavailable(format!(
+                "definition {id} vanished while being registered"
+            ))),
+        }
+    }
+
+    async fn get_definition(
+        &self,
+        id: &WorkflowId,
+    ) -> Result<Option<WorkflowDefinition>, StoreError> {
+        let row: Option<sqlx::types::Json<WorkflowDefinition>> =
+            sqlx::query_scalar(&self.q().get_definition)
+                .bind(id.as_str())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+        Ok(row.map(|j| j.0))
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<WorkflowDefinition>, StoreError> {
+        let rows: Vec<sqlx::types::Json<WorkflowDefinition>> =
+            sqlx::query_scalar(&self.q().list_definitions)
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+        Ok(rows.into_iter().map(|j| j.0).collect())
+    }
+
+    async fn create_instance(&self, t: Transition) -> Result<CreateOutcome, StoreError> {
+        self.inner.committer.create(t).await
+    }
+
+    async fn update_instance(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+    ) -> Result<Transition, StoreError> {
+        self.inner.committer.update(id, f).await
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
+        let limit = req.limit.min(MAX_CLAIM_BATCH);
+        if limit == 0 || req.handlers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let handlers: Vec<&str> = req.handlers.iter().map(|h| &**h).collect();
+        let now = req.now;
+        let rows = sqlx::query(&self.q().claim)
+            .bind(&handlers)
+            .bind(now.as_millis())
+            .bind(limit_i64(limit))
+            .bind(&*req.owner)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let item = codec::queue_item(row, 0)?;
+            let previous_lease_expired: bool = row.try_get(14).map_err(map_sqlx)?;
+            let mut run = codec::step_run(row, 15)?;
+            if item.key.kind == WorkKind::Execute
+                && matches!(
+                    run.status,
+                    StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
+                )
+            {
+                run.status = StepStatus::Running;
+                run.attempts = item.attempt;
+                run.started_at = Some(now);
+            }
+            out.push(ClaimedItem {
+                item,
+                previous_lease_expired,
+                run,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[LeaseRef],
+        now: Timestamp,
+    ) -> Result<Vec<LeaseState>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(leases.len());
+        let mut steps = Vec::with_capacity(leases.len());
+        let mut kinds = Vec::with_capacity(leases.len());
+        let mut tokens = Vec::with_capacity(leases.len());
+        for l in leases {
+            ids.push(l.key.instance_id.0);
+            steps.push(l.key.step.to_string());
+            kinds.push(l.key.kind.as_str());
+            tokens.push(i64::try_from(l.token.0).unwrap_or(-1));
+        }
+        let rows = sqlx::query(&self.q().heartbeat)
+            .bind(ids)
+            .bind(steps)
+            .bind(kinds)
+            .bind(tokens)
+            .bind(owner)
+            .bind(now.as_millis())
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        let mut held: HashMap<(uuid::Uuid, String, String, i64), LeaseState> = HashMap::new();
+        for row in &rows {
+            let key = (
+                row.try_get::<uuid::Uuid, _>(0).map_err(map_sqlx)?,
+                row.try_get::<String, _>(1).map_err(map_sqlx)?,
+                row.try_get::<String, _>(2).map_err(map_sqlx)?,
+                row.try_get::<i64, _>(3).map_err(map_sqlx)?,
+            );
+            let state = LeaseState::Held {
+                expires_at: Timestamp(row.try_get(4).map_err(map_sqlx)?),
+                cancel_requested: row.try_get(5).map_err(map_sqlx)?,
+            };
+            held.insert(key, state);
+        }
+        Ok(leases
+            .iter()
+            .map(|l| {
+                let key = (
+                    l.key.instance_id.0,
+                    l.key.step.to_string(),
+                    l.key.kind.as_str().to_owned(),
+                    i64::try_from(l.token.0).unwrap_or(-1),
+                );
+                held.get(&key).copied().unwrap_or(LeaseState::Lost)
+            })
+            .collect())
+    }
+
+    async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_sqlx)?;
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(map_sqlx)?;
+        let Some(row) = sqlx::query(&self.q().get_instance)
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+        else {
+            return Ok(None);
+        };
+        let instance = codec::instance(&row, 0)?;
+        let steps = sqlx::query(&self.q().list_steps)
+            .bind(id.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|r| codec::step_run(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dlq = sqlx::query(&self.q().list_dlq_of)
+            .bind(id.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|r| codec::dlq_record(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(Some(InstanceSnapshot {
+            instance,
+            steps,
+            dlq,
+        }))
+    }
+
+    async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        sqlx::query(&self.q().get_instance)
+            .bind(id.0)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_sqlx)?
+            .map(|r| codec::instance(&r, 0))
+            .transpose()
+    }
+
+    async fn list_steps(&self, id: InstanceId) -> Result<Vec<StepRun>, StoreError> {
+        sqlx::query(&self.q().list_steps)
+            .bind(id.0)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|r| codec::step_run(r, 0))
+            .collect()
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        workflow_id: &WorkflowId,
+        key: &str,
+    ) -> Result<Option<InstanceId>, StoreError> {
+        let id: Option<uuid::Uuid> = sqlx::query_scalar(&self.q().find_idem)
+            .bind(workflow_id.as_str())
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        Ok(id.map(InstanceId))
+    }
+
+    async fn list_instances(
+        &self,
+        q: &InstanceQuery,
+    ) -> Result<Page<InstanceRecord, InstanceId>, StoreError> {
+        let limit = page_limit(q.limit);
+        let rows = sqlx::query(&self.q().list_instances)
+            .bind(q.workflow_id.as_ref().map(WorkflowId::as_str))
+            .bind(q.status.map(InstanceStatus::as_str))
+            .bind(q.after.map(|a| a.0))
+            .bind(limit_i64(limit + 1))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        let mut items = rows
+            .iter()
+            .map(|r| codec::instance(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn list_events(
+        &self,
+        id: InstanceId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let after = after_seq.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        sqlx::query(&self.q().list_events)
+            .bind(id.0)
+            .bind(after)
+            .bind(limit_i64(page_limit(limit)))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|r| codec::event(r, 0))
+            .collect()
+    }
+
+    async fn list_dlq(&self, q: &DlqQuery) -> Result<Page<DlqRecord, DlqId>, StoreError> {
+        let limit = page_limit(q.limit);
+        let rows = sqlx::query(&self.q().list_dlq)
+            .bind(q.instance_id.map(|i| i.0))
+            .bind(q.workflow_id.as_ref().map(WorkflowId::as_str))
+            .bind(q.after.map(|a| i64::try_from(a.0).unwrap_or(i64::MAX)))
+            .bind(limit_i64(limit + 1))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        let mut items = rows
+            .iter()
+            .map(|r| codec::dlq_record(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqRecord>, StoreError> {
+        let Ok(id) = i64::try_from(id.0) else {
+            return Ok(None);
+        };
+        sqlx::query(&self.q().get_dlq)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_sqlx)?
+            .map(|r| codec::dlq_record(&r, 0))
+            .transpose()
+    }
+
+    async fn list_queue(&self, id: InstanceId) -> Result<Vec<QueueItem>, StoreError> {
+        sqlx::query(&self.q().list_queue)
+            .bind(id.0)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|r| codec::queue_item(r, 0))
+            .collect()
+    }
+
+    async fn next_due(&self, handlers: &[Arc<str>]) -> Result<Option<Timestamp>, StoreError> {
+        if handlers.is_empty() {
+            return Ok(None);
+        }
+        let handlers: Vec<&str> = handlers.iter().map(|h| &**h).collect();
+        let due: Option<i64> = sqlx::query_scalar(&self.q().next_due)
+            .bind(&handlers)
+            .fetch_one(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        Ok(due.map(Timestamp))
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let rows = sqlx::query(&self.q().stats)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_sqlx)?;
+        let mut by_status: HashMap<String, u64> = HashMap::new();
+        let mut stats = StoreStats::default();
+        for row in &rows {
+            let what: String = row.try_get(0).map_err(map_sqlx)?;
+            let name: String = row.try_get(1).map_err(map_sqlx)?;
+            let n: i64 = row.try_get(2).map_err(map_sqlx)?;
+            let n = u64::try_from(n).unwrap_or(0);
+            match (what.as_str(), name.as_str()) {
+                ("i", _) => {
+                    by_status.insert(name, n);
+                }
+                ("q", "ready") => stats.queue_ready = n,
+                ("q", _) => stats.queue_leased = n,
+                _ => stats.dlq = n,
+            }
+        }
+        stats.instances_by_status = InstanceStatus::ALL
+            .iter()
+            .filter_map(|s| {
+                by_status
+                    .get(s.as_str())
+                    .filter(|n| **n > 0)
+                    .map(|n| (s.as_str().to_owned(), *n))
+            })
+            .collect();
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, older_than: Timestamp) -> Result<u64, StoreError> {
+        retention::cleanup(self, older_than).await
+    }
+}

@@ -1,0 +1,261 @@
+//! Every SQL statement of the store, with the schema name filled in once at construction.
+//!
+//! Statements are plain strings checked at run time (no `DATABASE_URL` at compile time);
+//! sqlx prepares each once per connection and caches it, so the hot statements (claim,
+//! heartbeat, the group-commit batch) run as prepared statements.
+
+use crate::codec::{DLQ_COLS, EVENT_COLS, INSTANCE_COLS, QUEUE_COLS, STEP_COLS};
+use crate::commit::sql as c;
+
+/// Resolved SQL text.
+pub(crate) struct Queries {
+    pub(crate) lock_instances: String,
+    pub(crate) batch_steps: String,
+    pub(crate) batch_dlq: String,
+    pub(crate) find_idem_batch: String,
+    pub(crate) lock_queue: String,
+    pub(crate) dlq_exists: String,
+    pub(crate) insert_instances: String,
+    pub(crate) update_instances: String,
+    pub(crate) insert_steps: String,
+    pub(crate) update_steps: String,
+    pub(crate) upsert_queue: String,
+    pub(crate) delete_queue: String,
+    pub(crate) cancel_queue: String,
+    pub(crate) insert_events: String,
+    pub(crate) delete_dlq: String,
+    pub(crate) insert_dlq: String,
+    pub(crate) insert_decisions: String,
+    pub(crate) notify: String,
+
+    pub(crate) claim: String,
+    pub(crate) heartbeat: String,
+    pub(crate) next_due: String,
+
+    pub(crate) put_definition: String,
+    pub(crate) get_definition: String,
+    pub(crate) list_definitions: String,
+    pub(crate) get_instance: String,
+    pub(crate) list_steps: String,
+    pub(crate) list_dlq_of: String,
+    pub(crate) find_idem: String,
+    pub(crate) list_instances: String,
+    pub(crate) list_events: String,
+    pub(crate) list_dlq: String,
+    pub(crate) get_dlq: String,
+    pub(crate) list_queue: String,
+    pub(crate) stats: String,
+    pub(crate) cleanup_collect: String,
+    pub(crate) cleanup: String,
+    pub(crate) layout: String,
+}
+
+const CLAIM: &str = "\
+WITH h AS (SELECT DISTINCT unnest($1::text[]) AS handler),
+cand AS (
+    SELECT x.* FROM h CROSS JOIN LATERAL (
+        SELECT q.ctid AS tid, q.instance_id, q.step, q.kind_ord, q.order_key,
+               false AS was_leased
+          FROM {s}.workflow_queue q
+         WHERE q.handler = h.handler AND q.lease_token IS NULL AND q.run_at <= $2
+         ORDER BY q.order_key, q.instance_id, q.step, q.kind_ord
+         LIMIT $3
+           FOR UPDATE SKIP LOCKED) x
+    UNION ALL
+    SELECT x.* FROM h CROSS JOIN LATERAL (
+        SELECT q.ctid AS tid, q.instance_id, q.step, q.kind_ord, q.order_key,
+               true AS was_leased
+          FROM {s}.workflow_queue q
+         WHERE q.handler = h.handler AND q.lease_token IS NOT NULL
+           AND q.lease_expires_at <= $2 AND q.run_at <= $2
+         ORDER BY q.order_key, q.instance_id, q.step, q.kind_ord
+         LIMIT $3
+           FOR UPDATE SKIP LOCKED) x
+),
+pick AS (
+    SELECT c.tid, c.was_leased, nextval('{s}.workflow_lease_tokens') AS token
+      FROM (SELECT * FROM cand ORDER BY order_key, instance_id, step, kind_ord LIMIT $3) c
+),
+upd AS (
+    UPDATE {s}.workflow_queue q
+       SET attempt = q.attempt + 1, lease_owner = $4, lease_token = p.token,
+           lease_expires_at = $2 + q.lease_ttl_ms
+      FROM pick p
+     WHERE q.ctid = ANY (ARRAY(SELECT tid FROM pick)) AND q.ctid = p.tid
+    RETURNING q.instance_id, q.step, q.kind, q.workflow_id, q.handler, q.run_at, q.priority,
+              q.order_key, q.attempt, q.lease_ttl_ms, q.cancel_requested, q.lease_owner,
+              q.lease_token, q.lease_expires_at, p.was_leased
+),
+st AS (
+    UPDATE {s}.workflow_steps r
+       SET status = 'running', attempts = u.attempt, started_at = $2
+      FROM upd u
+     WHERE r.instance_id = ANY (ARRAY(SELECT instance_id FROM upd WHERE kind = 'execute'))
+       AND u.kind = 'execute' AND r.instance_id = u.instance_id AND r.step = u.step
+       AND r.status IN ('pending', 'retrying', 'running')
+    RETURNING r.instance_id, r.step, r.attempts
+),
+ev AS (
+    INSERT INTO {s}.workflow_events (instance_id, created_at, kind, step, attempt)
+    SELECT st.instance_id, $2, 'step_started', st.step, st.attempts
+      FROM st JOIN upd u
+        ON u.instance_id = st.instance_id AND u.step = st.step AND u.kind = 'execute'
+     ORDER BY u.lease_token
+)
+SELECT u.instance_id, u.step, u.kind, u.workflow_id, u.handler, u.run_at, u.priority,
+       u.order_key, u.attempt, u.lease_ttl_ms, u.cancel_requested, u.lease_owner,
+       u.lease_token, u.lease_expires_at, u.was_leased,
+       r0.instance_id, r0.step, r0.status, r0.attempts, r0.compensation_attempts, r0.input,
+       r0.output, r0.error, r0.completed_seq, r0.compensate, r0.cancel_requested, r0.decision,
+       r0.created_at, r0.started_at, r0.finished_at,
+       CASE WHEN r0.step IS NULL
+            THEN {s}.floxy_corrupt('queue item ' || u.instance_id || '/' || u.step
+                                   || ' (' || u.kind || ') has no step run')
+            ELSE true END
+  FROM upd u
+  LEFT JOIN LATERAL (
+      SELECT * FROM {s}.workflow_steps r1
+       WHERE r1.instance_id = u.instance_id AND r1.step = u.step) r0 ON true
+ ORDER BY u.lease_token";
+
+const HEARTBEAT: &str = "\
+WITH r AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[])
+        AS r(instance_id, step, kind, token)
+),
+l AS (
+    SELECT q.ctid AS tid
+      FROM {s}.workflow_queue q
+      JOIN r ON q.instance_id = r.instance_id AND q.step = r.step AND q.kind = r.kind
+            AND q.lease_token = r.token
+     WHERE q.instance_id = ANY ($1::uuid[]) AND q.lease_owner = $5
+     ORDER BY q.instance_id, q.step, q.kind_ord
+       FOR NO KEY UPDATE OF q
+)
+UPDATE {s}.workflow_queue q
+   SET lease_expires_at = $6 + q.lease_ttl_ms
+ WHERE q.ctid = ANY (ARRAY(SELECT tid FROM l))
+RETURNING q.instance_id, q.step, q.kind, q.lease_token, q.lease_expires_at, q.cancel_requested";
+
+/// An unleased item is due at `run_at`; a leased one at `greatest(run_at, expiry)`, which is
+/// its expiry (a claim needs `run_at <= now < now + ttl`), found through the leased index.
+const NEXT_DUE: &str = "\
+WITH h AS (SELECT DISTINCT unnest($1::text[]) AS handler)
+SELECT least(
+    (SELECT min(x.run_at) FROM h CROSS JOIN LATERAL (
+        SELECT q.run_at FROM {s}.workflow_queue q
+         WHERE q.handler = h.handler AND q.lease_token IS NULL
+         ORDER BY q.run_at LIMIT 1) x),
+    (SELECT min(greatest(x.run_at, x.lease_expires_at)) FROM h CROSS JOIN LATERAL (
+        SELECT q.run_at, q.lease_expires_at FROM {s}.workflow_queue q
+         WHERE q.handler = h.handler AND q.lease_token IS NOT NULL
+         ORDER BY q.lease_expires_at LIMIT 1) x))";
+
+const STATS: &str = "\
+SELECT 'i' AS what, status AS name, count(*) AS n FROM {s}.workflow_instances GROUP BY status
+UNION ALL
+SELECT 'q', CASE WHEN lease_token IS NULL THEN 'ready' ELSE 'leased' END, count(*)
+  FROM {s}.workflow_queue GROUP BY 2
+UNION ALL
+SELECT 'd', 'dlq', count(*) FROM {s}.workflow_dlq";
+
+/// Retention, phase 1: old terminal instances (one pass over the terminal index).
+const CLEANUP_COLLECT: &str = "\
+SELECT id FROM {s}.workflow_instances
+ WHERE status IN ('completed', 'failed', 'cancelled', 'aborted') AND updated_at < $1
+ LIMIT $2";
+
+/// Retention, phase 2: one chunk of those (locked, skipping busy ones, re-checked) and all
+/// their rows.
+const CLEANUP: &str = "\
+WITH v AS (
+    SELECT id FROM {s}.workflow_instances
+     WHERE id = ANY ($2::uuid[])
+       AND status IN ('completed', 'failed', 'cancelled', 'aborted') AND updated_at < $1
+       FOR UPDATE SKIP LOCKED
+),
+dq AS (DELETE FROM {s}.workflow_queue x WHERE x.instance_id = ANY (ARRAY(SELECT id FROM v))),
+ds AS (DELETE FROM {s}.workflow_steps x WHERE x.instance_id = ANY (ARRAY(SELECT id FROM v))),
+de AS (DELETE FROM {s}.workflow_events x WHERE x.instance_id = ANY (ARRAY(SELECT id FROM v))),
+dd AS (DELETE FROM {s}.workflow_dlq x WHERE x.instance_id = ANY (ARRAY(SELECT id FROM v))),
+dh AS (DELETE FROM {s}.workflow_human_decisions x
+        WHERE x.instance_id = ANY (ARRAY(SELECT id FROM v))),
+di AS (DELETE FROM {s}.workflow_instances x WHERE x.id = ANY (ARRAY(SELECT id FROM v)) RETURNING 1)
+SELECT count(*) FROM di";
+
+impl Queries {
+    /// Resolves every statement for `schema` (an already quoted identifier).
+    pub(crate) fn new(schema: &str) -> Self {
+        let r = |t: &str| t.replace("{s}", schema);
+        Self {
+            lock_instances: r(&c::lock_instances()),
+            batch_steps: r(&c::batch_steps()),
+            batch_dlq: r(&c::batch_dlq()),
+            find_idem_batch: r(c::FIND_IDEM_BATCH),
+            lock_queue: r(c::LOCK_QUEUE),
+            dlq_exists: r(c::DLQ_EXISTS),
+            insert_instances: r(&c::insert_instances()),
+            update_instances: r(&c::update_instances()),
+            insert_steps: r(&c::insert_steps()),
+            update_steps: r(&c::update_steps()),
+            upsert_queue: r(c::UPSERT_QUEUE),
+            delete_queue: r(c::DELETE_QUEUE),
+            cancel_queue: r(c::CANCEL_QUEUE),
+            insert_events: r(c::INSERT_EVENTS),
+            delete_dlq: r(c::DELETE_DLQ),
+            insert_dlq: r(c::INSERT_DLQ),
+            insert_decisions: r(c::INSERT_DECISIONS),
+            notify: r(c::NOTIFY),
+
+            claim: r(CLAIM),
+            heartbeat: r(HEARTBEAT),
+            next_due: r(NEXT_DUE),
+
+            put_definition: r("INSERT INTO {s}.workflow_definitions (id, name, version, \
+                 definition) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (id) DO NOTHING"),
+            get_definition: r("SELECT definition FROM {s}.workflow_definitions WHERE id = $1"),
+            list_definitions: r("SELECT definition FROM {s}.workflow_definitions ORDER BY id"),
+            get_instance: r(&format!(
+                "SELECT {INSTANCE_COLS} FROM {{s}}.workflow_instances WHERE id = $1"
+            )),
+            list_steps: r(&format!(
+                "SELECT {STEP_COLS} FROM {{s}}.workflow_steps WHERE instance_id = $1 \
+                 ORDER BY created_at, step"
+            )),
+            list_dlq_of: r(&format!(
+                "SELECT {DLQ_COLS} FROM {{s}}.workflow_dlq WHERE instance_id = $1 ORDER BY id"
+            )),
+            find_idem: r("SELECT id FROM {s}.workflow_instances \
+                 WHERE workflow_id = $1 AND idempotency_key = $2"),
+            list_instances: r(&format!(
+                "SELECT {INSTANCE_COLS} FROM {{s}}.workflow_instances \
+                 WHERE ($1::text IS NULL OR workflow_id = $1) \
+                   AND ($2::text IS NULL OR status = $2) \
+                   AND ($3::uuid IS NULL OR id > $3) \
+                 ORDER BY id LIMIT $4"
+            )),
+            list_events: r(&format!(
+                "SELECT {EVENT_COLS} FROM {{s}}.workflow_events \
+                 WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            )),
+            list_dlq: r(&format!(
+                "SELECT {DLQ_COLS} FROM {{s}}.workflow_dlq \
+                 WHERE ($1::uuid IS NULL OR instance_id = $1) \
+                   AND ($2::text IS NULL OR workflow_id = $2) \
+                   AND ($3::int8 IS NULL OR id > $3) \
+                 ORDER BY id LIMIT $4"
+            )),
+            get_dlq: r(&format!(
+                "SELECT {DLQ_COLS} FROM {{s}}.workflow_dlq WHERE id = $1"
+            )),
+            list_queue: r(&format!(
+                "SELECT {QUEUE_COLS} FROM {{s}}.workflow_queue WHERE instance_id = $1 \
+                 ORDER BY instance_id, step, kind_ord"
+            )),
+            stats: r(STATS),
+            cleanup_collect: r(CLEANUP_COLLECT),
+            cleanup: r(CLEANUP),
+            layout: r("SELECT value FROM {s}.floxy_meta WHERE key = 'layout'"),
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Throughput of the redb store next to the memory store, in one run:
+//!
+//! * **claims/s**: `W` concurrent workers claim batches until a prefilled queue is empty;
+//! * **durable step completions/s**: `W` concurrent workers each claim a batch and complete
+//!   every claimed step with its own `update_instance` (fencing check, step CAS, queue
+//!   delete, event, the next step queued), all of a worker's completions in flight at once;
+//!   a completion counts when it is acknowledged, i.e. durable (redb: `Durability::Immediate`);
+//! * **3-step sagas/s end to end**: the `floxy` engine with its worker pool runs `N`
+//!   instances of a three-step workflow with no-op handlers, from the first start to the last
+//!   completion.
+//!
+//! ```text
+//! cargo bench -p floxy-store-redb --bench throughput            # full run
+//! cargo bench -p floxy-store-redb --bench throughput -- --quick # smaller sizes
+//! ```
+//!
+//! Files live in a temporary directory on the same disk as the system temp dir (`TMPDIR`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use floxy::{Builder, Engine, InstanceStatus, Payload};
+use floxy_core::model::{
+    EventKind, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus as Status, LeaseCheck,
+    NewEvent, QueueItem, QueueKey, QueueOp, StepRun, StepStatus, StepWrite, Timestamp, Transition,
+    WorkKind, WorkflowId,
+};
+use floxy_core::store::{ClaimRequest, Store};
+use floxy_store_memory::MemoryStore;
+use floxy_store_redb::{Durability, RedbOptions, RedbStore};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+const HANDLER: &str = "h";
+const STEPS: [&str; 3] = ["s1", "s2", "s3"];
+
+fn wf() -> WorkflowId {
+    WorkflowId::new("bench", 1)
+}
+
+fn item(id: InstanceId, step: &str, now: Timestamp) -> QueueItem {
+    QueueItem {
+        key: QueueKey {
+            instance_id: id,
+            step: step.into(),
+            kind: WorkKind::Execute,
+        },
+        workflow_id: wf(),
+        handler: HANDLER.into(),
+        run_at: now,
+        priority: 50,
+        order_key: now.as_millis(),
+        attempt: 0,
+        lease_ttl_ms: 60_000,
+        cancel_requested: false,
+        lease: None,
+    }
+}
+
+fn event(kind: EventKind, step: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind,
+        step: step.map(Into::into),
+        attempt: None,
+        detail: None,
+    }
+}
+
+/// A created instance with its first step queued (`steps` steps in a chain).
+fn start(id: InstanceId, now: Timestamp) -> Transition {
+    let instance = InstanceRecord {
+        id,
+        workflow_id: wf(),
+        status: Status::Running,
+        input: Payload::new(serde_json::json!({ "order": 42, "customer": "c-1" })),
+        output: None,
+        error: None,
+        idempotency_key: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        completion_seq: 0,
+        rollback_depth: 0,
+        rollback_to: None,
+        failed_step: None,
+        branches: Vec::new(),
+    };
+    let run = StepRun::new(
+        id,
+        STEPS[0].into(),
+        StepStatus::Pending,
+        instance.input.clone(),
+        now,
+    );
+    Transition {
+        now,
+        create: true,
+        instance,
+        steps: vec![StepWrite { run, expect: None }],
+        queue: vec![QueueOp::Upsert(item(id, STEPS[0], now))],
+        events: vec![event(EventKind::WorkflowStarted, None)],
+        dlq_insert: Vec::new(),
+        dlq_delete: Vec::new(),
+        lease_check: None,
+    }
+}
+
+/// The completion of the claimed step: step completed, item deleted, next step queued (or
+/// the instance completed).
+fn complete(
+    snap: &InstanceSnapshot,
+    key: &QueueKey,
+    token: floxy_core::model::FencingToken,
+    now: Timestamp,
+) -> Transition {
+    let mut instance = snap.instance.clone();
+    instance.version += 1;
+    instance.updated_at = now;
+    instance.completion_seq += 1;
+    let mut run = snap
+        .steps
+        .iter()
+        .find(|r| r.step == key.step)
+        .cloned()
+        .expect("claimed step exists");
+    run.status = StepStatus::Completed;
+    run.output = Some(output());
+    run.completed_seq = Some(instance.completion_seq);
+    run.finished_at = Some(now);
+    let mut t = Transition {
+        now,
+        create: false,
+        instance,
+        steps: vec![StepWrite {
+            run: run.clone(),
+            expect: Some(StepStatus::Running),
+        }],
+        queue: vec![QueueOp::Delete(key.clone())],
+        events: vec![event(EventKind::StepCompleted, Some(&key.step))],
+        dlq_insert: Vec::new(),
+        dlq_delete: Vec::new(),
+        lease_check: Some(LeaseCheck {
+            key: key.clone(),
+            token,
+        }),
+    };
+    let pos = STEPS
+        .iter()
+        .position(|s| **s == *key.step)
+        .unwrap_or(STEPS.len());
+    match STEPS.get(pos + 1) {
+        Some(next) => {
+            let next_run = StepRun::new(
+                snap.instance.id,
+                (*next).into(),
+                StepStatus::Pending,
+                run.output.clone().unwrap_or_default(),
+                now,
+            );
+            t.steps.push(StepWrite {
+                run: next_run,
+                expect: None,
+            });
+            t.queue
+                .push(QueueOp::Upsert(item(snap.instance.id, next, now)));
+        }
+        None => {
+            t.instance.status = Status::Completed;
+            t.instance.output = run.output;
+            t.events.push(event(EventKind::WorkflowCompleted, None));
+        }
+    }
+    t
+}
+
+/// The output of every step (shared: building JSON is not what is measured).
+fn output() -> Payload {
+    static OUTPUT: std::sync::OnceLock<Payload> = std::sync::OnceLock::new();
+    OUTPUT
+        .get_or_init(|| Payload::new(serde_json::json!({ "ok": true })))
+        .clone()
+}
+
+fn ids(n: usize) -> Vec<InstanceId> {
+    (0..n).map(|_| InstanceId(uuid::Uuid::now_v7())).collect()
+}
+
+async fn prefill<S: Store>(store: &Arc<S>, n: usize) {
+    // Concurrent creates so the redb writer groups them.
+    let chunks: Vec<Vec<InstanceId>> = ids(n).chunks(256).map(<[_]>::to_vec).collect();
+    for chunk in chunks {
+        futures::future::join_all(chunk.into_iter().map(|id| {
+            let store = store.clone();
+            async move { store.create_instance(start(id, T0)).await.expect("create") }
+        }))
+        .await;
+    }
+}
+
+fn request(owner: &str, limit: usize) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.into(),
+        handlers: vec![HANDLER.into()],
+        limit,
+        now: T0.add_ms(1),
+    }
+}
+
+/// Claims/s: `workers` tasks claim batches of `batch` until the queue is empty.
+async fn claims<S: Store>(store: Arc<S>, n: usize, workers: usize, batch: usize) -> f64 {
+    prefill(&store, n).await;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let req = request(&format!("w{w}"), batch);
+                let mut got = 0;
+                loop {
+                    let c = store.claim(&req).await.expect("claim");
+                    if c.is_empty() {
+                        return got;
+                    }
+                    got += c.len();
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("join");
+    }
+    assert_eq!(total, n, "every item claimed once");
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Step completions/s: `workers` tasks claim batches and complete every claimed step
+/// concurrently, until `n` instances ran their three steps.
+async fn completions<S: Store>(store: Arc<S>, n: usize, workers: usize, batch: usize) -> f64 {
+    prefill(&store, n).await;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut done = 0_usize;
+                let mut now = T0.add_ms(1);
+                let mut idle = 0;
+                loop {
+                    let mut req = request(&format!("w{w}"), batch);
+                    req.now = now;
+                    let claimed = store.claim(&req).await.expect("claim");
+                    if claimed.is_empty() {
+                        // Other workers may still be queueing follow-up steps.
+                        idle += 1;
+                        if idle > 50 {
+                            return done;
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    idle = 0;
+                    let results = futures::future::join_all(claimed.into_iter().map(|c| {
+                        let store = store.clone();
+                        let key = c.item.key.clone();
+                        let token = c.item.lease.as_ref().map(|l| l.token).expect("lease");
+                        let id = key.instance_id;
+                        async move {
+                            store
+                                .update_instance(
+                                    id,
+                                    Box::new(move |s| Ok(complete(s, &key, token, now))),
+                                )
+                                .await
+                        }
+                    }))
+                    .await;
+                    for r in results {
+                        r.expect("completion");
+                        done += 1;
+                    }
+                    now = now.add_ms(1);
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("join");
+    }
+    assert_eq!(total, n * STEPS.len(), "every step completed once");
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// 3-step sagas/s through the engine.
+async fn sagas(store: Arc<dyn Store>, n: usize) -> f64 {
+    let engine = Engine::builder(store)
+        .workers(512)
+        .batch_size(128)
+        .poll_interval_ms(50)
+        .build();
+    for s in STEPS {
+        engine.register_fn(s, |_ctx, input: Payload| async move { Ok(input) });
+    }
+    let def = Builder::new("saga", 1)
+        .step("s1", "s1")
+        .then("s2", "s2")
+        .then("s3", "s3")
+        .build()
+        .expect("definition");
+    let wf = engine.register_workflow(def).await.expect("register");
+    engine.start_workers().expect("workers");
+    let start = Instant::now();
+    let mut started = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let ids = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| engine.start(&wf, serde_json::json!({ "n": i }))),
+        )
+        .await;
+        started.extend(ids.into_iter().map(|r| r.expect("start")));
+    }
+    for id in started {
+        let r = engine
+            .wait_for(id, Duration::from_secs(120))
+            .await
+            .expect("wait");
+        assert_eq!(r.status, InstanceStatus::Completed);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    engine.shutdown(Duration::from_secs(10)).await;
+    rate
+}
+
+struct Redb {
+    _dir: tempfile::TempDir,
+    store: Arc<RedbStore>,
+}
+
+fn redb() -> Redb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RedbStore::open(
+        dir.path().join("bench.redb"),
+        RedbOptions::default()
+            .durability(Durability::Immediate)
+            .cache_size_bytes(
+                std::env::var("BENCH_CACHE_MB")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(64)
+                    << 20,
+            ),
+    )
+    .expect("open");
+    Redb {
+        _dir: dir,
+        store: Arc::new(store),
+    }
+}
+
+fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore) {
+    let s = store.writer_stats();
+    notes.push(format!(
+        "{what}: {} group commits, {:.1} requests each on average (largest {}), writer busy {:.2} s of which {:.2} s in commit",
+        s.batches,
+        s.average_batch(),
+        s.largest_batch,
+        s.busy.as_secs_f64(),
+        s.committing.as_secs_f64()
+    ));
+}
+
+fn row(what: &str, workers: &str, memory: f64, redb: f64) {
+    println!("| {what:<34} | {workers:>7} | {memory:>12.0} | {redb:>12.0} |");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = |what: &str| {
+        let named: Vec<&String> = args
+            .iter()
+            .skip(1)
+            .filter(|a| ["claims", "completions", "sagas", "redb-only"].contains(&a.as_str()))
+            .filter(|a| *a != "redb-only")
+            .collect();
+        named.is_empty() || named.iter().any(|a| *a == what)
+    };
+    let redb_only = args.iter().any(|a| a == "redb-only");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (n_claims, n_steps, n_sagas) = if quick {
+        (10_000, 5_000, 2_000)
+    } else {
+        (50_000, 20_000, 10_000)
+    };
+    let batch = 64;
+    println!(
+        "floxy-store-redb throughput (durability immediate; batch {batch}; {} cores)",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!();
+    println!(
+        "| {:<34} | {:>7} | {:>12} | {:>12} |",
+        "measure (per second)", "workers", "memory", "redb"
+    );
+    println!("|{:-<36}|{:-<9}:|{:-<13}:|{:-<13}:|", "", "", "", "");
+    let notes = rt.block_on(async {
+        let mut notes = Vec::new();
+        for w in [1, 4, 16] {
+            if !only("claims") {
+                break;
+            }
+            let m = if redb_only {
+                0.0
+            } else {
+                claims(Arc::new(MemoryStore::new()), n_claims, w, batch).await
+            };
+            let r = redb();
+            let d = claims(r.store.clone(), n_claims, w, batch).await;
+            note(&mut notes, &format!("claims, {w} workers"), &r.store);
+            r.store.close().await.expect("close");
+            row("claims", &w.to_string(), m, d);
+        }
+        for w in [1, 4, 16] {
+            if !only("completions") {
+                break;
+            }
+            let m = if redb_only {
+                0.0
+            } else {
+                completions(Arc::new(MemoryStore::new()), n_steps, w, batch).await
+            };
+            let r = redb();
+            let d = completions(r.store.clone(), n_steps, w, batch).await;
+            note(&mut notes, &format!("completions, {w} workers"), &r.store);
+            r.store.close().await.expect("close");
+            row("durable step completions", &w.to_string(), m, d);
+        }
+        if !only("sagas") {
+            return notes;
+        }
+        let m = if redb_only {
+            0.0
+        } else {
+            sagas(Arc::new(MemoryStore::new()), n_sagas).await
+        };
+        let r = redb();
+        let d = sagas(r.store.clone(), n_sagas).await;
+        note(&mut notes, "sagas", &r.store);
+        r.store.close().await.expect("close");
+        row("3-step sagas (engine, end to end)", "512", m, d);
+        notes
+    });
+    println!();
+    for n in notes {
+        println!("* redb {n} (prefill included)");
+    }
+}

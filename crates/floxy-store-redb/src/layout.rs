@@ -1,0 +1,142 @@
+//! The on-disk layout (format version [`FORMAT_VERSION`]): table definitions, key
+//! encodings and the record codec.
+//!
+//! Keys are redb tuples whose element-wise order is the order the store needs (instance ids
+//! as `u128`, which orders like the UUID bytes; step names as `&str`, which orders like
+//! `Arc<str>`; work kinds as the codes of [`kind_code`], which order like [`WorkKind`]).
+//! Values are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types;
+//! JSON payloads are embedded as MessagePack values. Any change to a key, a value type or a
+//! model type's serde shape is a new format version.
+
+use floxy_core::model::{
+    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, QueueKey, StepRun, WorkKind,
+    WorkflowDefinition,
+};
+use floxy_core::store::StoreError;
+use redb::TableDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The on-disk format this version of the crate reads and writes. A file with another
+/// version is refused at open.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`].
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("floxy_meta");
+/// `definitions`: workflow id → [`WorkflowDefinition`] (JSON).
+pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("floxy_definitions");
+/// `instances`: instance id → [`InstanceRecord`].
+pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("floxy_instances");
+/// `steps`: (instance id, step name) → [`StepRun`].
+pub(crate) const STEPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("floxy_steps");
+/// `queue`: (instance id, step name, kind code) → [`QueueItem`], lease included.
+pub(crate) const QUEUE: TableDefinition<(u128, &str, u8), &[u8]> =
+    TableDefinition::new("floxy_queue");
+/// `events`: (instance id, global sequence) → [`Event`].
+pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
+/// `dlq`: DLQ id → [`DlqRecord`].
+pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("floxy_dlq");
+/// `dlq_by_instance`: (instance id, DLQ id) → `()`.
+pub(crate) const DLQ_BY_INSTANCE: TableDefinition<(u128, u64), ()> =
+    TableDefinition::new("floxy_dlq_by_instance");
+/// `idempotency`: (workflow id, key) → instance id.
+pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), u128> =
+    TableDefinition::new("floxy_idempotency");
+/// `terminal`: (updated_at ms, instance id) → `()`, the terminal instances for cleanup.
+pub(crate) const TERMINAL: TableDefinition<(i64, u128), ()> =
+    TableDefinition::new("floxy_terminal");
+
+/// Meta key of the format version.
+pub(crate) const META_FORMAT_VERSION: &str = "format_version";
+/// Meta key of the counters.
+pub(crate) const META_COUNTERS: &str = "counters";
+
+/// Store-wide counters, persisted in `meta` by every write transaction that changes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Counters {
+    /// Last fencing token issued.
+    pub(crate) last_token: u64,
+    /// Last event sequence number assigned.
+    pub(crate) last_seq: u64,
+    /// Last DLQ id assigned.
+    pub(crate) last_dlq: u64,
+    /// Instances per status, in `InstanceStatus::ALL` order.
+    pub(crate) status_counts: Vec<u64>,
+    /// DLQ records.
+    pub(crate) dlq: u64,
+}
+
+/// The key of an instance.
+pub(crate) const fn inst_key(id: InstanceId) -> u128 {
+    id.0.as_u128()
+}
+
+/// The code of a work kind in queue keys; the codes order like [`WorkKind`].
+pub(crate) const fn kind_code(kind: WorkKind) -> u8 {
+    match kind {
+        WorkKind::Execute => 0,
+        WorkKind::Compensate => 1,
+        WorkKind::Timer => 2,
+    }
+}
+
+/// The queue-table key of a queue key.
+pub(crate) fn queue_key(k: &QueueKey) -> (u128, &str, u8) {
+    (inst_key(k.instance_id), &k.step, kind_code(k.kind))
+}
+
+/// Encodes a record.
+pub(crate) fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(v).map_err(|e| StoreError::Backend(format!("cannot encode {what}: {e}")))
+}
+
+/// Decodes a record; a record that does not decode is [`StoreError::Corrupt`].
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+}
+
+/// Typed wrappers so call sites name what they decode.
+pub(crate) fn decode_instance(b: &[u8]) -> Result<InstanceRecord, StoreError> {
+    decode("instance record", b)
+}
+/// Decodes a step run.
+pub(crate) fn decode_step(b: &[u8]) -> Result<StepRun, StoreError> {
+    decode("step run", b)
+}
+/// Decodes a queue item.
+pub(crate) fn decode_item(b: &[u8]) -> Result<QueueItem, StoreError> {
+    decode("queue item", b)
+}
+/// Decodes an event.
+pub(crate) fn decode_event(b: &[u8]) -> Result<Event, StoreError> {
+    decode("event", b)
+}
+/// Decodes a DLQ record.
+pub(crate) fn decode_dlq(b: &[u8]) -> Result<DlqRecord, StoreError> {
+    decode("DLQ record", b)
+}
+/// Encodes a definition as JSON (definitions are written once and use serde features, such
+/// as internally tagged enums, that only self-describing formats read back reliably).
+pub(crate) fn encode_definition(d: &WorkflowDefinition) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(d)
+        .map_err(|e| StoreError::Backend(format!("cannot encode workflow definition: {e}")))
+}
+
+/// Decodes a definition.
+pub(crate) fn decode_definition(b: &[u8]) -> Result<WorkflowDefinition, StoreError> {
+    serde_json::from_slice(b)
+        .map_err(|e| StoreError::Corrupt(format!("cannot decode workflow definition: {e}")))
+}
+
+/// Maps a redb error to a store error: I/O is [`StoreError::Unavailable`] (may pass),
+/// corruption is [`StoreError::Corrupt`], anything else [`StoreError::Backend`].
+pub(crate) fn redb_err(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Corrupted(msg) => StoreError::Corrupt(format!("redb: {msg}")),
+        redb::Error::Io(io) => StoreError::Unavailable(format!("redb I/O error: {io}")),
+        other => StoreError::Backend(format!("redb: {other}")),
+    }
+}

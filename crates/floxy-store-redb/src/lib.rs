@@ -1,0 +1,662 @@
+//! An embedded, durable [`Store`] for floxy: one [redb](https://www.redb.org) file, one
+//! writer thread, group commit.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use floxy_store_redb::{Durability, RedbOptions, RedbStore};
+//! let store = RedbStore::open("/var/lib/myapp/floxy.redb", RedbOptions::default())?;
+//! // ... hand `std::sync::Arc::new(store.clone())` to `floxy::Engine::new` ...
+//! store.close().await?; // releases the file
+//! # Ok(()) }
+//! ```
+//!
+//! # When to choose it
+//!
+//! Choose redb when one process owns the workflows and they must survive a crash or a
+//! restart, without running a database server: `floxyctl` and `floxyd` on one machine, an
+//! edge device, a service that embeds the engine. Choose the memory store for tests and
+//! throw-away runs, and PostgreSQL when several processes or machines share the work (redb
+//! locks the file: one process at a time; [`Capabilities::multi_process`] is false).
+//!
+//! # Writes: one writer thread, group commit
+//!
+//! redb transactions are synchronous and a file has one writer at a time, so every write of
+//! the store — [`Store::put_definition`], [`Store::create_instance`],
+//! [`Store::update_instance`] (the transition function runs there, under the "lock" that is
+//! the single writer), [`Store::claim`], [`Store::heartbeat`] and [`Store::cleanup`] — is
+//! a request sent over a bounded channel to a dedicated OS thread (`floxy-redb-writer`). No
+//! async task ever holds a redb transaction, and no `.await` happens inside one.
+//!
+//! The writer blocks until a request arrives, then drains everything else already queued (at
+//! most [`MAX_GROUP_COMMIT`] requests) and applies the whole batch in **one** write
+//! transaction, in arrival order:
+//!
+//! * each request reads through that transaction, so it sees the writes of the requests
+//!   before it (a claim right after a create finds the new items; two updates of one
+//!   instance in one batch see each other, serialised like any two transitions);
+//! * each request checks everything (version, fencing token, step compare-and-set,
+//!   ownership, idempotency key) *before* writing anything, so a refused request (a closure
+//!   error, a stale lease, a failed compare-and-set) writes nothing and does not disturb the
+//!   others in its batch;
+//! * after the commit returns — with [`Durability::Immediate`], after redb's `fsync` — every
+//!   caller of the batch gets its answer. **A caller is acknowledged only once the
+//!   transaction holding its write is durable.** If applying or committing fails (I/O
+//!   error, disk full), every request of the batch that would have been written gets the
+//!   error and nothing of the batch is visible; the writer rebuilds its in-memory state from
+//!   the last committed transaction. The answers are sent by a second thread
+//!   (`floxy-redb-notify`), so waking the callers' tasks overlaps with the next batch.
+//!
+//! The writer also keeps the decoded snapshots of live instances in memory (bounded by
+//! [`RedbOptions::snapshot_cache_instances`]), updated in step with what it writes, so a
+//! transition does not re-read and re-decode its instance; the cache is cleared after a failed
+//! commit. [`RedbStore::writer_stats`] reports group commits, requests per commit and the time
+//! spent committing.
+//!
+//! Under load the batches grow on their own: while one commit waits for the disk, the next
+//! requests queue up and share the next `fsync`. One durable commit costs a few hundred
+//! microseconds to milliseconds here whatever it holds, so group commit is what turns a few
+//! thousand commits per second into tens of thousands of acknowledged step completions per
+//! second (see `benches/throughput.rs`).
+//!
+//! A transition function that panics does not stop the writer: the panic is caught there and
+//! resumed on the caller's task, as with a store that runs the function in place. Because it
+//! runs on the writer thread, a transition function must be quick and must not block (the
+//! state machine's `apply` is pure and takes microseconds); a slow one delays every write.
+//!
+//! # Reads
+//!
+//! Reads ([`Store::load_instance`], listings, lookups) open a redb read transaction on the
+//! calling task and read directly: redb readers never wait for the writer (MVCC snapshots of
+//! the last commit), every read is bounded (point lookups and pages of at most
+//! [`MAX_PAGE_SIZE`] records), and the store then works
+//! under any executor (the conformance suite uses `futures::executor::block_on`, where
+//! `spawn_blocking` does not exist). [`Store::next_due`] and [`Store::stats`] read numbers the
+//! writer publishes after every commit and touch no transaction.
+//!
+//! # On-disk layout (format version [`FORMAT_VERSION`])
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `floxy_meta` | `"format_version"`, `"counters"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count |
+//! | `floxy_definitions` | workflow id | definition (JSON) |
+//! | `floxy_instances` | instance id (`u128`) | instance record |
+//! | `floxy_steps` | (instance id, step name) | step run |
+//! | `floxy_queue` | (instance id, step name, kind code) | queue item with its lease (owner, fencing token, expiry) |
+//! | `floxy_events` | (instance id, global sequence) | event |
+//! | `floxy_dlq` | DLQ id | DLQ record |
+//! | `floxy_dlq_by_instance` | (instance id, DLQ id) | — |
+//! | `floxy_idempotency` | (workflow id, key) | instance id |
+//! | `floxy_terminal` | (updated_at ms, instance id) | — (terminal instances, for cleanup) |
+//!
+//! Records are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types,
+//! JSON payloads embedded as MessagePack values; definitions are JSON. Keys are redb tuples,
+//! so a table's order is the order its readers need (UUIDv7 instance ids keep one instance's
+//! rows together and recent instances at the end of each table, which keeps the pages a
+//! commit dirties few). The fencing-token counter, the event sequence and the DLQ id counter
+//! are persisted by every transaction that advances them, so they never go back after a
+//! restart.
+//!
+//! Opening a file checks `format_version` and refuses any other version with
+//! [`OpenError::UnsupportedFormatVersion`]; a redb file without floxy's meta table, or a file
+//! that is not a redb file, is [`OpenError::NotFloxyDatabase`].
+//!
+//! ## The claim index lives in memory
+//!
+//! The queue table (one row per item, lease included) is the durable truth. The *claim
+//! index* — per handler, the ready items in `(order_key, key)` order (priority with aging)
+//! and every item by the time it becomes claimable (its `run_at`, or its lease expiry) — is
+//! derived from it and kept in memory by the writer, which is the only code that changes
+//! either. It is rebuilt by one scan of the queue table when the file is opened (the queue
+//! holds live work only, never finished instances) and after a failed commit. This is sound
+//! because redb's file lock makes the opening process the only one that can write the file,
+//! and it keeps the rows a step writes down: a claim rewrites one queue row instead of also
+//! moving an entry from an on-disk ready index to an on-disk lease-expiry index (and back on
+//! every retry, heartbeat and completion), which at one `fsync` per group commit is what the
+//! writer's time goes to. Leases themselves are durable
+//! (inside the queue row), so after a crash every lease that was held is still there and is
+//! reclaimed when it expires, counting as an attempt. The algorithm is the memory store's,
+//! so both backends claim in the same order (the differential test checks it).
+//!
+//! # Durability modes
+//!
+//! * [`Durability::Immediate`] (the default): every commit is durable (`fsync`) before any
+//!   of its callers is answered. A crash loses nothing that was acknowledged.
+//! * [`Durability::Relaxed`]: commits are not synced one by one; one commit every
+//!   `flush_interval_ms` (and the last one, on [`RedbStore::close`]) is. A crash can lose the
+//!   commits of the last interval — acknowledged work may run again or an acknowledged start
+//!   may vanish — but never corrupts the file: redb reopens at the last durable commit. Use it
+//!   when re-running recent steps is acceptable and throughput with few concurrent writers
+//!   matters more.
+//!
+//! # Choices where the contract is silent
+//!
+//! The same as the memory store's (see its crate docs): an expired but not yet reclaimed
+//! lease is still current for heartbeats and fencing checks; claiming an `Execute` item whose
+//! step run is not `pending`, `retrying` or `running` leases it without touching the run;
+//! several writes to one step in a transition are checked in order; a transition may only
+//! touch its own instance's items, step runs and DLQ records (unknown DLQ ids in
+//! `dlq_delete` are ignored); reads of an unknown instance return `None` or an empty list;
+//! `instances_by_status` lists only statuses with at least one instance. Besides:
+//!
+//! * [`Store::cleanup`] removes instances in chunks of [`CLEANUP_CHUNK`] per write
+//!   transaction, so it is not atomic as a whole (each removed instance is removed whole).
+//! * [`RedbStore::close`] releases the file deterministically. Dropping the last clone of a
+//!   store also stops the writer and releases the file, but asynchronously: reopen the same
+//!   path in the same process only after `close` returned.
+
+mod cache;
+mod index;
+mod layout;
+mod open;
+mod read;
+mod writer;
+
+pub use layout::FORMAT_VERSION;
+pub use open::OpenError;
+
+use async_trait::async_trait;
+use floxy_core::model::{
+    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus,
+    QueueItem, StepRun, Timestamp, Transition, WorkflowDefinition, WorkflowId,
+};
+use floxy_core::store::{
+    Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
+    LeaseState, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats, TransitionFn,
+};
+use layout::{
+    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, QUEUE, STEPS, redb_err,
+};
+use parking_lot::{Mutex, RwLock};
+use read::SnapshotTables;
+use redb::{Database, ReadTransaction, ReadableDatabase};
+use std::fmt;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+pub use writer::WriterStats;
+use writer::{Published, Request, UpdateFailure, Writer};
+
+/// Largest number of requests applied in one write transaction (one group commit).
+pub const MAX_GROUP_COMMIT: usize = 1_024;
+/// Capacity of the writer's request channel; senders wait (asynchronously) when it is full.
+pub const WRITER_QUEUE_CAPACITY: usize = 8_192;
+/// Instances removed per write transaction by [`Store::cleanup`].
+pub const CLEANUP_CHUNK: usize = 1_000;
+/// Default redb page cache: 64 MiB.
+pub const DEFAULT_CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
+/// Default number of live instance snapshots the writer keeps decoded in memory.
+pub const DEFAULT_SNAPSHOT_CACHE_INSTANCES: usize = 20_000;
+/// Default interval between durable commits in [`Durability::Relaxed`] mode.
+pub const DEFAULT_RELAXED_FLUSH_INTERVAL_MS: u64 = 100;
+
+/// When a commit is durable. See the [crate docs](crate#durability-modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every commit is synced to disk before its callers are answered. The default.
+    #[default]
+    Immediate,
+    /// Commits are synced at most every `flush_interval_ms` (and on close); a crash may
+    /// lose the acknowledged commits of the last interval, never the file's consistency.
+    Relaxed {
+        /// Time between durable commits.
+        flush_interval_ms: u64,
+    },
+}
+
+impl Durability {
+    /// [`Durability::Relaxed`] with [`DEFAULT_RELAXED_FLUSH_INTERVAL_MS`].
+    #[must_use]
+    pub const fn relaxed() -> Self {
+        Self::Relaxed {
+            flush_interval_ms: DEFAULT_RELAXED_FLUSH_INTERVAL_MS,
+        }
+    }
+}
+
+/// Options of [`RedbStore::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedbOptions {
+    /// When commits are durable (default [`Durability::Immediate`]).
+    pub durability: Durability,
+    /// redb's page cache size in bytes (default [`DEFAULT_CACHE_SIZE_BYTES`]).
+    pub cache_size_bytes: usize,
+    /// Live instances whose decoded snapshots the writer keeps in memory (default
+    /// [`DEFAULT_SNAPSHOT_CACHE_INSTANCES`]; 0 disables the cache).
+    pub snapshot_cache_instances: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Immediate,
+            cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
+            snapshot_cache_instances: DEFAULT_SNAPSHOT_CACHE_INSTANCES,
+        }
+    }
+}
+
+impl RedbOptions {
+    /// Sets the durability mode.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the page cache size.
+    #[must_use]
+    pub fn cache_size_bytes(mut self, bytes: usize) -> Self {
+        self.cache_size_bytes = bytes;
+        self
+    }
+
+    /// Sets the number of live instances whose snapshots the writer caches.
+    #[must_use]
+    pub fn snapshot_cache_instances(mut self, n: usize) -> Self {
+        self.snapshot_cache_instances = n;
+        self
+    }
+}
+
+/// The redb store. Cloning is cheap and shares the file (an inner `Arc`).
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` once closed.
+    db: RwLock<Option<Arc<Database>>>,
+    tx: mpsc::Sender<Request>,
+    published: Arc<Mutex<Published>>,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the floxy database at `path`, creating the file if it does not exist, and
+    /// starts its writer thread.
+    ///
+    /// # Errors
+    /// [`OpenError::MissingDirectory`], [`OpenError::ReadOnly`],
+    /// [`OpenError::NotFloxyDatabase`], [`OpenError::UnsupportedFormatVersion`],
+    /// [`OpenError::AlreadyOpen`], or [`OpenError::Other`] for I/O and redb failures. Each
+    /// names the path. `StoreError: From<OpenError>` for callers that want one error type.
+    pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_owned();
+        let db = Arc::new(open::open_database(&path, options.cache_size_bytes)?);
+        let (counters, index) = writer::load_state(&db).map_err(|e| OpenError::Other {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let published = Arc::new(Mutex::new(Published::default()));
+        let (notify_tx, notify_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("floxy-redb-notify".to_owned())
+            .spawn(move || writer::notify(notify_rx))
+            .map_err(|e| OpenError::Other {
+                path: path.clone(),
+                reason: format!("cannot start the notifier thread: {e}"),
+            })?;
+        let w = Writer::new(
+            db.clone(),
+            options.durability,
+            counters,
+            index,
+            published.clone(),
+            options.snapshot_cache_instances,
+            notify_tx,
+        );
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("floxy-redb-writer".to_owned())
+            .spawn(move || w.run(rx))
+            .map_err(|e| OpenError::Other {
+                path: path.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                db: RwLock::new(Some(db)),
+                tx,
+                published,
+            }),
+        })
+    }
+
+    /// The path of the file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Finishes the queued writes, makes them durable, stops the writer thread and releases
+    /// the file (and its lock). Every clone of the store is closed: later calls fail with
+    /// [`StoreError::Closed`]. Closing twice is a no-op.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for flush failures.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let db = self.inner.db.write().take();
+        let (reply, done) = oneshot::channel();
+        if self.inner.tx.send(Request::Close { reply }).await.is_ok() {
+            // The writer answers after dropping its handle of the database.
+            drop(done.await);
+        }
+        drop(db);
+        Ok(())
+    }
+
+    /// Counters of the writer thread since the store was opened (group commits, requests,
+    /// time busy and committing), as of the last commit.
+    #[must_use]
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.published.lock().stats
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner.db.read().clone().ok_or(StoreError::Closed)
+    }
+
+    fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
+        self.db()?.begin_read().map_err(redb_err)
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn page_limit(limit: usize) -> usize {
+    if limit == 0 {
+        MAX_PAGE_SIZE
+    } else {
+        limit.min(MAX_PAGE_SIZE)
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    fn capabilities(&self) -> Capabilities {
+        floxy_core::conformance::capabilities(true, false)
+    }
+
+    async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {
+        let def = Box::new(def.clone());
+        self.call(|reply| Request::PutDefinition { def, reply })
+            .await
+    }
+
+    async fn get_definition(
+        &self,
+        id: &WorkflowId,
+    ) -> Result<Option<WorkflowDefinition>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(DEFINITIONS).map_err(redb_err)?;
+        match t.get(id.as_str()).map_err(redb_err)? {
+            Some(v) => layout::decode_definition(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<WorkflowDefinition>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(DEFINITIONS).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in t.range::<&str>(..).map_err(redb_err)? {
+            let (_, v) = row.map_err(redb_err)?;
+            out.push(layout::decode_definition(v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn create_instance(&self, t: Transition) -> Result<CreateOutcome, StoreError> {
+        let t = Box::new(t);
+        self.call(|reply| Request::Create { t, reply }).await
+    }
+
+    async fn update_instance(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+    ) -> Result<Transition, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Update { id, f, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(UpdateFailure::Store(e))) => Err(e),
+            Ok(Err(UpdateFailure::Panic(p))) => std::panic::resume_unwind(p),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
+        if req.limit == 0 || req.handlers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = req.clone();
+        self.call(|reply| Request::Claim { req, reply }).await
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[LeaseRef],
+        now: Timestamp,
+    ) -> Result<Vec<LeaseState>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owner: Arc<str> = Arc::from(owner);
+        let leases = leases.to_vec();
+        self.call(|reply| Request::Heartbeat {
+            owner,
+            leases,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
+        let rtx = self.read_txn()?;
+        let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
+        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
+        let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
+        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
+        SnapshotTables {
+            instances: &instances,
+            steps: &steps,
+            dlq_by_instance: &dlq_by_instance,
+            dlq: &dlq,
+        }
+        .snapshot(id)
+    }
+
+    async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(INSTANCES).map_err(redb_err)?;
+        read::instance(&t, id)
+    }
+
+    async fn list_steps(&self, id: InstanceId) -> Result<Vec<StepRun>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(STEPS).map_err(redb_err)?;
+        let mut steps = read::steps(&t, id)?;
+        steps.sort_by(|a, b| (a.created_at, &a.step).cmp(&(b.created_at, &b.step)));
+        Ok(steps)
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        workflow_id: &WorkflowId,
+        key: &str,
+    ) -> Result<Option<InstanceId>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(IDEMPOTENCY).map_err(redb_err)?;
+        Ok(t.get((workflow_id.as_str(), key))
+            .map_err(redb_err)?
+            .map(|v| InstanceId::from_u128(v.value())))
+    }
+
+    async fn list_instances(
+        &self,
+        q: &InstanceQuery,
+    ) -> Result<Page<InstanceRecord, InstanceId>, StoreError> {
+        let limit = page_limit(q.limit);
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(INSTANCES).map_err(redb_err)?;
+        let start = q
+            .after
+            .map_or(Bound::Unbounded, |a| Bound::Excluded(layout::inst_key(a)));
+        let mut items: Vec<InstanceRecord> = Vec::new();
+        let mut more = false;
+        for row in t
+            .range::<u128>((start, Bound::Unbounded))
+            .map_err(redb_err)?
+        {
+            let (_, v) = row.map_err(redb_err)?;
+            let r = layout::decode_instance(v.value())?;
+            if q.workflow_id.as_ref().is_some_and(|w| *w != r.workflow_id)
+                || q.status.is_some_and(|s| s != r.status)
+            {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(r);
+        }
+        let next = if more {
+            items.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn list_events(
+        &self,
+        id: InstanceId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(EVENTS).map_err(redb_err)?;
+        read::events(&t, id, after_seq, page_limit(limit))
+    }
+
+    async fn list_dlq(&self, q: &DlqQuery) -> Result<Page<DlqRecord, DlqId>, StoreError> {
+        let limit = page_limit(q.limit);
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(DLQ).map_err(redb_err)?;
+        let start = q.after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.0));
+        let mut items: Vec<DlqRecord> = Vec::new();
+        let mut more = false;
+        for row in t
+            .range::<u64>((start, Bound::Unbounded))
+            .map_err(redb_err)?
+        {
+            let (_, v) = row.map_err(redb_err)?;
+            let r = layout::decode_dlq(v.value())?;
+            if q.instance_id.is_some_and(|i| i != r.record.instance_id)
+                || q.workflow_id
+                    .as_ref()
+                    .is_some_and(|w| *w != r.record.workflow_id)
+            {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(r);
+        }
+        let next = if more {
+            items.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqRecord>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(DLQ).map_err(redb_err)?;
+        read::dlq(&t, id)
+    }
+
+    async fn list_queue(&self, id: InstanceId) -> Result<Vec<QueueItem>, StoreError> {
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(QUEUE).map_err(redb_err)?;
+        read::queue(&t, id)
+    }
+
+    async fn next_due(&self, handlers: &[Arc<str>]) -> Result<Option<Timestamp>, StoreError> {
+        self.db()?;
+        let p = self.inner.published.lock();
+        Ok(handlers
+            .iter()
+            .filter_map(|h| p.next_due.get(&**h).copied())
+            .min())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.db()?;
+        let p = self.inner.published.lock();
+        let instances_by_status = InstanceStatus::ALL
+            .iter()
+            .zip(p.status_counts.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (s.as_str().to_owned(), *n))
+            .collect();
+        Ok(StoreStats {
+            instances_by_status,
+            queue_ready: p.queue_len.saturating_sub(p.queue_leased),
+            queue_leased: p.queue_leased,
+            dlq: p.dlq,
+        })
+    }
+
+    async fn cleanup(&self, older_than: Timestamp) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .call(|reply| Request::Cleanup {
+                    older_than,
+                    limit: CLEANUP_CHUNK,
+                    reply,
+                })
+                .await?;
+            total += n;
+            if n < CLEANUP_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Reads shared by the writer (inside its write transaction, so it sees the batch's own
+//! writes) and by readers (inside a read transaction on the calling task).
+
+use crate::layout::{
+    decode_dlq, decode_event, decode_instance, decode_item, decode_step, inst_key, redb_err,
+};
+use floxy_core::model::{
+    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
+};
+use floxy_core::store::StoreError;
+use redb::ReadableTable;
+
+/// Reads an instance record.
+pub(crate) fn instance<T>(t: &T, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError>
+where
+    T: ReadableTable<u128, &'static [u8]>,
+{
+    match t.get(inst_key(id)).map_err(redb_err)? {
+        Some(v) => decode_instance(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads every step run of an instance, in name order.
+pub(crate) fn steps<T>(t: &T, id: InstanceId) -> Result<Vec<StepRun>, StoreError>
+where
+    T: ReadableTable<(u128, &'static str), &'static [u8]>,
+{
+    let k = inst_key(id);
+    let mut out = Vec::new();
+    for row in t.range((k, "")..).map_err(redb_err)? {
+        let (key, value) = row.map_err(redb_err)?;
+        if key.value().0 != k {
+            break;
+        }
+        out.push(decode_step(value.value())?);
+    }
+    Ok(out)
+}
+
+/// The DLQ ids of an instance, in id order.
+pub(crate) fn dlq_ids<T>(t: &T, id: InstanceId) -> Result<Vec<DlqId>, StoreError>
+where
+    T: ReadableTable<(u128, u64), ()>,
+{
+    let k = inst_key(id);
+    let mut out = Vec::new();
+    for row in t.range((k, 0_u64)..=(k, u64::MAX)).map_err(redb_err)? {
+        let (key, _) = row.map_err(redb_err)?;
+        out.push(DlqId(key.value().1));
+    }
+    Ok(out)
+}
+
+/// Reads one DLQ record.
+pub(crate) fn dlq<T>(t: &T, id: DlqId) -> Result<Option<DlqRecord>, StoreError>
+where
+    T: ReadableTable<u64, &'static [u8]>,
+{
+    match t.get(id.0).map_err(redb_err)? {
+        Some(v) => decode_dlq(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The tables a snapshot is read from.
+pub(crate) struct SnapshotTables<'a, I, S, B, D> {
+    /// `instances`.
+    pub(crate) instances: &'a I,
+    /// `steps`.
+    pub(crate) steps: &'a S,
+    /// `dlq_by_instance`.
+    pub(crate) dlq_by_instance: &'a B,
+    /// `dlq`.
+    pub(crate) dlq: &'a D,
+}
+
+impl<I, S, B, D> SnapshotTables<'_, I, S, B, D>
+where
+    I: ReadableTable<u128, &'static [u8]>,
+    S: ReadableTable<(u128, &'static str), &'static [u8]>,
+    B: ReadableTable<(u128, u64), ()>,
+    D: ReadableTable<u64, &'static [u8]>,
+{
+    /// Reads the snapshot of an instance: record, step runs (name order), DLQ records (id
+    /// order).
+    pub(crate) fn snapshot(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
+        let Some(instance) = instance(self.instances, id)? else {
+            return Ok(None);
+        };
+        let steps = steps(self.steps, id)?;
+        let mut records = Vec::new();
+        for d in dlq_ids(self.dlq_by_instance, id)? {
+            match dlq(self.dlq, d)? {
+                Some(r) => records.push(r),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "DLQ record {d} of instance {id} is indexed but missing"
+                    )));
+                }
+            }
+        }
+        Ok(Some(InstanceSnapshot {
+            instance,
+            steps,
+            dlq: records,
+        }))
+    }
+}
+
+/// Reads the queue items of an instance, in key order.
+pub(crate) fn queue<T>(t: &T, id: InstanceId) -> Result<Vec<QueueItem>, StoreError>
+where
+    T: ReadableTable<(u128, &'static str, u8), &'static [u8]>,
+{
+    let k = inst_key(id);
+    let mut out = Vec::new();
+    for row in t.range((k, "", 0_u8)..).map_err(redb_err)? {
+        let (key, value) = row.map_err(redb_err)?;
+        if key.value().0 != k {
+            break;
+        }
+        out.push(decode_item(value.value())?);
+    }
+    Ok(out)
+}
+
+/// Reads events of an instance after `after_seq`, at most `limit`.
+pub(crate) fn events<T>(
+    t: &T,
+    id: InstanceId,
+    after_seq: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError>
+where
+    T: ReadableTable<(u128, u64), &'static [u8]>,
+{
+    let k = inst_key(id);
+    let start = match after_seq {
+        Some(s) => match s.checked_add(1) {
+            Some(s) => s,
+            None => return Ok(Vec::new()),
+        },
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for row in t.range((k, start)..=(k, u64::MAX)).map_err(redb_err)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, value) = row.map_err(redb_err)?;
+        out.push(decode_event(value.value())?);
+    }
+    Ok(out)
+}
