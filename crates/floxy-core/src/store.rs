@@ -235,7 +235,10 @@ impl Capabilities {
     /// added; backends outside this crate build it here).
     #[must_use]
     pub const fn new(durable: bool, multi_process: bool) -> Self {
-        Self { durable, multi_process }
+        Self {
+            durable,
+            multi_process,
+        }
     }
 }
 

@@ -173,7 +173,11 @@ async fn late_success_after_cancel_is_compensated() {
     // The late success of b was recorded and compensated like the others, each once, in
     // reverse completion order: the rollback waits for b to report before undoing a.
     let entries = log.entries();
-    assert_eq!(entries, vec!["a", "undo_b(cancel)", "undo_a(cancel)"], "{entries:?}");
+    assert_eq!(
+        entries,
+        vec!["a", "undo_b(cancel)", "undo_a(cancel)"],
+        "{entries:?}"
+    );
     assert_eq!(step(&engine, id, "b").await.status, StepStatus::RolledBack);
 }
 
