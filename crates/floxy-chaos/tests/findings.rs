@@ -285,7 +285,6 @@ impl floxy::Store for StuckClaims {
 /// connections ESTABLISHED with empty queues after a `timeout` toxic was removed before it
 /// closed them).
 #[tokio::test(start_paused = true)]
-#[ignore = "finding F5: Engine::shutdown hangs on a store call that never returns"]
 async fn finding_f5_shutdown_hangs_on_a_stuck_claim() {
     let store = Arc::new(StuckClaims {
         inner: MemoryStore::new(),

@@ -127,15 +127,23 @@ impl Engine {
             .unwrap_or(Duration::from_millis(self.inner.config.shutdown_timeout_ms));
         let lc = &self.inner.lifecycle;
         lc.stopping.cancel();
+        let deadline = tokio::time::Instant::now() + timeout;
         let dispatcher = lc.dispatcher.lock().take();
-        if let Some(handle) = dispatcher
-            && let Err(e) = handle.await
-        {
-            tracing::error!(error = %e, "worker dispatcher ended abnormally");
+        if let Some(mut handle) = dispatcher {
+            // Bounded: a store call that never returns (a dead connection) must not hang
+            // shutdown; the dispatcher is aborted at the deadline.
+            match tokio::time::timeout_at(deadline, &mut handle).await {
+                Ok(Err(e)) => tracing::error!(error = %e, "worker dispatcher ended abnormally"),
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    tracing::warn!("worker dispatcher did not stop in time; aborting it");
+                    handle.abort();
+                }
+            }
         }
         lc.tracker.close();
         let in_flight = lc.tracker.len();
-        let drained = tokio::time::timeout(timeout, lc.tracker.wait())
+        let drained = tokio::time::timeout_at(deadline, lc.tracker.wait())
             .await
             .is_ok();
         let abandoned = if drained { 0 } else { lc.tracker.len() };
@@ -152,8 +160,12 @@ impl Engine {
         }
         lc.heartbeat_stop.cancel();
         let hb = lc.heartbeat.lock().take();
-        if let Some(handle) = hb {
-            let _ = handle.await;
+        if let Some(mut handle) = hb {
+            let grace = Duration::from_millis(ABANDON_GRACE_MS);
+            if tokio::time::timeout(grace, &mut handle).await.is_err() {
+                tracing::warn!("heartbeat task did not stop in time; aborting it");
+                handle.abort();
+            }
         }
         ShutdownReport {
             in_flight,
