@@ -206,7 +206,6 @@ fn chaos_run_with_crash_failpoints_keeps_every_invariant() {
 /// without bound: the instance never fails (SEMANTICS §4: expired leases count as failed
 /// attempts, so a worker that dies every time must end in a final failure).
 #[tokio::test(start_paused = true)]
-#[ignore = "finding F3: livelock when no claim holder reports within the lease TTL"]
 async fn finding_f3_slow_claimers_livelock() {
     let _l = LOCK.lock();
     let _g = arm(AFTER_CLAIM, "return(5000)");

@@ -52,7 +52,7 @@ fn register_charge(engine: &Engine, ledger: &Arc<Ledger>, fail_first: bool) {
 /// elsewhere), and its compensation never runs: the effect of that attempt stays. Seen in
 /// chaos runs as `ledger_partial` (`sim --seed 1`, `--seed 2`, ...).
 #[tokio::test(start_paused = true)]
-#[ignore = "finding F1: a retrying step skipped by cancel/rollback is never compensated"]
+#[ignore = "spec question, not run in CI: SEMANTICS §5 skips retrying steps without compensation; this shows the effect it can leave (see README of floxy-chaos)"]
 async fn finding_f1_retrying_step_skipped_without_compensation() {
     let engine = engine();
     let ledger = Arc::new(Ledger::new());
@@ -91,7 +91,7 @@ async fn finding_f1_retrying_step_skipped_without_compensation() {
 /// sibling branch failed) that applied its effect and then fails is recorded `failed` and
 /// never compensated.
 #[tokio::test(start_paused = true)]
-#[ignore = "finding F2: a late failure of a step asked to stop is never compensated"]
+#[ignore = "spec question, not run in CI: SEMANTICS §5 ignores late failures of cancelled steps; this shows the effect it can leave"]
 async fn finding_f2_late_failure_not_compensated() {
     let engine = engine();
     let ledger = Arc::new(Ledger::new());

@@ -42,10 +42,19 @@ impl Engine {
             tracing::error!("store returned a claimed item without a lease; skipping it");
             return;
         };
+        let inner = &self.inner;
+        // Heartbeat the lease from the moment it is held, so a stall before the handler
+        // (loading the workflow, a slow process) does not let it expire while we still work.
+        let guard = inner.leases.register(
+            item.key.clone(),
+            token,
+            item.lease_ttl_ms,
+            inner.config.clock.now(),
+            inner.lifecycle.hard_stop.child_token(),
+        );
         if failpoints::hit(fp::AFTER_CLAIM).await == Hit::Abandon {
             return;
         }
-        let inner = &self.inner;
         let wf = match inner
             .workflows
             .get(inner.store.as_ref(), &item.workflow_id)
@@ -57,13 +66,6 @@ impl Engine {
                 return;
             }
         };
-        let guard = inner.leases.register(
-            item.key.clone(),
-            token,
-            item.lease_ttl_ms,
-            inner.config.clock.now(),
-            inner.lifecycle.hard_stop.child_token(),
-        );
         if item.cancel_requested {
             guard.cancel.cancel();
         }
