@@ -34,6 +34,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --all-features --no-fail-fast
 fi
+step "chaos: short profile on memory, redb, PostgreSQL (proxy faults + one immediate restart), SIGKILLed workers"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p floxy-chaos --all-features --test short_profile --run-ignored ignored-only
+else
+  cargo test -p floxy-chaos --all-features --test short_profile -- --ignored
+fi
+
 step "doc tests"
 cargo test --workspace --all-features --doc
 

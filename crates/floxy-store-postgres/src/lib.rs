@@ -554,7 +554,7 @@ fn limit_i64(n: usize) -> i64 {
 #[async_trait]
 impl Store for PostgresStore {
     fn capabilities(&self) -> Capabilities {
-        floxy_core::conformance::capabilities(true, true)
+        floxy_core::store::Capabilities::new(true, true)
     }
 
     async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {

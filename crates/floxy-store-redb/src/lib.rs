@@ -398,7 +398,7 @@ fn page_limit(limit: usize) -> usize {
 #[async_trait]
 impl Store for RedbStore {
     fn capabilities(&self) -> Capabilities {
-        floxy_core::conformance::capabilities(true, false)
+        floxy_core::store::Capabilities::new(true, false)
     }
 
     async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {

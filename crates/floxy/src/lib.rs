@@ -135,7 +135,9 @@ pub use floxy_core::validate::{DefinitionError, DefinitionErrors};
 
 #[cfg(feature = "memory")]
 pub use floxy_store_memory::MemoryStore;
-// #[cfg(feature = "redb")]
-// pub use floxy_store_redb::RedbStore;
-// #[cfg(feature = "postgres")]
-// pub use floxy_store_postgres::PostgresStore;
+/// The PostgreSQL store (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use floxy_store_postgres::{Layout as PostgresLayout, PostgresConfig, PostgresStore};
+/// The embedded single-file store (feature `redb`).
+#[cfg(feature = "redb")]
+pub use floxy_store_redb::{Durability as RedbDurability, RedbOptions, RedbStore};
