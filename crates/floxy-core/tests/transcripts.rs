@@ -252,30 +252,6 @@ mod s3_steps {
     }
 
     #[test]
-    fn structural_steps_never_wait_in_the_queue() {
-        let def = Builder::new("w", 1)
-            .save_point("sp")
-            .condition("c", "{{ eq .go true }}")
-            .fork("f", |f| {
-                f.branch(|b| b.save_point_free("a"))
-                    .branch(|b| b.save_point_free("b"))
-            })
-            .join("j", JoinStrategy::All)
-            .build();
-        // Builder has no `save_point_free`; see helper trait below.
-        let _ = def;
-    }
-
-    trait Free {
-        fn save_point_free(self, n: &str) -> Self;
-    }
-    impl Free for Builder {
-        fn save_point_free(self, n: &str) -> Self {
-            self.condition(n, "{{ true }}")
-        }
-    }
-
-    #[test]
     fn a_definition_of_structural_steps_completes_at_start() {
         let def = Builder::new("w", 1)
             .save_point("sp")
