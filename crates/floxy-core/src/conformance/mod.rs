@@ -98,6 +98,50 @@ checks!(
     cleanup,
 );
 
+/// Generates one `#[test]` per conformance check, plus `every_check_is_listed`, in the
+/// calling test crate. `$run` is called as `$run(name, check)` with the check's name and a
+/// [`Check`] to apply to a fresh store; it owns the executor and the store's setup and
+/// teardown (e.g. `|name, check| block_on(run_one(name, check(MyStore::new())))`).
+///
+/// ```text
+/// floxy_core::conformance_tests!(MyStore, |name, check: Check<MyStore>| {
+///     futures::executor::block_on(conformance::run_one(name, check(MyStore::new())))
+/// });
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($store:ty, $run:expr) => {
+        $crate::conformance_tests!(@each $store, $run;
+            definitions, create_and_read, idempotency_key, duplicate_create, version_check,
+            update_errors, step_compare_and_set, atomic_apply, claim_uniqueness, claim_batches,
+            claim_tie_break, claim_handler_filter, claim_priority_aging, claim_side_effects,
+            claim_missing_step_run, fencing_tokens_increase, lease_expiry, stale_token,
+            heartbeat, upsert_replaces, delete_item, request_cancel, next_due, dlq_records,
+            events_sequence, list_instances, stats, cleanup);
+    };
+    (@each $store:ty, $run:expr; $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                let check: $crate::conformance::Check<$store> =
+                    |s| ::std::boxed::Box::pin($crate::conformance::$name(s));
+                ($run)(stringify!($name), check);
+            }
+        )*
+
+        /// Guards against a check added to `conformance::checks` but not to the macro.
+        #[test]
+        fn every_check_is_listed() {
+            let listed = [$(stringify!($name)),*];
+            let suite: ::std::vec::Vec<&str> = $crate::conformance::checks::<$store>()
+                .iter()
+                .map(|(name, _)| *name)
+                .collect();
+            assert_eq!(suite, listed, "floxy-core: conformance_tests! misses a check");
+        }
+    };
+}
+
 /// Runs every check, each on a fresh store from `factory`. Panics with the name of the
 /// first check that fails and its message.
 pub async fn run_all<S, F, Fut>(factory: F)
