@@ -24,7 +24,10 @@
 //! 20 000), `FLOXY_BENCH_MAX_QUEUE` (largest queue of the latency table, default 1 000 000),
 //! `FLOXY_BENCH_TRACE=1` (print the time of every claim and of its commits),
 //! `FLOXY_BENCH_COMMITTERS` (group-commit tasks, default 4), `FLOXY_BENCH_E2E_WORKERS` /
-//! `FLOXY_BENCH_E2E_BATCH` (engine of the end-to-end run, default 1024 / 256).
+//! `FLOXY_BENCH_E2E_BATCH` (engine of the end-to-end run, default 1024 / 256),
+//! `FLOXY_BENCH_PARTS` (comma-separated subset of `claims,e2e,latency,raw`; default all),
+//! `FLOXY_BENCH_BATCHES` / `FLOXY_BENCH_WORKERS` (comma-separated lists for the claim +
+//! complete runs, default `1,100` / `1,4,16`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use floxy::{Builder, Engine, Payload};
@@ -43,6 +46,17 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn part(name: &str) -> bool {
+    std::env::var("FLOXY_BENCH_PARTS").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
 }
 
 fn now() -> Timestamp {
@@ -248,7 +262,9 @@ async fn sagas(url: &str, n: u64) -> f64 {
             t0.elapsed() < Duration::from_secs(600),
             "sagas did not finish"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The count is a full scan competing with the engine for the server's CPU: poll
+        // sparingly (±0.1 s on a run of many seconds).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let el = t0.elapsed().as_secs_f64();
     engine.shutdown(Duration::from_secs(10)).await;
@@ -334,13 +350,13 @@ async fn latency(url: &str, max_queue: u64) -> Vec<(u64, f64, f64, f64)> {
     out
 }
 
-fn pgbench(url: &str, secs: u64) -> Vec<(String, u64, f64)> {
+fn pgbench(url: &str, secs: u64, clients: &[u64]) -> Vec<(String, u64, f64)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pgbench-raw.sh");
     let out = std::process::Command::new("bash")
         .arg(script)
         .arg(url)
         .arg(secs.to_string())
-        .args(["1", "4", "16"])
+        .args(clients.iter().map(u64::to_string))
         .output()
         .unwrap();
     assert!(
@@ -399,8 +415,16 @@ fn main() {
         store.put_definition(&def).await.unwrap();
         let wf = Arc::new(CompiledWorkflow::compile(def).unwrap());
         let mut ours = Vec::new();
-        for batch in [1_usize, 100] {
-            for workers in [1_usize, 4, 16] {
+        let batches = if part("claims") {
+            env_list("FLOXY_BENCH_BATCHES", &[1, 100])
+        } else {
+            vec![]
+        };
+        let worker_counts = env_list("FLOXY_BENCH_WORKERS", &[1, 4, 16]);
+        for &batch in &batches {
+            let batch = batch as usize;
+            for &workers in &worker_counts {
+                let workers = workers as usize;
                 let want = 100_000 + if batch == 1 { 5_000 } else { 50_000 } * secs;
                 let have = ready(&store).await;
                 if have < want {
@@ -428,12 +452,24 @@ fn main() {
         }
         drop(store);
         // 2. end-to-end sagas.
-        let saga_rate = sagas(&url, n_sagas).await;
+        let saga_rate = if part("e2e") {
+            sagas(&url, n_sagas).await
+        } else {
+            0.0
+        };
         eprintln!("  e2e: {saga_rate:.0} sagas/s");
         // 3. claim latency.
-        let lat = latency(&url, max_queue).await;
+        let lat = if part("latency") {
+            latency(&url, max_queue).await
+        } else {
+            vec![]
+        };
         // 4. raw pgbench on the same server.
-        let raw = pgbench(&url, secs);
+        let raw = if part("raw") {
+            pgbench(&url, secs, &worker_counts)
+        } else {
+            vec![]
+        };
 
         println!();
         println!("## claim + complete, no-op steps (steps/s; raw = pgbench jobs/s, same server)");

@@ -23,7 +23,8 @@
 //! 5. The writes of the surviving transitions, one statement per kind of write for the whole
 //!    batch (`INSERT … SELECT FROM UNNEST(…)`, `UPDATE … FROM UNNEST(…)`, `DELETE … USING
 //!    UNNEST(…)`), events and DLQ records in transition order (`WITH ORDINALITY … ORDER BY`),
-//!    and one `pg_notify` when new work was queued.
+//!    and, when new work was queued, a poke of the notifier, which sends `NOTIFY` after the
+//!    commit (never inside it: see the `notify` module).
 //! 6. `COMMIT`. Each caller is acknowledged only after the commit; callers whose transition
 //!    was rejected (closure error, stale lease, failed check) get their error and change
 //!    nothing, without affecting the others.
@@ -58,7 +59,8 @@ pub const MAX_PENDING_COMMITS: usize = 100_000;
 pub(crate) struct Ctx {
     pub(crate) pool: PgPool,
     pub(crate) q: Arc<Queries>,
-    pub(crate) notify_channel: Option<String>,
+    /// Sends `NOTIFY` after commits that queued work (`None`: notifications off).
+    pub(crate) notifier: Option<Arc<crate::notify::Notifier>>,
     pub(crate) max_batch: usize,
 }
 
@@ -411,7 +413,7 @@ async fn execute(ctx: &Ctx, jobs: Vec<Job>) {
 /// applied (their computed transitions are kept for a retry).
 async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
     let q = &*ctx.q;
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.pool.begin_with(crate::queries::BEGIN_KEYED).await?;
 
     // 1. Instance locks, in id order.
     let mut ids: Vec<uuid::Uuid> = items
@@ -641,12 +643,16 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
             w.add(t, snapshots.get(&item.job.id))?;
         }
     }
+    let new_work = w.new_work;
     if !w.is_empty() {
-        w.execute(q, &mut tx, ctx.notify_channel.as_deref()).await?;
+        w.execute(q, &mut tx).await?;
     }
 
-    // 6. Commit.
+    // 6. Commit, then wake idle workers elsewhere (see `notify`: never inside the commit).
     tx.commit().await?;
+    if new_work && let Some(n) = &ctx.notifier {
+        n.poke();
+    }
     for item in items.iter_mut().filter(|i| i.undecided()) {
         item.result = Some(Ok(Done::Applied));
     }
@@ -1090,12 +1096,7 @@ impl Writes {
         Ok(())
     }
 
-    async fn execute(
-        self,
-        q: &Queries,
-        tx: &mut sqlx::PgConnection,
-        notify: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
+    async fn execute(self, q: &Queries, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         if !self.new_instances.id.is_empty() {
             self.new_instances
                 .bind(sqlx::query(&q.insert_instances))
@@ -1196,14 +1197,6 @@ impl Writes {
                 .execute(&mut *tx)
                 .await?;
         }
-        if self.new_work
-            && let Some(channel) = notify
-        {
-            sqlx::query(&q.notify)
-                .bind(channel)
-                .execute(&mut *tx)
-                .await?;
-        }
         Ok(())
     }
 }
@@ -1214,20 +1207,21 @@ pub(crate) mod sql {
 
     pub(crate) fn lock_instances() -> String {
         format!(
-            "SELECT {INSTANCE_COLS} FROM {{s}}.workflow_instances WHERE id = ANY($1::uuid[]) \
-             ORDER BY id FOR UPDATE"
+            "SELECT {INSTANCE_COLS} FROM UNNEST($1::uuid[]) AS k(kid) \
+             JOIN {{s}}.workflow_instances i ON i.id = k.kid ORDER BY id FOR UPDATE OF i"
         )
     }
     pub(crate) fn batch_steps() -> String {
         format!(
-            "SELECT {STEP_COLS} FROM {{s}}.workflow_steps WHERE instance_id = ANY($1::uuid[]) \
+            "SELECT {STEP_COLS} FROM UNNEST($1::uuid[]) AS k(kid) \
+             JOIN {{s}}.workflow_steps s ON s.instance_id = k.kid \
              ORDER BY instance_id, created_at, step"
         )
     }
     pub(crate) fn batch_dlq() -> String {
         format!(
-            "SELECT {DLQ_COLS} FROM {{s}}.workflow_dlq WHERE instance_id = ANY($1::uuid[]) \
-             ORDER BY id"
+            "SELECT {DLQ_COLS} FROM UNNEST($1::uuid[]) AS k(kid) \
+             JOIN {{s}}.workflow_dlq d ON d.instance_id = k.kid ORDER BY id"
         )
     }
     pub(crate) const FIND_IDEM_BATCH: &str = "SELECT u.workflow_id, u.key, i.id \
@@ -1235,8 +1229,8 @@ pub(crate) mod sql {
         JOIN {s}.workflow_instances i ON i.workflow_id = u.workflow_id \
          AND i.idempotency_key = u.key";
     pub(crate) const LOCK_QUEUE: &str = "SELECT q.instance_id, q.step, q.kind, q.lease_token \
-        FROM {s}.workflow_queue q WHERE q.instance_id = ANY ($1::uuid[]) \
-        ORDER BY q.instance_id, q.step, q.kind_ord FOR UPDATE";
+        FROM UNNEST($1::uuid[]) AS k(kid) JOIN {s}.workflow_queue q ON q.instance_id = k.kid \
+        ORDER BY q.instance_id, q.step, q.kind_ord FOR UPDATE OF q";
     pub(crate) const DLQ_EXISTS: &str =
         "SELECT id FROM {s}.workflow_dlq WHERE id = ANY($1::int8[])";
 
@@ -1265,7 +1259,7 @@ pub(crate) mod sql {
                 completion_seq = u.completion_seq, rollback_depth = u.rollback_depth, \
                 rollback_to = u.rollback_to, failed_step = u.failed_step, \
                 branches = coalesce(u.branches::jsonb, i.branches) \
-             FROM {INSTANCE_UNNEST} WHERE i.id = ANY ($1::uuid[]) AND i.id = u.id"
+             FROM {INSTANCE_UNNEST} WHERE i.id = u.id"
         )
     }
 
@@ -1295,7 +1289,7 @@ pub(crate) mod sql {
                 decision = u.decision::jsonb, created_at = u.created_at, \
                 started_at = u.started_at, finished_at = u.finished_at \
              FROM {STEP_UNNEST} \
-             WHERE s.instance_id = ANY ($1::uuid[]) AND s.instance_id = u.instance_id \
+             WHERE s.instance_id = u.instance_id \
                AND s.step = u.step"
         )
     }
@@ -1315,13 +1309,11 @@ pub(crate) mod sql {
             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
     pub(crate) const DELETE_QUEUE: &str = "DELETE FROM {s}.workflow_queue q \
         USING UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(instance_id, step, kind) \
-        WHERE q.instance_id = ANY ($1::uuid[]) \
-          AND q.instance_id = u.instance_id AND q.step = u.step AND q.kind = u.kind";
+        WHERE q.instance_id = u.instance_id AND q.step = u.step AND q.kind = u.kind";
     pub(crate) const CANCEL_QUEUE: &str = "UPDATE {s}.workflow_queue q \
         SET cancel_requested = true \
         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(instance_id, step, kind) \
-        WHERE q.instance_id = ANY ($1::uuid[]) \
-          AND q.instance_id = u.instance_id AND q.step = u.step AND q.kind = u.kind";
+        WHERE q.instance_id = u.instance_id AND q.step = u.step AND q.kind = u.kind";
     pub(crate) const INSERT_EVENTS: &str = "INSERT INTO {s}.workflow_events (instance_id, \
             created_at, kind, step, attempt, detail) \
         SELECT u.instance_id, u.created_at, u.kind, u.step, u.attempt, u.detail::jsonb \

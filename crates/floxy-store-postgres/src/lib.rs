@@ -93,7 +93,8 @@
 //!
 //! # Wakeups
 //!
-//! A commit that queues work sends `NOTIFY floxy_work_<schema>`; idle workers can wait for it
+//! A commit that queues work is followed by `NOTIFY floxy_work_<schema>`, sent after the
+//! commit and coalesced (at most one per [`NOTIFY_COALESCE_MS`]); idle workers can wait for it
 //! with [`PostgresStore::wait_for_work`] (a hint: keep polling
 //! [`Store::next_due`] slowly as well).
 //!
@@ -149,7 +150,7 @@ mod retention;
 pub mod testing;
 
 pub use commit::{GroupCommitStats, MAX_PENDING_COMMITS};
-pub use notify::LISTEN_RECONNECT_MS;
+pub use notify::{LISTEN_RECONNECT_MS, NOTIFY_COALESCE_MS};
 pub use retention::{CLEANUP_CHUNK, CLEANUP_SCAN, MAX_CLEANUP_PASSES};
 
 use async_trait::async_trait;
@@ -312,12 +313,16 @@ struct Inner {
     quoted_schema: String,
     q: Arc<Queries>,
     committer: Arc<Committer>,
+    notifier: Option<Arc<notify::Notifier>>,
     signal: notify::WorkSignal,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.committer.close();
+        if let Some(n) = &self.notifier {
+            n.close();
+        }
         self.signal.close();
     }
 }
@@ -375,15 +380,19 @@ impl PostgresStore {
         let quoted_schema = format!("\"{}\"", config.schema);
         let q = Arc::new(Queries::new(&quoted_schema));
         let channel = format!("floxy_work_{}", config.schema);
+        let notifier = config
+            .notify
+            .then(|| notify::Notifier::new(pool.clone(), q.notify.clone(), channel.clone()));
         let ctx = Arc::new(Ctx {
             pool: pool.clone(),
             q: Arc::clone(&q),
-            notify_channel: config.notify.then(|| channel.clone()),
+            notifier: notifier.clone(),
             max_batch: config.max_commit_batch,
         });
         Self {
             inner: Arc::new(Inner {
                 committer: Committer::new(ctx, config.committers),
+                notifier,
                 signal: notify::WorkSignal::new(channel),
                 pool,
                 quoted_schema,
@@ -621,14 +630,20 @@ impl Store for PostgresStore {
         }
         let handlers: Vec<&str> = req.handlers.iter().map(|h| &**h).collect();
         let now = req.now;
+        let mut tx = self
+            .pool()
+            .begin_with(queries::BEGIN_KEYED)
+            .await
+            .map_err(map_sqlx)?;
         let rows = sqlx::query(&self.q().claim)
             .bind(&handlers)
             .bind(now.as_millis())
             .bind(limit_i64(limit))
             .bind(&*req.owner)
-            .fetch_all(self.pool())
+            .fetch_all(&mut *tx)
             .await
             .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let item = codec::queue_item(row, 0)?;
@@ -672,6 +687,11 @@ impl Store for PostgresStore {
             kinds.push(l.key.kind.as_str());
             tokens.push(i64::try_from(l.token.0).unwrap_or(-1));
         }
+        let mut tx = self
+            .pool()
+            .begin_with(queries::BEGIN_KEYED)
+            .await
+            .map_err(map_sqlx)?;
         let rows = sqlx::query(&self.q().heartbeat)
             .bind(ids)
             .bind(steps)
@@ -679,9 +699,10 @@ impl Store for PostgresStore {
             .bind(tokens)
             .bind(owner)
             .bind(now.as_millis())
-            .fetch_all(self.pool())
+            .fetch_all(&mut *tx)
             .await
             .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
         let mut held: HashMap<(uuid::Uuid, String, String, i64), LeaseState> = HashMap::new();
         for row in &rows {
             let key = (

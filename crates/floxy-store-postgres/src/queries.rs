@@ -7,6 +7,19 @@
 use crate::codec::{DLQ_COLS, EVENT_COLS, INSTANCE_COLS, QUEUE_COLS, STEP_COLS};
 use crate::commit::sql as c;
 
+/// Opens every transaction of the store's hot paths (claim, heartbeat, group commit).
+///
+/// Their statements look rows up by key, in batches (`UNNEST($1)` joined with a table, or
+/// `= ANY`). The planner knows nothing of an `UNNEST` parameter and sizes tables from
+/// statistics that lag behind a fast-growing table, and prepared statements keep a generic
+/// plan made once: seen here, a plan made while `workflow_instances` was small kept seq
+/// scanning it (and comparing every row with every array element) long after it had grown
+/// large, and a custom plan merge-joined a whole index to find 256 rows. Key lookups never
+/// want a seq scan, a hash or a merge join, so these transactions turn them off (`SET
+/// LOCAL`: the settings end with the transaction, the pool's connections are untouched).
+pub(crate) const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 /// Resolved SQL text.
 pub(crate) struct Queries {
     pub(crate) lock_instances: String,
@@ -90,17 +103,15 @@ st AS (
     UPDATE {s}.workflow_steps r
        SET status = 'running', attempts = u.attempt, started_at = $2
       FROM upd u
-     WHERE r.instance_id = ANY (ARRAY(SELECT instance_id FROM upd WHERE kind = 'execute'))
-       AND u.kind = 'execute' AND r.instance_id = u.instance_id AND r.step = u.step
+     WHERE u.kind = 'execute' AND r.instance_id = u.instance_id AND r.step = u.step
        AND r.status IN ('pending', 'retrying', 'running')
-    RETURNING r.instance_id, r.step, r.attempts
+    RETURNING r.instance_id, r.step, r.attempts, u.lease_token
 ),
 ev AS (
     INSERT INTO {s}.workflow_events (instance_id, created_at, kind, step, attempt)
     SELECT st.instance_id, $2, 'step_started', st.step, st.attempts
-      FROM st JOIN upd u
-        ON u.instance_id = st.instance_id AND u.step = st.step AND u.kind = 'execute'
-     ORDER BY u.lease_token
+      FROM st
+     ORDER BY st.lease_token
 )
 SELECT u.instance_id, u.step, u.kind, u.workflow_id, u.handler, u.run_at, u.priority,
        u.order_key, u.attempt, u.lease_ttl_ms, u.cancel_requested, u.lease_owner,
@@ -128,7 +139,7 @@ l AS (
       FROM {s}.workflow_queue q
       JOIN r ON q.instance_id = r.instance_id AND q.step = r.step AND q.kind = r.kind
             AND q.lease_token = r.token
-     WHERE q.instance_id = ANY ($1::uuid[]) AND q.lease_owner = $5
+     WHERE q.lease_owner = $5
      ORDER BY q.instance_id, q.step, q.kind_ord
        FOR NO KEY UPDATE OF q
 )
