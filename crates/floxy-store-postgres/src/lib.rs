@@ -632,7 +632,7 @@ impl Store for PostgresStore {
         let now = req.now;
         let mut tx = self
             .pool()
-            .begin_with(queries::BEGIN_KEYED)
+            .begin_with(queries::BEGIN_CLAIM)
             .await
             .map_err(map_sqlx)?;
         let rows = sqlx::query(&self.q().claim)
