@@ -242,6 +242,18 @@ impl Capabilities {
     }
 }
 
+/// What [`Store::wait_for_work`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkWait {
+    /// Another process may have queued work: claim now.
+    Notified,
+    /// Nothing was signalled before the timeout (work may still be due: a hint only).
+    TimedOut,
+    /// This backend has no cross-process signal; the caller must poll.
+    Unsupported,
+}
+
 /// A durable store for floxy. See the [module docs](self) for the contract.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -347,6 +359,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for dashboards.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Waits up to `timeout_ms` for a sign that another process queued work in this store
+    /// (PostgreSQL: `LISTEN`/`NOTIFY`), so idle workers wake at once instead of polling hard.
+    /// A **hint**: a signal can be lost (a reconnect) or arrive for work another worker takes,
+    /// so callers keep polling [`Store::next_due`] at a slow interval as well. Work committed
+    /// through this same store value is not necessarily signalled: the runtime wakes its own
+    /// workers on its own commits. The default (single-process backends) returns
+    /// [`WorkWait::Unsupported`] at once.
+    async fn wait_for_work(&self, timeout_ms: u64) -> WorkWait {
+        let _ = timeout_ms;
+        WorkWait::Unsupported
+    }
 
     /// Removes terminal instances last updated before `older_than`, with their step runs,
     /// events, queue items and DLQ records. Never touches a non-terminal or `dlq` instance.

@@ -14,7 +14,7 @@
 //!
 //! Queries are checked at run time (no `DATABASE_URL` at compile time) and prepared once per
 //! connection. The store owns no connection of its own: it uses the [`PgPool`] it is given
-//! (plus, once [`PostgresStore::wait_for_work`] is used, one `LISTEN` connection).
+//! (plus, once [`Store::wait_for_work`] is used, one `LISTEN` connection).
 //!
 //! # Schema
 //!
@@ -95,7 +95,8 @@
 //!
 //! A commit that queues work is followed by `NOTIFY floxy_work_<schema>`, sent after the
 //! commit and coalesced (at most one per [`NOTIFY_COALESCE_MS`]); idle workers can wait for it
-//! with [`PostgresStore::wait_for_work`] (a hint: keep polling
+//! with [`Store::wait_for_work`], which the `floxy` engine does whenever its workers are
+//! idle (a hint: it keeps polling
 //! [`Store::next_due`] slowly as well).
 //!
 //! # Partitioning and retention
@@ -164,7 +165,7 @@ use floxy_core::model::{
 use floxy_core::store::{
     Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
     LeaseState, MAX_CLAIM_BATCH, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats,
-    TransitionFn,
+    TransitionFn, WorkWait,
 };
 use queries::Queries;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -513,13 +514,6 @@ impl PostgresStore {
             Some(other) => return Err(StoreError::Corrupt(format!("unknown layout {other:?}"))),
             None => None,
         })
-    }
-
-    /// Waits up to `timeout` for a `NOTIFY` of new work from any process using this schema;
-    /// returns whether one arrived. A hint only (see the crate docs): a `false` does not mean
-    /// there is no work. The first call starts a listener task with its own connection.
-    pub async fn wait_for_work(&self, timeout: Duration) -> bool {
-        self.inner.signal.wait(&self.inner.pool, timeout).await
     }
 
     /// Counters of the group committer (batches and calls so far).
@@ -940,6 +934,19 @@ impl Store for PostgresStore {
             })
             .collect();
         Ok(stats)
+    }
+
+    async fn wait_for_work(&self, timeout_ms: u64) -> WorkWait {
+        if !self.inner.config.notify {
+            return WorkWait::Unsupported;
+        }
+        // Starts the listener task (its own connection) on first use.
+        let timeout = Duration::from_millis(timeout_ms);
+        if self.inner.signal.wait(&self.inner.pool, timeout).await {
+            WorkWait::Notified
+        } else {
+            WorkWait::TimedOut
+        }
     }
 
     async fn cleanup(&self, older_than: Timestamp) -> Result<u64, StoreError> {

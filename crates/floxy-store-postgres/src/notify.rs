@@ -7,7 +7,7 @@
 //! one database-wide lock held through the WAL flush, which defeats group commit (measured:
 //! committers queued on `Lock/object` at `COMMIT`). Sending after the commit also means a
 //! woken worker always finds the work committed. One listener task per store (started by the first
-//! [`PostgresStore::wait_for_work`](crate::PostgresStore::wait_for_work)) listens on the
+//! [`Store::wait_for_work`](floxy_core::store::Store::wait_for_work)) listens on the
 //! channel and bumps a counter that waiters watch. Notifications are a **hint**: they can be
 //! lost across reconnects, and the waiter may subscribe just after one; workers must keep a
 //! slow poll ([`floxy_core::store::Store::next_due`]) as well.

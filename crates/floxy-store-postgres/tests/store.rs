@@ -5,7 +5,7 @@
 use floxy_core::conformance::fixtures::{at, iid, next, start};
 use floxy_core::machine::TransitionError;
 use floxy_core::model::InstanceStatus;
-use floxy_core::store::{Store, StoreError};
+use floxy_core::store::{Store, StoreError, WorkWait};
 use floxy_store_postgres::testing::{database_url, pool, test_store, test_store_with};
 use floxy_store_postgres::{Layout, PostgresConfig, PostgresStore};
 use std::time::{Duration, Instant};
@@ -115,15 +115,12 @@ async fn notify_wakes_idle_workers() {
     )
     .unwrap();
     // Starts the listener; nothing happened yet.
-    assert!(!store.wait_for_work(Duration::from_millis(300)).await);
+    assert_eq!(store.wait_for_work(300).await, WorkWait::TimedOut);
     let waiter = {
         let store = store.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            (
-                store.wait_for_work(Duration::from_secs(20)).await,
-                t0.elapsed(),
-            )
+            (store.wait_for_work(20_000).await, t0.elapsed())
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -132,19 +129,23 @@ async fn notify_wakes_idle_workers() {
         .await
         .unwrap();
     let (woke, after) = waiter.await.unwrap();
-    assert!(woke, "the waiter was notified");
+    assert_eq!(woke, WorkWait::Notified, "the waiter was notified");
     assert!(after < Duration::from_secs(5), "woken promptly ({after:?})");
     // A commit that queues nothing does not notify.
     let quiet = {
         let store = store.clone();
-        tokio::spawn(async move { store.wait_for_work(Duration::from_millis(700)).await })
+        tokio::spawn(async move { store.wait_for_work(700).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     other
         .update_instance(iid(1), Box::new(|s| Ok(next(s, at(1)))))
         .await
         .unwrap();
-    assert!(!quiet.await.unwrap(), "no work, no wakeup");
+    assert_eq!(
+        quiet.await.unwrap(),
+        WorkWait::TimedOut,
+        "no work, no wakeup"
+    );
 }
 
 /// An unreachable server is a retryable error.
@@ -185,4 +186,43 @@ async fn schema_names_are_validated() {
         );
     }
     assert!(PostgresStore::with_config(pool, PostgresConfig::default().schema("tenant_1")).is_ok());
+}
+
+/// An idle engine in another "process" (its own pool and store value) runs work started
+/// elsewhere at once: its dispatcher waits on `Store::wait_for_work` (LISTEN/NOTIFY), not only
+/// on its 30 s poll. Without the wakeup the step would start after about 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_wakes_on_work_queued_by_another_process() {
+    use floxy::{Builder, Engine, Payload};
+    use std::sync::Arc;
+
+    let store = test_store(Layout::Plain).await;
+    let other = PostgresStore::with_config(
+        pool(&database_url(), 4).await.unwrap(),
+        PostgresConfig::default().schema(store.schema()),
+    )
+    .unwrap();
+    let def = || Builder::new("wake", 1).step("only", "h").build().unwrap();
+    let worker = Engine::builder(Arc::new(store.clone()))
+        .worker_id("idle-worker")
+        .poll_interval_ms(30_000)
+        .build();
+    worker.register_fn("h", |_ctx, input: Payload| async move { Ok(input) });
+    worker.register_workflow(def()).await.unwrap();
+    // Starts no workers: only queues work.
+    let starter = Engine::new(Arc::new(other));
+    let wf = starter.register_workflow(def()).await.unwrap();
+    worker.start_workers().unwrap();
+    // Let the dispatcher find the queue empty and go idle on its long poll.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let id = starter.start(&wf, serde_json::json!({})).await.unwrap();
+    let done = worker.wait_for(id, Duration::from_secs(20)).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(done.status, InstanceStatus::Completed);
+    assert!(
+        took < Duration::from_secs(5),
+        "woken by NOTIFY, not by the 30 s poll ({took:?})"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
 }

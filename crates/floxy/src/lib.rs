@@ -37,8 +37,9 @@
 //! * **Workers** ([`Engine::start_workers`]): up to `workers` handler executions at once;
 //!   claims ask for at most `batch_size` items and only for registered handler names (plus
 //!   timers). Idle workers sleep until the store's next due item or `poll_interval_ms`, or
-//!   until a local commit wakes them. [`Engine::run_once`] claims and processes one batch
-//!   without a pool.
+//!   until a local commit or the store's signal of work queued by another process
+//!   ([`Store::wait_for_work`]: PostgreSQL `LISTEN`/`NOTIFY`) wakes them. [`Engine::run_once`]
+//!   claims and processes one batch without a pool.
 //! * **Timeouts**: a step's `timeout_ms` (a compensation's own `timeout_ms`) bounds each
 //!   call; at the deadline the handler's future is dropped and the attempt fails
 //!   (retryable) with "timed out after N ms".

@@ -3,14 +3,15 @@
 //! One dispatcher task per engine claims work in batches of up to `batch_size`, never more
 //! than it has free workers for (a semaphore of `workers` permits), and spawns one task per
 //! claimed item. When a claim comes back empty it sleeps until the store's next due item,
-//! at most `poll_interval_ms`, or until a local commit wakes it: it never spins.
+//! at most `poll_interval_ms`, or until a local commit or the store's signal of work queued
+//! by another process (PostgreSQL `NOTIFY`) wakes it: it never spins.
 
 use crate::clock::until;
 use crate::commit::with_store_retry;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::heartbeat;
-use floxy_core::store::{ClaimRequest, ClaimedItem, StoreError};
+use floxy_core::store::{ClaimRequest, ClaimedItem, StoreError, WorkWait};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,7 +251,8 @@ impl Engine {
     }
 
     /// Sleeps until the next due item (when `ask_store`), at most `poll_interval_ms`, or
-    /// until a local commit or shutdown.
+    /// until a local commit, a store signal of work queued by another process
+    /// ([`floxy_core::store::Store::wait_for_work`]) or shutdown.
     async fn idle(&self, commits: &mut watch::Receiver<u64>, ask_store: bool) {
         let inner = &self.inner;
         let poll = Duration::from_millis(inner.config.poll_interval_ms);
@@ -264,9 +266,18 @@ impl Engine {
             }
         }
         let wait = wait.max(Duration::from_millis(MIN_IDLE_SLEEP_MS));
+        let remote = async {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            match inner.store.wait_for_work(ms).await {
+                WorkWait::Notified => {}
+                // No signal (or none in time): the sleep arm ends the wait.
+                _ => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             () = inner.lifecycle.stopping.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
+            () = remote => tracing::trace!("woken by the store: work queued elsewhere"),
             changed = commits.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(wait).await;

@@ -307,6 +307,10 @@ impl Store for ChaosStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.around("stats", Op::Read, self.inner.stats()).await
     }
+    async fn wait_for_work(&self, timeout_ms: u64) -> floxy_core::store::WorkWait {
+        // A hint with no result to corrupt: passed through untouched.
+        self.inner.wait_for_work(timeout_ms).await
+    }
     async fn cleanup(&self, older_than: Timestamp) -> Result<u64, StoreError> {
         self.around("cleanup", Op::Write, self.inner.cleanup(older_than))
             .await
