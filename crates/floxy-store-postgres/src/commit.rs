@@ -62,6 +62,8 @@ pub(crate) struct Ctx {
     /// Sends `NOTIFY` after commits that queued work (`None`: notifications off).
     pub(crate) notifier: Option<Arc<crate::notify::Notifier>>,
     pub(crate) max_batch: usize,
+    /// Deadline of one batch transaction (see `PostgresConfig::call_timeout_ms`).
+    pub(crate) call_timeout: std::time::Duration,
 }
 
 type CreateReply = oneshot::Sender<Result<CreateOutcome, StoreError>>;
@@ -376,7 +378,7 @@ async fn execute(ctx: &Ctx, jobs: Vec<Job>) {
         .into_iter()
         .map(|job| Item { job, result: None })
         .collect();
-    match try_batch(ctx, &mut items).await {
+    match bounded_batch(ctx, &mut items).await {
         Ok(()) => {
             let none = StoreError::Backend("unreachable: undecided after commit".into());
             for item in items {
@@ -391,7 +393,7 @@ async fn execute(ctx: &Ctx, jobs: Vec<Job>) {
                     continue;
                 }
                 let mut one = vec![item];
-                let err = match try_batch(ctx, &mut one).await {
+                let err = match bounded_batch(ctx, &mut one).await {
                     Ok(()) => f.err.clone(),
                     Err(e) => e.err,
                 };
@@ -405,6 +407,22 @@ async fn execute(ctx: &Ctx, jobs: Vec<Job>) {
                 reply(item, &f.err);
             }
         }
+    }
+}
+
+/// [`try_batch`] under the call deadline. Past it the transaction is dropped (rolled back,
+/// or its connection closed) and the outcome counts as unknown, like a lost connection: the
+/// undecided callers get [`StoreError::Unavailable`] and nothing is retried here.
+async fn bounded_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
+    match tokio::time::timeout(ctx.call_timeout, try_batch(ctx, items)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure {
+            err: StoreError::Unavailable(format!(
+                "group commit: no answer from PostgreSQL within {} ms",
+                ctx.call_timeout.as_millis()
+            )),
+            connection: true,
+        }),
     }
 }
 

@@ -194,6 +194,12 @@ pub const DEFAULT_PARTITION_DAYS: u32 = 30;
 pub const MAX_PARTITION_DAYS: u32 = 365;
 /// Connections of the pool built by [`PostgresStore::connect`].
 pub const DEFAULT_POOL_SIZE: u32 = 32;
+/// Default deadline of one store call ([`PostgresConfig::call_timeout_ms`]).
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 30_000;
+/// Smallest accepted [`PostgresConfig::call_timeout_ms`].
+pub const MIN_CALL_TIMEOUT_MS: u64 = 100;
+/// Largest accepted [`PostgresConfig::call_timeout_ms`] (one hour).
+pub const MAX_CALL_TIMEOUT_MS: u64 = 3_600_000;
 
 static PLAIN: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/plain");
 static PARTITIONED: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/partitioned");
@@ -235,6 +241,15 @@ pub struct PostgresConfig {
     pub committers: usize,
     /// Send `NOTIFY` when a commit queues work.
     pub notify: bool,
+    /// Deadline of every store call but [`Store::cleanup`] (a claim, a heartbeat, a read, one
+    /// group-commit transaction), in milliseconds
+    /// ([`MIN_CALL_TIMEOUT_MS`]..=[`MAX_CALL_TIMEOUT_MS`]). A call past it fails with
+    /// [`StoreError::Unavailable`] (retryable). Why: a connection that dies silently (a
+    /// network partition, a proxy that stops forwarding) leaves the client waiting for an
+    /// answer that never comes; without a deadline the worker waits forever (found by the
+    /// chaos runs behind a proxy). A commit that times out has an unknown outcome, exactly as
+    /// one whose connection dropped: a retry is checked again (version, fencing token).
+    pub call_timeout_ms: u64,
     /// Partitioned layout: daily partitions premade ahead of today at migration
     /// (1..=[`MAX_PARTITION_DAYS`]; `run_maintenance` keeps partman's own premake count).
     pub partition_premake_days: u32,
@@ -250,6 +265,7 @@ impl Default for PostgresConfig {
             max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
             committers: DEFAULT_COMMITTERS,
             notify: true,
+            call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
             partition_premake_days: DEFAULT_PARTITION_DAYS,
             partition_history_days: DEFAULT_PARTITION_DAYS,
         }
@@ -281,6 +297,13 @@ impl PostgresConfig {
     pub fn partition_days(mut self, premake: u32, history: u32) -> Self {
         self.partition_premake_days = premake.clamp(1, MAX_PARTITION_DAYS);
         self.partition_history_days = history.clamp(1, MAX_PARTITION_DAYS);
+        self
+    }
+    /// Sets the deadline of one store call (clamped to
+    /// [`MIN_CALL_TIMEOUT_MS`]..=[`MAX_CALL_TIMEOUT_MS`]).
+    #[must_use]
+    pub fn call_timeout_ms(mut self, ms: u64) -> Self {
+        self.call_timeout_ms = ms.clamp(MIN_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS);
         self
     }
     /// Turns `NOTIFY` on commits on or off.
@@ -378,6 +401,9 @@ impl PostgresStore {
     fn build(pool: PgPool, mut config: PostgresConfig) -> Self {
         config.max_commit_batch = config.max_commit_batch.clamp(1, MAX_COMMIT_BATCH);
         config.committers = config.committers.clamp(1, MAX_COMMITTERS);
+        config.call_timeout_ms = config
+            .call_timeout_ms
+            .clamp(MIN_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS);
         let quoted_schema = format!("\"{}\"", config.schema);
         let q = Arc::new(Queries::new(&quoted_schema));
         let channel = format!("floxy_work_{}", config.schema);
@@ -389,6 +415,7 @@ impl PostgresStore {
             q: Arc::clone(&q),
             notifier: notifier.clone(),
             max_batch: config.max_commit_batch,
+            call_timeout: Duration::from_millis(config.call_timeout_ms),
         });
         Self {
             inner: Arc::new(Inner {
@@ -516,6 +543,22 @@ impl PostgresStore {
         })
     }
 
+    /// Runs one store call under [`PostgresConfig::call_timeout_ms`].
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let ms = self.inner.config.call_timeout_ms;
+        tokio::time::timeout(Duration::from_millis(ms), call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "{what}: no answer from PostgreSQL within {ms} ms"
+                )))
+            })
+    }
+
     /// Counters of the group committer (batches and calls so far).
     #[must_use]
     pub fn group_commit_stats(&self) -> GroupCommitStats {
@@ -561,48 +604,57 @@ impl Store for PostgresStore {
     }
 
     async fn put_definition(&self, def: &WorkflowDefinition) -> Result<PutDefinition, StoreError> {
-        let id = def.id();
-        let json = codec::json_of(def)?;
-        let done = sqlx::query(&self.q().put_definition)
-            .bind(id.as_str())
-            .bind(&def.name)
-            .bind(i64::from(def.version))
-            .bind(&json)
-            .execute(self.pool())
-            .await
-            .map_err(map_sqlx)?;
-        if done.rows_affected() == 1 {
-            return Ok(PutDefinition::Created);
-        }
-        match self.get_definition(&id).await? {
-            Some(stored) if stored == *def => Ok(PutDefinition::Unchanged),
-            Some(_) => Err(StoreError::DefinitionConflict(id)),
-            None => Err(StoreError::Unavailable(format!(
-                "definition {id} vanished while being registered"
-            ))),
-        }
+        self.bounded("put_definition", async {
+            let id = def.id();
+            let json = codec::json_of(def)?;
+            let done = sqlx::query(&self.q().put_definition)
+                .bind(id.as_str())
+                .bind(&def.name)
+                .bind(i64::from(def.version))
+                .bind(&json)
+                .execute(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            if done.rows_affected() == 1 {
+                return Ok(PutDefinition::Created);
+            }
+            match self.get_definition(&id).await? {
+                Some(stored) if stored == *def => Ok(PutDefinition::Unchanged),
+                Some(_) => Err(StoreError::DefinitionConflict(id)),
+                None => Err(StoreError::Unavailable(format!(
+                    "definition {id} vanished while being registered"
+                ))),
+            }
+        })
+        .await
     }
 
     async fn get_definition(
         &self,
         id: &WorkflowId,
     ) -> Result<Option<WorkflowDefinition>, StoreError> {
-        let row: Option<sqlx::types::Json<WorkflowDefinition>> =
-            sqlx::query_scalar(&self.q().get_definition)
-                .bind(id.as_str())
-                .fetch_optional(self.pool())
-                .await
-                .map_err(map_sqlx)?;
-        Ok(row.map(|j| j.0))
+        self.bounded("get_definition", async {
+            let row: Option<sqlx::types::Json<WorkflowDefinition>> =
+                sqlx::query_scalar(&self.q().get_definition)
+                    .bind(id.as_str())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(map_sqlx)?;
+            Ok(row.map(|j| j.0))
+        })
+        .await
     }
 
     async fn list_definitions(&self) -> Result<Vec<WorkflowDefinition>, StoreError> {
-        let rows: Vec<sqlx::types::Json<WorkflowDefinition>> =
-            sqlx::query_scalar(&self.q().list_definitions)
-                .fetch_all(self.pool())
-                .await
-                .map_err(map_sqlx)?;
-        Ok(rows.into_iter().map(|j| j.0).collect())
+        self.bounded("list_definitions", async {
+            let rows: Vec<sqlx::types::Json<WorkflowDefinition>> =
+                sqlx::query_scalar(&self.q().list_definitions)
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(map_sqlx)?;
+            Ok(rows.into_iter().map(|j| j.0).collect())
+        })
+        .await
     }
 
     async fn create_instance(&self, t: Transition) -> Result<CreateOutcome, StoreError> {
@@ -618,48 +670,51 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
-        let limit = req.limit.min(MAX_CLAIM_BATCH);
-        if limit == 0 || req.handlers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let handlers: Vec<&str> = req.handlers.iter().map(|h| &**h).collect();
-        let now = req.now;
-        let mut tx = self
-            .pool()
-            .begin_with(queries::BEGIN_CLAIM)
-            .await
-            .map_err(map_sqlx)?;
-        let rows = sqlx::query(&self.q().claim)
-            .bind(&handlers)
-            .bind(now.as_millis())
-            .bind(limit_i64(limit))
-            .bind(&*req.owner)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let item = codec::queue_item(row, 0)?;
-            let previous_lease_expired: bool = row.try_get(14).map_err(map_sqlx)?;
-            let mut run = codec::step_run(row, 15)?;
-            if item.key.kind == WorkKind::Execute
-                && matches!(
-                    run.status,
-                    StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
-                )
-            {
-                run.status = StepStatus::Running;
-                run.attempts = item.attempt;
-                run.started_at = Some(now);
+        self.bounded("claim", async {
+            let limit = req.limit.min(MAX_CLAIM_BATCH);
+            if limit == 0 || req.handlers.is_empty() {
+                return Ok(Vec::new());
             }
-            out.push(ClaimedItem {
-                item,
-                previous_lease_expired,
-                run,
-            });
-        }
-        Ok(out)
+            let handlers: Vec<&str> = req.handlers.iter().map(|h| &**h).collect();
+            let now = req.now;
+            let mut tx = self
+                .pool()
+                .begin_with(queries::BEGIN_CLAIM)
+                .await
+                .map_err(map_sqlx)?;
+            let rows = sqlx::query(&self.q().claim)
+                .bind(&handlers)
+                .bind(now.as_millis())
+                .bind(limit_i64(limit))
+                .bind(&*req.owner)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+            tx.commit().await.map_err(map_sqlx)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let item = codec::queue_item(row, 0)?;
+                let previous_lease_expired: bool = row.try_get(14).map_err(map_sqlx)?;
+                let mut run = codec::step_run(row, 15)?;
+                if item.key.kind == WorkKind::Execute
+                    && matches!(
+                        run.status,
+                        StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
+                    )
+                {
+                    run.status = StepStatus::Running;
+                    run.attempts = item.attempt;
+                    run.started_at = Some(now);
+                }
+                out.push(ClaimedItem {
+                    item,
+                    previous_lease_expired,
+                    run,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn heartbeat(
@@ -668,120 +723,132 @@ impl Store for PostgresStore {
         leases: &[LeaseRef],
         now: Timestamp,
     ) -> Result<Vec<LeaseState>, StoreError> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut ids = Vec::with_capacity(leases.len());
-        let mut steps = Vec::with_capacity(leases.len());
-        let mut kinds = Vec::with_capacity(leases.len());
-        let mut tokens = Vec::with_capacity(leases.len());
-        for l in leases {
-            ids.push(l.key.instance_id.0);
-            steps.push(l.key.step.to_string());
-            kinds.push(l.key.kind.as_str());
-            tokens.push(i64::try_from(l.token.0).unwrap_or(-1));
-        }
-        let mut tx = self
-            .pool()
-            .begin_with(queries::BEGIN_KEYED)
-            .await
-            .map_err(map_sqlx)?;
-        let rows = sqlx::query(&self.q().heartbeat)
-            .bind(ids)
-            .bind(steps)
-            .bind(kinds)
-            .bind(tokens)
-            .bind(owner)
-            .bind(now.as_millis())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        let mut held: HashMap<(uuid::Uuid, String, String, i64), LeaseState> = HashMap::new();
-        for row in &rows {
-            let key = (
-                row.try_get::<uuid::Uuid, _>(0).map_err(map_sqlx)?,
-                row.try_get::<String, _>(1).map_err(map_sqlx)?,
-                row.try_get::<String, _>(2).map_err(map_sqlx)?,
-                row.try_get::<i64, _>(3).map_err(map_sqlx)?,
-            );
-            let state = LeaseState::Held {
-                expires_at: Timestamp(row.try_get(4).map_err(map_sqlx)?),
-                cancel_requested: row.try_get(5).map_err(map_sqlx)?,
-            };
-            held.insert(key, state);
-        }
-        Ok(leases
-            .iter()
-            .map(|l| {
+        self.bounded("heartbeat", async {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut ids = Vec::with_capacity(leases.len());
+            let mut steps = Vec::with_capacity(leases.len());
+            let mut kinds = Vec::with_capacity(leases.len());
+            let mut tokens = Vec::with_capacity(leases.len());
+            for l in leases {
+                ids.push(l.key.instance_id.0);
+                steps.push(l.key.step.to_string());
+                kinds.push(l.key.kind.as_str());
+                tokens.push(i64::try_from(l.token.0).unwrap_or(-1));
+            }
+            let mut tx = self
+                .pool()
+                .begin_with(queries::BEGIN_KEYED)
+                .await
+                .map_err(map_sqlx)?;
+            let rows = sqlx::query(&self.q().heartbeat)
+                .bind(ids)
+                .bind(steps)
+                .bind(kinds)
+                .bind(tokens)
+                .bind(owner)
+                .bind(now.as_millis())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+            tx.commit().await.map_err(map_sqlx)?;
+            let mut held: HashMap<(uuid::Uuid, String, String, i64), LeaseState> = HashMap::new();
+            for row in &rows {
                 let key = (
-                    l.key.instance_id.0,
-                    l.key.step.to_string(),
-                    l.key.kind.as_str().to_owned(),
-                    i64::try_from(l.token.0).unwrap_or(-1),
+                    row.try_get::<uuid::Uuid, _>(0).map_err(map_sqlx)?,
+                    row.try_get::<String, _>(1).map_err(map_sqlx)?,
+                    row.try_get::<String, _>(2).map_err(map_sqlx)?,
+                    row.try_get::<i64, _>(3).map_err(map_sqlx)?,
                 );
-                held.get(&key).copied().unwrap_or(LeaseState::Lost)
-            })
-            .collect())
+                let state = LeaseState::Held {
+                    expires_at: Timestamp(row.try_get(4).map_err(map_sqlx)?),
+                    cancel_requested: row.try_get(5).map_err(map_sqlx)?,
+                };
+                held.insert(key, state);
+            }
+            Ok(leases
+                .iter()
+                .map(|l| {
+                    let key = (
+                        l.key.instance_id.0,
+                        l.key.step.to_string(),
+                        l.key.kind.as_str().to_owned(),
+                        i64::try_from(l.token.0).unwrap_or(-1),
+                    );
+                    held.get(&key).copied().unwrap_or(LeaseState::Lost)
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_sqlx)?;
-        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .map_err(map_sqlx)?;
-        let Some(row) = sqlx::query(&self.q().get_instance)
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_sqlx)?
-        else {
-            return Ok(None);
-        };
-        let instance = codec::instance(&row, 0)?;
-        let steps = sqlx::query(&self.q().list_steps)
-            .bind(id.0)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_sqlx)?
-            .iter()
-            .map(|r| codec::step_run(r, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        let dlq = sqlx::query(&self.q().list_dlq_of)
-            .bind(id.0)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_sqlx)?
-            .iter()
-            .map(|r| codec::dlq_record(r, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(Some(InstanceSnapshot {
-            instance,
-            steps,
-            dlq,
-        }))
+        self.bounded("load_instance", async {
+            let mut tx = self.pool().begin().await.map_err(map_sqlx)?;
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .map_err(map_sqlx)?;
+            let Some(row) = sqlx::query(&self.q().get_instance)
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_sqlx)?
+            else {
+                return Ok(None);
+            };
+            let instance = codec::instance(&row, 0)?;
+            let steps = sqlx::query(&self.q().list_steps)
+                .bind(id.0)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_sqlx)?
+                .iter()
+                .map(|r| codec::step_run(r, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let dlq = sqlx::query(&self.q().list_dlq_of)
+                .bind(id.0)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_sqlx)?
+                .iter()
+                .map(|r| codec::dlq_record(r, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await.map_err(map_sqlx)?;
+            Ok(Some(InstanceSnapshot {
+                instance,
+                steps,
+                dlq,
+            }))
+        })
+        .await
     }
 
     async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
-        sqlx::query(&self.q().get_instance)
-            .bind(id.0)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(map_sqlx)?
-            .map(|r| codec::instance(&r, 0))
-            .transpose()
+        self.bounded("get_instance", async {
+            sqlx::query(&self.q().get_instance)
+                .bind(id.0)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(map_sqlx)?
+                .map(|r| codec::instance(&r, 0))
+                .transpose()
+        })
+        .await
     }
 
     async fn list_steps(&self, id: InstanceId) -> Result<Vec<StepRun>, StoreError> {
-        sqlx::query(&self.q().list_steps)
-            .bind(id.0)
-            .fetch_all(self.pool())
-            .await
-            .map_err(map_sqlx)?
-            .iter()
-            .map(|r| codec::step_run(r, 0))
-            .collect()
+        self.bounded("list_steps", async {
+            sqlx::query(&self.q().list_steps)
+                .bind(id.0)
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?
+                .iter()
+                .map(|r| codec::step_run(r, 0))
+                .collect()
+        })
+        .await
     }
 
     async fn find_by_idempotency_key(
@@ -789,39 +856,45 @@ impl Store for PostgresStore {
         workflow_id: &WorkflowId,
         key: &str,
     ) -> Result<Option<InstanceId>, StoreError> {
-        let id: Option<uuid::Uuid> = sqlx::query_scalar(&self.q().find_idem)
-            .bind(workflow_id.as_str())
-            .bind(key)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(map_sqlx)?;
-        Ok(id.map(InstanceId))
+        self.bounded("find_by_idempotency_key", async {
+            let id: Option<uuid::Uuid> = sqlx::query_scalar(&self.q().find_idem)
+                .bind(workflow_id.as_str())
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            Ok(id.map(InstanceId))
+        })
+        .await
     }
 
     async fn list_instances(
         &self,
         q: &InstanceQuery,
     ) -> Result<Page<InstanceRecord, InstanceId>, StoreError> {
-        let limit = page_limit(q.limit);
-        let rows = sqlx::query(&self.q().list_instances)
-            .bind(q.workflow_id.as_ref().map(WorkflowId::as_str))
-            .bind(q.status.map(InstanceStatus::as_str))
-            .bind(q.after.map(|a| a.0))
-            .bind(limit_i64(limit + 1))
-            .fetch_all(self.pool())
-            .await
-            .map_err(map_sqlx)?;
-        let mut items = rows
-            .iter()
-            .map(|r| codec::instance(r, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|r| r.id)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        self.bounded("list_instances", async {
+            let limit = page_limit(q.limit);
+            let rows = sqlx::query(&self.q().list_instances)
+                .bind(q.workflow_id.as_ref().map(WorkflowId::as_str))
+                .bind(q.status.map(InstanceStatus::as_str))
+                .bind(q.after.map(|a| a.0))
+                .bind(limit_i64(limit + 1))
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            let mut items = rows
+                .iter()
+                .map(|r| codec::instance(r, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|r| r.id)
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
     }
 
     async fn list_events(
@@ -830,110 +903,128 @@ impl Store for PostgresStore {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let after = after_seq.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
-        sqlx::query(&self.q().list_events)
-            .bind(id.0)
-            .bind(after)
-            .bind(limit_i64(page_limit(limit)))
-            .fetch_all(self.pool())
-            .await
-            .map_err(map_sqlx)?
-            .iter()
-            .map(|r| codec::event(r, 0))
-            .collect()
+        self.bounded("list_events", async {
+            let after = after_seq.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+            sqlx::query(&self.q().list_events)
+                .bind(id.0)
+                .bind(after)
+                .bind(limit_i64(page_limit(limit)))
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?
+                .iter()
+                .map(|r| codec::event(r, 0))
+                .collect()
+        })
+        .await
     }
 
     async fn list_dlq(&self, q: &DlqQuery) -> Result<Page<DlqRecord, DlqId>, StoreError> {
-        let limit = page_limit(q.limit);
-        let rows = sqlx::query(&self.q().list_dlq)
-            .bind(q.instance_id.map(|i| i.0))
-            .bind(q.workflow_id.as_ref().map(WorkflowId::as_str))
-            .bind(q.after.map(|a| i64::try_from(a.0).unwrap_or(i64::MAX)))
-            .bind(limit_i64(limit + 1))
-            .fetch_all(self.pool())
-            .await
-            .map_err(map_sqlx)?;
-        let mut items = rows
-            .iter()
-            .map(|r| codec::dlq_record(r, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|r| r.id)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        self.bounded("list_dlq", async {
+            let limit = page_limit(q.limit);
+            let rows = sqlx::query(&self.q().list_dlq)
+                .bind(q.instance_id.map(|i| i.0))
+                .bind(q.workflow_id.as_ref().map(WorkflowId::as_str))
+                .bind(q.after.map(|a| i64::try_from(a.0).unwrap_or(i64::MAX)))
+                .bind(limit_i64(limit + 1))
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            let mut items = rows
+                .iter()
+                .map(|r| codec::dlq_record(r, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|r| r.id)
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
     }
 
     async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqRecord>, StoreError> {
-        let Ok(id) = i64::try_from(id.0) else {
-            return Ok(None);
-        };
-        sqlx::query(&self.q().get_dlq)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(map_sqlx)?
-            .map(|r| codec::dlq_record(&r, 0))
-            .transpose()
+        self.bounded("get_dlq", async {
+            let Ok(id) = i64::try_from(id.0) else {
+                return Ok(None);
+            };
+            sqlx::query(&self.q().get_dlq)
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(map_sqlx)?
+                .map(|r| codec::dlq_record(&r, 0))
+                .transpose()
+        })
+        .await
     }
 
     async fn list_queue(&self, id: InstanceId) -> Result<Vec<QueueItem>, StoreError> {
-        sqlx::query(&self.q().list_queue)
-            .bind(id.0)
-            .fetch_all(self.pool())
-            .await
-            .map_err(map_sqlx)?
-            .iter()
-            .map(|r| codec::queue_item(r, 0))
-            .collect()
+        self.bounded("list_queue", async {
+            sqlx::query(&self.q().list_queue)
+                .bind(id.0)
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?
+                .iter()
+                .map(|r| codec::queue_item(r, 0))
+                .collect()
+        })
+        .await
     }
 
     async fn next_due(&self, handlers: &[Arc<str>]) -> Result<Option<Timestamp>, StoreError> {
-        if handlers.is_empty() {
-            return Ok(None);
-        }
-        let handlers: Vec<&str> = handlers.iter().map(|h| &**h).collect();
-        let due: Option<i64> = sqlx::query_scalar(&self.q().next_due)
-            .bind(&handlers)
-            .fetch_one(self.pool())
-            .await
-            .map_err(map_sqlx)?;
-        Ok(due.map(Timestamp))
+        self.bounded("next_due", async {
+            if handlers.is_empty() {
+                return Ok(None);
+            }
+            let handlers: Vec<&str> = handlers.iter().map(|h| &**h).collect();
+            let due: Option<i64> = sqlx::query_scalar(&self.q().next_due)
+                .bind(&handlers)
+                .fetch_one(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            Ok(due.map(Timestamp))
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let rows = sqlx::query(&self.q().stats)
-            .fetch_all(self.pool())
-            .await
-            .map_err(map_sqlx)?;
-        let mut by_status: HashMap<String, u64> = HashMap::new();
-        let mut stats = StoreStats::default();
-        for row in &rows {
-            let what: String = row.try_get(0).map_err(map_sqlx)?;
-            let name: String = row.try_get(1).map_err(map_sqlx)?;
-            let n: i64 = row.try_get(2).map_err(map_sqlx)?;
-            let n = u64::try_from(n).unwrap_or(0);
-            match (what.as_str(), name.as_str()) {
-                ("i", _) => {
-                    by_status.insert(name, n);
+        self.bounded("stats", async {
+            let rows = sqlx::query(&self.q().stats)
+                .fetch_all(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            let mut by_status: HashMap<String, u64> = HashMap::new();
+            let mut stats = StoreStats::default();
+            for row in &rows {
+                let what: String = row.try_get(0).map_err(map_sqlx)?;
+                let name: String = row.try_get(1).map_err(map_sqlx)?;
+                let n: i64 = row.try_get(2).map_err(map_sqlx)?;
+                let n = u64::try_from(n).unwrap_or(0);
+                match (what.as_str(), name.as_str()) {
+                    ("i", _) => {
+                        by_status.insert(name, n);
+                    }
+                    ("q", "ready") => stats.queue_ready = n,
+                    ("q", _) => stats.queue_leased = n,
+                    _ => stats.dlq = n,
                 }
-                ("q", "ready") => stats.queue_ready = n,
-                ("q", _) => stats.queue_leased = n,
-                _ => stats.dlq = n,
             }
-        }
-        stats.instances_by_status = InstanceStatus::ALL
-            .iter()
-            .filter_map(|s| {
-                by_status
-                    .get(s.as_str())
-                    .filter(|n| **n > 0)
-                    .map(|n| (s.as_str().to_owned(), *n))
-            })
-            .collect();
-        Ok(stats)
+            stats.instances_by_status = InstanceStatus::ALL
+                .iter()
+                .filter_map(|s| {
+                    by_status
+                        .get(s.as_str())
+                        .filter(|n| **n > 0)
+                        .map(|n| (s.as_str().to_owned(), *n))
+                })
+                .collect();
+            Ok(stats)
+        })
+        .await
     }
 
     async fn wait_for_work(&self, timeout_ms: u64) -> WorkWait {

@@ -226,3 +226,125 @@ async fn engine_wakes_on_work_queued_by_another_process() {
     );
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A TCP forwarder to the test server that can turn into a black hole: once `dead` is set it
+/// keeps reading from both sides and forwards nothing, like a network that silently drops
+/// packets (connections stay open, no reset, no answer).
+async fn black_hole_proxy(
+    upstream: std::net::SocketAddr,
+    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(sr) as _, Box::new(cw) as _),
+            ] {
+                let dead = std::sync::Arc::clone(&dead);
+                tokio::spawn(async move {
+                    let mut buf = vec![0_u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if !dead.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    port
+}
+
+/// A connection that goes silent (no reset, no answer) fails store calls with a retryable
+/// error at the call deadline instead of hanging the caller forever (chaos finding F4):
+/// a claim, a heartbeat and a group commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_fails_at_the_call_deadline() {
+    use floxy_core::store::{ClaimRequest, LeaseRef};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let base = test_store(Layout::Plain).await;
+    let opts: sqlx::postgres::PgConnectOptions = database_url().parse().unwrap();
+    let upstream = format!("{}:{}", opts.get_host(), opts.get_port())
+        .parse()
+        .unwrap();
+    let dead = Arc::new(AtomicBool::new(false));
+    let port = black_hole_proxy(upstream, Arc::clone(&dead)).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.port(port))
+        .await
+        .unwrap();
+    let store = PostgresStore::with_config(
+        pool,
+        PostgresConfig::default()
+            .schema(base.schema())
+            .call_timeout_ms(500),
+    )
+    .unwrap();
+    store
+        .create_instance(start(iid(1), at(0), &[("a", "h")]))
+        .await
+        .unwrap();
+    let req = ClaimRequest {
+        owner: Arc::from("w"),
+        handlers: vec![Arc::from("h")],
+        limit: 1,
+        now: at(0),
+    };
+    let claimed = store.claim(&req).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the path works before the fault");
+    let lease = claimed[0].item.lease.clone().unwrap();
+
+    dead.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    // Each call must end by itself; the outer timeout only turns a hang into a failure.
+    let hung = Duration::from_secs(5);
+    let err = tokio::time::timeout(hung, store.claim(&req))
+        .await
+        .expect("claim hung")
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(_)) && err.is_retryable(),
+        "{err}"
+    );
+    let refs = [LeaseRef {
+        key: claimed[0].item.key.clone(),
+        token: lease.token,
+    }];
+    let err = tokio::time::timeout(hung, store.heartbeat("w", &refs, at(1)))
+        .await
+        .expect("heartbeat hung")
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = tokio::time::timeout(
+        hung,
+        store.update_instance(iid(1), Box::new(|s| Ok(next(s, at(2))))),
+    )
+    .await
+    .expect("commit hung")
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "three calls bounded by a 0.5 s deadline each (and the pool's connects), took {:?}",
+        t0.elapsed()
+    );
+}
