@@ -149,7 +149,6 @@ mod index;
 mod layout;
 mod open;
 mod read;
-mod read_cache;
 mod writer;
 
 pub use layout::FORMAT_VERSION;
@@ -169,7 +168,6 @@ use layout::{
 };
 use parking_lot::{Mutex, RwLock};
 use read::SnapshotTables;
-use read_cache::ReadCache;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::fmt;
 use std::ops::Bound;
@@ -275,8 +273,6 @@ struct Inner {
     db: RwLock<Option<Arc<Database>>>,
     tx: mpsc::Sender<Request>,
     published: Arc<Mutex<Published>>,
-    /// Committed snapshots for [`Store::load_instance`] and [`Store::get_instance`].
-    read_cache: Arc<ReadCache>,
 }
 
 impl fmt::Debug for RedbStore {
@@ -304,7 +300,6 @@ impl RedbStore {
             reason: e.to_string(),
         })?;
         let published = Arc::new(Mutex::new(Published::default()));
-        let read_cache = Arc::new(ReadCache::new(options.snapshot_cache_instances));
         let (notify_tx, notify_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("floxy-redb-notify".to_owned())
@@ -318,10 +313,7 @@ impl RedbStore {
             options.durability,
             counters,
             index,
-            writer::ToReaders {
-                published: published.clone(),
-                read_cache: read_cache.clone(),
-            },
+            published.clone(),
             options.snapshot_cache_instances,
             notify_tx,
         );
@@ -339,7 +331,6 @@ impl RedbStore {
                 db: RwLock::new(Some(db)),
                 tx,
                 published,
-                read_cache,
             }),
         })
     }
@@ -380,34 +371,6 @@ impl RedbStore {
 
     fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
         self.db()?.begin_read().map_err(redb_err)
-    }
-
-    /// The committed snapshot of `id`: from the read cache, or read from redb and offered
-    /// to it (see the `read_cache` module for why this never shows uncommitted state).
-    fn cached_snapshot(&self, id: InstanceId) -> Result<Option<Arc<InstanceSnapshot>>, StoreError> {
-        let db = self.db()?;
-        let generation = match self.inner.read_cache.get(id) {
-            Ok(s) => return Ok(Some(s)),
-            Err(generation) => generation,
-        };
-        // Opened after the generation was read: the order the cache's argument needs.
-        let rtx = db.begin_read().map_err(redb_err)?;
-        let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
-        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
-        let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
-        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
-        let snap = SnapshotTables {
-            instances: &instances,
-            steps: &steps,
-            dlq_by_instance: &dlq_by_instance,
-            dlq: &dlq,
-        }
-        .snapshot(id)?;
-        Ok(snap.map(|s| {
-            let s = Arc::new(s);
-            self.inner.read_cache.offer(generation, s.clone());
-            s
-        }))
     }
 
     async fn call<T>(
@@ -520,11 +483,24 @@ impl Store for RedbStore {
     }
 
     async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
-        Ok(self.cached_snapshot(id)?.map(|s| (*s).clone()))
+        let rtx = self.read_txn()?;
+        let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
+        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
+        let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
+        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
+        SnapshotTables {
+            instances: &instances,
+            steps: &steps,
+            dlq_by_instance: &dlq_by_instance,
+            dlq: &dlq,
+        }
+        .snapshot(id)
     }
 
     async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
-        Ok(self.cached_snapshot(id)?.map(|s| s.instance.clone()))
+        let rtx = self.read_txn()?;
+        let t = rtx.open_table(INSTANCES).map_err(redb_err)?;
+        read::instance(&t, id)
     }
 
     async fn list_steps(&self, id: InstanceId) -> Result<Vec<StepRun>, StoreError> {

@@ -18,7 +18,6 @@ use crate::layout::{
     inst_key, queue_key, redb_err,
 };
 use crate::read::{self, SnapshotTables};
-use crate::read_cache::ReadCache;
 use crate::{Durability, MAX_GROUP_COMMIT};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
@@ -321,14 +320,6 @@ pub(crate) fn load_state(db: &Database) -> Result<(Counters, QueueIndex), StoreE
     Ok((counters, index))
 }
 
-/// What the writer shares with readers.
-pub(crate) struct ToReaders {
-    /// Numbers published after every commit.
-    pub(crate) published: Arc<Mutex<Published>>,
-    /// The readers' snapshot cache, which the writer invalidates around each commit.
-    pub(crate) read_cache: Arc<ReadCache>,
-}
-
 /// The writer thread's state.
 pub(crate) struct Writer {
     db: Arc<Database>,
@@ -343,10 +334,6 @@ pub(crate) struct Writer {
     /// Sends the replies of committed batches, so the writer starts the next batch at once.
     notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
     published: Arc<Mutex<Published>>,
-    /// Readers' cache of committed snapshots, invalidated around each commit.
-    read_cache: Arc<ReadCache>,
-    /// Instances whose snapshot the current batch may change.
-    touched: Vec<InstanceId>,
     /// Set when the in-memory state could not be rebuilt after a failed commit: every
     /// request then fails with this error.
     broken: Option<StoreError>,
@@ -359,14 +346,10 @@ impl Writer {
         durability: Durability,
         counters: Counters,
         index: QueueIndex,
-        readers: ToReaders,
+        published: Arc<Mutex<Published>>,
         cache_instances: usize,
         notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
     ) -> Self {
-        let ToReaders {
-            published,
-            read_cache,
-        } = readers;
         let w = Self {
             db,
             durability,
@@ -379,8 +362,6 @@ impl Writer {
             stats: WriterStats::default(),
             notifier,
             published,
-            read_cache,
-            touched: Vec::new(),
             broken: None,
         };
         w.publish();
@@ -533,11 +514,7 @@ impl Writer {
         let tc = Instant::now();
         let commit_err = match (txn, fatal) {
             (Some(txn), None) => {
-                // Readers must not keep (or start caching) a touched snapshot across the
-                // commit: see `read_cache`.
-                self.read_cache.invalidate(&self.touched);
                 let r = txn.commit().err().map(redb_err);
-                self.read_cache.invalidate(&self.touched);
                 self.stats.committing += tc.elapsed();
                 r
             }
@@ -549,7 +526,6 @@ impl Writer {
             (None, None) => None,
         };
         self.counters_dirty = false;
-        self.touched.clear();
         if let Some(e) = &commit_err {
             tracing::error!(error = %e, "floxy-store-redb: write transaction failed");
             self.reload();
@@ -892,7 +868,6 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let r = &tr.instance;
         let k = inst_key(r.id);
-        self.touched.push(r.id);
         enc(&mut self.buf, "instance record", r)?;
         t.instances
             .insert(k, self.buf.as_slice())
@@ -1038,22 +1013,14 @@ impl Writer {
         let now = req.now;
         let cands = self.index.candidates(&req.handlers, limit, now);
         // Every candidate must have its step run before anything changes.
-        // A cached snapshot is only looked at here (taking it out and putting it back costs
-        // two map updates per candidate); an uncached one is read once and cached for the
-        // loop below.
         for key in &cands {
-            let has_run = |s: &InstanceSnapshot| s.steps.iter().any(|r| r.step == key.step);
-            let exists = match self.cache.get(key.instance_id) {
-                Some(s) => has_run(s),
-                None => {
-                    let snap = t.snapshot(key.instance_id).map_err(classify)?;
-                    let exists = snap.as_ref().is_some_and(has_run);
-                    if let Some(s) = snap {
-                        self.cache.put(s);
-                    }
-                    exists
-                }
-            };
+            let snap = self.take_snapshot(t, key.instance_id).map_err(classify)?;
+            let exists = snap
+                .as_ref()
+                .is_some_and(|s| s.steps.iter().any(|r| r.step == key.step));
+            if let Some(s) = snap {
+                self.cache.put(s);
+            }
             if !exists {
                 return Err(Fail::Caller(StoreError::Corrupt(format!(
                     "queue item {}/{} ({}) has no step run",
@@ -1082,7 +1049,6 @@ impl Writer {
                 continue;
             };
             let item = item.clone();
-            self.touched.push(key.instance_id);
             enc(&mut self.buf, "queue item", &item).map_err(Fail::Fatal)?;
             t.queue
                 .insert(queue_key(&key), self.buf.as_slice())
@@ -1195,7 +1161,6 @@ impl Writer {
         let rec = decode_instance(bytes.value())?;
         drop(bytes);
         self.cache.remove(rec.id);
-        self.touched.push(rec.id);
         if let Some(c) = self
             .counters
             .status_counts
