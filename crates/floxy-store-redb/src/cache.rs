@@ -36,6 +36,11 @@ impl SnapshotCache {
         self.map.contains_key(&id)
     }
 
+    /// The cached snapshot of `id`, left in the cache.
+    pub(crate) fn get(&self, id: InstanceId) -> Option<&InstanceSnapshot> {
+        self.map.get(&id)
+    }
+
     /// Takes the snapshot of `id` out of the cache.
     pub(crate) fn take(&mut self, id: InstanceId) -> Option<InstanceSnapshot> {
         self.map.remove(&id)
