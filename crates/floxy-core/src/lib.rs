@@ -2,6 +2,7 @@
 pub mod builder;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod eager;
 pub mod expr;
 pub mod failpoints;
 pub mod graph;

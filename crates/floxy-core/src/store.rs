@@ -21,6 +21,7 @@
 //! * **Events** get a store-wide sequence number increasing in commit order.
 //! * **DLQ ids** are assigned by the store, unique and never reused.
 
+use crate::eager::EagerClaim;
 use crate::machine::TransitionError;
 use crate::model::{
     DlqId, DlqRecord, Event, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot,
@@ -288,6 +289,23 @@ pub trait Store: Send + Sync + 'static {
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError>;
+
+    /// [`Store::update_instance`], and in the same atomic commit a claim of the work it
+    /// queues for the committing worker: up to `eager.limit` items leased exactly as
+    /// [`crate::eager::lease_eagerly`] says (the lease, attempt, running step run and
+    /// `step_started` event a [`Store::claim`] right after the commit would give), returned
+    /// with the applied transition. Saves the worker a claim per step of a chain. Backends
+    /// that do not offer it use this default: the update, and no item (the work stays
+    /// queued for any claim).
+    async fn update_instance_eager(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: &EagerClaim,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        let _ = eager;
+        Ok((self.update_instance(id, f).await?, Vec::new()))
+    }
 
     /// Claims up to `limit` items, atomically, in ascending `(order_key, key)` order, among
     /// items whose handler is in `handlers`, whose `run_at <= now`, and that are either not

@@ -38,11 +38,12 @@
 use crate::codec::{self, DLQ_COLS, INSTANCE_COLS, STEP_COLS};
 use crate::error::{is_connection_error, map_sqlx};
 use crate::queries::Queries;
+use floxy_core::eager::{EagerClaim, lease_eagerly};
 use floxy_core::model::{
-    DlqId, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, QueueKey, QueueOp, StepRun,
-    StepStatus, Transition, WorkflowId,
+    DlqId, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, QueueKey,
+    QueueOp, StepRun, StepStatus, Transition, WorkflowId,
 };
-use floxy_core::store::{CreateOutcome, StoreError, TransitionFn};
+use floxy_core::store::{ClaimedItem, CreateOutcome, StoreError, TransitionFn};
 use parking_lot::Mutex;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -67,7 +68,7 @@ pub(crate) struct Ctx {
 }
 
 type CreateReply = oneshot::Sender<Result<CreateOutcome, StoreError>>;
-type UpdateReply = oneshot::Sender<Result<Transition, StoreError>>;
+type UpdateReply = oneshot::Sender<Result<(Transition, Vec<ClaimedItem>), StoreError>>;
 
 enum Reply {
     Create(CreateReply),
@@ -80,6 +81,11 @@ struct Job {
     create: bool,
     f: Option<TransitionFn>,
     t: Option<Transition>,
+    /// Work of this transition to lease to the caller in the same commit.
+    eager: Option<EagerClaim>,
+    /// Items leased by `eager` (kept across a retry of the batch: the transition holds the
+    /// leases).
+    claimed: Vec<ClaimedItem>,
     reply: Reply,
 }
 
@@ -196,6 +202,8 @@ impl Committer {
             create: true,
             f: None,
             t: Some(t),
+            eager: None,
+            claimed: Vec::new(),
             reply: Reply::Create(tx),
         };
         self.push(job)?;
@@ -203,18 +211,22 @@ impl Committer {
             .unwrap_or_else(|_| Err(StoreError::Backend("committer stopped".into())))
     }
 
-    /// Queues an update; resolves after its commit.
+    /// Queues an update (with an eager claim of the work it queues); resolves after its
+    /// commit.
     pub(crate) async fn update(
         self: &Arc<Self>,
         id: InstanceId,
         f: TransitionFn,
-    ) -> Result<Transition, StoreError> {
+        eager: Option<EagerClaim>,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             id,
             create: false,
             f: Some(f),
             t: None,
+            eager,
+            claimed: Vec::new(),
             reply: Reply::Update(tx),
         };
         self.push(job)?;
@@ -365,8 +377,10 @@ fn reply(item: Item, fallback_err: &StoreError) {
             }));
         }
         Reply::Update(tx) => {
+            let claimed = job.claimed;
             let _ = tx.send(result.and_then(|_| {
                 job.t
+                    .map(|t| (t, claimed))
                     .ok_or_else(|| StoreError::Backend("transition missing after commit".into()))
             }));
         }
@@ -654,7 +668,51 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
         }
     }
 
-    // 5. Writes.
+    // 5. Eager claims (tokens from the claim sequence, one round trip for the batch), then
+    //    the writes, which carry the leases.
+    let wanted: usize = items
+        .iter()
+        .filter(|i| i.undecided() && i.job.claimed.is_empty())
+        .filter_map(|i| {
+            Some(
+                i.job
+                    .eager
+                    .as_ref()?
+                    .limit
+                    .min(i.job.t.as_ref()?.queue.len()),
+            )
+        })
+        .sum();
+    if wanted > 0 {
+        use sqlx::Row;
+        let mut tokens = sqlx::query(&q.next_tokens)
+            .bind(i64::try_from(wanted).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(map_sqlx)?;
+        tokens.sort_unstable();
+        let mut tokens = tokens.into_iter();
+        for item in items
+            .iter_mut()
+            .filter(|i| i.undecided() && i.job.claimed.is_empty())
+        {
+            let (Some(t), Some(eager)) = (item.job.t.as_mut(), item.job.eager.as_ref()) else {
+                continue;
+            };
+            // `wanted` counted at least one token per lease this can make.
+            item.job.claimed = lease_eagerly(t, eager, || {
+                FencingToken(
+                    tokens
+                        .next()
+                        .and_then(|v| u64::try_from(v).ok())
+                        .unwrap_or(0),
+                )
+            });
+        }
+    }
     let mut w = Writes::default();
     for item in items.iter().filter(|i| i.undecided()) {
         if let Some(t) = &item.job.t {
@@ -943,6 +1001,10 @@ struct QueueCols {
     attempt: Vec<i32>,
     lease_ttl_ms: Vec<i64>,
     cancel_requested: Vec<bool>,
+    /// Lease of an item queued already leased (an eager claim); `None`: not leased.
+    lease_owner: Vec<Option<String>>,
+    lease_token: Vec<Option<i64>>,
+    lease_expires_at: Vec<Option<i64>>,
 }
 
 impl QueueCols {
@@ -959,6 +1021,16 @@ impl QueueCols {
         self.lease_ttl_ms
             .push(codec::i64_of(i.lease_ttl_ms, "lease_ttl_ms")?);
         self.cancel_requested.push(i.cancel_requested);
+        self.lease_owner
+            .push(i.lease.as_ref().map(|l| l.owner.to_string()));
+        self.lease_token.push(
+            i.lease
+                .as_ref()
+                .map(|l| codec::i64_of(l.token.0, "fencing token"))
+                .transpose()?,
+        );
+        self.lease_expires_at
+            .push(i.lease.as_ref().map(|l| l.expires_at.as_millis()));
         Ok(())
     }
 }
@@ -1162,6 +1234,9 @@ impl Writes {
                 .bind(c.attempt)
                 .bind(c.lease_ttl_ms)
                 .bind(c.cancel_requested)
+                .bind(c.lease_owner)
+                .bind(c.lease_token)
+                .bind(c.lease_expires_at)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1314,17 +1389,22 @@ pub(crate) mod sql {
 
     pub(crate) const UPSERT_QUEUE: &str = "INSERT INTO {s}.workflow_queue (instance_id, step, \
             kind, workflow_id, handler, run_at, priority, order_key, attempt, lease_ttl_ms, \
-            cancel_requested) \
+            cancel_requested, lease_owner, lease_token, lease_expires_at) \
         SELECT u.* FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
             $5::text[], $6::int8[], $7::int2[], $8::int8[], $9::int4[], $10::int8[], \
-            $11::bool[]) AS u(instance_id, step, kind, workflow_id, handler, run_at, priority, \
-            order_key, attempt, lease_ttl_ms, cancel_requested) \
+            $11::bool[], $12::text[], $13::int8[], $14::int8[]) AS u(instance_id, step, kind, \
+            workflow_id, handler, run_at, priority, order_key, attempt, lease_ttl_ms, \
+            cancel_requested, lease_owner, lease_token, lease_expires_at) \
         ON CONFLICT (instance_id, step, kind) DO UPDATE SET \
             workflow_id = EXCLUDED.workflow_id, handler = EXCLUDED.handler, \
             run_at = EXCLUDED.run_at, priority = EXCLUDED.priority, \
             order_key = EXCLUDED.order_key, attempt = EXCLUDED.attempt, \
             lease_ttl_ms = EXCLUDED.lease_ttl_ms, cancel_requested = EXCLUDED.cancel_requested, \
-            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
+            lease_owner = EXCLUDED.lease_owner, lease_token = EXCLUDED.lease_token, \
+            lease_expires_at = EXCLUDED.lease_expires_at";
+    /// Fencing tokens for eager claims, from the same sequence as claims.
+    pub(crate) const NEXT_TOKENS: &str =
+        "SELECT nextval('{s}.workflow_lease_tokens') FROM generate_series(1, $1::int8)";
     pub(crate) const DELETE_QUEUE: &str = "DELETE FROM {s}.workflow_queue q \
         USING UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(instance_id, step, kind) \
         WHERE q.instance_id = u.instance_id AND q.step = u.step AND q.kind = u.kind";

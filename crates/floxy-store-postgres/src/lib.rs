@@ -157,6 +157,7 @@ pub use retention::{CLEANUP_CHUNK, CLEANUP_SCAN, MAX_CLEANUP_PASSES};
 use async_trait::async_trait;
 use commit::{Committer, Ctx};
 use error::map_sqlx;
+use floxy_core::eager::EagerClaim;
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus,
     QueueItem, StepRun, StepStatus, Timestamp, Transition, WorkKind, WorkflowDefinition,
@@ -666,7 +667,17 @@ impl Store for PostgresStore {
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError> {
-        self.inner.committer.update(id, f).await
+        Ok(self.inner.committer.update(id, f, None).await?.0)
+    }
+
+    async fn update_instance_eager(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: &EagerClaim,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        let eager = (eager.limit > 0).then(|| eager.clone());
+        self.inner.committer.update(id, f, eager).await
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {

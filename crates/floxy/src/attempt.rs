@@ -5,6 +5,7 @@ use crate::engine::Engine;
 use crate::failpoints::{self, Hit};
 use crate::handler::{CompensationInfo, StepContext};
 use crate::heartbeat::LeaseGuard;
+use floxy_core::eager::EagerClaim;
 use floxy_core::failpoints as fp;
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{Input, TransitionError, WorkOutcome};
@@ -17,10 +18,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// Items a worker asks to lease in the commit of its result: the next step of a chain runs
+/// in the same task, on the same permit, so one is all a worker can take without a second
+/// permit (the others stay queued for any worker's claim).
+pub const EAGER_CLAIMS_PER_COMMIT: usize = 1;
+
 impl Engine {
     /// Works on one claimed item to the end: the result is committed, dropped (stale lease,
     /// lost lease) or abandoned (hard shutdown; the lease expires).
     pub(crate) async fn process(&self, claimed: ClaimedItem) {
+        self.process_one(claimed, false).await;
+    }
+
+    /// [`Engine::process`], then the work its commits lease to this worker eagerly (the
+    /// next step of a chain, see [`floxy_core::eager`]), one item after another in this task,
+    /// on the worker permit it already holds. Stops eager leasing once the engine stops.
+    pub(crate) async fn process_chain(&self, claimed: ClaimedItem) {
+        let mut next = std::collections::VecDeque::from([claimed]);
+        while let Some(item) = next.pop_front() {
+            next.extend(self.process_one(item, true).await);
+        }
+    }
+
+    /// Works on one item; returns the items its commit leased eagerly (when `eager`).
+    async fn process_one(&self, claimed: ClaimedItem, eager: bool) -> Vec<ClaimedItem> {
         let span = tracing::info_span!(
             "floxy.step",
             instance = %claimed.item.key.instance_id,
@@ -29,10 +50,10 @@ impl Engine {
             attempt = claimed.item.attempt,
             kind = claimed.item.key.kind.as_str(),
         );
-        self.process_in_span(claimed).instrument(span).await;
+        self.process_in_span(claimed, eager).instrument(span).await
     }
 
-    async fn process_in_span(&self, claimed: ClaimedItem) {
+    async fn process_in_span(&self, claimed: ClaimedItem, eager: bool) -> Vec<ClaimedItem> {
         let ClaimedItem {
             item,
             previous_lease_expired,
@@ -40,7 +61,7 @@ impl Engine {
         } = claimed;
         let Some(token) = item.lease.as_ref().map(|l| l.token) else {
             tracing::error!("store returned a claimed item without a lease; skipping it");
-            return;
+            return Vec::new();
         };
         let inner = &self.inner;
         // Heartbeat the lease from the moment it is held, so a stall before the handler
@@ -53,7 +74,7 @@ impl Engine {
             inner.lifecycle.hard_stop.child_token(),
         );
         if failpoints::hit(fp::AFTER_CLAIM).await == Hit::Abandon {
-            return;
+            return Vec::new();
         }
         let wf = match inner
             .workflows
@@ -63,7 +84,7 @@ impl Engine {
             Ok(wf) => wf,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the item's workflow; its lease will expire");
-                return;
+                return Vec::new();
             }
         };
         if item.cancel_requested {
@@ -82,7 +103,7 @@ impl Engine {
                 WorkKind::Timer => Input::TimerFired { key, token },
                 WorkKind::Execute | WorkKind::Compensate => {
                     let Some(outcome) = self.run_handler(&wf, &item, &run, &guard).await else {
-                        return;
+                        return Vec::new();
                     };
                     Input::WorkDone {
                         key,
@@ -95,13 +116,21 @@ impl Engine {
         };
         if guard.lost.is_cancelled() {
             tracing::debug!("lease lost while working; result dropped");
-            return;
+            return Vec::new();
         }
         if failpoints::hit(fp::BEFORE_COMMIT).await == Hit::Abandon {
-            return;
+            return Vec::new();
         }
-        self.commit_result(&wf, &item, token, input).await;
+        let eager = (eager && !inner.lifecycle.stopping.is_cancelled()).then(|| EagerClaim {
+            owner: Arc::clone(&inner.config.worker_id),
+            handlers: inner.handlers.claim_filter(),
+            limit: EAGER_CLAIMS_PER_COMMIT,
+        });
+        let next = self
+            .commit_result(&wf, &item, token, input, eager.as_ref())
+            .await;
         drop(guard);
+        next
     }
 
     async fn commit_result(
@@ -110,18 +139,30 @@ impl Engine {
         item: &QueueItem,
         token: FencingToken,
         input: Input,
-    ) {
-        match self
-            .inner
-            .commit_input(wf, item.key.instance_id, input)
-            .await
-        {
-            Ok(t) => {
+        eager: Option<&EagerClaim>,
+    ) -> Vec<ClaimedItem> {
+        let id = item.key.instance_id;
+        let committed = match eager {
+            Some(e) => self.inner.commit_input_eager(wf, id, input, e).await,
+            None => self
+                .inner
+                .commit_input(wf, id, input)
+                .await
+                .map(|t| (t, Vec::new())),
+        };
+        match committed {
+            Ok((t, next)) => {
                 if failpoints::hit(fp::AFTER_COMMIT).await == Hit::Abandon {
-                    return;
+                    // The eager leases are abandoned with the process: they expire.
+                    return Vec::new();
                 }
                 self.inner.after_commit(&t);
-                tracing::debug!(status = t.instance.status.as_str(), "result committed");
+                tracing::debug!(
+                    status = t.instance.status.as_str(),
+                    eager = next.len(),
+                    "result committed"
+                );
+                return next;
             }
             Err(StoreError::StaleLease { .. }) => {
                 tracing::debug!(token = token.0, "stale lease; result dropped");
@@ -138,6 +179,7 @@ impl Engine {
                 "could not commit the result; the lease will expire and the attempt count as lost"
             ),
         }
+        Vec::new()
     }
 
     /// Runs the handler of an `Execute` or `Compensate` item with its timeout, catching

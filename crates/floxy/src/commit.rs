@@ -1,10 +1,11 @@
 //! Feeding inputs to the state machine and committing the transitions it returns.
 
 use crate::engine::Inner;
+use floxy_core::eager::EagerClaim;
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{self, Input};
 use floxy_core::model::{InstanceId, QueueOp, Transition};
-use floxy_core::store::StoreError;
+use floxy_core::store::{ClaimedItem, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,28 @@ impl Inner {
             self.store.update_instance(
                 id,
                 Box::new(move |snap| machine::apply(&wf, snap, &input, now)),
+            )
+        })
+        .await
+    }
+
+    /// [`Inner::commit_input`] that also asks the store to lease this worker, in the same
+    /// commit, the work the transition queues ([`floxy_core::store::Store::update_instance_eager`]).
+    pub(crate) async fn commit_input_eager(
+        &self,
+        wf: &Arc<CompiledWorkflow>,
+        id: InstanceId,
+        input: Input,
+        eager: &EagerClaim,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        with_store_retry("update_instance", || {
+            let wf = Arc::clone(wf);
+            let input = input.clone();
+            let now = self.config.clock.now();
+            self.store.update_instance_eager(
+                id,
+                Box::new(move |snap| machine::apply(&wf, snap, &input, now)),
+                eager,
             )
         })
         .await

@@ -105,6 +105,7 @@ mod wait;
 mod worker;
 mod workflows;
 
+pub use attempt::EAGER_CLAIMS_PER_COMMIT;
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use commit::{STORE_RETRY_ATTEMPTS, STORE_RETRY_BASE_MS, STORE_RETRY_MAX_MS};
 pub use config::{

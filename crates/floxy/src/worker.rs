@@ -242,7 +242,7 @@ impl Engine {
             for (item, permit) in claimed.into_iter().zip(permits) {
                 let engine = self.clone();
                 lc.tracker.spawn(async move {
-                    engine.process(item).await;
+                    engine.process_chain(item).await;
                     drop(permit);
                 });
             }

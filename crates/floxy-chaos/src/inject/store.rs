@@ -228,6 +228,21 @@ impl Store for ChaosStore {
         )
         .await
     }
+    async fn update_instance_eager(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: &floxy_core::eager::EagerClaim,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        // Same faults as an update: a lost reply also loses the eager leases, which then
+        // expire and are reclaimed like those of a crashed worker.
+        self.around(
+            "update_instance",
+            Op::Write,
+            self.inner.update_instance_eager(id, f, eager),
+        )
+        .await
+    }
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
         self.around("claim", Op::Write, self.inner.claim(req)).await
     }

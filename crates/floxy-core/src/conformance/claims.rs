@@ -442,3 +442,117 @@ pub async fn claim_missing_step_run<S: Store>(store: S) {
         "a failed claim leases nothing: {queue:?}"
     );
 }
+
+/// `update_instance_eager`: the work a transition queues may be leased to the committing
+/// worker in the same commit, exactly as a claim right after it would lease it; a backend
+/// that does not offer it returns no item and leaves the work claimable.
+pub async fn eager_claim<S: Store>(store: S) {
+    use crate::eager::EagerClaim;
+    use crate::store::{LeaseRef, LeaseState};
+    let id = iid(1);
+    create(&store, start(id, at(0), &[("a", "h")])).await;
+    let first = claim(&store, "w1", &["h"], 1, at(1)).await;
+    let first_token = token_of(&first[0].item);
+    // Complete `a` and queue `b` (handler h) and `c` (handler other), both due.
+    let a_done = {
+        let lease_check = Some(LeaseCheck {
+            key: key(id, "a", WorkKind::Execute),
+            token: first_token,
+        });
+        move |s: &crate::model::InstanceSnapshot| {
+            let mut t = next(s, at(2));
+            let mut a = stored_step(s, "a");
+            a.status = StepStatus::Completed;
+            t.steps.push(write(a, Some(StepStatus::Running)));
+            t.queue
+                .push(QueueOp::Delete(key(id, "a", WorkKind::Execute)));
+            for (step, handler) in [("b", "h"), ("c", "other")] {
+                t.steps
+                    .push(write(step_run(id, step, StepStatus::Pending, at(2)), None));
+                t.queue
+                    .push(QueueOp::Upsert(execute(id, step, handler, at(2))));
+            }
+            t.events.push(event(EventKind::StepCompleted, Some("a")));
+            t.lease_check = lease_check;
+            t
+        }
+    };
+    let eager = EagerClaim {
+        owner: "w1".into(),
+        handlers: vec!["h".into(), "unused".into()],
+        limit: 5,
+    };
+    let (applied, leased) = ok(
+        store
+            .update_instance_eager(id, Box::new(move |s| Ok(a_done(s))), &eager)
+            .await,
+        "update_instance_eager",
+    );
+    assert_eq!(applied.instance.version, 2, "the transition was applied");
+    let snap = snapshot(&store, id).await;
+    assert_eq!(stored_step(&snap, "a").status, StepStatus::Completed);
+    assert!(
+        leased.len() <= 1,
+        "only b is due with a handler of the worker: {leased:?}"
+    );
+    if let Some(b) = leased.first() {
+        assert_eq!(&*b.item.key.step, "b");
+        let lease = b
+            .item
+            .lease
+            .clone()
+            .unwrap_or_else(|| panic!("eager item without lease"));
+        assert_eq!(&*lease.owner, "w1");
+        assert!(
+            lease.token > first_token,
+            "a fresh token, greater than earlier ones"
+        );
+        assert_eq!(
+            lease.expires_at,
+            at(2).add_ms(TTL_MS),
+            "leased at the commit's time"
+        );
+        assert_eq!((b.item.attempt, b.previous_lease_expired), (1, false));
+        let run = stored_step(&snap, "b");
+        assert_eq!(
+            (run.status, run.attempts, run.started_at),
+            (StepStatus::Running, 1, Some(at(2))),
+            "the stored run is running"
+        );
+        assert_eq!(b.run, run, "the item comes with its stored run");
+        let events = ok(store.list_events(id, None, 0).await, "list_events");
+        let last = events.last().unwrap_or_else(|| panic!("no events"));
+        assert_eq!(
+            (last.kind, last.step.as_deref(), last.attempt),
+            (EventKind::StepStarted, Some("b"), Some(1)),
+            "step_started appended after the transition's events"
+        );
+        // Nobody else can claim it; it heartbeats like a claimed item.
+        assert!(claim(&store, "w2", &["h"], 10, at(3)).await.is_empty());
+        let states = ok(
+            store
+                .heartbeat(
+                    "w1",
+                    &[LeaseRef {
+                        key: b.item.key.clone(),
+                        token: lease.token,
+                    }],
+                    at(3),
+                )
+                .await,
+            "heartbeat",
+        );
+        assert!(matches!(states[0], LeaseState::Held { .. }), "{states:?}");
+    } else {
+        let again = claim(&store, "w2", &["h"], 10, at(3)).await;
+        assert_eq!(
+            steps_of(&again),
+            ["b"],
+            "without eager claims, b stays claimable"
+        );
+    }
+    // c was never the worker's: still queued, unleased, for a claim of its handler.
+    let other = claim(&store, "w3", &["other"], 10, at(3)).await;
+    assert_eq!(steps_of(&other), ["c"]);
+    assert_eq!(other[0].item.attempt, 1);
+}

@@ -30,7 +30,7 @@ mod retention;
 
 pub use claims::{
     claim_batches, claim_handler_filter, claim_missing_step_run, claim_priority_aging,
-    claim_side_effects, claim_tie_break, claim_uniqueness,
+    claim_side_effects, claim_tie_break, claim_uniqueness, eager_claim,
 };
 pub use instances::{
     atomic_apply, create_and_read, definitions, duplicate_create, idempotency_key,
@@ -83,6 +83,7 @@ checks!(
     claim_priority_aging,
     claim_side_effects,
     claim_missing_step_run,
+    eager_claim,
     fencing_tokens_increase,
     lease_expiry,
     stale_token,
@@ -115,7 +116,7 @@ macro_rules! conformance_tests {
             definitions, create_and_read, idempotency_key, duplicate_create, version_check,
             update_errors, step_compare_and_set, atomic_apply, claim_uniqueness, claim_batches,
             claim_tie_break, claim_handler_filter, claim_priority_aging, claim_side_effects,
-            claim_missing_step_run, fencing_tokens_increase, lease_expiry, stale_token,
+            claim_missing_step_run, eager_claim, fencing_tokens_increase, lease_expiry, stale_token,
             heartbeat, upsert_replaces, delete_item, request_cancel, next_due, dlq_records,
             events_sequence, list_instances, stats, cleanup);
     };
