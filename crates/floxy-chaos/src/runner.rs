@@ -605,6 +605,9 @@ impl Shared {
             .workers(sc.workers)
             .batch_size(sc.batch_size)
             .poll_interval_ms(sc.poll_interval_ms)
+            // Half the workers take the next step of a chain in their commit (a no-op on
+            // backends without eager claims), so faults hit both paths.
+            .eager_claims(k % 2 == 1)
             .shutdown_timeout_ms(5_000)
             .worker_id(format!(
                 "chaos-{:x}-{:x}-{k}-{generation}",
@@ -1267,6 +1270,7 @@ pub async fn work_only(
             .workers(sc.workers)
             .batch_size(sc.batch_size)
             .poll_interval_ms(sc.poll_interval_ms)
+            .eager_claims(k % 2 == 1)
             .worker_id(format!("chaos-worker-{:x}-{k}", sc.salt))
             .build();
         for name in workload::HANDLERS {

@@ -348,3 +348,73 @@ async fn silent_connection_fails_at_the_call_deadline() {
         t0.elapsed()
     );
 }
+
+/// With eager claims on, engine workers take the next step of a chain in the commit of the
+/// current one: every saga completes, and every step ran exactly once (one `step_started`,
+/// one `step_completed`), next to an engine without eager claims on the same schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_engine_runs_every_step_once() {
+    use floxy::{Builder, Engine, Payload};
+    use std::sync::Arc;
+
+    let store = test_store(Layout::Plain).await;
+    let def = || {
+        Builder::new("chain", 1)
+            .step("one", "h")
+            .then("two", "h")
+            .then("three", "h")
+            .build()
+            .unwrap()
+    };
+    let mut engines = Vec::new();
+    for (name, eager) in [("eager", true), ("plain", false)] {
+        let e = Engine::builder(Arc::new(store.clone()))
+            .worker_id(name)
+            .workers(8)
+            .batch_size(4)
+            .poll_interval_ms(50)
+            .eager_claims(eager)
+            .build();
+        e.register_fn("h", |_ctx, input: Payload| async move { Ok(input) });
+        e.register_workflow(def()).await.unwrap();
+        engines.push(e);
+    }
+    let wf = engines[0].register_workflow(def()).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(engines[0].start(&wf, serde_json::json!({})).await.unwrap());
+    }
+    for e in &engines {
+        e.start_workers().unwrap();
+    }
+    for id in &ids {
+        let done = engines[0]
+            .wait_for(*id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(done.status, InstanceStatus::Completed);
+    }
+    let s = store.schema();
+    let (runs, distinct): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*), count(DISTINCT (instance_id, step)) FROM \"{s}\".workflow_events \
+         WHERE kind = 'step_started'"
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (runs, distinct),
+        (120, 120),
+        "each of 3 × 40 steps started once"
+    );
+    let completed: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{s}\".workflow_events WHERE kind = 'step_completed'"
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(completed, 120, "and completed once");
+    for e in &engines {
+        e.shutdown(Duration::from_secs(5)).await;
+    }
+}

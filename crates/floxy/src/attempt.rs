@@ -30,9 +30,10 @@ impl Engine {
         self.process_one(claimed, false).await;
     }
 
-    /// [`Engine::process`], then the work its commits lease to this worker eagerly (the
-    /// next step of a chain, see [`floxy_core::eager`]), one item after another in this task,
-    /// on the worker permit it already holds. Stops eager leasing once the engine stops.
+    /// [`Engine::process`], then (with `eager_claims` on) the work its commits lease to this
+    /// worker eagerly (the next step of a chain, see [`floxy_core::eager`]), one item after
+    /// another in this task, on the worker permit it already holds. Stops eager leasing once
+    /// the engine stops.
     pub(crate) async fn process_chain(&self, claimed: ClaimedItem) {
         let mut next = std::collections::VecDeque::from([claimed]);
         while let Some(item) = next.pop_front() {
@@ -121,7 +122,10 @@ impl Engine {
         if failpoints::hit(fp::BEFORE_COMMIT).await == Hit::Abandon {
             return Vec::new();
         }
-        let eager = (eager && !inner.lifecycle.stopping.is_cancelled()).then(|| EagerClaim {
+        let eager = (eager
+            && inner.config.eager_claims
+            && !inner.lifecycle.stopping.is_cancelled())
+        .then(|| EagerClaim {
             owner: Arc::clone(&inner.config.worker_id),
             handlers: inner.handlers.claim_filter(),
             limit: EAGER_CLAIMS_PER_COMMIT,
