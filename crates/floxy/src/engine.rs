@@ -67,8 +67,10 @@ pub(crate) struct Inner {
     pub(crate) handlers: HandlerRegistry,
     pub(crate) workflows: WorkflowCache,
     pub(crate) leases: Arc<LeaseTable>,
-    /// Bumped after every local commit; wakes waiters and idle workers.
+    /// Bumped after every local commit; wakes idle workers.
     pub(crate) commits: watch::Sender<u64>,
+    /// Wakes the waiters of an instance after its local commits.
+    pub(crate) waiters: Arc<crate::waiters::Waiters>,
     pub(crate) lifecycle: Lifecycle,
     ids: Mutex<uuid::timestamp::context::ContextV7>,
     /// Counter of deterministic ids (used when `config.id_seed` is set).
@@ -114,6 +116,7 @@ impl Engine {
                 workflows: WorkflowCache::default(),
                 leases: Arc::new(LeaseTable::default()),
                 commits,
+                waiters: Arc::default(),
                 lifecycle: Lifecycle::default(),
                 ids: Mutex::new(uuid::timestamp::context::ContextV7::new()),
                 id_counter: std::sync::atomic::AtomicU64::new(0),

@@ -102,6 +102,7 @@ mod failpoints;
 mod handler;
 mod heartbeat;
 mod wait;
+mod waiters;
 mod worker;
 mod workflows;
 

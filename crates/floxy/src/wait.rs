@@ -49,8 +49,8 @@ impl Engine {
     /// parked in `dlq`, or `running` with a human step `waiting_decision`. Returns at once if
     /// it already has.
     ///
-    /// Wakes after every commit made by this engine, and polls every `poll_interval_ms` to
-    /// see commits of other processes. Waiting does not drive the instance: workers must run
+    /// Wakes after every commit of this instance made by this engine, and polls every
+    /// `poll_interval_ms` to see commits of other processes. Waiting does not drive the instance: workers must run
     /// ([`Engine::start_workers`]) here or elsewhere.
     ///
     /// # Errors
@@ -65,7 +65,8 @@ impl Engine {
     }
 
     /// Waits until `done` holds for the snapshot of instance `id` and returns its record.
-    /// `done` is checked at once, after every local commit and every `poll_interval_ms`.
+    /// `done` is checked at once, after every local commit of the instance and every
+    /// `poll_interval_ms`.
     ///
     /// ```
     /// # async fn f(engine: &floxy::Engine, id: floxy::InstanceId) -> Result<(), floxy::EngineError> {
@@ -87,11 +88,11 @@ impl Engine {
         let start = tokio::time::Instant::now();
         let deadline = start.checked_add(timeout).unwrap_or(start + FAR_FUTURE);
         let poll = Duration::from_millis(self.inner.config.poll_interval_ms);
-        let mut commits = self.inner.commits.subscribe();
+        let mut commits = self.inner.waiters.subscribe(id);
         loop {
             // Mark the current commit count seen before reading, so a commit made after the
             // read wakes us.
-            commits.borrow_and_update();
+            commits.rx.borrow_and_update();
             let snapshot = self
                 .inner
                 .store
@@ -102,7 +103,7 @@ impl Engine {
                 return Ok(snapshot.instance);
             }
             tokio::select! {
-                changed = commits.changed() => {
+                changed = commits.rx.changed() => {
                     if changed.is_err() {
                         // The sender lives as long as the engine; poll if it is ever gone.
                         tokio::time::sleep(poll).await;

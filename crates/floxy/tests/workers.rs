@@ -241,6 +241,7 @@ async fn lost_lease_cancels_the_handler_and_drops_its_result() {
     let store = Arc::new(LosingStore {
         inner: MemoryStore::new(),
         lose: AtomicUsize::new(1),
+        loads: AtomicUsize::new(0),
     });
     let engine = engine_with(store.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -350,4 +351,72 @@ async fn timers_are_claimed_without_a_handler() {
     assert_eq!(rec.status, InstanceStatus::Aborted);
     assert!(engine.clock().now().since(t0) >= 4_000);
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Waiters reload their instance only when it changes: 50 callers waiting on blocked
+/// instances are not woken (nor reload) by the 40 commits of another instance's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_wake_only_for_their_own_instance() {
+    let store = Arc::new(LosingStore {
+        inner: MemoryStore::new(),
+        lose: AtomicUsize::new(0),
+        loads: AtomicUsize::new(0),
+    });
+    let engine = floxy::Engine::builder(store.clone())
+        .workers(64)
+        .batch_size(16)
+        // Long enough that polling adds no reloads during the test.
+        .poll_interval_ms(60_000)
+        .build();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = Arc::clone(&gate);
+    engine.register_fn("blocked", move |_ctx: StepContext, input: Payload| {
+        let g = Arc::clone(&g);
+        async move {
+            g.acquire().await.unwrap().forget();
+            Ok(input)
+        }
+    });
+    engine.register_fn("quick", |_ctx: StepContext, input: Payload| async move {
+        Ok(input)
+    });
+    let blocked = engine
+        .register_workflow(
+            Builder::new("blocked", 1)
+                .step("b", "blocked")
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut chain = Builder::new("chain", 1).step("s0", "quick");
+    for i in 1..20 {
+        chain = chain.then(&format!("s{i}"), "quick");
+    }
+    let chain = engine
+        .register_workflow(chain.build().unwrap())
+        .await
+        .unwrap();
+    engine.start_workers().unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..50 {
+        let id = engine.start(&blocked, json!({})).await.unwrap();
+        let e = engine.clone();
+        waiters.push(tokio::spawn(async move { e.wait_for(id, WAIT).await }));
+    }
+    // Let every waiter make its first read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = store.loads.load(Ordering::SeqCst);
+    let id = engine.start(&chain, json!({})).await.unwrap();
+    let done = engine.wait_for(id, WAIT).await.unwrap();
+    assert_eq!(done.status, InstanceStatus::Completed);
+    let during = store.loads.load(Ordering::SeqCst) - before;
+    // The chain's own waiter reloads about once per commit (20 steps); the 50 others not at
+    // all. Waking every waiter on every commit would cost about 50 × 20 = 1 000 reloads.
+    assert!(during <= 60, "{during} reloads while another instance ran");
+    gate.add_permits(50);
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap().status, InstanceStatus::Completed);
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
 }

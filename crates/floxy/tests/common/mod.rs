@@ -158,6 +158,8 @@ impl Started {
 pub struct LosingStore {
     pub inner: MemoryStore,
     pub lose: std::sync::atomic::AtomicUsize,
+    /// `load_instance` calls so far.
+    pub loads: std::sync::atomic::AtomicUsize,
 }
 
 #[floxy::async_trait]
@@ -220,6 +222,8 @@ impl floxy::Store for LosingStore {
         &self,
         id: InstanceId,
     ) -> Result<Option<floxy::InstanceSnapshot>, floxy::StoreError> {
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.load_instance(id).await
     }
     async fn get_instance(
