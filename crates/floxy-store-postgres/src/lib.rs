@@ -598,6 +598,18 @@ fn limit_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A page of at most `limit` of `items` (fetched with one extra row to learn whether more
+/// follow); the cursor of the next page is that of the last item kept.
+fn page_of<T, C>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> C) -> Page<T, C> {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn capabilities(&self) -> Capabilities {
@@ -893,17 +905,11 @@ impl Store for PostgresStore {
                 .fetch_all(self.pool())
                 .await
                 .map_err(map_sqlx)?;
-            let mut items = rows
+            let items = rows
                 .iter()
                 .map(|r| codec::instance(r, 0))
                 .collect::<Result<Vec<_>, _>>()?;
-            let next = if items.len() > limit {
-                items.truncate(limit);
-                items.last().map(|r| r.id)
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            Ok(page_of(items, limit, |r| r.id))
         })
         .await
     }
@@ -941,17 +947,11 @@ impl Store for PostgresStore {
                 .fetch_all(self.pool())
                 .await
                 .map_err(map_sqlx)?;
-            let mut items = rows
+            let items = rows
                 .iter()
                 .map(|r| codec::dlq_record(r, 0))
                 .collect::<Result<Vec<_>, _>>()?;
-            let next = if items.len() > limit {
-                items.truncate(limit);
-                items.last().map(|r| r.id)
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            Ok(page_of(items, limit, |r| r.id))
         })
         .await
     }
