@@ -18,6 +18,12 @@
 //!   [`StoreError::StaleLease`] or [`StoreError::Conflict`].
 //! * **Claims.** See [`Store::claim`]: leases with fencing tokens, handler filter,
 //!   priority-with-aging order, expired leases reclaimed, batches.
+//! * **Eager claims** (optional, [`Store::update_instance_eager`]): work a transition queues
+//!   may be leased to the committing worker in the same commit, exactly as
+//!   [`crate::eager::lease_eagerly`] computes it; a backend without them leaves the work
+//!   queued.
+//! * **Wakeups** (optional, [`Store::wait_for_work`]): a hint that another process queued
+//!   work; callers keep polling.
 //! * **Events** get a store-wide sequence number increasing in commit order.
 //! * **DLQ ids** are assigned by the store, unique and never reused.
 
