@@ -668,8 +668,21 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
         }
     }
 
-    // 5. Eager claims (tokens from the claim sequence, one round trip for the batch), then
-    //    the writes, which carry the leases.
+    // 5. Upserted items are stored unleased (the contract of `QueueOp::Upsert`), except for
+    //    eager claims: those leases are made here, with tokens from the claim sequence (one
+    //    round trip for the batch); then the writes, which carry the leases.
+    for item in items
+        .iter_mut()
+        .filter(|i| i.undecided() && i.job.claimed.is_empty())
+    {
+        if let Some(t) = item.job.t.as_mut() {
+            for op in &mut t.queue {
+                if let QueueOp::Upsert(q) = op {
+                    q.lease = None;
+                }
+            }
+        }
+    }
     let wanted: usize = items
         .iter()
         .filter(|i| i.undecided() && i.job.claimed.is_empty())

@@ -35,6 +35,12 @@ pub async fn upsert_replaces<S: Store>(store: S) {
             replaced.priority = 90;
             replaced.order_key = 7;
             replaced.attempt = 1;
+            // A lease on the upserted item itself is ignored: only claims lease.
+            replaced.lease = Some(crate::model::Lease {
+                owner: "intruder".into(),
+                token: crate::model::FencingToken(u64::from(u32::MAX)),
+                expires_at: at(1_000_000),
+            });
             t.queue.push(QueueOp::Upsert(replaced));
             t
         })

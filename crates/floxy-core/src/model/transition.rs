@@ -18,7 +18,10 @@ pub struct StepWrite {
 /// A queue write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueueOp {
-    /// Insert or replace the item with this key. Replacing drops any lease on it.
+    /// Insert or replace the item with this key. The item is stored unleased: replacing
+    /// drops any lease on it, and a `lease` set on the item itself is ignored (leases come
+    /// only from claims, or from an eager claim in the same commit,
+    /// [`crate::store::Store::update_instance_eager`]).
     Upsert(QueueItem),
     /// Remove the item (no-op if absent).
     Delete(QueueKey),
