@@ -25,7 +25,7 @@
 //! `FLOXY_BENCH_TRACE=1` (print the time of every claim and of its commits),
 //! `FLOXY_BENCH_COMMITTERS` (group-commit tasks, default 4), `FLOXY_BENCH_E2E_WORKERS` /
 //! `FLOXY_BENCH_E2E_BATCH` (engine of the end-to-end run, default 1024 / 256),
-//! `FLOXY_BENCH_EAGER` (`1`: the engine's eager claims on; default 0, the engine default),
+//! `FLOXY_BENCH_EAGER` (`0`: the engine's eager claims off; default 1, the engine default),
 //! `FLOXY_BENCH_PARTS` (comma-separated subset of `claims,e2e,latency,raw`; default all),
 //! `FLOXY_BENCH_BATCHES` / `FLOXY_BENCH_WORKERS` (comma-separated lists for the claim +
 //! complete runs, default `1,100` / `1,4,16`).
@@ -215,7 +215,7 @@ async fn sagas(url: &str, n: u64) -> f64 {
         .workers(env_u64("FLOXY_BENCH_E2E_WORKERS", 1024) as usize)
         .batch_size(env_u64("FLOXY_BENCH_E2E_BATCH", 256) as usize)
         .poll_interval_ms(20)
-        .eager_claims(env_u64("FLOXY_BENCH_EAGER", 0) == 1)
+        .eager_claims(env_u64("FLOXY_BENCH_EAGER", 1) == 1)
         .worker_id("bench-e2e")
         .build();
     engine.register_fn("noop", |_ctx, input: Payload| async move { Ok(input) });

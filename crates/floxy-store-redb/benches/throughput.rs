@@ -296,6 +296,8 @@ async fn sagas(store: Arc<dyn Store>, n: usize) -> f64 {
     let engine = Engine::builder(store)
         .workers(512)
         .batch_size(128)
+        // Eager claims are the engine default; `FLOXY_BENCH_EAGER=0` turns them off.
+        .eager_claims(std::env::var("FLOXY_BENCH_EAGER").map_or(true, |v| v != "0"))
         .poll_interval_ms(50)
         .build();
     for s in STEPS {

@@ -63,6 +63,13 @@
 //! runs on the writer thread, a transition function must be quick and must not block (the
 //! state machine's `apply` is pure and takes microseconds); a slow one delays every write.
 //!
+//! **Eager claims** ([`Store::update_instance_eager`]): after an update's checks pass, the
+//! writer leases the caller's share of the work the transition queues
+//! ([`floxy_core::eager::lease_eagerly`], tokens from the claim counter) and writes those
+//! queue items, step runs and `step_started` events leased, in the same commit: the claim
+//! that would have followed (a request, an index scan, a second write of each row) is saved.
+//! Every other upsert is stored unleased.
+//!
 //! # Reads
 //!
 //! Reads ([`Store::load_instance`], listings, lookups) open a redb read transaction on the
@@ -155,6 +162,7 @@ pub use layout::FORMAT_VERSION;
 pub use open::OpenError;
 
 use async_trait::async_trait;
+use floxy_core::eager::EagerClaim;
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus,
     QueueItem, StepRun, Timestamp, Transition, WorkflowDefinition, WorkflowId,
@@ -395,6 +403,34 @@ fn page_limit(limit: usize) -> usize {
     }
 }
 
+impl RedbStore {
+    /// An update through the writer thread, with an eager claim if asked.
+    async fn update(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: Option<Box<EagerClaim>>,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Update {
+                id,
+                f,
+                eager,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(UpdateFailure::Store(e))) => Err(e),
+            Ok(Err(UpdateFailure::Panic(p))) => std::panic::resume_unwind(p),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
 #[async_trait]
 impl Store for RedbStore {
     fn capabilities(&self) -> Capabilities {
@@ -440,18 +476,17 @@ impl Store for RedbStore {
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Update { id, f, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(UpdateFailure::Store(e))) => Err(e),
-            Ok(Err(UpdateFailure::Panic(p))) => std::panic::resume_unwind(p),
-            Err(_) => Err(StoreError::Closed),
-        }
+        Ok(self.update(id, f, None).await?.0)
+    }
+
+    async fn update_instance_eager(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: &EagerClaim,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        let eager = (eager.limit > 0).then(|| Box::new(eager.clone()));
+        self.update(id, f, eager).await
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {

@@ -19,6 +19,7 @@ use crate::layout::{
 };
 use crate::read::{self, SnapshotTables};
 use crate::{Durability, MAX_GROUP_COMMIT};
+use floxy_core::eager::{EagerClaim, lease_eagerly};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
     InstanceStatus, QueueKey, QueueOp, StepStatus, Timestamp, Transition, WorkKind,
@@ -65,7 +66,10 @@ pub(crate) enum Request {
     Update {
         id: InstanceId,
         f: TransitionFn,
-        reply: oneshot::Sender<Result<Transition, UpdateFailure>>,
+        /// Work of the transition to lease to the caller in the same commit
+        /// ([`floxy_core::store::Store::update_instance_eager`]).
+        eager: Option<Box<EagerClaim>>,
+        reply: oneshot::Sender<Result<(Transition, Vec<ClaimedItem>), UpdateFailure>>,
     },
     /// [`floxy_core::store::Store::claim`].
     Claim {
@@ -97,8 +101,8 @@ pub(crate) enum Delivery {
     Def(Reply<PutDefinition>, Result<PutDefinition, StoreError>),
     Create(Reply<CreateOutcome>, Result<CreateOutcome, StoreError>),
     Update(
-        oneshot::Sender<Result<Transition, UpdateFailure>>,
-        Result<Transition, UpdateFailure>,
+        oneshot::Sender<Result<(Transition, Vec<ClaimedItem>), UpdateFailure>>,
+        Result<(Transition, Vec<ClaimedItem>), UpdateFailure>,
     ),
     Claim(
         Reply<Vec<ClaimedItem>>,
@@ -591,7 +595,12 @@ impl Writer {
                 let (r, f) = split(self.create(t, *tr));
                 (Delivery::Create(reply, r), f)
             }
-            Request::Update { id, f, reply } => match self.update(t, id, f) {
+            Request::Update {
+                id,
+                f,
+                eager,
+                reply,
+            } => match self.update(t, id, f, eager.as_deref()) {
                 Ok(tr) => (Delivery::Update(reply, Ok(tr)), None),
                 Err(UpdateFail::Panic(p)) => {
                     (Delivery::Update(reply, Err(UpdateFailure::Panic(p))), None)
@@ -701,7 +710,8 @@ impl Writer {
             steps: Vec::with_capacity(tr.steps.len()),
             dlq: Vec::new(),
         };
-        self.apply(t, None, &tr, &mut snap).map_err(Fail::Fatal)?;
+        self.apply(t, None, &tr, &mut snap, false)
+            .map_err(Fail::Fatal)?;
         self.cache.put(snap);
         Ok(CreateOutcome::Created(id))
     }
@@ -711,7 +721,8 @@ impl Writer {
         t: &mut Tables<'_>,
         id: InstanceId,
         f: TransitionFn,
-    ) -> Result<Transition, UpdateFail> {
+        eager: Option<&EagerClaim>,
+    ) -> Result<(Transition, Vec<ClaimedItem>), UpdateFail> {
         let mut snap = match self.take_snapshot(t, id) {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -721,7 +732,7 @@ impl Writer {
             }
             Err(e) => return Err(UpdateFail::Fail(classify(e))),
         };
-        let tr = match std::panic::catch_unwind(AssertUnwindSafe(|| f(&snap))) {
+        let mut tr = match std::panic::catch_unwind(AssertUnwindSafe(|| f(&snap))) {
             Ok(Ok(tr)) => tr,
             Ok(Err(e)) => {
                 self.cache.put(snap);
@@ -742,12 +753,28 @@ impl Writer {
             self.cache.put(snap);
             return Err(UpdateFail::Fail(e));
         }
+        // Checked: lease the caller's share of the queued work in this same commit. The
+        // items reach `apply` leased; the tokens come from the claim counter.
+        let claimed = match eager {
+            Some(e) => {
+                let counters = &mut self.counters;
+                let claimed = lease_eagerly(&mut tr, e, || {
+                    counters.last_token += 1;
+                    floxy_core::model::FencingToken(counters.last_token)
+                });
+                if !claimed.is_empty() {
+                    self.counters_dirty = true;
+                }
+                claimed
+            }
+            None => Vec::new(),
+        };
         let old = std::mem::replace(&mut snap.instance, tr.instance.clone());
         // On a fatal error the snapshot is dropped (the whole cache is cleared anyway).
-        self.apply(t, Some(&old), &tr, &mut snap)
+        self.apply(t, Some(&old), &tr, &mut snap, !claimed.is_empty())
             .map_err(|e| UpdateFail::Fail(Fail::Fatal(e)))?;
         self.cache.put(snap);
-        Ok(tr)
+        Ok((tr, claimed))
     }
     /// Every check of a transition, before anything is written (`current` is `None` when
     /// creating).
@@ -865,6 +892,7 @@ impl Writer {
         old: Option<&InstanceRecord>,
         tr: &Transition,
         snap: &mut InstanceSnapshot,
+        keep_leases: bool,
     ) -> Result<(), StoreError> {
         let r = &tr.instance;
         let k = inst_key(r.id);
@@ -938,7 +966,11 @@ impl Writer {
             match op {
                 QueueOp::Upsert(item) => {
                     let mut item = item.clone();
-                    item.lease = None;
+                    // Upserts store items unleased; only the leases of this commit's eager
+                    // claim (`keep_leases`, made by `lease_eagerly` just before) stay.
+                    if !keep_leases {
+                        item.lease = None;
+                    }
                     enc(&mut self.buf, "queue item", &item)?;
                     t.queue
                         .insert(queue_key(&item.key), self.buf.as_slice())
