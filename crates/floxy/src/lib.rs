@@ -40,6 +40,11 @@
 //!   until a local commit or the store's signal of work queued by another process
 //!   ([`Store::wait_for_work`]: PostgreSQL `LISTEN`/`NOTIFY`) wakes them. [`Engine::run_once`]
 //!   claims and processes one batch without a pool.
+//! * **Eager claims** (on by default, [`EngineBuilder::eager_claims`]): a pool worker
+//!   commits its result with [`Store::update_instance_eager`], which may lease it the next
+//!   step of the chain in the same commit; the worker runs that step at once, in the same
+//!   task and on the same permit. Backends without eager claims lease nothing and the step
+//!   goes through a claim as usual.
 //! * **Timeouts**: a step's `timeout_ms` (a compensation's own `timeout_ms`) bounds each
 //!   call; at the deadline the handler's future is dropped and the attempt fails
 //!   (retryable) with "timed out after N ms".
