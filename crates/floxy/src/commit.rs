@@ -104,7 +104,7 @@ impl Inner {
     pub(crate) fn after_commit(&self, t: &Transition) {
         for op in &t.queue {
             if let QueueOp::RequestCancel(key) = op {
-                self.leases.request_cancel(key);
+                self.leases.request_cancel(key, self.config.clock.now());
             }
         }
         self.commits.send_modify(|n| *n = n.wrapping_add(1));

@@ -22,6 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Shortest heartbeat period, whatever the TTL.
 pub const MIN_HEARTBEAT_PERIOD_MS: u64 = 10;
+/// How long a cancel request for an item no local lease holds yet is remembered: a claim
+/// of it may be in flight (the store leased it, the worker has not registered the lease),
+/// and that lease must not wait for a heartbeat (a third of the TTL) to learn of it.
+pub const PENDING_CANCEL_MS: u64 = 5_000;
+/// Most such requests remembered (the oldest are forgotten first).
+pub const MAX_PENDING_CANCELS: usize = 1_024;
 
 struct Entry {
     lease: LeaseRef,
@@ -37,6 +43,9 @@ pub(crate) struct LeaseTable {
     entries: Mutex<HashMap<u64, Entry>>,
     next_id: AtomicU64,
     changed: Notify,
+    /// Cancel requests that found no local lease, with their time (see
+    /// [`PENDING_CANCEL_MS`]).
+    pending_cancels: Mutex<std::collections::VecDeque<(QueueKey, Timestamp)>>,
 }
 
 /// A registered lease; unregisters itself when dropped.
@@ -69,6 +78,23 @@ impl LeaseTable {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let period_ms = (ttl_ms / 3).max(MIN_HEARTBEAT_PERIOD_MS);
         let lost = CancellationToken::new();
+        // A cancel requested while this claim was in flight: honour it now.
+        {
+            let mut pending = self.pending_cancels.lock();
+            let mut honoured = false;
+            // Consumes the requests for `key` and forgets every expired one.
+            pending.retain(|(k, at)| {
+                let fresh = now.since(*at) <= PENDING_CANCEL_MS;
+                if *k == key {
+                    honoured |= fresh;
+                    return false;
+                }
+                fresh
+            });
+            if honoured {
+                cancel.cancel();
+            }
+        }
         let entry = Entry {
             lease: LeaseRef { key, token },
             period_ms,
@@ -86,13 +112,24 @@ impl LeaseTable {
         }
     }
 
-    /// Fires the cancellation token of every held lease on `key` (a local commit asked its
-    /// holder to stop; saves waiting for the next heartbeat).
-    pub(crate) fn request_cancel(&self, key: &QueueKey) {
+    /// Fires the cancellation token of every held lease on `key` (a local commit at `now`
+    /// asked its holder to stop; saves waiting for the next heartbeat). With no local lease
+    /// on `key`, remembers the request for a lease registered within [`PENDING_CANCEL_MS`]
+    /// (a claim of it may be in flight).
+    pub(crate) fn request_cancel(&self, key: &QueueKey, now: Timestamp) {
+        let mut found = false;
         for e in self.entries.lock().values() {
             if &e.lease.key == key {
                 e.cancel.cancel();
+                found = true;
             }
+        }
+        if !found {
+            let mut pending = self.pending_cancels.lock();
+            while pending.len() >= MAX_PENDING_CANCELS {
+                pending.pop_front();
+            }
+            pending.push_back((key.clone(), now));
         }
     }
 
@@ -207,5 +244,77 @@ pub(crate) async fn beat_once(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floxy_core::model::{InstanceId, WorkKind};
+
+    fn key(n: u128) -> QueueKey {
+        QueueKey {
+            instance_id: InstanceId(uuid::Uuid::from_u128(n)),
+            step: "s".into(),
+            kind: WorkKind::Execute,
+        }
+    }
+
+    #[test]
+    fn a_cancel_requested_while_the_claim_was_in_flight_reaches_the_lease() {
+        let table = Arc::new(LeaseTable::default());
+        let t0 = Timestamp(1_000_000);
+        // Requested before the worker registered its lease on key 1 (and on key 2, whose
+        // lease is registered too late to be the claim that was in flight).
+        table.request_cancel(&key(1), t0);
+        table.request_cancel(&key(2), t0);
+        let g1 = table.register(
+            key(1),
+            FencingToken(1),
+            60_000,
+            t0.add_ms(3),
+            CancellationToken::new(),
+        );
+        assert!(
+            g1.cancel.is_cancelled(),
+            "remembered request honoured at registration"
+        );
+        let late = t0.add_ms(PENDING_CANCEL_MS + 1);
+        let g2 = table.register(
+            key(2),
+            FencingToken(2),
+            60_000,
+            late,
+            CancellationToken::new(),
+        );
+        assert!(!g2.cancel.is_cancelled(), "too old to concern this lease");
+        // Consumed: a second lease on key 1 is not cancelled by the same request.
+        let g3 = table.register(
+            key(1),
+            FencingToken(3),
+            60_000,
+            t0.add_ms(4),
+            CancellationToken::new(),
+        );
+        assert!(!g3.cancel.is_cancelled());
+        // A request for a held lease fires it and is not remembered.
+        table.request_cancel(&key(1), t0.add_ms(5));
+        assert!(g3.cancel.is_cancelled());
+        assert!(table.pending_cancels.lock().is_empty());
+    }
+
+    #[test]
+    fn pending_cancels_are_bounded() {
+        let table = LeaseTable::default();
+        for n in 0..(MAX_PENDING_CANCELS as u128 + 10) {
+            table.request_cancel(&key(n), Timestamp(0));
+        }
+        let pending = table.pending_cancels.lock();
+        assert_eq!(pending.len(), MAX_PENDING_CANCELS);
+        assert_eq!(
+            pending.front().map(|(k, _)| k.clone()),
+            Some(key(10)),
+            "oldest forgotten"
+        );
     }
 }
