@@ -26,6 +26,17 @@ pub struct EagerClaim {
     pub limit: usize,
 }
 
+/// Drops every lease the items upserted by `t` carry: an upsert stores its item unleased
+/// (see [`QueueOp::Upsert`]). Stores call it on every transition before applying it, and
+/// before [`lease_eagerly`], so that the only leases a transition applies are the eager ones.
+pub fn unlease_upserts(t: &mut Transition) {
+    for op in &mut t.queue {
+        if let QueueOp::Upsert(item) = op {
+            item.lease = None;
+        }
+    }
+}
+
 /// Leases, in `t` itself, up to `eager.limit` of the `execute` items `t` queues that are due
 /// at `t.now`, not leased, of a handler in `eager.handlers`, whose step run `t` writes as
 /// `pending` or `retrying` and that no later queue operation of `t` replaces or removes; in

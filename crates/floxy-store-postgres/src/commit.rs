@@ -38,7 +38,7 @@
 use crate::codec::{self, DLQ_COLS, INSTANCE_COLS, STEP_COLS};
 use crate::error::{is_connection_error, map_sqlx};
 use crate::queries::Queries;
-use floxy_core::eager::{EagerClaim, lease_eagerly};
+use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
     DlqId, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, QueueKey,
     QueueOp, StepRun, StepStatus, Transition, WorkflowId,
@@ -670,19 +670,8 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
 
     // 5. Upserted items are stored unleased (the contract of `QueueOp::Upsert`), except for
     //    eager claims: those leases are made here, with tokens from the claim sequence (one
-    //    round trip for the batch); then the writes, which carry the leases.
-    for item in items
-        .iter_mut()
-        .filter(|i| i.undecided() && i.job.claimed.is_empty())
-    {
-        if let Some(t) = item.job.t.as_mut() {
-            for op in &mut t.queue {
-                if let QueueOp::Upsert(q) = op {
-                    q.lease = None;
-                }
-            }
-        }
-    }
+    //    round trip for the batch); then the writes, which carry the leases. An item whose
+    //    eager leases were made by an earlier try of this batch keeps them.
     let wanted: usize = items
         .iter()
         .filter(|i| i.undecided() && i.job.claimed.is_empty())
@@ -696,9 +685,10 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
             )
         })
         .sum();
+    let mut tokens = Vec::new().into_iter();
     if wanted > 0 {
         use sqlx::Row;
-        let mut tokens = sqlx::query(&q.next_tokens)
+        let mut fetched = sqlx::query(&q.next_tokens)
             .bind(i64::try_from(wanted).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?
@@ -706,15 +696,18 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<Vec<i64>, _>>()
             .map_err(map_sqlx)?;
-        tokens.sort_unstable();
-        let mut tokens = tokens.into_iter();
-        for item in items
-            .iter_mut()
-            .filter(|i| i.undecided() && i.job.claimed.is_empty())
-        {
-            let (Some(t), Some(eager)) = (item.job.t.as_mut(), item.job.eager.as_ref()) else {
-                continue;
-            };
+        fetched.sort_unstable();
+        tokens = fetched.into_iter();
+    }
+    for item in items
+        .iter_mut()
+        .filter(|i| i.undecided() && i.job.claimed.is_empty())
+    {
+        let Some(t) = item.job.t.as_mut() else {
+            continue;
+        };
+        unlease_upserts(t);
+        if let Some(eager) = item.job.eager.as_ref() {
             // `wanted` counted at least one token per lease this can make.
             item.job.claimed = lease_eagerly(t, eager, || {
                 FencingToken(

@@ -54,12 +54,13 @@ impl Notifier {
         if self.closed.load(Ordering::Relaxed) || self.pending.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.started.call_once(|| {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        // Outside a runtime nothing starts (and a later poke inside one still can).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.started.call_once(|| {
                 // The task holds the notifier, not the store: closing the store stops it.
                 handle.spawn(Arc::clone(self).run());
-            }
-        });
+            });
+        }
         self.wake.notify_one();
     }
 

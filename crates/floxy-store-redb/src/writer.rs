@@ -19,7 +19,7 @@ use crate::layout::{
 };
 use crate::read::{self, SnapshotTables};
 use crate::{Durability, MAX_GROUP_COMMIT};
-use floxy_core::eager::{EagerClaim, lease_eagerly};
+use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
     InstanceStatus, QueueKey, QueueOp, StepStatus, Timestamp, Transition, WorkKind,
@@ -682,7 +682,7 @@ impl Writer {
         }
     }
 
-    fn create(&mut self, t: &mut Tables<'_>, tr: Transition) -> Result<CreateOutcome, Fail> {
+    fn create(&mut self, t: &mut Tables<'_>, mut tr: Transition) -> Result<CreateOutcome, Fail> {
         let id = tr.instance.id;
         if !tr.create {
             return Err(Fail::Caller(StoreError::Conflict(format!(
@@ -705,13 +705,13 @@ impl Writer {
             ))));
         }
         self.check(t, None, &tr)?;
+        unlease_upserts(&mut tr);
         let mut snap = InstanceSnapshot {
             instance: tr.instance.clone(),
             steps: Vec::with_capacity(tr.steps.len()),
             dlq: Vec::new(),
         };
-        self.apply(t, None, &tr, &mut snap, false)
-            .map_err(Fail::Fatal)?;
+        self.apply(t, None, &tr, &mut snap).map_err(Fail::Fatal)?;
         self.cache.put(snap);
         Ok(CreateOutcome::Created(id))
     }
@@ -753,8 +753,9 @@ impl Writer {
             self.cache.put(snap);
             return Err(UpdateFail::Fail(e));
         }
-        // Checked: lease the caller's share of the queued work in this same commit. The
-        // items reach `apply` leased; the tokens come from the claim counter.
+        // Checked: upserts are stored unleased, but for the caller's share of the queued
+        // work, leased in this same commit (tokens from the claim counter).
+        unlease_upserts(&mut tr);
         let claimed = match eager {
             Some(e) => {
                 let counters = &mut self.counters;
@@ -771,7 +772,7 @@ impl Writer {
         };
         let old = std::mem::replace(&mut snap.instance, tr.instance.clone());
         // On a fatal error the snapshot is dropped (the whole cache is cleared anyway).
-        self.apply(t, Some(&old), &tr, &mut snap, !claimed.is_empty())
+        self.apply(t, Some(&old), &tr, &mut snap)
             .map_err(|e| UpdateFail::Fail(Fail::Fatal(e)))?;
         self.cache.put(snap);
         Ok((tr, claimed))
@@ -892,7 +893,6 @@ impl Writer {
         old: Option<&InstanceRecord>,
         tr: &Transition,
         snap: &mut InstanceSnapshot,
-        keep_leases: bool,
     ) -> Result<(), StoreError> {
         let r = &tr.instance;
         let k = inst_key(r.id);
@@ -965,12 +965,8 @@ impl Writer {
         for op in &tr.queue {
             match op {
                 QueueOp::Upsert(item) => {
-                    let mut item = item.clone();
-                    // Upserts store items unleased; only the leases of this commit's eager
-                    // claim (`keep_leases`, made by `lease_eagerly` just before) stay.
-                    if !keep_leases {
-                        item.lease = None;
-                    }
+                    // Leases were settled before (`unlease_upserts`, then any eager claim).
+                    let item = item.clone();
                     enc(&mut self.buf, "queue item", &item)?;
                     t.queue
                         .insert(queue_key(&item.key), self.buf.as_slice())

@@ -27,7 +27,7 @@ impl Engine {
     /// Works on one claimed item to the end: the result is committed, dropped (stale lease,
     /// lost lease) or abandoned (hard shutdown; the lease expires).
     pub(crate) async fn process(&self, claimed: ClaimedItem) {
-        self.process_one(claimed, false).await;
+        self.process_one(claimed, None).await;
     }
 
     /// [`Engine::process`], then (with `eager_claims` on) the work its commits lease to this
@@ -35,14 +35,25 @@ impl Engine {
     /// another in this task, on the worker permit it already holds. Stops eager leasing once
     /// the engine stops.
     pub(crate) async fn process_chain(&self, claimed: ClaimedItem) {
+        let inner = &self.inner;
+        // Built once per chain (the handler list is sorted and allocated).
+        let eager = inner.config.eager_claims.then(|| EagerClaim {
+            owner: Arc::clone(&inner.config.worker_id),
+            handlers: inner.handlers.claim_filter(),
+            limit: EAGER_CLAIMS_PER_COMMIT,
+        });
         let mut next = std::collections::VecDeque::from([claimed]);
         while let Some(item) = next.pop_front() {
-            next.extend(self.process_one(item, true).await);
+            next.extend(self.process_one(item, eager.as_ref()).await);
         }
     }
 
-    /// Works on one item; returns the items its commit leased eagerly (when `eager`).
-    async fn process_one(&self, claimed: ClaimedItem, eager: bool) -> Vec<ClaimedItem> {
+    /// Works on one item; returns the items its commit leased with `eager`.
+    async fn process_one(
+        &self,
+        claimed: ClaimedItem,
+        eager: Option<&EagerClaim>,
+    ) -> Vec<ClaimedItem> {
         let span = tracing::info_span!(
             "floxy.step",
             instance = %claimed.item.key.instance_id,
@@ -54,7 +65,11 @@ impl Engine {
         self.process_in_span(claimed, eager).instrument(span).await
     }
 
-    async fn process_in_span(&self, claimed: ClaimedItem, eager: bool) -> Vec<ClaimedItem> {
+    async fn process_in_span(
+        &self,
+        claimed: ClaimedItem,
+        eager: Option<&EagerClaim>,
+    ) -> Vec<ClaimedItem> {
         let ClaimedItem {
             item,
             previous_lease_expired,
@@ -122,17 +137,9 @@ impl Engine {
         if failpoints::hit(fp::BEFORE_COMMIT).await == Hit::Abandon {
             return Vec::new();
         }
-        let eager = (eager
-            && inner.config.eager_claims
-            && !inner.lifecycle.stopping.is_cancelled())
-        .then(|| EagerClaim {
-            owner: Arc::clone(&inner.config.worker_id),
-            handlers: inner.handlers.claim_filter(),
-            limit: EAGER_CLAIMS_PER_COMMIT,
-        });
-        let next = self
-            .commit_result(&wf, &item, token, input, eager.as_ref())
-            .await;
+        // No new leases once the engine stops.
+        let eager = eager.filter(|_| !inner.lifecycle.stopping.is_cancelled());
+        let next = self.commit_result(&wf, &item, token, input, eager).await;
         drop(guard);
         next
     }

@@ -404,8 +404,12 @@ async fn waiters_wake_only_for_their_own_instance() {
         let e = engine.clone();
         waiters.push(tokio::spawn(async move { e.wait_for(id, WAIT).await }));
     }
-    // Let every waiter make its first read.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every waiter has made its first read (its instance is blocked, so it then waits).
+    let t0 = std::time::Instant::now();
+    while store.loads.load(Ordering::SeqCst) < 50 {
+        assert!(t0.elapsed() < WAIT, "waiters never read their instances");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let before = store.loads.load(Ordering::SeqCst);
     let id = engine.start(&chain, json!({})).await.unwrap();
     let done = engine.wait_for(id, WAIT).await.unwrap();
