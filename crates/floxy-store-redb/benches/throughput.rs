@@ -363,11 +363,13 @@ fn redb() -> Redb {
 fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore) {
     let s = store.writer_stats();
     notes.push(format!(
-        "{what}: {} group commits, {:.1} requests each on average (largest {}), writer busy {:.2} s of which {:.2} s in commit",
+        "{what}: {} group commits, {:.1} requests each on average (largest {}), writer threads busy {:.2} s: {:.2} s preparing, {:.2} s applying and committing, of which {:.2} s in commit",
         s.batches,
         s.average_batch(),
         s.largest_batch,
         s.busy.as_secs_f64(),
+        s.preparing.as_secs_f64(),
+        (s.busy - s.preparing).as_secs_f64(),
         s.committing.as_secs_f64()
     ));
 }
@@ -400,6 +402,12 @@ fn main() {
         (50_000, 20_000, 10_000)
     };
     let batch = 64;
+    // `FLOXY_BENCH_WORKERS=1,64` overrides the worker counts of claims and completions.
+    let workers: Vec<usize> = std::env::var("FLOXY_BENCH_WORKERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 4, 16]);
     println!(
         "floxy-store-redb throughput (durability immediate; batch {batch}; {} cores)",
         std::thread::available_parallelism().map_or(0, usize::from)
@@ -412,7 +420,7 @@ fn main() {
     println!("|{:-<36}|{:-<9}:|{:-<13}:|{:-<13}:|", "", "", "", "");
     let notes = rt.block_on(async {
         let mut notes = Vec::new();
-        for w in [1, 4, 16] {
+        for &w in &workers {
             if !only("claims") {
                 break;
             }
@@ -427,7 +435,7 @@ fn main() {
             r.store.close().await.expect("close");
             row("claims", &w.to_string(), m, d);
         }
-        for w in [1, 4, 16] {
+        for &w in &workers {
             if !only("completions") {
                 break;
             }

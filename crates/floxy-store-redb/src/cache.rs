@@ -1,70 +1,140 @@
-//! The writer's cache of decoded instance snapshots.
+//! The preparing thread's cache of decoded instance snapshots, which is also the overlay of
+//! instances written by batches that are not committed yet.
 //!
 //! [`floxy_core::store::Store::update_instance`] hands the transition function a snapshot
 //! (record, step runs, DLQ records). Reading and decoding it from the tables for every
 //! transition is the largest cost of a write, so the writer keeps the snapshots of live
-//! instances decoded in memory and updates them in step with the tables it writes: the
-//! cached snapshot of an instance is always equal to what the last committed (or the current
-//! batch's) transaction holds. It is only a cache: it is cleared after a failed commit, and an
-//! instance that is not in it is read from the tables.
+//! instances decoded in memory, updated in step with the writes it prepares.
 //!
-//! Bounded by a number of instances: when full it is emptied at once (the live instances are
-//! read back on their next transition), which keeps it O(1) per operation. Terminal instances
-//! are dropped as soon as they are written: they never change again.
+//! The writer prepares a batch while the one before it commits, so the tables it can read
+//! (the last committed transaction) may lag behind what it already wrote. Every instance a
+//! not-yet-committed batch wrote is therefore **pinned** here with its latest snapshot (or a
+//! tombstone when the batch removed it), tagged with that batch's sequence number; pinned
+//! slots are never evicted. Once the batch is known committed, its slots are unpinned
+//! ([`SnapshotCache::unpin`]): tombstones and terminal instances leave (they never change
+//! again, and the tables now hold them), live instances stay as plain cache entries. An
+//! instance without a slot is therefore read from the last committed transaction, which then
+//! holds every write to it.
+//!
+//! Bounded by a number of instances: when full, every unpinned slot is dropped at once (the
+//! live instances are read back on their next transition), which keeps it O(1) per
+//! operation amortised. Cleared after a failed commit (nothing is pinned then).
 
 use floxy_core::model::{InstanceId, InstanceSnapshot};
 use std::collections::HashMap;
 
+/// One cached instance.
+#[derive(Debug)]
+struct Slot {
+    /// `None`: removed by a batch not committed yet.
+    snap: Option<InstanceSnapshot>,
+    /// The batch that last wrote it while not committed; 0 once committed.
+    pin: u64,
+}
+
+/// What the cache knows of an instance.
+#[derive(Debug)]
+pub(crate) enum Cached<'a> {
+    /// Its snapshot.
+    Live(&'a InstanceSnapshot),
+    /// Removed by a batch not committed yet.
+    Gone,
+    /// Nothing: read the last committed transaction.
+    Miss,
+}
+
 /// Decoded snapshots by instance id.
 #[derive(Debug)]
 pub(crate) struct SnapshotCache {
-    map: HashMap<InstanceId, InstanceSnapshot>,
+    map: HashMap<InstanceId, Slot>,
     capacity: usize,
+    /// Size at which unpinned slots are dropped: the capacity, or twice what was pinned at
+    /// the last eviction (so a cache full of pinned slots is not scanned on every insert).
+    evict_at: usize,
 }
 
 impl SnapshotCache {
-    /// An empty cache holding at most `capacity` instances (0 disables it).
+    /// An empty cache holding at most `capacity` unpinned instances (0: only pinned ones).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             map: HashMap::new(),
             capacity,
+            evict_at: capacity.max(1),
         }
     }
 
-    /// Whether `id` is cached.
-    pub(crate) fn contains(&self, id: InstanceId) -> bool {
-        self.map.contains_key(&id)
+    /// What the cache knows of `id`, left in the cache.
+    pub(crate) fn get(&self, id: InstanceId) -> Cached<'_> {
+        match self.map.get(&id) {
+            Some(Slot {
+                snap: Some(s), ..
+            }) => Cached::Live(s),
+            Some(Slot { snap: None, .. }) => Cached::Gone,
+            None => Cached::Miss,
+        }
     }
 
-    /// The cached snapshot of `id`, left in the cache.
-    pub(crate) fn get(&self, id: InstanceId) -> Option<&InstanceSnapshot> {
-        self.map.get(&id)
+    /// Takes the slot of `id` out: `Some((snapshot or None if removed, pin))`, or `None`
+    /// when the cache knows nothing of it. Put it back with [`SnapshotCache::put`].
+    pub(crate) fn take(&mut self, id: InstanceId) -> Option<(Option<InstanceSnapshot>, u64)> {
+        self.map.remove(&id).map(|s| (s.snap, s.pin))
     }
 
-    /// Takes the snapshot of `id` out of the cache.
-    pub(crate) fn take(&mut self, id: InstanceId) -> Option<InstanceSnapshot> {
-        self.map.remove(&id)
-    }
-
-    /// Caches `snap` (terminal instances are not kept).
-    pub(crate) fn put(&mut self, snap: InstanceSnapshot) {
-        if snap.instance.status.is_terminal() || self.capacity == 0 {
-            self.map.remove(&snap.instance.id);
+    /// Caches `snap`, pinned to batch `pin` (0: committed). An unpinned terminal snapshot is
+    /// not kept.
+    pub(crate) fn put(&mut self, snap: InstanceSnapshot, pin: u64) {
+        let id = snap.instance.id;
+        if pin == 0 && (snap.instance.status.is_terminal() || self.capacity == 0) {
+            self.map.remove(&id);
             return;
         }
-        if self.map.len() >= self.capacity && !self.map.contains_key(&snap.instance.id) {
-            self.map.clear();
+        self.make_room(id);
+        self.map.insert(
+            id,
+            Slot {
+                snap: Some(snap),
+                pin,
+            },
+        );
+    }
+
+    /// Records that batch `pin` removed `id`.
+    pub(crate) fn tombstone(&mut self, id: InstanceId, pin: u64) {
+        self.make_room(id);
+        self.map.insert(id, Slot { snap: None, pin });
+    }
+
+    /// Batch `seq` is committed: the slots it pinned (and no later batch re-pinned) become
+    /// plain cache entries, or leave when removed or terminal.
+    pub(crate) fn unpin(&mut self, id: InstanceId, seq: u64) {
+        let Some(slot) = self.map.get_mut(&id) else {
+            return;
+        };
+        if slot.pin != seq {
+            return;
         }
-        self.map.insert(snap.instance.id, snap);
+        let keep = self.capacity > 0
+            && slot
+                .snap
+                .as_ref()
+                .is_some_and(|s| !s.instance.status.is_terminal());
+        if keep {
+            slot.pin = 0;
+        } else {
+            self.map.remove(&id);
+        }
     }
 
-    /// Forgets `id`.
-    pub(crate) fn remove(&mut self, id: InstanceId) {
-        self.map.remove(&id);
-    }
-
-    /// Forgets everything.
+    /// Forgets everything (after a failed commit).
     pub(crate) fn clear(&mut self) {
         self.map.clear();
+    }
+
+    /// When full and `id` is new, drops every unpinned slot.
+    fn make_room(&mut self, id: InstanceId) {
+        if self.map.len() >= self.evict_at && !self.map.contains_key(&id) {
+            self.map.retain(|_, s| s.pin != 0);
+            self.evict_at = self.capacity.max(2 * self.map.len()).max(1);
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! model type's serde shape is a new format version.
 
 use floxy_core::model::{
-    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, QueueKey, StepRun, WorkKind,
+    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkKind,
     WorkflowDefinition,
 };
 use floxy_core::store::StoreError;
@@ -79,11 +79,6 @@ pub(crate) const fn kind_code(kind: WorkKind) -> u8 {
         WorkKind::Compensate => 1,
         WorkKind::Timer => 2,
     }
-}
-
-/// The queue-table key of a queue key.
-pub(crate) fn queue_key(k: &QueueKey) -> (u128, &str, u8) {
-    (inst_key(k.instance_id), &k.step, kind_code(k.kind))
 }
 
 /// Encodes a record.

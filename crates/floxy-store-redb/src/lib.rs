@@ -152,9 +152,11 @@
 //!   path in the same process only after `close` returned.
 
 mod cache;
+mod commit;
 mod index;
 mod layout;
 mod open;
+mod ops;
 mod read;
 mod writer;
 
@@ -316,6 +318,7 @@ impl RedbStore {
                 path: path.clone(),
                 reason: format!("cannot start the notifier thread: {e}"),
             })?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let w = Writer::new(
             db.clone(),
             options.durability,
@@ -324,8 +327,12 @@ impl RedbStore {
             published.clone(),
             options.snapshot_cache_instances,
             notify_tx,
-        );
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
+            tx.downgrade(),
+        )
+        .map_err(|e| OpenError::Other {
+            path: path.clone(),
+            reason: format!("cannot start the committing thread: {e}"),
+        })?;
         std::thread::Builder::new()
             .name("floxy-redb-writer".to_owned())
             .spawn(move || w.run(rx))

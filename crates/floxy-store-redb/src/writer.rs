@@ -1,22 +1,41 @@
-//! The writer thread: every write of the store, applied in group commits.
+//! The preparing thread (`floxy-redb-writer`): the first stage of the store's write
+//! pipeline, and the one place where the store's state changes.
 //!
 //! Callers send a [`Request`] over a bounded channel and await a oneshot reply. The writer
 //! blocks on the channel, drains whatever else is queued (at most [`MAX_GROUP_COMMIT`]
-//! requests), applies the requests one after the other inside **one** redb write
-//! transaction, commits it, and only then answers every caller of the batch. A request sees
-//! the writes of the requests before it in the same batch (they read through the same
-//! transaction and the same in-memory claim index), and a request whose checks fail writes
-//! nothing, so it never affects the others. A redb failure while applying or committing fails
-//! the whole batch: every caller whose request would have been applied gets the error, and the
-//! writer rebuilds its in-memory state from the last committed transaction.
+//! requests) and *prepares* the batch: one request after the other, it runs the transition
+//! functions, checks everything, updates the in-memory state (claim index, snapshot cache,
+//! counters) and records the table writes as [`Ops`]. A request sees the effects of the
+//! requests before it, and a request whose checks fail records nothing, so it never affects
+//! the others. The prepared batch then goes to the committing thread ([`crate::commit`]),
+//! which applies it in **one** write transaction, commits it and answers every caller of the
+//! batch once it is durable.
+//!
+//! **Pipelining.** While batch `N` commits (page writes, `fsync`), the writer prepares batch
+//! `N + 1` on top of the state `N` leads to. It hands `N + 1` over only once `N`'s outcome is
+//! known, so at most one batch is committing and one is being prepared:
+//!
+//! * reads the preparation needs come from the in-memory state, or from a read transaction
+//!   of the last batch known committed; every instance written by a batch not known
+//!   committed is pinned in the snapshot cache ([`SnapshotCache`]), and idempotency keys and
+//!   DLQ ids written by such batches are kept in small overlays, so those reads never see a
+//!   stale row;
+//! * the two requests that read tables the overlays do not cover (a definition, the
+//!   retention scan) wait for the committing batch and run in a batch of their own;
+//! * if a commit fails, the batch prepared on top of it fails too (its callers get the
+//!   error, nothing of it was written) and the writer rebuilds its in-memory state from the
+//!   last committed transaction. A failure while preparing (an encoding error, a read error)
+//!   fails the rest of the batch the same way.
 
-use crate::cache::SnapshotCache;
+use crate::cache::{Cached, SnapshotCache};
+use crate::commit::{Committer, Prepared, ToCommit};
 use crate::index::QueueIndex;
 use crate::layout::{
-    self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, META,
-    META_COUNTERS, QUEUE, STEPS, TERMINAL, decode_definition, decode_instance, decode_item, encode,
-    inst_key, queue_key, redb_err,
+    self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, META,
+    META_COUNTERS, QUEUE, STEPS, TERMINAL, decode_definition, decode_item, encode, inst_key,
+    redb_err,
 };
+use crate::ops::Ops;
 use crate::read::{self, SnapshotTables};
 use crate::{Durability, MAX_GROUP_COMMIT};
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
@@ -30,7 +49,7 @@ use floxy_core::store::{
     StoreError, TransitionFn,
 };
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -91,6 +110,16 @@ pub(crate) enum Request {
     },
     /// Flush (a durable commit in relaxed mode), stop and release the file.
     Close { reply: oneshot::Sender<()> },
+    /// Sent by the committing thread after each commit: the next batch may go.
+    Wake,
+}
+
+impl Request {
+    /// Whether the request reads tables the overlays do not cover, so it must run alone,
+    /// on a fully committed state.
+    fn runs_alone(&self) -> bool {
+        matches!(self, Self::PutDefinition { .. } | Self::Cleanup { .. })
+    }
 }
 
 /// A computed reply, sent once the batch's transaction has committed.
@@ -110,7 +139,6 @@ pub(crate) enum Delivery {
     ),
     Heartbeat(Reply<Vec<LeaseState>>, Result<Vec<LeaseState>, StoreError>),
     Cleanup(Reply<u64>, Result<u64, StoreError>),
-    Nothing,
 }
 
 /// With a failed commit, a successful result becomes the commit error; a refused request
@@ -123,7 +151,8 @@ fn settle<T>(r: Result<T, StoreError>, commit: Option<&StoreError>) -> Result<T,
 }
 
 impl Delivery {
-    fn send(self, commit: Option<&StoreError>) {
+    /// Answers the caller (`commit`: the error of the batch's commit, if it failed).
+    pub(crate) fn send(self, commit: Option<&StoreError>) {
         // A caller that went away (dropped its future) does not care about the reply.
         match self {
             Self::Def(tx, r) => drop(tx.send(settle(r, commit))),
@@ -131,7 +160,6 @@ impl Delivery {
             Self::Claim(tx, r) => drop(tx.send(settle(r, commit))),
             Self::Heartbeat(tx, r) => drop(tx.send(settle(r, commit))),
             Self::Cleanup(tx, r) => drop(tx.send(settle(r, commit))),
-            Self::Nothing => {}
             Self::Update(tx, r) => {
                 let r = match (r, commit) {
                     (Ok(_), Some(e)) => Err(UpdateFailure::Store(e.clone())),
@@ -142,7 +170,8 @@ impl Delivery {
         }
     }
 
-    /// The delivery of a request that was not applied because of `e`.
+    /// The delivery of a request that was not applied because of `e` (`None` for a close
+    /// request, which is answered at once).
     fn failed(req: Request, e: &StoreError) -> Option<Self> {
         Some(match req {
             Request::PutDefinition { reply, .. } => Self::Def(reply, Err(e.clone())),
@@ -157,11 +186,12 @@ impl Delivery {
                 let _ = reply.send(());
                 return None;
             }
+            Request::Wake => return None,
         })
     }
 }
 
-/// Counters of the writer thread since the store was opened.
+/// Counters of the writer threads since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WriterStats {
@@ -171,9 +201,12 @@ pub struct WriterStats {
     pub requests: u64,
     /// The largest batch.
     pub largest_batch: u64,
-    /// Time spent applying and committing batches (the rest of the time the writer waited
-    /// for requests).
+    /// Time the two writer threads spent on batches: preparing them (transition functions,
+    /// checks, encoding) plus applying and committing them. The two overlap, so this can
+    /// exceed the wall-clock time.
     pub busy: Duration,
+    /// Of `busy`, the time spent preparing batches.
+    pub preparing: Duration,
     /// Of `busy`, the time spent in redb's commit (page writes and `fsync`).
     pub committing: Duration,
 }
@@ -199,7 +232,7 @@ pub(crate) fn notify(rx: std::sync::mpsc::Receiver<(Vec<Delivery>, Option<StoreE
     }
 }
 
-/// State the writer publishes after every commit, for reads that need no transaction.
+/// State published after every commit, for reads that need no transaction.
 #[derive(Debug, Default)]
 pub(crate) struct Published {
     /// Writer counters.
@@ -216,8 +249,8 @@ pub(crate) struct Published {
     pub(crate) dlq: u64,
 }
 
-/// An error of a request: the caller's own (nothing written) or fatal to the batch (the
-/// transaction may hold partial writes and must not commit).
+/// An error of a request: the caller's own (nothing recorded) or fatal to the batch (the
+/// batch may hold part of the request's writes and must not commit).
 enum Fail {
     Caller(StoreError),
     Fatal(StoreError),
@@ -229,21 +262,6 @@ fn classify(e: StoreError) -> Fail {
         StoreError::Corrupt(_) => Fail::Caller(e),
         other => Fail::Fatal(other),
     }
-}
-
-/// Encodes `v` into the reusable buffer `buf`.
-fn enc<T: serde::Serialize + ?Sized>(
-    buf: &mut Vec<u8>,
-    what: &str,
-    v: &T,
-) -> Result<(), StoreError> {
-    buf.clear();
-    rmp_serde::encode::write(buf, v)
-        .map_err(|e| StoreError::Backend(format!("cannot encode {what}: {e}")))
-}
-
-fn fatal(e: impl Into<redb::Error>) -> Fail {
-    Fail::Fatal(redb_err(e))
 }
 
 fn status_index(s: InstanceStatus) -> usize {
@@ -261,48 +279,6 @@ fn op_key(op: &QueueOp) -> &QueueKey {
     match op {
         QueueOp::Upsert(item) => &item.key,
         QueueOp::Delete(key) | QueueOp::RequestCancel(key) => key,
-    }
-}
-
-/// Every table, opened once per write transaction.
-pub(crate) struct Tables<'t> {
-    meta: Table<'t, &'static str, &'static [u8]>,
-    defs: Table<'t, &'static str, &'static [u8]>,
-    instances: Table<'t, u128, &'static [u8]>,
-    steps: Table<'t, (u128, &'static str), &'static [u8]>,
-    queue: Table<'t, (u128, &'static str, u8), &'static [u8]>,
-    events: Table<'t, (u128, u64), &'static [u8]>,
-    dlq: Table<'t, u64, &'static [u8]>,
-    dlq_by_instance: Table<'t, (u128, u64), ()>,
-    idem: Table<'t, (&'static str, &'static str), u128>,
-    terminal: Table<'t, (i64, u128), ()>,
-}
-
-impl<'t> Tables<'t> {
-    /// Opens (and creates, in a new file) every table.
-    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Self {
-            meta: txn.open_table(META).map_err(redb_err)?,
-            defs: txn.open_table(DEFINITIONS).map_err(redb_err)?,
-            instances: txn.open_table(INSTANCES).map_err(redb_err)?,
-            steps: txn.open_table(STEPS).map_err(redb_err)?,
-            queue: txn.open_table(QUEUE).map_err(redb_err)?,
-            events: txn.open_table(EVENTS).map_err(redb_err)?,
-            dlq: txn.open_table(DLQ).map_err(redb_err)?,
-            dlq_by_instance: txn.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?,
-            idem: txn.open_table(IDEMPOTENCY).map_err(redb_err)?,
-            terminal: txn.open_table(TERMINAL).map_err(redb_err)?,
-        })
-    }
-
-    fn snapshot(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
-        SnapshotTables {
-            instances: &self.instances,
-            steps: &self.steps,
-            dlq_by_instance: &self.dlq_by_instance,
-            dlq: &self.dlq,
-        }
-        .snapshot(id)
     }
 }
 
@@ -324,27 +300,80 @@ pub(crate) fn load_state(db: &Database) -> Result<(Counters, QueueIndex), StoreE
     Ok((counters, index))
 }
 
-/// The writer thread's state.
-pub(crate) struct Writer {
+/// Reads of the last committed transaction (see the module docs for when they are valid).
+struct View {
     db: Arc<Database>,
-    durability: Durability,
-    last_flush: Instant,
+    rtx: Option<ReadTransaction>,
+    /// The last batch the read transaction is known to include.
+    seq: u64,
+}
+
+impl View {
+    /// A read transaction that includes batch `committed` and every batch before it.
+    fn txn(&mut self, committed: u64) -> Result<&ReadTransaction, StoreError> {
+        if self.rtx.is_none() || self.seq < committed {
+            // Release the old snapshot first: it holds pages redb could reuse.
+            self.rtx = None;
+            self.rtx = Some(self.db.begin_read().map_err(redb_err)?);
+            self.seq = committed;
+        }
+        self.rtx
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("no read transaction".to_owned()))
+    }
+}
+
+/// What a batch wrote that the overlays track, to unpin once it is committed.
+#[derive(Debug, Default)]
+struct Touched {
+    instances: Vec<InstanceId>,
+    idempotency: Vec<(String, String)>,
+    dlq: Vec<u64>,
+}
+
+/// The batch being prepared.
+struct Batch {
+    seq: u64,
+    ops: Ops,
+    deliveries: Vec<Delivery>,
+    touched: Touched,
+    /// Set by a failure that forbids committing the batch; later requests are refused with it.
+    fatal: Option<StoreError>,
+    requests: u64,
+    started: Instant,
+}
+
+/// The preparing thread's state.
+pub(crate) struct Writer {
+    view: View,
     index: QueueIndex,
     counters: Counters,
     counters_dirty: bool,
     cache: SnapshotCache,
-    buf: Vec<u8>,
+    /// Idempotency keys written by batches not known committed: key → (batch, instance).
+    idem_overlay: HashMap<(String, String), (u64, Option<u128>)>,
+    /// DLQ ids written by batches not known committed: id → (batch, exists).
+    dlq_overlay: HashMap<u64, (u64, bool)>,
+    /// The last batch handed to the committing thread.
+    last_seq: u64,
+    /// The last batch known committed.
+    committed_seq: u64,
+    /// The batch being committed and what it touched.
+    in_flight: Option<(u64, Touched)>,
     stats: WriterStats,
-    /// Sends the replies of committed batches, so the writer starts the next batch at once.
+    to_commit: std::sync::mpsc::Sender<ToCommit>,
+    outcomes: std::sync::mpsc::Receiver<Option<StoreError>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    /// For the replies of batches that never reach the committing thread.
     notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
     published: Arc<Mutex<Published>>,
-    /// Set when the in-memory state could not be rebuilt after a failed commit: every
-    /// request then fails with this error.
+    /// Set when the in-memory state could not be rebuilt after a failure: every request
+    /// then fails with this error.
     broken: Option<StoreError>,
 }
 
 impl Writer {
-    /// A writer over `db` with the state loaded at open.
+    /// A writer over `db` with the state loaded at open; starts the committing thread.
     pub(crate) fn new(
         db: Arc<Database>,
         durability: Durability,
@@ -353,203 +382,279 @@ impl Writer {
         published: Arc<Mutex<Published>>,
         cache_instances: usize,
         notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
-    ) -> Self {
-        let w = Self {
-            db,
+        wake: mpsc::WeakSender<Request>,
+    ) -> std::io::Result<Self> {
+        let (to_commit, commit_rx) = std::sync::mpsc::channel();
+        let (outcome_tx, outcomes) = std::sync::mpsc::channel();
+        let committer = Committer {
+            db: db.clone(),
             durability,
             last_flush: Instant::now(),
+            unflushed: false,
+            published: published.clone(),
+            notifier: notifier.clone(),
+            busy: Duration::ZERO,
+            committing: Duration::ZERO,
+        };
+        let handle = std::thread::Builder::new()
+            .name("floxy-redb-commit".to_owned())
+            .spawn(move || committer.run(commit_rx, outcome_tx, wake))?;
+        let w = Self {
+            view: View {
+                db,
+                rtx: None,
+                seq: 0,
+            },
             index,
             counters,
             counters_dirty: false,
             cache: SnapshotCache::new(cache_instances),
-            buf: Vec::with_capacity(4096),
+            idem_overlay: HashMap::new(),
+            dlq_overlay: HashMap::new(),
+            last_seq: 0,
+            committed_seq: 0,
+            in_flight: None,
             stats: WriterStats::default(),
+            to_commit,
+            outcomes,
+            committer: Some(handle),
             notifier,
             published,
             broken: None,
         };
-        w.publish();
-        w
+        *w.published.lock() = w.to_publish();
+        Ok(w)
     }
 
-    fn publish(&self) {
-        let p = Published {
+    fn to_publish(&self) -> Published {
+        Published {
             stats: self.stats,
             next_due: self.index.next_due_by_handler(),
             queue_len: self.index.len(),
             queue_leased: self.index.leased(),
             status_counts: self.counters.status_counts.clone(),
             dlq: self.counters.dlq,
-        };
-        *self.published.lock() = p;
+        }
     }
 
-    /// The thread's loop: one group commit per wake-up until the channel closes or a
-    /// [`Request::Close`] arrives.
+    /// The thread's loop, until the channel closes or a [`Request::Close`] arrives.
+    ///
+    /// With nothing committing, it prepares what is queued and hands it over at once. While
+    /// a batch commits, it keeps preparing the requests that arrive into the next batch and
+    /// hands that over as soon as the committing thread reports (a [`Request::Wake`]), so a
+    /// request waits for at most one commit before its own.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut batch: Vec<Request> = Vec::with_capacity(MAX_GROUP_COMMIT);
         let mut close: Option<oneshot::Sender<()>> = None;
-        while close.is_none() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
-            batch.push(first);
-            while batch.len() < MAX_GROUP_COMMIT {
+        let mut batch = self.begin();
+        loop {
+            let msg = if batch.requests > 0 && self.in_flight.is_none() {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
+                    Ok(m) => Some(m),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        batch = self.hand_over(batch);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            } else {
+                rx.blocking_recv()
+            };
+            let Some(msg) = msg else { break };
+            match msg {
+                Request::Wake => {}
+                Request::Close { reply } => {
+                    close = Some(reply);
+                    break;
+                }
+                req if req.runs_alone() => {
+                    // Commit what came before, wait for it, then this request on its own.
+                    if batch.requests > 0 {
+                        batch = self.hand_over(batch);
+                    }
+                    self.settle_in_flight();
+                    self.prepare(&mut batch, req);
+                    batch = self.hand_over(batch);
+                }
+                req => {
+                    if batch.requests >= MAX_GROUP_COMMIT as u64 {
+                        batch = self.hand_over(batch);
+                    }
+                    self.prepare(&mut batch, req);
                 }
             }
-            let started = Instant::now();
-            self.stats.batches += 1;
-            self.stats.requests += batch.len() as u64;
-            self.stats.largest_batch = self.stats.largest_batch.max(batch.len() as u64);
-            close = self.commit_batch(&mut batch);
-            self.stats.busy += started.elapsed();
+            // The committing batch is done: the prepared one goes.
+            if self.in_flight.is_some() && self.poll_in_flight() && batch.requests > 0 {
+                batch = self.hand_over(batch);
+            }
         }
-        // Refuse what is still queued, make relaxed commits durable, release the file.
+        if batch.requests > 0 {
+            self.finish(batch);
+        }
+        // Refuse what is still queued, wait for the last commit, stop the committing thread
+        // (it makes relaxed commits durable), release the file.
         rx.close();
         while let Ok(req) = rx.try_recv() {
             if let Some(d) = Delivery::failed(req, &StoreError::Closed) {
                 d.send(None);
             }
         }
-        if self.durability != Durability::Immediate
-            && let Err(e) = self.flush()
+        self.settle_in_flight();
+        let _ = self.to_commit.send(ToCommit::Close);
+        if let Some(h) = self.committer.take()
+            && h.join().is_err()
         {
-            tracing::error!(error = %e, "floxy-store-redb: final flush failed");
+            tracing::error!("floxy-store-redb: the committing thread panicked");
         }
-        let Self { db, .. } = self;
-        drop(db);
+        let Self { view, .. } = self;
+        drop(view);
         if let Some(reply) = close {
             let _ = reply.send(());
         }
     }
 
-    /// A durable empty commit (makes earlier relaxed commits durable).
-    fn flush(&mut self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
-        txn.commit().map_err(redb_err)?;
-        self.last_flush = Instant::now();
-        Ok(())
+    /// [`Writer::finish`], then a new batch.
+    fn hand_over(&mut self, batch: Batch) -> Batch {
+        self.finish(batch);
+        self.begin()
     }
 
-    fn txn_durability(&mut self) -> redb::Durability {
-        match self.durability {
-            Durability::Immediate => redb::Durability::Immediate,
-            Durability::Relaxed { flush_interval_ms } => {
-                if self.last_flush.elapsed() >= Duration::from_millis(flush_interval_ms) {
-                    self.last_flush = Instant::now();
-                    redb::Durability::Immediate
-                } else {
-                    redb::Durability::None
-                }
-            }
+    fn begin(&mut self) -> Batch {
+        Batch {
+            seq: self.last_seq + 1,
+            ops: Ops::default(),
+            deliveries: Vec::new(),
+            touched: Touched::default(),
+            fatal: self.broken.clone(),
+            requests: 0,
+            started: Instant::now(),
         }
     }
 
-    /// Applies `batch` in one transaction, commits, answers. Returns the reply channel of a
-    /// close request, if the batch held one.
-    fn commit_batch(&mut self, batch: &mut Vec<Request>) -> Option<oneshot::Sender<()>> {
-        let mut close = None;
-        let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
-        if let Some(e) = self.broken.clone() {
-            for req in batch.drain(..) {
-                if let Request::Close { reply } = req {
-                    close = Some(reply);
-                } else if let Some(d) = Delivery::failed(req, &e) {
-                    d.send(None);
-                }
-            }
-            return close;
+    /// Prepares one request into `batch`.
+    fn prepare(&mut self, batch: &mut Batch, req: Request) {
+        batch.requests += 1;
+        if let Some(e) = &batch.fatal {
+            batch.deliveries.extend(Delivery::failed(req, e));
+            return;
         }
-        let mut fatal: Option<StoreError> = None;
-        let durability = self.txn_durability();
-        let txn = self.db.begin_write().map_err(redb_err).and_then(|mut txn| {
-            txn.set_durability(durability)
-                .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
-            Ok(txn)
-        });
-        let txn = match txn {
-            Ok(txn) => Some(txn),
-            Err(e) => {
-                fatal = Some(e);
-                None
-            }
+        let (d, f) = self.handle(batch, req);
+        batch.deliveries.extend(d);
+        batch.fatal = f;
+    }
+
+    /// Waits for the committing batch, if any, and settles it. Returns its commit error.
+    fn settle_in_flight(&mut self) -> Option<StoreError> {
+        self.in_flight.as_ref()?;
+        let err = match self.outcomes.recv() {
+            Ok(err) => err,
+            Err(_) => Some(StoreError::Backend(
+                "the redb committing thread stopped".to_owned(),
+            )),
         };
-        if let Some(txn) = &txn {
-            match Tables::open(txn) {
-                Ok(mut tables) => {
-                    for req in batch.drain(..) {
-                        if let Request::Close { reply } = req {
-                            close = Some(reply);
-                            continue;
-                        }
-                        if let Some(e) = &fatal {
-                            deliveries.extend(Delivery::failed(req, e));
-                            continue;
-                        }
-                        let (d, f) = self.handle(&mut tables, req);
-                        deliveries.push(d);
-                        fatal = f;
-                    }
-                    if fatal.is_none()
-                        && self.counters_dirty
-                        && let Err(e) = self.write_counters(&mut tables)
-                    {
-                        fatal = Some(e);
+        self.settle(err)
+    }
+
+    /// Settles the committing batch if its outcome is in; returns whether it was.
+    fn poll_in_flight(&mut self) -> bool {
+        let err = match self.outcomes.try_recv() {
+            Ok(err) => err,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(StoreError::Backend(
+                "the redb committing thread stopped".to_owned(),
+            )),
+        };
+        self.settle(err);
+        true
+    }
+
+    /// The committing batch's outcome: on success its pins are released; on failure the
+    /// in-memory state is rebuilt. Returns the commit error.
+    fn settle(&mut self, err: Option<StoreError>) -> Option<StoreError> {
+        let (seq, touched) = self.in_flight.take()?;
+        match &err {
+            None => {
+                self.committed_seq = seq;
+                for id in touched.instances {
+                    self.cache.unpin(id, seq);
+                }
+                for k in touched.idempotency {
+                    if self.idem_overlay.get(&k).is_some_and(|(s, _)| *s == seq) {
+                        self.idem_overlay.remove(&k);
                     }
                 }
-                Err(e) => fatal = Some(e),
+                for d in touched.dlq {
+                    if self.dlq_overlay.get(&d).is_some_and(|(s, _)| *s == seq) {
+                        self.dlq_overlay.remove(&d);
+                    }
+                }
+            }
+            Some(e) => {
+                tracing::error!(error = %e, "floxy-store-redb: write transaction failed");
+                self.reload();
             }
         }
-        // Requests left when the transaction could not even start.
-        for req in batch.drain(..) {
-            if let Request::Close { reply } = req {
-                close = Some(reply);
-            } else if let Some(d) =
-                Delivery::failed(req, fatal.as_ref().unwrap_or(&StoreError::Closed))
-            {
-                deliveries.push(d);
+        err
+    }
+
+    /// Hands `batch` to the committing thread once the batch before it is committed (or
+    /// fails it, if that one or its own preparation failed).
+    fn finish(&mut self, mut batch: Batch) {
+        self.stats.batches += 1;
+        self.stats.requests += batch.requests;
+        self.stats.largest_batch = self.stats.largest_batch.max(batch.requests);
+        if batch.fatal.is_none() && self.counters_dirty {
+            match encode("counters", &self.counters) {
+                Ok(bytes) => batch.ops.meta(META_COUNTERS, &bytes),
+                Err(e) => batch.fatal = Some(e),
             }
         }
-        let tc = Instant::now();
-        let commit_err = match (txn, fatal) {
-            (Some(txn), None) => {
-                let r = txn.commit().err().map(redb_err);
-                self.stats.committing += tc.elapsed();
-                r
-            }
-            (Some(txn), Some(e)) => {
-                drop(txn.abort());
+        self.counters_dirty = false;
+        self.stats.preparing += batch.started.elapsed();
+        self.stats.busy = self.stats.preparing;
+        // The batch was prepared on top of the committing one: it can go only if that
+        // one is durable.
+        let before = self.settle_in_flight();
+        let err = match (before, batch.fatal.take()) {
+            (Some(e), _) => Some(e),
+            (None, Some(e)) => {
+                // The batch's writes stay unwritten; rebuild what its preparation changed.
+                tracing::error!(error = %e, "floxy-store-redb: batch failed before its commit");
+                self.reload();
                 Some(e)
             }
-            (None, Some(e)) => Some(e),
             (None, None) => None,
         };
-        self.counters_dirty = false;
-        if let Some(e) = &commit_err {
-            tracing::error!(error = %e, "floxy-store-redb: write transaction failed");
-            self.reload();
+        if let Some(e) = err {
+            let _ = self.notifier.send((batch.deliveries, Some(e)));
+            return;
         }
-        self.publish();
-        if let Err(std::sync::mpsc::SendError((deliveries, commit_err))) =
-            self.notifier.send((deliveries, commit_err))
-        {
-            // The notifier thread is gone (it never exits first); answer here.
-            for d in deliveries {
-                d.send(commit_err.as_ref());
+        self.last_seq = batch.seq;
+        let prepared = Prepared {
+            ops: batch.ops,
+            deliveries: batch.deliveries,
+            published: self.to_publish(),
+        };
+        match self.to_commit.send(ToCommit::Batch(Box::new(prepared))) {
+            Ok(()) => self.in_flight = Some((batch.seq, batch.touched)),
+            Err(std::sync::mpsc::SendError(msg)) => {
+                let e = StoreError::Backend("the redb committing thread stopped".to_owned());
+                if let ToCommit::Batch(p) = msg {
+                    let _ = self.notifier.send((p.deliveries, Some(e.clone())));
+                }
+                self.broken = Some(e);
             }
         }
-        close
     }
 
-    /// Rebuilds the in-memory state from the last committed transaction.
+    /// Rebuilds the in-memory state from the last committed transaction (nothing is being
+    /// committed when this runs).
     fn reload(&mut self) {
         self.cache.clear();
-        match load_state(&self.db) {
+        self.idem_overlay.clear();
+        self.dlq_overlay.clear();
+        self.view.rtx = None;
+        self.counters_dirty = false;
+        match load_state(&self.view.db) {
             Ok((counters, index)) => {
                 let keep = self.counters.clone();
                 self.counters = counters;
@@ -567,18 +672,11 @@ impl Writer {
                 )));
             }
         }
-    }
-
-    fn write_counters(&mut self, t: &mut Tables<'_>) -> Result<(), StoreError> {
-        let bytes = encode("counters", &self.counters)?;
-        t.meta
-            .insert(META_COUNTERS, bytes.as_slice())
-            .map_err(redb_err)?;
-        Ok(())
+        *self.published.lock() = self.to_publish();
     }
 
     /// Handles one request; returns its delivery and, if it failed fatally, the error.
-    fn handle(&mut self, t: &mut Tables<'_>, req: Request) -> (Delivery, Option<StoreError>) {
+    fn handle(&mut self, b: &mut Batch, req: Request) -> (Option<Delivery>, Option<StoreError>) {
         fn split<T>(r: Result<T, Fail>) -> (Result<T, StoreError>, Option<StoreError>) {
             match r {
                 Ok(v) => (Ok(v), None),
@@ -588,34 +686,32 @@ impl Writer {
         }
         match req {
             Request::PutDefinition { def, reply } => {
-                let (r, f) = split(self.put_definition(t, &def));
-                (Delivery::Def(reply, r), f)
+                let (r, f) = split(self.put_definition(b, &def));
+                (Some(Delivery::Def(reply, r)), f)
             }
             Request::Create { t: tr, reply } => {
-                let (r, f) = split(self.create(t, *tr));
-                (Delivery::Create(reply, r), f)
+                let (r, f) = split(self.create(b, *tr));
+                (Some(Delivery::Create(reply, r)), f)
             }
             Request::Update {
                 id,
                 f,
                 eager,
                 reply,
-            } => match self.update(t, id, f, eager.as_deref()) {
-                Ok(tr) => (Delivery::Update(reply, Ok(tr)), None),
-                Err(UpdateFail::Panic(p)) => {
-                    (Delivery::Update(reply, Err(UpdateFailure::Panic(p))), None)
-                }
-                Err(UpdateFail::Fail(Fail::Caller(e))) => {
-                    (Delivery::Update(reply, Err(UpdateFailure::Store(e))), None)
-                }
-                Err(UpdateFail::Fail(Fail::Fatal(e))) => (
-                    Delivery::Update(reply, Err(UpdateFailure::Store(e.clone()))),
-                    Some(e),
-                ),
-            },
+            } => {
+                let (r, f) = match self.update(b, id, f, eager.as_deref()) {
+                    Ok(tr) => (Ok(tr), None),
+                    Err(UpdateFail::Panic(p)) => (Err(UpdateFailure::Panic(p)), None),
+                    Err(UpdateFail::Fail(Fail::Caller(e))) => (Err(UpdateFailure::Store(e)), None),
+                    Err(UpdateFail::Fail(Fail::Fatal(e))) => {
+                        (Err(UpdateFailure::Store(e.clone())), Some(e))
+                    }
+                };
+                (Some(Delivery::Update(reply, r)), f)
+            }
             Request::Claim { req, reply } => {
-                let (r, f) = split(self.claim(t, &req));
-                (Delivery::Claim(reply, r), f)
+                let (r, f) = split(self.claim(b, &req));
+                (Some(Delivery::Claim(reply, r)), f)
             }
             Request::Heartbeat {
                 owner,
@@ -623,45 +719,142 @@ impl Writer {
                 now,
                 reply,
             } => {
-                let (r, f) = split(self.heartbeat(t, &owner, &leases, now));
-                (Delivery::Heartbeat(reply, r), f)
+                let (r, f) = split(self.heartbeat(b, &owner, &leases, now));
+                (Some(Delivery::Heartbeat(reply, r)), f)
             }
             Request::Cleanup {
                 older_than,
                 limit,
                 reply,
             } => {
-                let (r, f) = split(self.cleanup(t, older_than, limit));
-                (Delivery::Cleanup(reply, r), f)
+                let (r, f) = split(self.cleanup(b, older_than, limit));
+                (Some(Delivery::Cleanup(reply, r)), f)
             }
             Request::Close { reply } => {
-                // `commit_batch` takes close requests out first; answer anyway.
+                // `run` takes close requests out first; answer anyway.
                 let _ = reply.send(());
-                (Delivery::Nothing, None)
+                (None, None)
+            }
+            Request::Wake => (None, None),
+        }
+    }
+
+    // ----- reads -----------------------------------------------------------------------------
+
+    /// The snapshot of `id` as the batch sees it, taken out of the cache (with its pin) or
+    /// read from the last committed transaction (pin 0). The caller puts it back with
+    /// [`SnapshotCache::put`].
+    fn take_snapshot(
+        &mut self,
+        id: InstanceId,
+    ) -> Result<Option<(InstanceSnapshot, u64)>, StoreError> {
+        match self.cache.take(id) {
+            Some((Some(s), pin)) => Ok(Some((s, pin))),
+            Some((None, pin)) => {
+                self.cache.tombstone(id, pin);
+                Ok(None)
+            }
+            None => Ok(self.read_snapshot(id)?.map(|s| (s, 0))),
+        }
+    }
+
+    /// Reads the snapshot of an instance no pending batch wrote.
+    fn read_snapshot(&mut self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
+        let rtx = self.view.txn(self.committed_seq)?;
+        let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
+        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
+        let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
+        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
+        SnapshotTables {
+            instances: &instances,
+            steps: &steps,
+            dlq_by_instance: &dlq_by_instance,
+            dlq: &dlq,
+        }
+        .snapshot(id)
+    }
+
+    /// Whether instance `id` exists.
+    fn instance_exists(&mut self, id: InstanceId) -> Result<bool, StoreError> {
+        match self.cache.get(id) {
+            Cached::Live(_) => Ok(true),
+            Cached::Gone => Ok(false),
+            Cached::Miss => {
+                let rtx = self.view.txn(self.committed_seq)?;
+                let t = rtx.open_table(INSTANCES).map_err(redb_err)?;
+                Ok(t.get(inst_key(id)).map_err(redb_err)?.is_some())
             }
         }
+    }
+
+    /// The instance an idempotency key maps to.
+    fn idempotency(&mut self, workflow: &str, key: &str) -> Result<Option<u128>, StoreError> {
+        // The overlay is keyed by owned strings; this lookup allocates only on this
+        // (rare) path: transitions whose key does not change skip it.
+        if let Some((_, v)) = self
+            .idem_overlay
+            .get(&(workflow.to_owned(), key.to_owned()))
+        {
+            return Ok(*v);
+        }
+        let rtx = self.view.txn(self.committed_seq)?;
+        let t = rtx.open_table(IDEMPOTENCY).map_err(redb_err)?;
+        Ok(t.get((workflow, key)).map_err(redb_err)?.map(|v| v.value()))
+    }
+
+    /// Whether DLQ record `id` exists.
+    fn dlq_exists(&mut self, id: u64) -> Result<bool, StoreError> {
+        if let Some((_, exists)) = self.dlq_overlay.get(&id) {
+            return Ok(*exists);
+        }
+        let rtx = self.view.txn(self.committed_seq)?;
+        let t = rtx.open_table(DLQ).map_err(redb_err)?;
+        Ok(t.get(id).map_err(redb_err)?.is_some())
+    }
+
+    // ----- overlay-tracked writes ------------------------------------------------------------
+
+    fn write_idempotency(&mut self, b: &mut Batch, workflow: &str, key: &str, v: Option<u128>) {
+        b.ops.idempotency(workflow, key, v);
+        let k = (workflow.to_owned(), key.to_owned());
+        self.idem_overlay.insert(k.clone(), (b.seq, v));
+        b.touched.idempotency.push(k);
+    }
+
+    fn write_dlq_exists(&mut self, b: &mut Batch, id: u64, exists: bool) {
+        self.dlq_overlay.insert(id, (b.seq, exists));
+        b.touched.dlq.push(id);
+    }
+
+    /// Puts `snap` back into the cache pinned to this batch (it wrote it).
+    fn keep_written(&mut self, b: &mut Batch, snap: InstanceSnapshot) {
+        b.touched.instances.push(snap.instance.id);
+        self.cache.put(snap, b.seq);
     }
 
     // ----- definitions ---------------------------------------------------------------------
 
     fn put_definition(
         &mut self,
-        t: &mut Tables<'_>,
+        b: &mut Batch,
         def: &WorkflowDefinition,
     ) -> Result<PutDefinition, Fail> {
+        // Runs alone, after every earlier batch committed: the read transaction is current.
         let id = def.id();
-        let stored = match t.defs.get(id.as_str()).map_err(fatal)? {
-            Some(v) => Some(decode_definition(v.value()).map_err(Fail::Caller)?),
-            None => None,
+        let stored = {
+            let rtx = self.view.txn(self.committed_seq).map_err(classify)?;
+            let t = rtx.open_table(DEFINITIONS).map_err(fatal)?;
+            match t.get(id.as_str()).map_err(fatal)? {
+                Some(v) => Some(decode_definition(v.value()).map_err(Fail::Caller)?),
+                None => None,
+            }
         };
         match stored {
             Some(s) if s == *def => Ok(PutDefinition::Unchanged),
             Some(_) => Err(Fail::Caller(StoreError::DefinitionConflict(id))),
             None => {
                 let bytes = layout::encode_definition(def).map_err(Fail::Caller)?;
-                t.defs
-                    .insert(id.as_str(), bytes.as_slice())
-                    .map_err(fatal)?;
+                b.ops.definition(id.as_str(), &bytes);
                 Ok(PutDefinition::Created)
             }
         }
@@ -669,20 +862,7 @@ impl Writer {
 
     // ----- transitions ---------------------------------------------------------------------
 
-    /// The snapshot of `id`, taken out of the cache or read through the transaction. The
-    /// caller puts it back with [`SnapshotCache::put`] if it is still valid.
-    fn take_snapshot(
-        &mut self,
-        t: &Tables<'_>,
-        id: InstanceId,
-    ) -> Result<Option<InstanceSnapshot>, StoreError> {
-        match self.cache.take(id) {
-            Some(s) => Ok(Some(s)),
-            None => t.snapshot(id),
-        }
-    }
-
-    fn create(&mut self, t: &mut Tables<'_>, mut tr: Transition) -> Result<CreateOutcome, Fail> {
+    fn create(&mut self, b: &mut Batch, mut tr: Transition) -> Result<CreateOutcome, Fail> {
         let id = tr.instance.id;
         if !tr.create {
             return Err(Fail::Caller(StoreError::Conflict(format!(
@@ -690,40 +870,37 @@ impl Writer {
             ))));
         }
         if let Some(key) = &tr.instance.idempotency_key
-            && let Some(existing) = t
-                .idem
-                .get((tr.instance.workflow_id.as_str(), key.as_str()))
-                .map_err(fatal)?
+            && let Some(existing) = self
+                .idempotency(tr.instance.workflow_id.as_str(), key)
+                .map_err(classify)?
         {
-            return Ok(CreateOutcome::Existing(InstanceId::from_u128(
-                existing.value(),
-            )));
+            return Ok(CreateOutcome::Existing(InstanceId::from_u128(existing)));
         }
-        if self.cache.contains(id) || t.instances.get(inst_key(id)).map_err(fatal)?.is_some() {
+        if self.instance_exists(id).map_err(classify)? {
             return Err(Fail::Caller(StoreError::Conflict(format!(
                 "instance {id} already exists"
             ))));
         }
-        self.check(t, None, &tr)?;
+        self.check(None, &tr)?;
         unlease_upserts(&mut tr);
         let mut snap = InstanceSnapshot {
             instance: tr.instance.clone(),
             steps: Vec::with_capacity(tr.steps.len()),
             dlq: Vec::new(),
         };
-        self.apply(t, None, &tr, &mut snap).map_err(Fail::Fatal)?;
-        self.cache.put(snap);
+        self.apply(b, None, &tr, &mut snap).map_err(Fail::Fatal)?;
+        self.keep_written(b, snap);
         Ok(CreateOutcome::Created(id))
     }
 
     fn update(
         &mut self,
-        t: &mut Tables<'_>,
+        b: &mut Batch,
         id: InstanceId,
         f: TransitionFn,
         eager: Option<&EagerClaim>,
     ) -> Result<(Transition, Vec<ClaimedItem>), UpdateFail> {
-        let mut snap = match self.take_snapshot(t, id) {
+        let (mut snap, pin) = match self.take_snapshot(id) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return Err(UpdateFail::Fail(Fail::Caller(StoreError::NotFound(
@@ -735,22 +912,22 @@ impl Writer {
         let mut tr = match std::panic::catch_unwind(AssertUnwindSafe(|| f(&snap))) {
             Ok(Ok(tr)) => tr,
             Ok(Err(e)) => {
-                self.cache.put(snap);
+                self.cache.put(snap, pin);
                 return Err(UpdateFail::Fail(Fail::Caller(StoreError::Rejected(e))));
             }
             Err(panic) => {
-                self.cache.put(snap);
+                self.cache.put(snap, pin);
                 return Err(UpdateFail::Panic(panic));
             }
         };
         if tr.instance.id != id {
-            self.cache.put(snap);
+            self.cache.put(snap, pin);
             return Err(UpdateFail::Fail(Fail::Caller(StoreError::Conflict(
                 format!("transition for instance {} applied to {id}", tr.instance.id),
             ))));
         }
-        if let Err(e) = self.check(t, Some(&snap), &tr) {
-            self.cache.put(snap);
+        if let Err(e) = self.check(Some(&snap), &tr) {
+            self.cache.put(snap, pin);
             return Err(UpdateFail::Fail(e));
         }
         // Checked: upserts are stored unleased, but for the caller's share of the queued
@@ -772,19 +949,15 @@ impl Writer {
         };
         let old = std::mem::replace(&mut snap.instance, tr.instance.clone());
         // On a fatal error the snapshot is dropped (the whole cache is cleared anyway).
-        self.apply(t, Some(&old), &tr, &mut snap)
+        self.apply(b, Some(&old), &tr, &mut snap)
             .map_err(|e| UpdateFail::Fail(Fail::Fatal(e)))?;
-        self.cache.put(snap);
+        self.keep_written(b, snap);
         Ok((tr, claimed))
     }
-    /// Every check of a transition, before anything is written (`current` is `None` when
+
+    /// Every check of a transition, before anything is recorded (`current` is `None` when
     /// creating).
-    fn check(
-        &self,
-        t: &Tables<'_>,
-        current: Option<&InstanceSnapshot>,
-        tr: &Transition,
-    ) -> Result<(), Fail> {
+    fn check(&mut self, current: Option<&InstanceSnapshot>, tr: &Transition) -> Result<(), Fail> {
         let id = tr.instance.id;
         let conflict = |msg: String| Fail::Caller(StoreError::Conflict(msg));
         // 1. Creation or version.
@@ -860,64 +1033,63 @@ impl Writer {
         }
         for d in &tr.dlq_delete {
             let own = current.is_some_and(|s| s.dlq.iter().any(|r| r.id == *d));
-            if !own && t.dlq.get(d.0).map_err(fatal)?.is_some() {
+            if !own && self.dlq_exists(d.0).map_err(classify)? {
                 return Err(conflict(format!(
                     "DLQ record {d} does not belong to instance {id}"
                 )));
             }
         }
-        // 5. The idempotency key stays unique.
-        if let Some(key) = &tr.instance.idempotency_key
-            && let Some(other) = t
-                .idem
-                .get((tr.instance.workflow_id.as_str(), key.as_str()))
-                .map_err(fatal)?
-        {
-            let other = InstanceId::from_u128(other.value());
-            if other != id {
-                return Err(conflict(format!(
-                    "idempotency key {key:?} of {} is used by instance {other}",
-                    tr.instance.workflow_id
-                )));
+        // 5. The idempotency key stays unique (unchanged keys are known to be this
+        // instance's).
+        if let Some(key) = &tr.instance.idempotency_key {
+            let unchanged = current.is_some_and(|s| {
+                s.instance.idempotency_key.as_ref() == Some(key)
+                    && s.instance.workflow_id == tr.instance.workflow_id
+            });
+            if !unchanged
+                && let Some(other) = self
+                    .idempotency(tr.instance.workflow_id.as_str(), key)
+                    .map_err(classify)?
+            {
+                let other = InstanceId::from_u128(other);
+                if other != id {
+                    return Err(conflict(format!(
+                        "idempotency key {key:?} of {} is used by instance {other}",
+                        tr.instance.workflow_id
+                    )));
+                }
             }
         }
         Ok(())
     }
 
-    /// Applies a checked transition to the tables and to `snap` (the instance's cached
-    /// snapshot, whose record is already the new one). Any error leaves the transaction
-    /// partly written: the caller fails the batch.
+    /// Records a checked transition and applies it to the in-memory state and to `snap` (the
+    /// instance's snapshot, whose record is already the new one). Any error leaves the batch
+    /// partly recorded: the caller fails the batch.
     fn apply(
         &mut self,
-        t: &mut Tables<'_>,
+        b: &mut Batch,
         old: Option<&InstanceRecord>,
         tr: &Transition,
         snap: &mut InstanceSnapshot,
     ) -> Result<(), StoreError> {
         let r = &tr.instance;
         let k = inst_key(r.id);
-        enc(&mut self.buf, "instance record", r)?;
-        t.instances
-            .insert(k, self.buf.as_slice())
-            .map_err(redb_err)?;
+        b.ops.instance(k, r)?;
         // Status counts and the terminal index.
         if let Some(o) = old {
             if let Some(c) = self.counters.status_counts.get_mut(status_index(o.status)) {
                 *c = c.saturating_sub(1);
             }
             if o.status.is_terminal() {
-                t.terminal
-                    .remove((o.updated_at.as_millis(), k))
-                    .map_err(redb_err)?;
+                b.ops.terminal(o.updated_at.as_millis(), k, false);
             }
         }
         if let Some(c) = self.counters.status_counts.get_mut(status_index(r.status)) {
             *c += 1;
         }
         if r.status.is_terminal() {
-            t.terminal
-                .insert((r.updated_at.as_millis(), k), ())
-                .map_err(redb_err)?;
+            b.ops.terminal(r.updated_at.as_millis(), k, true);
         }
         self.counters_dirty = true;
         // Idempotency key.
@@ -928,30 +1100,18 @@ impl Writer {
             _ => false,
         };
         if !same {
-            if let Some((o, key)) = old_key {
-                let mine = t
-                    .idem
-                    .get((o.workflow_id.as_str(), key))
-                    .map_err(redb_err)?
-                    .is_some_and(|v| v.value() == k);
-                if mine {
-                    t.idem
-                        .remove((o.workflow_id.as_str(), key))
-                        .map_err(redb_err)?;
-                }
+            if let Some((o, key)) = old_key
+                && self.idempotency(o.workflow_id.as_str(), key)? == Some(k)
+            {
+                self.write_idempotency(b, o.workflow_id.as_str(), key, None);
             }
             if let Some(key) = &r.idempotency_key {
-                t.idem
-                    .insert((r.workflow_id.as_str(), key.as_str()), k)
-                    .map_err(redb_err)?;
+                self.write_idempotency(b, r.workflow_id.as_str(), key, Some(k));
             }
         }
         // Step runs (the snapshot keeps them in name order, like the table).
         for w in &tr.steps {
-            enc(&mut self.buf, "step run", &w.run)?;
-            t.steps
-                .insert((k, &*w.run.step), self.buf.as_slice())
-                .map_err(redb_err)?;
+            b.ops.step(k, &w.run.step, &w.run)?;
             match snap.steps.binary_search_by(|s| s.step.cmp(&w.run.step)) {
                 Ok(i) => {
                     if let Some(s) = snap.steps.get_mut(i) {
@@ -966,24 +1126,17 @@ impl Writer {
             match op {
                 QueueOp::Upsert(item) => {
                     // Leases were settled before (`unlease_upserts`, then any eager claim).
-                    let item = item.clone();
-                    enc(&mut self.buf, "queue item", &item)?;
-                    t.queue
-                        .insert(queue_key(&item.key), self.buf.as_slice())
-                        .map_err(redb_err)?;
-                    self.index.upsert(item);
+                    b.ops.queue(&item.key, item)?;
+                    self.index.upsert(item.clone());
                 }
                 QueueOp::Delete(key) => {
                     if self.index.remove(key) {
-                        t.queue.remove(queue_key(key)).map_err(redb_err)?;
+                        b.ops.remove_queue(key);
                     }
                 }
                 QueueOp::RequestCancel(key) => {
                     if let Some(item) = self.index.request_cancel(key) {
-                        enc(&mut self.buf, "queue item", item)?;
-                        t.queue
-                            .insert(queue_key(key), self.buf.as_slice())
-                            .map_err(redb_err)?;
+                        b.ops.queue(key, item)?;
                     }
                 }
             }
@@ -1001,10 +1154,7 @@ impl Writer {
                 attempt: ev.attempt,
                 detail: ev.detail.clone(),
             };
-            enc(&mut self.buf, "event", &e)?;
-            t.events
-                .insert((k, seq), self.buf.as_slice())
-                .map_err(redb_err)?;
+            b.ops.event(k, seq, &e)?;
         }
         // DLQ.
         for rec in &tr.dlq_insert {
@@ -1015,15 +1165,18 @@ impl Writer {
                 created_at: tr.now,
                 record: rec.clone(),
             };
-            enc(&mut self.buf, "DLQ record", &d)?;
-            t.dlq.insert(id.0, self.buf.as_slice()).map_err(redb_err)?;
-            t.dlq_by_instance.insert((k, id.0), ()).map_err(redb_err)?;
+            b.ops.dlq(id.0, &d)?;
+            b.ops.dlq_by_instance(k, id.0, true);
+            self.write_dlq_exists(b, id.0, true);
             self.counters.dlq += 1;
             snap.dlq.push(d);
         }
         for d in &tr.dlq_delete {
-            if t.dlq.remove(d.0).map_err(redb_err)?.is_some() {
-                t.dlq_by_instance.remove((k, d.0)).map_err(redb_err)?;
+            // Unknown ids are ignored; a record of another instance was refused by `check`.
+            if snap.dlq.iter().any(|x| x.id == *d) {
+                b.ops.remove_dlq(d.0);
+                b.ops.dlq_by_instance(k, d.0, false);
+                self.write_dlq_exists(b, d.0, false);
                 self.counters.dlq = self.counters.dlq.saturating_sub(1);
                 snap.dlq.retain(|x| x.id != *d);
             }
@@ -1033,7 +1186,7 @@ impl Writer {
 
     // ----- claims and leases ---------------------------------------------------------------
 
-    fn claim(&mut self, t: &mut Tables<'_>, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, Fail> {
+    fn claim(&mut self, b: &mut Batch, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, Fail> {
         let limit = req.limit.min(MAX_CLAIM_BATCH);
         if limit == 0 {
             return Ok(Vec::new());
@@ -1047,12 +1200,13 @@ impl Writer {
         for key in &cands {
             let has_run = |s: &InstanceSnapshot| s.steps.iter().any(|r| r.step == key.step);
             let exists = match self.cache.get(key.instance_id) {
-                Some(s) => has_run(s),
-                None => {
-                    let snap = t.snapshot(key.instance_id).map_err(classify)?;
+                Cached::Live(s) => has_run(s),
+                Cached::Gone => false,
+                Cached::Miss => {
+                    let snap = self.read_snapshot(key.instance_id).map_err(classify)?;
                     let exists = snap.as_ref().is_some_and(has_run);
                     if let Some(s) = snap {
-                        self.cache.put(s);
+                        self.cache.put(s, 0);
                     }
                     exists
                 }
@@ -1066,13 +1220,11 @@ impl Writer {
                 ))));
             }
         }
-        // From here on every error is fatal: the transaction holds this claim's writes.
+        // From here on every error is fatal: the batch holds this claim's writes.
         let mut out = Vec::with_capacity(cands.len());
         for key in cands {
             let k = inst_key(key.instance_id);
-            let Some(mut snap) = self
-                .take_snapshot(t, key.instance_id)
-                .map_err(Fail::Fatal)?
+            let Some((mut snap, pin)) = self.take_snapshot(key.instance_id).map_err(Fail::Fatal)?
             else {
                 continue;
             };
@@ -1082,15 +1234,13 @@ impl Writer {
             let Some((item, previous_lease_expired)) =
                 self.index.lease(&key, &req.owner, token, now)
             else {
+                self.cache.put(snap, pin);
                 continue;
             };
             let item = item.clone();
-            enc(&mut self.buf, "queue item", &item).map_err(Fail::Fatal)?;
-            t.queue
-                .insert(queue_key(&key), self.buf.as_slice())
-                .map_err(fatal)?;
+            b.ops.queue(&key, &item).map_err(Fail::Fatal)?;
             let Some(run) = snap.steps.iter_mut().find(|r| r.step == key.step) else {
-                self.cache.put(snap);
+                self.cache.put(snap, pin);
                 continue;
             };
             if key.kind == WorkKind::Execute
@@ -1102,10 +1252,7 @@ impl Writer {
                 run.status = StepStatus::Running;
                 run.attempts = item.attempt;
                 run.started_at = Some(now);
-                enc(&mut self.buf, "step run", &*run).map_err(Fail::Fatal)?;
-                t.steps
-                    .insert((k, &*key.step), self.buf.as_slice())
-                    .map_err(fatal)?;
+                b.ops.step(k, &key.step, &*run).map_err(Fail::Fatal)?;
                 self.counters.last_seq += 1;
                 let seq = self.counters.last_seq;
                 let e = Event {
@@ -1117,25 +1264,30 @@ impl Writer {
                     attempt: Some(item.attempt),
                     detail: None,
                 };
-                enc(&mut self.buf, "event", &e).map_err(Fail::Fatal)?;
-                t.events
-                    .insert((k, seq), self.buf.as_slice())
-                    .map_err(fatal)?;
+                b.ops.event(k, seq, &e).map_err(Fail::Fatal)?;
+                let run = run.clone();
+                self.keep_written(b, snap);
+                out.push(ClaimedItem {
+                    item,
+                    previous_lease_expired,
+                    run,
+                });
+            } else {
+                let run = run.clone();
+                self.cache.put(snap, pin);
+                out.push(ClaimedItem {
+                    item,
+                    previous_lease_expired,
+                    run,
+                });
             }
-            let run = run.clone();
-            self.cache.put(snap);
-            out.push(ClaimedItem {
-                item,
-                previous_lease_expired,
-                run,
-            });
         }
         Ok(out)
     }
 
     fn heartbeat(
         &mut self,
-        t: &mut Tables<'_>,
+        b: &mut Batch,
         owner: &str,
         leases: &[LeaseRef],
         now: Timestamp,
@@ -1145,10 +1297,7 @@ impl Writer {
             match self.index.heartbeat(owner, &l.key, l.token, now) {
                 Some((item, expires_at)) => {
                     let cancel_requested = item.cancel_requested;
-                    let bytes = encode("queue item", item).map_err(Fail::Fatal)?;
-                    t.queue
-                        .insert(queue_key(&l.key), bytes.as_slice())
-                        .map_err(fatal)?;
+                    b.ops.queue(&l.key, item).map_err(Fail::Fatal)?;
                     out.push(LeaseState::Held {
                         expires_at,
                         cancel_requested,
@@ -1162,41 +1311,51 @@ impl Writer {
 
     // ----- retention -----------------------------------------------------------------------
 
-    fn cleanup(
-        &mut self,
-        t: &mut Tables<'_>,
-        older_than: Timestamp,
-        limit: usize,
-    ) -> Result<u64, Fail> {
+    fn cleanup(&mut self, b: &mut Batch, older_than: Timestamp, limit: usize) -> Result<u64, Fail> {
+        // Runs alone, after every earlier batch committed: the read transaction is current.
         let mut victims: Vec<(i64, u128)> = Vec::new();
-        for row in t
-            .terminal
-            .range::<(i64, u128)>(..(older_than.as_millis(), 0_u128))
-            .map_err(fatal)?
         {
-            if victims.len() >= limit {
-                break;
+            let rtx = self.view.txn(self.committed_seq).map_err(classify)?;
+            let terminal = rtx.open_table(TERMINAL).map_err(fatal)?;
+            for row in terminal
+                .range::<(i64, u128)>(..(older_than.as_millis(), 0_u128))
+                .map_err(fatal)?
+            {
+                if victims.len() >= limit {
+                    break;
+                }
+                let (key, _) = row.map_err(fatal)?;
+                victims.push(key.value());
             }
-            let (key, _) = row.map_err(fatal)?;
-            victims.push(key.value());
         }
-        // From here on every error is fatal: the transaction holds partial removals.
+        // From here on every error is fatal: the batch holds partial removals.
         let mut removed = 0;
         for (ts, k) in victims {
-            self.remove_instance(t, ts, k).map_err(Fail::Fatal)?;
+            self.remove_instance(b, ts, k).map_err(Fail::Fatal)?;
             removed += 1;
         }
         Ok(removed)
     }
 
-    fn remove_instance(&mut self, t: &mut Tables<'_>, ts: i64, k: u128) -> Result<(), StoreError> {
-        t.terminal.remove((ts, k)).map_err(redb_err)?;
-        let Some(bytes) = t.instances.remove(k).map_err(redb_err)? else {
+    fn remove_instance(&mut self, b: &mut Batch, ts: i64, k: u128) -> Result<(), StoreError> {
+        b.ops.terminal(ts, k, false);
+        let id = InstanceId::from_u128(k);
+        let rtx = self.view.txn(self.committed_seq)?;
+        let Some(rec) = read::instance(&rtx.open_table(INSTANCES).map_err(redb_err)?, id)? else {
             return Ok(());
         };
-        let rec = decode_instance(bytes.value())?;
-        drop(bytes);
-        self.cache.remove(rec.id);
+        let steps = read::steps(&rtx.open_table(STEPS).map_err(redb_err)?, id)?;
+        let items = read::queue(&rtx.open_table(QUEUE).map_err(redb_err)?, id)?;
+        let dlq_ids = read::dlq_ids(&rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?, id)?;
+        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
+        let mut dlq_present = Vec::with_capacity(dlq_ids.len());
+        for d in dlq_ids {
+            dlq_present.push((d, dlq.get(d.0).map_err(redb_err)?.is_some()));
+        }
+        drop(dlq);
+        b.ops.remove_instance(k);
+        self.cache.tombstone(id, b.seq);
+        b.touched.instances.push(id);
         if let Some(c) = self
             .counters
             .status_counts
@@ -1205,36 +1364,33 @@ impl Writer {
             *c = c.saturating_sub(1);
         }
         self.counters_dirty = true;
-        if let Some(key) = &rec.idempotency_key {
-            let mine = t
-                .idem
-                .get((rec.workflow_id.as_str(), key.as_str()))
-                .map_err(redb_err)?
-                .is_some_and(|v| v.value() == k);
-            if mine {
-                t.idem
-                    .remove((rec.workflow_id.as_str(), key.as_str()))
-                    .map_err(redb_err)?;
-            }
+        if let Some(key) = &rec.idempotency_key
+            && self.idempotency(rec.workflow_id.as_str(), key)? == Some(k)
+        {
+            self.write_idempotency(b, rec.workflow_id.as_str(), key, None);
         }
-        for run in read::steps(&t.steps, rec.id)? {
-            t.steps.remove((k, &*run.step)).map_err(redb_err)?;
+        for run in steps {
+            b.ops.remove_step(k, &run.step);
         }
-        t.events
-            .retain_in((k, 0_u64)..=(k, u64::MAX), |_, _| false)
-            .map_err(redb_err)?;
-        for item in read::queue(&t.queue, rec.id)? {
+        b.ops.remove_events(k);
+        for item in items {
             self.index.remove(&item.key);
-            t.queue.remove(queue_key(&item.key)).map_err(redb_err)?;
+            b.ops.remove_queue(&item.key);
         }
-        for d in read::dlq_ids(&t.dlq_by_instance, rec.id)? {
-            if t.dlq.remove(d.0).map_err(redb_err)?.is_some() {
+        for (d, present) in dlq_present {
+            if present {
+                b.ops.remove_dlq(d.0);
+                self.write_dlq_exists(b, d.0, false);
                 self.counters.dlq = self.counters.dlq.saturating_sub(1);
             }
-            t.dlq_by_instance.remove((k, d.0)).map_err(redb_err)?;
+            b.ops.dlq_by_instance(k, d.0, false);
         }
         Ok(())
     }
+}
+
+fn fatal(e: impl Into<redb::Error>) -> Fail {
+    Fail::Fatal(redb_err(e))
 }
 
 /// Why an update failed inside the writer.

@@ -1,0 +1,186 @@
+//! The committing thread (`floxy-redb-commit`): applies each prepared batch in one write
+//! transaction, commits it, publishes the state that batch leads to and hands its replies
+//! to the notifier.
+//!
+//! It is the second stage of the writer's pipeline: while it waits for a commit's page
+//! writes and `fsync`, the preparing thread ([`crate::writer`]) already runs the transition
+//! functions and checks of the next batch. It is the only code that opens write
+//! transactions on the file.
+
+use crate::Durability;
+use crate::layout::redb_err;
+use crate::ops::Ops;
+use crate::writer::{Delivery, Published, Request};
+use floxy_core::store::StoreError;
+use parking_lot::Mutex;
+use redb::Database;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+/// A batch ready to commit.
+pub(crate) struct Prepared {
+    /// The batch's writes.
+    pub(crate) ops: Ops,
+    /// The replies, sent once the commit is durable (or failed).
+    pub(crate) deliveries: Vec<Delivery>,
+    /// What the store publishes once this batch is committed.
+    pub(crate) published: Published,
+}
+
+/// A message to the committing thread.
+pub(crate) enum ToCommit {
+    /// Commit this batch, then report its outcome.
+    Batch(Box<Prepared>),
+    /// Make relaxed commits durable and stop (the thread then drops its database handle).
+    Close,
+}
+
+/// The committing thread's state.
+pub(crate) struct Committer {
+    pub(crate) db: Arc<Database>,
+    pub(crate) durability: Durability,
+    pub(crate) last_flush: Instant,
+    /// Whether a commit since the last flush was not durable (relaxed mode).
+    pub(crate) unflushed: bool,
+    pub(crate) published: Arc<Mutex<Published>>,
+    /// Replies of committed batches go there, so this thread starts the next commit at once.
+    pub(crate) notifier: Sender<(Vec<Delivery>, Option<StoreError>)>,
+    /// Time spent applying and committing, and of that, in redb's commit.
+    pub(crate) busy: Duration,
+    pub(crate) committing: Duration,
+}
+
+impl Committer {
+    /// The thread's loop: one write transaction per batch, its outcome (the commit error, if
+    /// any) sent back on `outcomes` after the replies were handed to the notifier, and the
+    /// preparing thread woken through its request channel (`wake` does not keep that
+    /// channel open).
+    pub(crate) fn run(
+        mut self,
+        rx: Receiver<ToCommit>,
+        outcomes: Sender<Option<StoreError>>,
+        wake: tokio::sync::mpsc::WeakSender<Request>,
+    ) {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                ToCommit::Batch(batch) => {
+                    let err = self.commit(*batch);
+                    if outcomes.send(err).is_err() {
+                        break;
+                    }
+                    // A full channel needs no wake-up: the writer polls the outcome after
+                    // every request it takes.
+                    if let Some(tx) = wake.upgrade() {
+                        let _ = tx.try_send(Request::Wake);
+                    }
+                }
+                ToCommit::Close => break,
+            }
+        }
+        if self.unflushed
+            && let Err(e) = self.flush()
+        {
+            tracing::error!(error = %e, "floxy-store-redb: final flush failed");
+        }
+    }
+
+    fn commit(&mut self, batch: Prepared) -> Option<StoreError> {
+        let Prepared {
+            ops,
+            deliveries,
+            mut published,
+        } = batch;
+        let started = Instant::now();
+        // A batch that writes nothing (empty claims, refused requests) needs no transaction,
+        // unless it is the one that makes earlier relaxed commits durable.
+        let err = if ops.is_empty() && !self.flush_due() {
+            None
+        } else {
+            let durability = self.txn_durability();
+            self.write(&ops, durability).err()
+        };
+        self.busy += started.elapsed();
+        if err.is_none() {
+            published.stats.busy += self.busy;
+            published.stats.committing = self.committing;
+            *self.published.lock() = published;
+        }
+        if let Err(std::sync::mpsc::SendError((deliveries, err))) =
+            self.notifier.send((deliveries, err.clone()))
+        {
+            // The notifier thread is gone (it never exits first); answer here.
+            for d in deliveries {
+                d.send(err.as_ref());
+            }
+            return err;
+        }
+        err
+    }
+
+    /// One write transaction holding `ops`.
+    fn write(&mut self, ops: &Ops, durability: redb::Durability) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(durability)
+            .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
+        if let Err(e) = ops.apply(&txn) {
+            drop(txn.abort());
+            return Err(e);
+        }
+        #[cfg(feature = "failpoints")]
+        {
+            let injected = (|| {
+                fail::fail_point!("floxy-redb::commit", |_| true);
+                false
+            })();
+            if injected {
+                drop(txn.abort());
+                return Err(StoreError::Unavailable(
+                    "redb I/O error: injected by failpoint floxy-redb::commit".to_owned(),
+                ));
+            }
+        }
+        let tc = Instant::now();
+        let r = txn.commit().map_err(redb_err);
+        self.committing += tc.elapsed();
+        r
+    }
+
+    /// A durable empty commit (makes earlier relaxed commits durable).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
+        txn.commit().map_err(redb_err)?;
+        self.last_flush = Instant::now();
+        self.unflushed = false;
+        Ok(())
+    }
+
+    /// Whether relaxed commits are waiting for a durable one and their interval is over.
+    fn flush_due(&self) -> bool {
+        match self.durability {
+            Durability::Immediate => false,
+            Durability::Relaxed { flush_interval_ms } => {
+                self.unflushed
+                    && self.last_flush.elapsed() >= Duration::from_millis(flush_interval_ms)
+            }
+        }
+    }
+
+    fn txn_durability(&mut self) -> redb::Durability {
+        match self.durability {
+            Durability::Immediate => redb::Durability::Immediate,
+            Durability::Relaxed { flush_interval_ms } => {
+                if self.last_flush.elapsed() >= Duration::from_millis(flush_interval_ms) {
+                    self.last_flush = Instant::now();
+                    self.unflushed = false;
+                    redb::Durability::Immediate
+                } else {
+                    self.unflushed = true;
+                    redb::Durability::None
+                }
+            }
+        }
+    }
+}
