@@ -127,13 +127,18 @@ impl Committer {
             drop(txn.abort());
             return Err(e);
         }
+        // `return` fails this commit; `return(MS)` fails it after MS milliseconds, so a test
+        // can queue work behind a commit that is going to fail.
         #[cfg(feature = "failpoints")]
         {
-            let injected = (|| {
-                fail::fail_point!("floxy-redb::commit", |_| true);
-                false
+            let injected: Option<Option<String>> = (|| {
+                fail::fail_point!("floxy-redb::commit", |arg| Some(arg));
+                None
             })();
-            if injected {
+            if let Some(arg) = injected {
+                if let Some(ms) = arg.and_then(|a| a.parse::<u64>().ok()) {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
                 drop(txn.abort());
                 return Err(StoreError::Unavailable(
                     "redb I/O error: injected by failpoint floxy-redb::commit".to_owned(),

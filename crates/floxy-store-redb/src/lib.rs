@@ -188,7 +188,7 @@ pub use writer::WriterStats;
 use writer::{Published, Request, UpdateFailure, Writer};
 
 /// Largest number of requests applied in one write transaction (one group commit).
-pub const MAX_GROUP_COMMIT: usize = 1_024;
+pub const MAX_GROUP_COMMIT: usize = 4_096;
 /// Capacity of the writer's request channel; senders wait (asynchronously) when it is full.
 pub const WRITER_QUEUE_CAPACITY: usize = 8_192;
 /// Instances removed per write transaction by [`Store::cleanup`].

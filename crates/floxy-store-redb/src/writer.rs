@@ -339,8 +339,10 @@ struct Batch {
     touched: Touched,
     /// Set by a failure that forbids committing the batch; later requests are refused with it.
     fatal: Option<StoreError>,
+    /// The commit error of the batch this one was prepared on, once known (the in-memory
+    /// state it was prepared against has been rebuilt since).
+    failed_under: Option<StoreError>,
     requests: u64,
-    started: Instant,
 }
 
 /// The preparing thread's state.
@@ -482,8 +484,12 @@ impl Writer {
                     self.prepare(&mut batch, req);
                 }
             }
-            // The committing batch is done: the prepared one goes.
-            if self.in_flight.is_some() && self.poll_in_flight() && batch.requests > 0 {
+            // The committing batch is done: the prepared one goes (or fails with it).
+            if self.in_flight.is_some()
+                && let Some(outcome) = self.poll_in_flight()
+                && batch.requests > 0
+            {
+                batch.failed_under = outcome;
                 batch = self.hand_over(batch);
             }
         }
@@ -525,8 +531,8 @@ impl Writer {
             deliveries: Vec::new(),
             touched: Touched::default(),
             fatal: self.broken.clone(),
+            failed_under: None,
             requests: 0,
-            started: Instant::now(),
         }
     }
 
@@ -537,9 +543,11 @@ impl Writer {
             batch.deliveries.extend(Delivery::failed(req, e));
             return;
         }
+        let started = Instant::now();
         let (d, f) = self.handle(batch, req);
         batch.deliveries.extend(d);
         batch.fatal = f;
+        self.stats.preparing += started.elapsed();
     }
 
     /// Waits for the committing batch, if any, and settles it. Returns its commit error.
@@ -554,17 +562,17 @@ impl Writer {
         self.settle(err)
     }
 
-    /// Settles the committing batch if its outcome is in; returns whether it was.
-    fn poll_in_flight(&mut self) -> bool {
+    /// Settles the committing batch if its outcome is in: `Some(commit error)`, or `None`
+    /// while it is still committing.
+    fn poll_in_flight(&mut self) -> Option<Option<StoreError>> {
         let err = match self.outcomes.try_recv() {
             Ok(err) => err,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(StoreError::Backend(
                 "the redb committing thread stopped".to_owned(),
             )),
         };
-        self.settle(err);
-        true
+        Some(self.settle(err))
     }
 
     /// The committing batch's outcome: on success its pins are released; on failure the
@@ -609,11 +617,10 @@ impl Writer {
             }
         }
         self.counters_dirty = false;
-        self.stats.preparing += batch.started.elapsed();
         self.stats.busy = self.stats.preparing;
         // The batch was prepared on top of the committing one: it can go only if that
         // one is durable.
-        let before = self.settle_in_flight();
+        let before = self.settle_in_flight().or(batch.failed_under.take());
         let err = match (before, batch.fatal.take()) {
             (Some(e), _) => Some(e),
             (None, Some(e)) => {
