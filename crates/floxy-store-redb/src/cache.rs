@@ -66,9 +66,7 @@ impl SnapshotCache {
     /// What the cache knows of `id`, left in the cache.
     pub(crate) fn get(&self, id: InstanceId) -> Cached<'_> {
         match self.map.get(&id) {
-            Some(Slot {
-                snap: Some(s), ..
-            }) => Cached::Live(s),
+            Some(Slot { snap: Some(s), .. }) => Cached::Live(s),
             Some(Slot { snap: None, .. }) => Cached::Gone,
             None => Cached::Miss,
         }

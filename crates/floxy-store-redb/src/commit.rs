@@ -132,7 +132,7 @@ impl Committer {
         #[cfg(feature = "failpoints")]
         {
             let injected: Option<Option<String>> = (|| {
-                fail::fail_point!("floxy-redb::commit", |arg| Some(arg));
+                fail::fail_point!("floxy-redb::commit", Some);
                 None
             })();
             if let Some(arg) = injected {

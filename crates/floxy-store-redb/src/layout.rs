@@ -9,8 +9,7 @@
 //! model type's serde shape is a new format version.
 
 use floxy_core::model::{
-    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkKind,
-    WorkflowDefinition,
+    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkKind, WorkflowDefinition,
 };
 use floxy_core::store::StoreError;
 use redb::TableDefinition;

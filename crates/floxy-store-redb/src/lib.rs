@@ -1,5 +1,5 @@
 //! An embedded, durable [`Store`] for floxy: one [redb](https://www.redb.org) file, one
-//! writer thread, group commit.
+//! pipelined writer, group commit.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +18,7 @@
 //! throw-away runs, and PostgreSQL when several processes or machines share the work (redb
 //! locks the file: one process at a time; [`Capabilities::multi_process`] is false).
 //!
-//! # Writes: one writer thread, group commit
+//! # Writes: a two-stage writer, group commit
 //!
 //! redb transactions are synchronous and a file has one writer at a time, so every write of
 //! the store — [`Store::put_definition`], [`Store::create_instance`],
@@ -27,30 +27,44 @@
 //! a request sent over a bounded channel to a dedicated OS thread (`floxy-redb-writer`). No
 //! async task ever holds a redb transaction, and no `.await` happens inside one.
 //!
-//! The writer blocks until a request arrives, then drains everything else already queued (at
-//! most [`MAX_GROUP_COMMIT`] requests) and applies the whole batch in **one** write
-//! transaction, in arrival order:
+//! The writer *prepares* batches: it takes every queued request (at most
+//! [`MAX_GROUP_COMMIT`] per batch) and handles them in arrival order against its in-memory
+//! state, recording the table writes each one makes:
 //!
-//! * each request reads through that transaction, so it sees the writes of the requests
-//!   before it (a claim right after a create finds the new items; two updates of one
-//!   instance in one batch see each other, serialised like any two transitions);
+//! * each request sees the effects of the requests before it (a claim right after a create
+//!   finds the new items; two updates of one instance in one batch see each other,
+//!   serialised like any two transitions);
 //! * each request checks everything (version, fencing token, step compare-and-set,
-//!   ownership, idempotency key) *before* writing anything, so a refused request (a closure
-//!   error, a stale lease, a failed compare-and-set) writes nothing and does not disturb the
-//!   others in its batch;
-//! * after the commit returns — with [`Durability::Immediate`], after redb's `fsync` — every
-//!   caller of the batch gets its answer. **A caller is acknowledged only once the
-//!   transaction holding its write is durable.** If applying or committing fails (I/O
-//!   error, disk full), every request of the batch that would have been written gets the
-//!   error and nothing of the batch is visible; the writer rebuilds its in-memory state from
-//!   the last committed transaction. The answers are sent by a second thread
-//!   (`floxy-redb-notify`), so waking the callers' tasks overlaps with the next batch.
+//!   ownership, idempotency key) *before* recording anything, so a refused request (a
+//!   closure error, a stale lease, a failed compare-and-set) writes nothing and does not
+//!   disturb the others in its batch.
 //!
-//! The writer also keeps the decoded snapshots of live instances in memory (bounded by
+//! A second thread (`floxy-redb-commit`) applies each prepared batch in **one** write
+//! transaction and commits it — with [`Durability::Immediate`], through redb's `fsync` — and
+//! only then is every caller of the batch answered. **A caller is acknowledged only once the
+//! transaction holding its write is durable.** The answers are sent by a third thread
+//! (`floxy-redb-notify`), so waking the callers' tasks overlaps with the next batch.
+//!
+//! The two stages overlap: while batch `N` commits, the writer prepares the requests that
+//! arrive into batch `N + 1`, and hands it over the moment `N` is durable, so a request waits
+//! for at most one commit before its own. At most one batch commits while one is prepared.
+//! The reads a preparation needs come from memory (the claim index, the snapshot cache) or
+//! from a read transaction of the last committed batch; everything a not-yet-committed batch
+//! wrote — instance snapshots, idempotency keys, DLQ ids — is kept pinned in memory until it
+//! is committed, so no preparation reads a stale row. A definition write and a retention
+//! chunk wait for the committing batch and run in a batch of their own.
+//!
+//! If applying or committing a batch fails (I/O error, disk full), every request of the batch
+//! that would have been written gets the error and nothing of it is visible; so does every
+//! request of the batch prepared on top of it, which is never committed. The writer then
+//! rebuilds its in-memory state from the last committed transaction. A batch that writes
+//! nothing (claims that found no work, refused requests) is answered without a transaction.
+//!
+//! The writer keeps the decoded snapshots of live instances in memory (bounded by
 //! [`RedbOptions::snapshot_cache_instances`]), updated in step with what it writes, so a
 //! transition does not re-read and re-decode its instance; the cache is cleared after a failed
 //! commit. [`RedbStore::writer_stats`] reports group commits, requests per commit and the time
-//! spent committing.
+//! spent preparing and committing.
 //!
 //! Under load the batches grow on their own: while one commit waits for the disk, the next
 //! requests queue up and share the next `fsync`. One durable commit costs a few hundred
@@ -295,7 +309,7 @@ impl fmt::Debug for RedbStore {
 
 impl RedbStore {
     /// Opens the floxy database at `path`, creating the file if it does not exist, and
-    /// starts its writer thread.
+    /// starts its writer threads.
     ///
     /// # Errors
     /// [`OpenError::MissingDirectory`], [`OpenError::ReadOnly`],
@@ -305,7 +319,7 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_owned();
         let db = Arc::new(open::open_database(&path, options.cache_size_bytes)?);
-        let (counters, index) = writer::load_state(&db).map_err(|e| OpenError::Other {
+        let state = writer::load_state(&db).map_err(|e| OpenError::Other {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -321,11 +335,9 @@ impl RedbStore {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let w = Writer::new(
             db.clone(),
-            options.durability,
-            counters,
-            index,
+            &options,
+            state,
             published.clone(),
-            options.snapshot_cache_instances,
             notify_tx,
             tx.downgrade(),
         )
@@ -356,7 +368,7 @@ impl RedbStore {
         &self.inner.path
     }
 
-    /// Finishes the queued writes, makes them durable, stops the writer thread and releases
+    /// Finishes the queued writes, makes them durable, stops the writer threads and releases
     /// the file (and its lock). Every clone of the store is closed: later calls fail with
     /// [`StoreError::Closed`]. Closing twice is a no-op.
     ///
@@ -373,7 +385,7 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Counters of the writer thread since the store was opened (group commits, requests,
+    /// Counters of the writer threads since the store was opened (group commits, requests,
     /// time busy and committing), as of the last commit.
     #[must_use]
     pub fn writer_stats(&self) -> WriterStats {

@@ -193,7 +193,9 @@ impl Ops {
                 Op::Definition(k, v) => {
                     drop(t.defs.insert(k.as_str(), bytes(v)).map_err(redb_err)?);
                 }
-                Op::Instance(k, Some(v)) => drop(t.instances.insert(*k, bytes(v)).map_err(redb_err)?),
+                Op::Instance(k, Some(v)) => {
+                    drop(t.instances.insert(*k, bytes(v)).map_err(redb_err)?)
+                }
                 Op::Instance(k, None) => drop(t.instances.remove(*k).map_err(redb_err)?),
                 Op::Step(k, s, Some(v)) => {
                     drop(t.steps.insert((*k, &**s), bytes(v)).map_err(redb_err)?);
@@ -221,10 +223,18 @@ impl Ops {
                     drop(t.dlq_by_instance.remove((*k, *id)).map_err(redb_err)?);
                 }
                 Op::Idempotency(w, key, Some(i)) => {
-                    drop(t.idem.insert((w.as_str(), key.as_str()), *i).map_err(redb_err)?);
+                    drop(
+                        t.idem
+                            .insert((w.as_str(), key.as_str()), *i)
+                            .map_err(redb_err)?,
+                    );
                 }
                 Op::Idempotency(w, key, None) => {
-                    drop(t.idem.remove((w.as_str(), key.as_str())).map_err(redb_err)?);
+                    drop(
+                        t.idem
+                            .remove((w.as_str(), key.as_str()))
+                            .map_err(redb_err)?,
+                    );
                 }
                 Op::Terminal(at, k, true) => {
                     drop(t.terminal.insert((*at, *k), ()).map_err(redb_err)?);

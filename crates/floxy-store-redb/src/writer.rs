@@ -31,13 +31,12 @@ use crate::cache::{Cached, SnapshotCache};
 use crate::commit::{Committer, Prepared, ToCommit};
 use crate::index::QueueIndex;
 use crate::layout::{
-    self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, META,
-    META_COUNTERS, QUEUE, STEPS, TERMINAL, decode_definition, decode_item, encode, inst_key,
-    redb_err,
+    self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, META, META_COUNTERS,
+    QUEUE, STEPS, TERMINAL, decode_definition, decode_item, encode, inst_key, redb_err,
 };
 use crate::ops::Ops;
 use crate::read::{self, SnapshotTables};
-use crate::{Durability, MAX_GROUP_COMMIT};
+use crate::{MAX_GROUP_COMMIT, RedbOptions};
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
@@ -378,11 +377,9 @@ impl Writer {
     /// A writer over `db` with the state loaded at open; starts the committing thread.
     pub(crate) fn new(
         db: Arc<Database>,
-        durability: Durability,
-        counters: Counters,
-        index: QueueIndex,
+        options: &RedbOptions,
+        (counters, index): (Counters, QueueIndex),
         published: Arc<Mutex<Published>>,
-        cache_instances: usize,
         notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
         wake: mpsc::WeakSender<Request>,
     ) -> std::io::Result<Self> {
@@ -390,7 +387,7 @@ impl Writer {
         let (outcome_tx, outcomes) = std::sync::mpsc::channel();
         let committer = Committer {
             db: db.clone(),
-            durability,
+            durability: options.durability,
             last_flush: Instant::now(),
             unflushed: false,
             published: published.clone(),
@@ -410,7 +407,7 @@ impl Writer {
             index,
             counters,
             counters_dirty: false,
-            cache: SnapshotCache::new(cache_instances),
+            cache: SnapshotCache::new(options.snapshot_cache_instances),
             idem_overlay: HashMap::new(),
             dlq_overlay: HashMap::new(),
             last_seq: 0,

@@ -63,14 +63,31 @@ async fn a_failed_commit_writes_nothing_and_the_store_recovers() {
         async move { store.claim(&request("w", &["h"], 10, T0.add_ms(1))).await }
     });
     unavailable(&create_b.await.unwrap(), "the create whose commit failed");
-    unavailable(&update_b.await.unwrap(), "an update prepared on the failed create");
-    unavailable(&claim_b.await.unwrap(), "a claim prepared on the failed create");
+    unavailable(
+        &update_b.await.unwrap(),
+        "an update prepared on the failed create",
+    );
+    unavailable(
+        &claim_b.await.unwrap(),
+        "a claim prepared on the failed create",
+    );
 
     // Nothing of it is visible, and the in-memory state agrees with the file.
-    assert_eq!(store.get_instance(b).await.unwrap(), None, "b was never committed");
-    assert!(store.list_queue(b).await.unwrap().is_empty(), "no item of b");
+    assert_eq!(
+        store.get_instance(b).await.unwrap(),
+        None,
+        "b was never committed"
+    );
+    assert!(
+        store.list_queue(b).await.unwrap().is_empty(),
+        "no item of b"
+    );
     let stats = store.stats().await.unwrap();
-    assert_eq!(stats.queue_ready + stats.queue_leased, 1, "only a's item: {stats:?}");
+    assert_eq!(
+        stats.queue_ready + stats.queue_leased,
+        1,
+        "only a's item: {stats:?}"
+    );
     assert!(
         store
             .claim(&request("w2", &["h"], 10, T0.add_ms(2)))
