@@ -95,6 +95,8 @@ pub(crate) struct QueueIndex {
     handler_ids: HashMap<Arc<str>, u32>,
     handlers: Vec<HandlerIndex>,
     leased: u64,
+    /// Items per instance (instances without items are absent).
+    per_instance: HashMap<floxy_core::model::InstanceId, u32>,
 }
 
 impl QueueIndex {
@@ -106,6 +108,11 @@ impl QueueIndex {
     /// Number of leased items (expired leases not yet reclaimed included).
     pub(crate) fn leased(&self) -> u64 {
         self.leased
+    }
+
+    /// Whether instance `id` has queue items.
+    pub(crate) fn has_items(&self, id: floxy_core::model::InstanceId) -> bool {
+        self.per_instance.contains_key(&id)
     }
 
     /// The item with `key`.
@@ -164,6 +171,7 @@ impl QueueIndex {
         if item.lease.is_some() {
             self.leased += 1;
         }
+        *self.per_instance.entry(key.instance_id).or_insert(0) += 1;
         self.items.insert(key.clone(), Entry { item, handler, due });
         self.index_insert(&key);
     }
@@ -175,6 +183,12 @@ impl QueueIndex {
             Some(e) => {
                 if e.item.lease.is_some() {
                     self.leased -= 1;
+                }
+                if let Some(n) = self.per_instance.get_mut(&key.instance_id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_instance.remove(&key.instance_id);
+                    }
                 }
                 true
             }

@@ -3,13 +3,14 @@
 //!
 //! Keys are redb tuples whose element-wise order is the order the store needs (instance ids
 //! as `u128`, which orders like the UUID bytes; step names as `&str`, which orders like
-//! `Arc<str>`; work kinds as the codes of [`kind_code`], which order like [`WorkKind`]).
+//! `Arc<str>`). A step's queue items live in its step row, in
+//! [`WorkKind`](floxy_core::model::WorkKind) order.
 //! Values are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types;
 //! JSON payloads are embedded as MessagePack values. Any change to a key, a value type or a
 //! model type's serde shape is a new format version.
 
 use floxy_core::model::{
-    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkKind, WorkflowDefinition,
+    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
 };
 use floxy_core::store::StoreError;
 use redb::TableDefinition;
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 /// The on-disk format this version of the crate reads and writes. A file with another
 /// version is refused at open.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`].
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("floxy_meta");
@@ -27,10 +28,16 @@ pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("floxy_definitions");
 /// `instances`: instance id → [`InstanceRecord`].
 pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("floxy_instances");
-/// `steps`: (instance id, step name) → [`StepRun`].
+/// `steps`: (instance id, step name) → [`StepRow`]: the step's run and its queue items
+/// (leases included). One row per step, so a claim or a completion writes one row where
+/// version 1 wrote a step row and a queue row.
 pub(crate) const STEPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("floxy_steps");
-/// `queue`: (instance id, step name, kind code) → [`QueueItem`], lease included.
-pub(crate) const QUEUE: TableDefinition<(u128, &str, u8), &[u8]> =
+/// `live`: instance id → `()`, the instances with at least one queue item (the claim index
+/// is rebuilt from their step rows at open).
+pub(crate) const LIVE: TableDefinition<u128, ()> = TableDefinition::new("floxy_live");
+/// Version 1's `queue`: (instance id, step name, kind code) → [`QueueItem`]; read once by
+/// the migration to version 2, then deleted.
+pub(crate) const QUEUE_V1: TableDefinition<(u128, &str, u8), &[u8]> =
     TableDefinition::new("floxy_queue");
 /// `events`: (instance id, global sequence) → [`Event`].
 pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
@@ -66,18 +73,29 @@ pub(crate) struct Counters {
     pub(crate) dlq: u64,
 }
 
+/// A row of `steps`: the step run (absent when only queue items exist for the step, which
+/// the store contract allows) and the step's queue items in kind order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StepRow {
+    /// The step run.
+    pub(crate) run: Option<StepRun>,
+    /// Queue items of the step, in [`WorkKind`](floxy_core::model::WorkKind) order (at most
+    /// one per kind).
+    pub(crate) items: Vec<QueueItem>,
+}
+
+/// A [`StepRow`] to encode, borrowing its parts (same encoding).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct StepRowRef<'a> {
+    /// The step run.
+    pub(crate) run: Option<&'a StepRun>,
+    /// Queue items of the step, in kind order.
+    pub(crate) items: Vec<&'a QueueItem>,
+}
+
 /// The key of an instance.
 pub(crate) const fn inst_key(id: InstanceId) -> u128 {
     id.0.as_u128()
-}
-
-/// The code of a work kind in queue keys; the codes order like [`WorkKind`].
-pub(crate) const fn kind_code(kind: WorkKind) -> u8 {
-    match kind {
-        WorkKind::Execute => 0,
-        WorkKind::Compensate => 1,
-        WorkKind::Timer => 2,
-    }
 }
 
 /// Encodes a record.
@@ -95,9 +113,9 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 pub(crate) fn decode_instance(b: &[u8]) -> Result<InstanceRecord, StoreError> {
     decode("instance record", b)
 }
-/// Decodes a step run.
-pub(crate) fn decode_step(b: &[u8]) -> Result<StepRun, StoreError> {
-    decode("step run", b)
+/// Decodes a step row.
+pub(crate) fn decode_step_row(b: &[u8]) -> Result<StepRow, StoreError> {
+    decode("step row", b)
 }
 /// Decodes a queue item.
 pub(crate) fn decode_item(b: &[u8]) -> Result<QueueItem, StoreError> {

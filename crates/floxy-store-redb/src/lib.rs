@@ -169,6 +169,7 @@ mod cache;
 mod commit;
 mod index;
 mod layout;
+mod migrate;
 mod open;
 mod ops;
 mod read;
@@ -187,9 +188,7 @@ use floxy_core::store::{
     Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
     LeaseState, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats, TransitionFn,
 };
-use layout::{
-    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, QUEUE, STEPS, redb_err,
-};
+use layout::{DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, STEPS, redb_err};
 use parking_lot::{Mutex, RwLock};
 use read::SnapshotTables;
 use redb::{Database, ReadTransaction, ReadableDatabase};
@@ -667,7 +666,7 @@ impl Store for RedbStore {
 
     async fn list_queue(&self, id: InstanceId) -> Result<Vec<QueueItem>, StoreError> {
         let rtx = self.read_txn()?;
-        let t = rtx.open_table(QUEUE).map_err(redb_err)?;
+        let t = rtx.open_table(STEPS).map_err(redb_err)?;
         read::queue(&t, id)
     }
 

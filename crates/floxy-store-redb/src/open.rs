@@ -3,7 +3,7 @@
 
 use crate::layout::{
     Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, FORMAT_VERSION, IDEMPOTENCY, INSTANCES,
-    META, META_COUNTERS, META_FORMAT_VERSION, QUEUE, STEPS, TERMINAL, encode,
+    LIVE, META, META_COUNTERS, META_FORMAT_VERSION, STEPS, TERMINAL, encode,
 };
 use floxy_core::store::StoreError;
 use redb::{Database, DatabaseError, ReadableDatabase, TableHandle};
@@ -41,7 +41,7 @@ pub enum OpenError {
     },
     /// The file is a floxy database in a format version this build does not read.
     #[error(
-        "floxy database {path} has format version {found}; this build reads version {supported} only"
+        "floxy database {path} has format version {found}; this build reads version {supported} (and migrates version 1)"
     )]
     UnsupportedFormatVersion {
         /// The database path.
@@ -203,6 +203,18 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
                 path: path.to_owned(),
                 reason: "its format version is not a 32-bit number".to_owned(),
             })?;
+        if found == 1 {
+            drop(version);
+            drop(meta);
+            drop(rtx);
+            crate::migrate::v1_to_v2(db).map_err(|e| {
+                other(
+                    path,
+                    format!("cannot migrate it from format version 1: {e}"),
+                )
+            })?;
+            return init_tables(path, db, false);
+        }
         if found != FORMAT_VERSION {
             return Err(OpenError::UnsupportedFormatVersion {
                 path: path.to_owned(),
@@ -255,7 +267,7 @@ fn init_tables(path: &Path, db: &Database, new: bool) -> Result<(), OpenError> {
         txn.open_table(DEFINITIONS).map_err(|e| other(path, e))?;
         txn.open_table(INSTANCES).map_err(|e| other(path, e))?;
         txn.open_table(STEPS).map_err(|e| other(path, e))?;
-        txn.open_table(QUEUE).map_err(|e| other(path, e))?;
+        txn.open_table(LIVE).map_err(|e| other(path, e))?;
         txn.open_table(EVENTS).map_err(|e| other(path, e))?;
         txn.open_table(DLQ).map_err(|e| other(path, e))?;
         txn.open_table(DLQ_BY_INSTANCE)

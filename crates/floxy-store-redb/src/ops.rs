@@ -8,10 +8,9 @@
 //! same tables as writing in place would have.
 
 use crate::layout::{
-    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, META, QUEUE, STEPS,
-    TERMINAL, kind_code, redb_err,
+    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, STEPS,
+    StepRowRef, TERMINAL, redb_err,
 };
-use floxy_core::model::QueueKey;
 use floxy_core::store::StoreError;
 use redb::{Table, WriteTransaction};
 use std::ops::Range;
@@ -24,7 +23,7 @@ enum Op {
     Definition(String, Range<usize>),
     Instance(u128, Option<Range<usize>>),
     Step(u128, Arc<str>, Option<Range<usize>>),
-    Queue(u128, Arc<str>, u8, Option<Range<usize>>),
+    Live(u128, bool),
     Event(u128, u64, Range<usize>),
     /// Every event of an instance (retention).
     RemoveEvents(u128),
@@ -92,47 +91,26 @@ impl Ops {
         self.ops.push(Op::Instance(k, None));
     }
 
-    /// Writes a step run.
-    pub(crate) fn step<T: serde::Serialize>(
+    /// Writes a step row.
+    pub(crate) fn step(
         &mut self,
         k: u128,
         step: &Arc<str>,
-        v: &T,
+        row: &StepRowRef<'_>,
     ) -> Result<(), StoreError> {
-        let r = encode_into(&mut self.arena, "step run", v)?;
+        let r = encode_into(&mut self.arena, "step row", row)?;
         self.ops.push(Op::Step(k, step.clone(), Some(r)));
         Ok(())
     }
 
-    /// Removes a step run.
+    /// Removes a step row.
     pub(crate) fn remove_step(&mut self, k: u128, step: &Arc<str>) {
         self.ops.push(Op::Step(k, step.clone(), None));
     }
 
-    /// Writes a queue item under `key`.
-    pub(crate) fn queue<T: serde::Serialize>(
-        &mut self,
-        key: &QueueKey,
-        v: &T,
-    ) -> Result<(), StoreError> {
-        let r = encode_into(&mut self.arena, "queue item", v)?;
-        self.ops.push(Op::Queue(
-            key.instance_id.0.as_u128(),
-            key.step.clone(),
-            kind_code(key.kind),
-            Some(r),
-        ));
-        Ok(())
-    }
-
-    /// Removes the queue item under `key`.
-    pub(crate) fn remove_queue(&mut self, key: &QueueKey) {
-        self.ops.push(Op::Queue(
-            key.instance_id.0.as_u128(),
-            key.step.clone(),
-            kind_code(key.kind),
-            None,
-        ));
+    /// Marks (`true`) or unmarks an instance as having queue items.
+    pub(crate) fn live(&mut self, k: u128, live: bool) {
+        self.ops.push(Op::Live(k, live));
     }
 
     /// Writes an event.
@@ -201,12 +179,8 @@ impl Ops {
                     drop(t.steps.insert((*k, &**s), bytes(v)).map_err(redb_err)?);
                 }
                 Op::Step(k, s, None) => drop(t.steps.remove((*k, &**s)).map_err(redb_err)?),
-                Op::Queue(k, s, c, Some(v)) => {
-                    drop(t.queue.insert((*k, &**s, *c), bytes(v)).map_err(redb_err)?);
-                }
-                Op::Queue(k, s, c, None) => {
-                    drop(t.queue.remove((*k, &**s, *c)).map_err(redb_err)?);
-                }
+                Op::Live(k, true) => drop(t.live.insert(*k, ()).map_err(redb_err)?),
+                Op::Live(k, false) => drop(t.live.remove(*k).map_err(redb_err)?),
                 Op::Event(k, seq, v) => {
                     drop(t.events.insert((*k, *seq), bytes(v)).map_err(redb_err)?);
                 }
@@ -254,7 +228,7 @@ struct Tables<'t> {
     defs: Table<'t, &'static str, &'static [u8]>,
     instances: Table<'t, u128, &'static [u8]>,
     steps: Table<'t, (u128, &'static str), &'static [u8]>,
-    queue: Table<'t, (u128, &'static str, u8), &'static [u8]>,
+    live: Table<'t, u128, ()>,
     events: Table<'t, (u128, u64), &'static [u8]>,
     dlq: Table<'t, u64, &'static [u8]>,
     dlq_by_instance: Table<'t, (u128, u64), ()>,
@@ -269,7 +243,7 @@ impl<'t> Tables<'t> {
             defs: txn.open_table(DEFINITIONS).map_err(redb_err)?,
             instances: txn.open_table(INSTANCES).map_err(redb_err)?,
             steps: txn.open_table(STEPS).map_err(redb_err)?,
-            queue: txn.open_table(QUEUE).map_err(redb_err)?,
+            live: txn.open_table(LIVE).map_err(redb_err)?,
             events: txn.open_table(EVENTS).map_err(redb_err)?,
             dlq: txn.open_table(DLQ).map_err(redb_err)?,
             dlq_by_instance: txn.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?,

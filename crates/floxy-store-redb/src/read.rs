@@ -1,8 +1,8 @@
-//! Reads shared by the writer (inside its write transaction, so it sees the batch's own
-//! writes) and by readers (inside a read transaction on the calling task).
+//! Reads shared by the writer (through a read transaction of the last committed batch) and
+//! by readers (inside a read transaction on the calling task).
 
 use crate::layout::{
-    decode_dlq, decode_event, decode_instance, decode_item, decode_step, inst_key, redb_err,
+    StepRow, decode_dlq, decode_event, decode_instance, decode_step_row, inst_key, redb_err,
 };
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
@@ -21,8 +21,8 @@ where
     }
 }
 
-/// Reads every step run of an instance, in name order.
-pub(crate) fn steps<T>(t: &T, id: InstanceId) -> Result<Vec<StepRun>, StoreError>
+/// Reads every step row of an instance, in step name order.
+pub(crate) fn rows<T>(t: &T, id: InstanceId) -> Result<Vec<StepRow>, StoreError>
 where
     T: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
@@ -33,9 +33,28 @@ where
         if key.value().0 != k {
             break;
         }
-        out.push(decode_step(value.value())?);
+        out.push(decode_step_row(value.value())?);
     }
     Ok(out)
+}
+
+/// Reads one step row.
+pub(crate) fn row<T>(t: &T, id: InstanceId, step: &str) -> Result<Option<StepRow>, StoreError>
+where
+    T: ReadableTable<(u128, &'static str), &'static [u8]>,
+{
+    match t.get((inst_key(id), step)).map_err(redb_err)? {
+        Some(v) => decode_step_row(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads every step run of an instance, in name order.
+pub(crate) fn steps<T>(t: &T, id: InstanceId) -> Result<Vec<StepRun>, StoreError>
+where
+    T: ReadableTable<(u128, &'static str), &'static [u8]>,
+{
+    Ok(rows(t, id)?.into_iter().filter_map(|r| r.run).collect())
 }
 
 /// The DLQ ids of an instance, in id order.
@@ -108,21 +127,12 @@ where
     }
 }
 
-/// Reads the queue items of an instance, in key order.
+/// Reads the queue items of an instance (from its step rows), in key order.
 pub(crate) fn queue<T>(t: &T, id: InstanceId) -> Result<Vec<QueueItem>, StoreError>
 where
-    T: ReadableTable<(u128, &'static str, u8), &'static [u8]>,
+    T: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
-    let k = inst_key(id);
-    let mut out = Vec::new();
-    for row in t.range((k, "", 0_u8)..).map_err(redb_err)? {
-        let (key, value) = row.map_err(redb_err)?;
-        if key.value().0 != k {
-            break;
-        }
-        out.push(decode_item(value.value())?);
-    }
-    Ok(out)
+    Ok(rows(t, id)?.into_iter().flat_map(|r| r.items).collect())
 }
 
 /// Reads events of an instance after `after_seq`, at most `limit`.

@@ -31,8 +31,8 @@ use crate::cache::{Cached, SnapshotCache};
 use crate::commit::{Committer, Prepared, ToCommit};
 use crate::index::QueueIndex;
 use crate::layout::{
-    self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, META, META_COUNTERS,
-    QUEUE, STEPS, TERMINAL, decode_definition, decode_item, encode, inst_key, redb_err,
+    self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, LIVE, META,
+    META_COUNTERS, STEPS, StepRowRef, TERMINAL, decode_definition, encode, inst_key, redb_err,
 };
 use crate::ops::Ops;
 use crate::read::{self, SnapshotTables};
@@ -50,7 +50,7 @@ use floxy_core::store::{
 use parking_lot::Mutex;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -281,8 +281,13 @@ fn op_key(op: &QueueOp) -> &QueueKey {
     }
 }
 
-/// Loads the counters and the claim index from the last committed transaction.
-pub(crate) fn load_state(db: &Database) -> Result<(Counters, QueueIndex), StoreError> {
+/// What the writer keeps in memory, loaded from the last committed transaction: the
+/// counters, the claim index and the instances that have queue items (`live`).
+pub(crate) type State = (Counters, QueueIndex, HashSet<u128>);
+
+/// Loads the [`State`] from the last committed transaction: the claim index from the step
+/// rows of the live instances.
+pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
     let rtx = db.begin_read().map_err(redb_err)?;
     let meta = rtx.open_table(META).map_err(redb_err)?;
     let mut counters: Counters = match meta.get(META_COUNTERS).map_err(redb_err)? {
@@ -290,13 +295,21 @@ pub(crate) fn load_state(db: &Database) -> Result<(Counters, QueueIndex), StoreE
         None => Counters::default(),
     };
     counters.status_counts.resize(InstanceStatus::ALL.len(), 0);
-    let queue = rtx.open_table(QUEUE).map_err(redb_err)?;
+    let live_table = rtx.open_table(LIVE).map_err(redb_err)?;
+    let steps = rtx.open_table(STEPS).map_err(redb_err)?;
     let mut index = QueueIndex::default();
-    for row in queue.range::<(u128, &str, u8)>(..).map_err(redb_err)? {
-        let (_, v) = row.map_err(redb_err)?;
-        index.load(decode_item(v.value())?);
+    let mut live = HashSet::new();
+    for row in live_table.range::<u128>(..).map_err(redb_err)? {
+        let (k, _) = row.map_err(redb_err)?;
+        let k = k.value();
+        live.insert(k);
+        for r in read::rows(&steps, InstanceId::from_u128(k))? {
+            for item in r.items {
+                index.load(item);
+            }
+        }
     }
-    Ok((counters, index))
+    Ok((counters, index, live))
 }
 
 /// Reads of the last committed transaction (see the module docs for when they are valid).
@@ -334,6 +347,9 @@ struct Touched {
 struct Batch {
     seq: u64,
     ops: Ops,
+    /// Step rows whose run or items changed, written once each when the batch is finished.
+    rows: Vec<(InstanceId, Arc<str>)>,
+    row_set: HashSet<(InstanceId, Arc<str>)>,
     deliveries: Vec<Delivery>,
     touched: Touched,
     /// Set by a failure that forbids committing the batch; later requests are refused with it.
@@ -350,6 +366,9 @@ pub(crate) struct Writer {
     index: QueueIndex,
     counters: Counters,
     counters_dirty: bool,
+    /// The instances the `live` table lists (those with queue items), as committed plus
+    /// what prepared batches changed.
+    live: HashSet<u128>,
     cache: SnapshotCache,
     /// Idempotency keys written by batches not known committed: key → (batch, instance).
     idem_overlay: HashMap<(String, String), (u64, Option<u128>)>,
@@ -378,7 +397,7 @@ impl Writer {
     pub(crate) fn new(
         db: Arc<Database>,
         options: &RedbOptions,
-        (counters, index): (Counters, QueueIndex),
+        (counters, index, live): State,
         published: Arc<Mutex<Published>>,
         notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
         wake: mpsc::WeakSender<Request>,
@@ -407,6 +426,7 @@ impl Writer {
             index,
             counters,
             counters_dirty: false,
+            live,
             cache: SnapshotCache::new(options.snapshot_cache_instances),
             idem_overlay: HashMap::new(),
             dlq_overlay: HashMap::new(),
@@ -525,6 +545,8 @@ impl Writer {
         Batch {
             seq: self.last_seq + 1,
             ops: Ops::default(),
+            rows: Vec::new(),
+            row_set: HashSet::new(),
             deliveries: Vec::new(),
             touched: Touched::default(),
             fatal: self.broken.clone(),
@@ -607,6 +629,11 @@ impl Writer {
         self.stats.batches += 1;
         self.stats.requests += batch.requests;
         self.stats.largest_batch = self.stats.largest_batch.max(batch.requests);
+        if batch.fatal.is_none()
+            && let Err(e) = self.write_rows(&mut batch)
+        {
+            batch.fatal = Some(e);
+        }
         if batch.fatal.is_none() && self.counters_dirty {
             match encode("counters", &self.counters) {
                 Ok(bytes) => batch.ops.meta(META_COUNTERS, &bytes),
@@ -659,7 +686,8 @@ impl Writer {
         self.view.rtx = None;
         self.counters_dirty = false;
         match load_state(&self.view.db) {
-            Ok((counters, index)) => {
+            Ok((counters, index, live)) => {
+                self.live = live;
                 let keep = self.counters.clone();
                 self.counters = counters;
                 // Never hand out a token, sequence number or DLQ id twice.
@@ -834,6 +862,74 @@ impl Writer {
     fn keep_written(&mut self, b: &mut Batch, snap: InstanceSnapshot) {
         b.touched.instances.push(snap.instance.id);
         self.cache.put(snap, b.seq);
+    }
+
+    /// Records that the step row `(id, step)` changed in this batch.
+    fn mark_row(b: &mut Batch, id: InstanceId, step: &Arc<str>) {
+        let key = (id, step.clone());
+        if !b.row_set.contains(&key) {
+            b.row_set.insert(key.clone());
+            b.rows.push(key);
+        }
+    }
+
+    /// Writes every changed step row once, from the state the batch leads to (the run from
+    /// the instance's snapshot, the items from the claim index), and the `live` entries of
+    /// the instances whose items came or went.
+    fn write_rows(&mut self, b: &mut Batch) -> Result<(), StoreError> {
+        let rows = std::mem::take(&mut b.rows);
+        let mut instances: Vec<InstanceId> = Vec::new();
+        for (id, step) in &rows {
+            if instances.last() != Some(id) {
+                instances.push(*id);
+            }
+            // The run: from the snapshot (every instance a batch wrote is pinned in the
+            // cache), else — a heartbeat only touched the item — from the last commit.
+            let read_run;
+            let run = match self.cache.get(*id) {
+                Cached::Live(s) => s.steps.iter().find(|r| r.step == *step),
+                Cached::Gone => continue,
+                Cached::Miss => {
+                    let rtx = self.view.txn(self.committed_seq)?;
+                    let t = rtx.open_table(STEPS).map_err(redb_err)?;
+                    read_run = read::row(&t, *id, step)?.and_then(|r| r.run);
+                    read_run.as_ref()
+                }
+            };
+            // In `WorkKind` order, as `StepRow` keeps them.
+            let mut items = Vec::with_capacity(1);
+            for kind in [WorkKind::Execute, WorkKind::Compensate, WorkKind::Timer] {
+                let key = QueueKey {
+                    instance_id: *id,
+                    step: step.clone(),
+                    kind,
+                };
+                if let Some(item) = self.index.get(&key) {
+                    items.push(item);
+                }
+            }
+            let k = inst_key(*id);
+            if run.is_none() && items.is_empty() {
+                b.ops.remove_step(k, step);
+            } else {
+                b.ops.step(k, step, &StepRowRef { run, items })?;
+            }
+        }
+        instances.dedup();
+        for id in instances {
+            let k = inst_key(id);
+            let has = self.index.has_items(id);
+            if has != self.live.contains(&k) {
+                b.ops.live(k, has);
+                if has {
+                    self.live.insert(k);
+                } else {
+                    self.live.remove(&k);
+                }
+            }
+        }
+        b.row_set.clear();
+        Ok(())
     }
 
     // ----- definitions ---------------------------------------------------------------------
@@ -1115,7 +1211,7 @@ impl Writer {
         }
         // Step runs (the snapshot keeps them in name order, like the table).
         for w in &tr.steps {
-            b.ops.step(k, &w.run.step, &w.run)?;
+            Self::mark_row(b, r.id, &w.run.step);
             match snap.steps.binary_search_by(|s| s.step.cmp(&w.run.step)) {
                 Ok(i) => {
                     if let Some(s) = snap.steps.get_mut(i) {
@@ -1130,17 +1226,17 @@ impl Writer {
             match op {
                 QueueOp::Upsert(item) => {
                     // Leases were settled before (`unlease_upserts`, then any eager claim).
-                    b.ops.queue(&item.key, item)?;
+                    Self::mark_row(b, r.id, &item.key.step);
                     self.index.upsert(item.clone());
                 }
                 QueueOp::Delete(key) => {
                     if self.index.remove(key) {
-                        b.ops.remove_queue(key);
+                        Self::mark_row(b, r.id, &key.step);
                     }
                 }
                 QueueOp::RequestCancel(key) => {
-                    if let Some(item) = self.index.request_cancel(key) {
-                        b.ops.queue(key, item)?;
+                    if self.index.request_cancel(key).is_some() {
+                        Self::mark_row(b, r.id, &key.step);
                     }
                 }
             }
@@ -1242,7 +1338,7 @@ impl Writer {
                 continue;
             };
             let item = item.clone();
-            b.ops.queue(&key, &item).map_err(Fail::Fatal)?;
+            Self::mark_row(b, key.instance_id, &key.step);
             let Some(run) = snap.steps.iter_mut().find(|r| r.step == key.step) else {
                 self.cache.put(snap, pin);
                 continue;
@@ -1256,7 +1352,6 @@ impl Writer {
                 run.status = StepStatus::Running;
                 run.attempts = item.attempt;
                 run.started_at = Some(now);
-                b.ops.step(k, &key.step, &*run).map_err(Fail::Fatal)?;
                 self.counters.last_seq += 1;
                 let seq = self.counters.last_seq;
                 let e = Event {
@@ -1301,7 +1396,7 @@ impl Writer {
             match self.index.heartbeat(owner, &l.key, l.token, now) {
                 Some((item, expires_at)) => {
                     let cancel_requested = item.cancel_requested;
-                    b.ops.queue(&l.key, item).map_err(Fail::Fatal)?;
+                    Self::mark_row(b, l.key.instance_id, &l.key.step);
                     out.push(LeaseState::Held {
                         expires_at,
                         cancel_requested,
@@ -1348,8 +1443,7 @@ impl Writer {
         let Some(rec) = read::instance(&rtx.open_table(INSTANCES).map_err(redb_err)?, id)? else {
             return Ok(());
         };
-        let steps = read::steps(&rtx.open_table(STEPS).map_err(redb_err)?, id)?;
-        let items = read::queue(&rtx.open_table(QUEUE).map_err(redb_err)?, id)?;
+        let rows = read::rows(&rtx.open_table(STEPS).map_err(redb_err)?, id)?;
         let dlq_ids = read::dlq_ids(&rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?, id)?;
         let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
         let mut dlq_present = Vec::with_capacity(dlq_ids.len());
@@ -1373,14 +1467,23 @@ impl Writer {
         {
             self.write_idempotency(b, rec.workflow_id.as_str(), key, None);
         }
-        for run in steps {
-            b.ops.remove_step(k, &run.step);
+        for row in rows {
+            let step = row
+                .run
+                .as_ref()
+                .map(|r| r.step.clone())
+                .or_else(|| row.items.first().map(|i| i.key.step.clone()));
+            if let Some(step) = step {
+                b.ops.remove_step(k, &step);
+            }
+            for item in row.items {
+                self.index.remove(&item.key);
+            }
+        }
+        if self.live.remove(&k) {
+            b.ops.live(k, false);
         }
         b.ops.remove_events(k);
-        for item in items {
-            self.index.remove(&item.key);
-            b.ops.remove_queue(&item.key);
-        }
         for (d, present) in dlq_present {
             if present {
                 b.ops.remove_dlq(d.0);
