@@ -101,8 +101,8 @@
 //! | `floxy_meta` | `"format_version"`, `"counters"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count |
 //! | `floxy_definitions` | workflow id | definition (JSON) |
 //! | `floxy_instances` | instance id (`u128`) | instance record |
-//! | `floxy_steps` | (instance id, step name) | step run |
-//! | `floxy_queue` | (instance id, step name, kind code) | queue item with its lease (owner, fencing token, expiry) |
+//! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run) and the step's queue items, each with its lease (owner, fencing token, expiry) |
+//! | `floxy_live` | instance id | — (instances with at least one queue item) |
 //! | `floxy_events` | (instance id, global sequence) | event |
 //! | `floxy_dlq` | DLQ id | DLQ record |
 //! | `floxy_dlq_by_instance` | (instance id, DLQ id) | — |
@@ -117,25 +117,33 @@
 //! are persisted by every transaction that advances them, so they never go back after a
 //! restart.
 //!
-//! Opening a file checks `format_version` and refuses any other version with
-//! [`OpenError::UnsupportedFormatVersion`]; a redb file without floxy's meta table, or a file
-//! that is not a redb file, is [`OpenError::NotFloxyDatabase`].
+//! A step's queue items share its row because they change together: a claim leases the item
+//! and marks the run `running`, a completion finishes the run and deletes the item, so each
+//! is one row write (version 1 kept items in a table of their own: two row writes). About 20
+//! rows are written per three-step saga instead of 27. The price: a heartbeat rewrites the
+//! step row, run included, where version 1 rewrote only the item.
+//!
+//! Opening a file checks `format_version`. A version-1 file is migrated in place, in one
+//! write transaction (each step row rewritten with its items, `floxy_live` filled, the
+//! version-1 `floxy_queue` table deleted; a failure leaves the file as it was); any other
+//! version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
+//! floxy's meta table, or a file that is not a redb file, is [`OpenError::NotFloxyDatabase`].
 //!
 //! ## The claim index lives in memory
 //!
-//! The queue table (one row per item, lease included) is the durable truth. The *claim
+//! The queue items in the step rows (lease included) are the durable truth. The *claim
 //! index* — per handler, the ready items in `(order_key, key)` order (priority with aging)
 //! and every item by the time it becomes claimable (its `run_at`, or its lease expiry) — is
-//! derived from it and kept in memory by the writer, which is the only code that changes
-//! either. It is rebuilt by one scan of the queue table when the file is opened (the queue
-//! holds live work only, never finished instances) and after a failed commit. This is sound
-//! because redb's file lock makes the opening process the only one that can write the file,
-//! and it keeps the rows a step writes down: a claim rewrites one queue row instead of also
-//! moving an entry from an on-disk ready index to an on-disk lease-expiry index (and back on
-//! every retry, heartbeat and completion), which at one `fsync` per group commit is what the
-//! writer's time goes to. Leases themselves are durable
-//! (inside the queue row), so after a crash every lease that was held is still there and is
-//! reclaimed when it expires, counting as an attempt. The algorithm is the memory store's,
+//! derived from them and kept in memory by the writer, which is the only code that changes
+//! either. It is rebuilt when the file is opened, from the step rows of the instances
+//! `floxy_live` lists (live work only, never finished instances), and after a failed commit.
+//! This is sound because redb's file lock makes the opening process the only one that can
+//! write the file, and it keeps the rows a step writes down: a claim rewrites one step row
+//! instead of also moving an entry from an on-disk ready index to an on-disk lease-expiry
+//! index (and back on every retry, heartbeat and completion), which at one `fsync` per group
+//! commit is what the writer's time goes to. Leases themselves are durable (inside the step
+//! row), so after a crash every lease that was held is still there and is reclaimed when it
+//! expires, counting as an attempt. The algorithm is the memory store's,
 //! so both backends claim in the same order (the differential test checks it).
 //!
 //! # Durability modes
