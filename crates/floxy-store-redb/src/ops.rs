@@ -55,6 +55,20 @@ fn encode_into<T: serde::Serialize + ?Sized>(
 }
 
 impl Ops {
+    /// Empty, with room for `bytes` of records and `ops` writes (the size of the previous
+    /// batch: growing the arena by doubling copies it over and over).
+    pub(crate) fn with_capacity(bytes: usize, ops: usize) -> Self {
+        Self {
+            arena: Vec::with_capacity(bytes),
+            ops: Vec::with_capacity(ops),
+        }
+    }
+
+    /// The bytes of records and the number of writes held.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (self.arena.len(), self.ops.len())
+    }
+
     /// Whether the batch writes nothing.
     pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()

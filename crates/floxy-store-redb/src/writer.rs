@@ -381,6 +381,8 @@ pub(crate) struct Writer {
     /// The batch being committed and what it touched.
     in_flight: Option<(u64, Touched)>,
     stats: WriterStats,
+    /// The size of the last batch handed over (see [`Ops::with_capacity`]).
+    ops_size: (usize, usize),
     to_commit: std::sync::mpsc::Sender<ToCommit>,
     outcomes: std::sync::mpsc::Receiver<Option<StoreError>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -434,6 +436,7 @@ impl Writer {
             committed_seq: 0,
             in_flight: None,
             stats: WriterStats::default(),
+            ops_size: (0, 0),
             to_commit,
             outcomes,
             committer: Some(handle),
@@ -544,7 +547,7 @@ impl Writer {
     fn begin(&mut self) -> Batch {
         Batch {
             seq: self.last_seq + 1,
-            ops: Ops::default(),
+            ops: Ops::with_capacity(self.ops_size.0, self.ops_size.1),
             rows: Vec::new(),
             row_set: HashSet::new(),
             deliveries: Vec::new(),
@@ -660,6 +663,7 @@ impl Writer {
             return;
         }
         self.last_seq = batch.seq;
+        self.ops_size = batch.ops.size();
         let prepared = Prepared {
             ops: batch.ops,
             deliveries: batch.deliveries,
