@@ -347,7 +347,7 @@ struct Touched {
 struct Batch {
     seq: u64,
     ops: Ops,
-    /// Step rows whose run or items changed, written once each when the batch is finished.
+    /// Step rows the request being prepared changed, written once each when it is done.
     rows: Vec<(InstanceId, Arc<str>)>,
     row_set: HashSet<(InstanceId, Arc<str>)>,
     deliveries: Vec<Delivery>,
@@ -569,6 +569,13 @@ impl Writer {
         let (d, f) = self.handle(batch, req);
         batch.deliveries.extend(d);
         batch.fatal = f;
+        // The request's step rows are encoded now, while the batch before commits, not when
+        // this batch is handed over (the committing thread would wait for it).
+        if batch.fatal.is_none()
+            && let Err(e) = self.write_rows(batch)
+        {
+            batch.fatal = Some(e);
+        }
         self.stats.preparing += started.elapsed();
     }
 
@@ -632,11 +639,6 @@ impl Writer {
         self.stats.batches += 1;
         self.stats.requests += batch.requests;
         self.stats.largest_batch = self.stats.largest_batch.max(batch.requests);
-        if batch.fatal.is_none()
-            && let Err(e) = self.write_rows(&mut batch)
-        {
-            batch.fatal = Some(e);
-        }
         if batch.fatal.is_none() && self.counters_dirty {
             match encode("counters", &self.counters) {
                 Ok(bytes) => batch.ops.meta(META_COUNTERS, &bytes),
@@ -877,9 +879,9 @@ impl Writer {
         }
     }
 
-    /// Writes every changed step row once, from the state the batch leads to (the run from
-    /// the instance's snapshot, the items from the claim index), and the `live` entries of
-    /// the instances whose items came or went.
+    /// Writes the step rows the last request changed, once each, from the state it leads to
+    /// (the run from the instance's snapshot, the items from the claim index), and the `live`
+    /// entries of the instances whose items came or went.
     fn write_rows(&mut self, b: &mut Batch) -> Result<(), StoreError> {
         let rows = std::mem::take(&mut b.rows);
         let mut instances: Vec<InstanceId> = Vec::new();
