@@ -39,7 +39,8 @@ pub(crate) const LIVE: TableDefinition<u128, ()> = TableDefinition::new("floxy_l
 /// the migration to version 2, then deleted.
 pub(crate) const QUEUE_V1: TableDefinition<(u128, &str, u8), &[u8]> =
     TableDefinition::new("floxy_queue");
-/// `events`: (instance id, global sequence) → [`Event`].
+/// `events`: (instance id, sequence of the row's first event) → the [`Event`]s one transition
+/// (or one claim) wrote, in sequence order (consecutive numbers).
 pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
 /// `dlq`: DLQ id → [`DlqRecord`].
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("floxy_dlq");
@@ -121,9 +122,9 @@ pub(crate) fn decode_step_row(b: &[u8]) -> Result<StepRow, StoreError> {
 pub(crate) fn decode_item(b: &[u8]) -> Result<QueueItem, StoreError> {
     decode("queue item", b)
 }
-/// Decodes an event.
-pub(crate) fn decode_event(b: &[u8]) -> Result<Event, StoreError> {
-    decode("event", b)
+/// Decodes a row of events.
+pub(crate) fn decode_events(b: &[u8]) -> Result<Vec<Event>, StoreError> {
+    decode("events", b)
 }
 /// Decodes a DLQ record.
 pub(crate) fn decode_dlq(b: &[u8]) -> Result<DlqRecord, StoreError> {

@@ -2,17 +2,18 @@
 //! (so a failure leaves the version-1 file as it was).
 //!
 //! Version 2 keeps a step's queue items in its step row instead of a separate `queue`
-//! table, and lists the instances that have queue items in `live`. The migration rewrites
-//! every step row (version 1 held a bare step run there), moves each queue item into its
-//! step's row (a row without a run when the item has no step run), fills `live`, deletes
-//! the version-1 `queue` table and records the new version. It holds the step rows in memory
-//! while it runs.
+//! table, lists the instances that have queue items in `live`, and stores the events of one
+//! transition in one row. The migration rewrites every step row (version 1 held a bare step
+//! run there), moves each queue item into its step's row (a row without a run when the item
+//! has no step run), fills `live`, rewrites every event as a row of one, deletes the
+//! version-1 `queue` table and records the new version. It holds the step rows and the
+//! events in memory while it runs.
 
 use crate::layout::{
-    FORMAT_VERSION, LIVE, META, META_FORMAT_VERSION, QUEUE_V1, STEPS, StepRow, decode, decode_item,
-    encode, redb_err,
+    EVENTS, FORMAT_VERSION, LIVE, META, META_FORMAT_VERSION, QUEUE_V1, STEPS, StepRow, decode,
+    decode_item, encode, redb_err,
 };
-use floxy_core::model::{QueueItem, StepRun};
+use floxy_core::model::{Event, QueueItem, StepRun};
 use floxy_core::store::StoreError;
 use redb::{Database, ReadableTable};
 use std::collections::BTreeMap;
@@ -62,6 +63,16 @@ pub(crate) fn v1_to_v2(db: &Database) -> Result<(), StoreError> {
             if !row.items.is_empty() {
                 live.insert(*id, ()).map_err(redb_err)?;
             }
+        }
+        let mut events = txn.open_table(EVENTS).map_err(redb_err)?;
+        let mut rows: Vec<((u128, u64), Event)> = Vec::new();
+        for row in events.range::<(u128, u64)>(..).map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            rows.push((k.value(), decode("version-1 event", v.value())?));
+        }
+        for (k, e) in rows {
+            let bytes = encode("events", &[e])?;
+            events.insert(k, bytes.as_slice()).map_err(redb_err)?;
         }
         let mut meta = txn.open_table(META).map_err(redb_err)?;
         meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes().as_slice())

@@ -127,15 +127,15 @@ impl Ops {
         self.ops.push(Op::Live(k, live));
     }
 
-    /// Writes an event.
-    pub(crate) fn event<T: serde::Serialize>(
+    /// Writes the events of one transition (or claim), keyed by the first one's sequence.
+    pub(crate) fn events(
         &mut self,
         k: u128,
-        seq: u64,
-        v: &T,
+        first_seq: u64,
+        events: &[floxy_core::model::Event],
     ) -> Result<(), StoreError> {
-        let r = encode_into(&mut self.arena, "event", v)?;
-        self.ops.push(Op::Event(k, seq, r));
+        let r = encode_into(&mut self.arena, "events", events)?;
+        self.ops.push(Op::Event(k, first_seq, r));
         Ok(())
     }
 

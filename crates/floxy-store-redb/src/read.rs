@@ -2,7 +2,7 @@
 //! by readers (inside a read transaction on the calling task).
 
 use crate::layout::{
-    StepRow, decode_dlq, decode_event, decode_instance, decode_step_row, inst_key, redb_err,
+    StepRow, decode_dlq, decode_events, decode_instance, decode_step_row, inst_key, redb_err,
 };
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
@@ -146,20 +146,31 @@ where
     T: ReadableTable<(u128, u64), &'static [u8]>,
 {
     let k = inst_key(id);
+    // The first wanted event is in the last row that starts at or before it.
     let start = match after_seq {
-        Some(s) => match s.checked_add(1) {
-            Some(s) => s,
-            None => return Ok(Vec::new()),
-        },
         None => 0,
+        Some(s) => {
+            let Some(first) = s.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            match t.range((k, 0)..=(k, first)).map_err(redb_err)?.next_back() {
+                Some(row) => row.map_err(redb_err)?.0.value().1,
+                None => 0,
+            }
+        }
     };
     let mut out = Vec::new();
-    for row in t.range((k, start)..=(k, u64::MAX)).map_err(redb_err)? {
-        if out.len() >= limit {
-            break;
-        }
+    'rows: for row in t.range((k, start)..=(k, u64::MAX)).map_err(redb_err)? {
         let (_, value) = row.map_err(redb_err)?;
-        out.push(decode_event(value.value())?);
+        for e in decode_events(value.value())? {
+            if after_seq.is_some_and(|s| e.seq <= s) {
+                continue;
+            }
+            if out.len() >= limit {
+                break 'rows;
+            }
+            out.push(e);
+        }
     }
     Ok(out)
 }

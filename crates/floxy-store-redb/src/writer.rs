@@ -1248,19 +1248,23 @@ impl Writer {
             }
         }
         // Events.
-        for ev in &tr.events {
-            self.counters.last_seq += 1;
-            let seq = self.counters.last_seq;
-            let e = Event {
-                seq,
-                instance_id: r.id,
-                at: tr.now,
-                kind: ev.kind,
-                step: ev.step.clone(),
-                attempt: ev.attempt,
-                detail: ev.detail.clone(),
-            };
-            b.ops.event(k, seq, &e)?;
+        // One row holds the transition's events (consecutive sequence numbers).
+        if !tr.events.is_empty() {
+            let first = self.counters.last_seq + 1;
+            let mut events = Vec::with_capacity(tr.events.len());
+            for ev in &tr.events {
+                self.counters.last_seq += 1;
+                events.push(Event {
+                    seq: self.counters.last_seq,
+                    instance_id: r.id,
+                    at: tr.now,
+                    kind: ev.kind,
+                    step: ev.step.clone(),
+                    attempt: ev.attempt,
+                    detail: ev.detail.clone(),
+                });
+            }
+            b.ops.events(k, first, &events)?;
         }
         // DLQ.
         for rec in &tr.dlq_insert {
@@ -1369,7 +1373,9 @@ impl Writer {
                     attempt: Some(item.attempt),
                     detail: None,
                 };
-                b.ops.event(k, seq, &e).map_err(Fail::Fatal)?;
+                b.ops
+                    .events(k, seq, std::slice::from_ref(&e))
+                    .map_err(Fail::Fatal)?;
                 let run = run.clone();
                 self.keep_written(b, snap);
                 out.push(ClaimedItem {

@@ -1,0 +1,107 @@
+//! Events are stored one row per transition (several events per row); `list_events` must
+//! still page through them exactly by sequence number, wherever `after_seq` and `limit` cut
+//! a row, before and after a reopen.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use floxy_core::conformance::fixtures::{create, event, next, start};
+use floxy_core::model::{EventKind, InstanceId, Timestamp};
+use floxy_core::store::Store;
+use floxy_store_redb::Durability;
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+async fn check_pages(store: &floxy_store_redb::RedbStore, id: InstanceId, all: &[u64]) {
+    let listed: Vec<u64> = store
+        .list_events(id, None, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(listed, all, "every event, in order");
+    let first = *all.first().unwrap();
+    let last = *all.last().unwrap();
+    for after in (first - 1)..=(last + 1) {
+        for limit in 1..=all.len() + 1 {
+            let got: Vec<u64> = store
+                .list_events(id, Some(after), limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            let want: Vec<u64> = all
+                .iter()
+                .copied()
+                .filter(|s| *s > after)
+                .take(limit)
+                .collect();
+            assert_eq!(got, want, "after {after}, limit {limit}");
+        }
+    }
+    assert!(
+        store
+            .list_events(id, Some(u64::MAX), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn events_page_exactly_across_rows() {
+    let db = common::TempDb::new();
+    futures::executor::block_on(async {
+        let store = common::open(&db.path, Durability::Immediate);
+        let a = InstanceId(uuid::Uuid::now_v7());
+        let b = InstanceId(uuid::Uuid::now_v7());
+        // Interleave two instances so their sequence numbers are not contiguous.
+        let mut t = start(a, T0, &[("s1", "h")]);
+        t.events.push(event(EventKind::StepStarted, Some("s1")));
+        t.events.push(event(EventKind::StepCompleted, Some("s1")));
+        create(&store, t).await;
+        create(&store, start(b, T0, &[("s1", "h")])).await;
+        for n in 1..=3_usize {
+            store
+                .update_instance(
+                    a,
+                    Box::new(move |s| {
+                        let mut t = next(s, T0.add_ms(n as u64));
+                        for _ in 0..n {
+                            t.events.push(event(EventKind::StepFailed, Some("s1")));
+                        }
+                        Ok(t)
+                    }),
+                )
+                .await
+                .unwrap();
+            store
+                .update_instance(
+                    b,
+                    Box::new(move |s| {
+                        let mut t = next(s, T0.add_ms(n as u64));
+                        t.events.push(event(EventKind::StepFailed, Some("s1")));
+                        Ok(t)
+                    }),
+                )
+                .await
+                .unwrap();
+        }
+        let all: Vec<u64> = store
+            .list_events(a, None, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(all.len(), 3 + 1 + 2 + 3, "a's events: {all:?}");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "increasing: {all:?}");
+        check_pages(&store, a, &all).await;
+        store.close().await.unwrap();
+        let store = common::open(&db.path, Durability::Immediate);
+        check_pages(&store, a, &all).await;
+        store.close().await.unwrap();
+    });
+}
