@@ -16,9 +16,10 @@
 //! instance without a slot is therefore read from the last committed transaction, which then
 //! holds every write to it.
 //!
-//! Bounded by a number of instances: when full, every unpinned slot is dropped at once (the
-//! live instances are read back on their next transition), which keeps it O(1) per
-//! operation amortised. Cleared after a failed commit (nothing is pinned then).
+//! Bounded by a number of instances: when it holds the capacity (or, if more instances than
+//! that are pinned, twice the pinned count at the last eviction), every unpinned slot is
+//! dropped at once (the live instances are read back on their next transition), which keeps
+//! it O(1) per operation amortised. Cleared after a failed commit (nothing is pinned then).
 
 use floxy_core::model::{InstanceId, InstanceSnapshot};
 use std::collections::HashMap;

@@ -62,7 +62,27 @@ impl Committer {
         outcomes: Sender<Option<StoreError>>,
         wake: tokio::sync::mpsc::WeakSender<Request>,
     ) {
-        while let Ok(msg) = rx.recv() {
+        loop {
+            // In relaxed mode, commits left unsynced are synced after their interval even
+            // when no further request comes.
+            let msg = match self.flush_wait() {
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(m) => m,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = self.flush() {
+                            tracing::error!(error = %e, "floxy-store-redb: relaxed flush failed");
+                            // Try again after another interval.
+                            self.last_flush = Instant::now();
+                        }
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
             match msg {
                 ToCommit::Batch(batch) => {
                     let err = self.commit(*batch);
@@ -98,7 +118,17 @@ impl Committer {
             None
         } else {
             let durability = self.txn_durability();
-            self.write(&ops, durability).err()
+            let immediate = matches!(durability, redb::Durability::Immediate);
+            let r = self.write(&ops, durability).err();
+            if r.is_none() {
+                if immediate {
+                    self.last_flush = Instant::now();
+                    self.unflushed = false;
+                } else {
+                    self.unflushed = true;
+                }
+            }
+            r
         };
         self.busy += started.elapsed();
         if err.is_none() {
@@ -162,6 +192,16 @@ impl Committer {
         Ok(())
     }
 
+    /// In relaxed mode with unsynced commits, how long until they must be synced.
+    fn flush_wait(&self) -> Option<Duration> {
+        match self.durability {
+            Durability::Relaxed { flush_interval_ms } if self.unflushed => Some(
+                Duration::from_millis(flush_interval_ms).saturating_sub(self.last_flush.elapsed()),
+            ),
+            _ => None,
+        }
+    }
+
     /// Whether relaxed commits are waiting for a durable one and their interval is over.
     fn flush_due(&self) -> bool {
         match self.durability {
@@ -173,16 +213,15 @@ impl Committer {
         }
     }
 
-    fn txn_durability(&mut self) -> redb::Durability {
+    /// The durability of the next commit: relaxed mode syncs once per interval. What the
+    /// commit then leaves unsynced is recorded only once it succeeded.
+    fn txn_durability(&self) -> redb::Durability {
         match self.durability {
             Durability::Immediate => redb::Durability::Immediate,
             Durability::Relaxed { flush_interval_ms } => {
                 if self.last_flush.elapsed() >= Duration::from_millis(flush_interval_ms) {
-                    self.last_flush = Instant::now();
-                    self.unflushed = false;
                     redb::Durability::Immediate
                 } else {
-                    self.unflushed = true;
                     redb::Durability::None
                 }
             }

@@ -1,9 +1,9 @@
 //! The claim index: every queue item of the file, in memory, owned by the writer thread.
 //!
-//! The `queue` table is the durable truth (one row per item, lease included); this index is
-//! derived from it, rebuilt by scanning the table when the file is opened and after a failed
-//! commit, and kept in step with the table by the writer, which is the only code that writes
-//! either. Each handler name is interned to a small number and owns:
+//! The queue items stored in the step rows are the durable truth (lease included); this
+//! index is derived from them, rebuilt from the step rows of the instances `floxy_live` lists
+//! when the file is opened and after a failed commit, and kept in step with the rows by the
+//! writer, which is the only code that writes either. Each handler name is interned to a small number and owns:
 //!
 //! * `by_due`: its items by *due time*, the moment an item becomes claimable (`run_at`, or
 //!   the later of `run_at` and the lease expiry when leased);

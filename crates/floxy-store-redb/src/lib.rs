@@ -154,7 +154,8 @@
 //! * [`Durability::Immediate`] (the default): every commit is durable (`fsync`) before any
 //!   of its callers is answered. A crash loses nothing that was acknowledged.
 //! * [`Durability::Relaxed`]: commits are not synced one by one; one commit every
-//!   `flush_interval_ms` (and the last one, on [`RedbStore::close`]) is. A crash can lose the
+//!   `flush_interval_ms` is, and commits left unsynced are synced once their interval is
+//!   over even if no request follows (and on [`RedbStore::close`]). A crash can lose the
 //!   commits of the last interval — acknowledged work may run again or an acknowledged start
 //!   may vanish — but never corrupts the file: redb reopens at the last durable commit. Use it
 //!   when re-running recent steps is acceptable and throughput with few concurrent writers

@@ -140,12 +140,14 @@ pub(crate) enum Delivery {
     Cleanup(Reply<u64>, Result<u64, StoreError>),
 }
 
-/// With a failed commit, a successful result becomes the commit error; a refused request
-/// keeps its own error (it wrote nothing either way).
+/// With a failed commit, every answer is the commit error, refusals included: a refusal
+/// may rest on an earlier request of the batch (or on the failed batch it was prepared on)
+/// that never became durable, and the commit error is retryable, so the caller asks again
+/// and gets the answer of the state that exists.
 fn settle<T>(r: Result<T, StoreError>, commit: Option<&StoreError>) -> Result<T, StoreError> {
-    match (r, commit) {
-        (Ok(_), Some(e)) => Err(e.clone()),
-        (r, _) => r,
+    match commit {
+        Some(e) => Err(e.clone()),
+        None => r,
     }
 }
 
@@ -160,9 +162,11 @@ impl Delivery {
             Self::Heartbeat(tx, r) => drop(tx.send(settle(r, commit))),
             Self::Cleanup(tx, r) => drop(tx.send(settle(r, commit))),
             Self::Update(tx, r) => {
+                // A transition function's panic is the caller's own, whatever the commit did.
                 let r = match (r, commit) {
-                    (Ok(_), Some(e)) => Err(UpdateFailure::Store(e.clone())),
-                    (r, _) => r,
+                    (Err(UpdateFailure::Panic(p)), _) => Err(UpdateFailure::Panic(p)),
+                    (_, Some(e)) => Err(UpdateFailure::Store(e.clone())),
+                    (r, None) => r,
                 };
                 let _ = tx.send(r);
             }
@@ -561,6 +565,10 @@ impl Writer {
     /// Prepares one request into `batch`.
     fn prepare(&mut self, batch: &mut Batch, req: Request) {
         batch.requests += 1;
+        if batch.fatal.is_none() {
+            // A reload that failed since the batch began leaves no state to prepare on.
+            batch.fatal.clone_from(&self.broken);
+        }
         if let Some(e) = &batch.fatal {
             batch.deliveries.extend(Delivery::failed(req, e));
             return;
@@ -710,7 +718,12 @@ impl Writer {
                 )));
             }
         }
-        *self.published.lock() = self.to_publish();
+        let mut p = self.to_publish();
+        let mut published = self.published.lock();
+        // The committing thread's share of the time, as it last published it.
+        p.stats.busy = published.stats.busy.max(p.stats.busy);
+        p.stats.committing = published.stats.committing;
+        *published = p;
     }
 
     /// Handles one request; returns its delivery and, if it failed fatally, the error.
