@@ -55,8 +55,9 @@
 //! chunk wait for the committing batch and run in a batch of their own.
 //!
 //! If applying or committing a batch fails (I/O error, disk full), every request of the batch
-//! that would have been written gets the error and nothing of it is visible; so does every
-//! request of the batch prepared on top of it, which is never committed. The writer then
+//! gets that (retryable) error — refusals too, since they may rest on an earlier request of
+//! the batch that never became durable — and nothing of it is visible; so does every request
+//! of the batch prepared on top of it, which is never committed. The writer then
 //! rebuilds its in-memory state from the last committed transaction. A batch that writes
 //! nothing (claims that found no work, refused requests) is answered without a transaction.
 //!
