@@ -201,9 +201,8 @@ use floxy_core::store::{
     Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
     LeaseState, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats, TransitionFn,
 };
-use layout::{DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, STEPS, redb_err};
+use layout::{DEFINITIONS, DLQ, EVENTS, IDEMPOTENCY, INSTANCES, STEPS, redb_err};
 use parking_lot::{Mutex, RwLock};
-use read::SnapshotTables;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::fmt;
 use std::ops::Bound;
@@ -549,18 +548,7 @@ impl Store for RedbStore {
     }
 
     async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
-        let rtx = self.read_txn()?;
-        let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
-        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
-        let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
-        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
-        SnapshotTables {
-            instances: &instances,
-            steps: &steps,
-            dlq_by_instance: &dlq_by_instance,
-            dlq: &dlq,
-        }
-        .snapshot(id)
+        read::snapshot_in(&self.read_txn()?, id)
     }
 
     async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {

@@ -127,6 +127,25 @@ where
     }
 }
 
+/// Reads the snapshot of an instance in a read transaction.
+pub(crate) fn snapshot_in(
+    rtx: &redb::ReadTransaction,
+    id: InstanceId,
+) -> Result<Option<InstanceSnapshot>, StoreError> {
+    use crate::layout::{DLQ, DLQ_BY_INSTANCE, INSTANCES, STEPS};
+    let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
+    let steps = rtx.open_table(STEPS).map_err(redb_err)?;
+    let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
+    let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
+    SnapshotTables {
+        instances: &instances,
+        steps: &steps,
+        dlq_by_instance: &dlq_by_instance,
+        dlq: &dlq,
+    }
+    .snapshot(id)
+}
+
 /// Reads the queue items of an instance (from its step rows), in key order.
 pub(crate) fn queue<T>(t: &T, id: InstanceId) -> Result<Vec<QueueItem>, StoreError>
 where

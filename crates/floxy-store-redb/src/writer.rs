@@ -35,7 +35,7 @@ use crate::layout::{
     META_COUNTERS, STEPS, StepRowRef, TERMINAL, decode_definition, encode, inst_key, redb_err,
 };
 use crate::ops::Ops;
-use crate::read::{self, SnapshotTables};
+use crate::read;
 use crate::{MAX_GROUP_COMMIT, RedbOptions};
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
@@ -811,18 +811,7 @@ impl Writer {
 
     /// Reads the snapshot of an instance no pending batch wrote.
     fn read_snapshot(&mut self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
-        let rtx = self.view.txn(self.committed_seq)?;
-        let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
-        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
-        let dlq_by_instance = rtx.open_table(DLQ_BY_INSTANCE).map_err(redb_err)?;
-        let dlq = rtx.open_table(DLQ).map_err(redb_err)?;
-        SnapshotTables {
-            instances: &instances,
-            steps: &steps,
-            dlq_by_instance: &dlq_by_instance,
-            dlq: &dlq,
-        }
-        .snapshot(id)
+        read::snapshot_in(self.view.txn(self.committed_seq)?, id)
     }
 
     /// Whether instance `id` exists.

@@ -1278,12 +1278,12 @@ fn concurrent_writes_with_failing_commits_without_cache() {
 }
 
 /// A request prepared on top of a batch whose commit then fails must not be answered from
-/// the state that batch would have made: the crate docs say every request of the batch
-/// prepared on top of a failed one gets the error. A *refusal* computed from that phantom
-/// state (the transition function saw the failed write, a fencing check saw a lease or an
-/// item that never existed) is delivered as is today: the caller is told "instance is
-/// completed" or "your lease is stale" about an instance that is running and a lease that
-/// is current.
+/// the state that batch would have made: every request of the batch prepared on top of a
+/// failed one gets the (retryable) commit error. Before the fix a *refusal* computed from
+/// that phantom state (the transition function saw the failed write, a fencing check saw a
+/// lease or an item that never existed) was delivered as is: the caller was told "instance
+/// is completed" or "your lease is stale" about an instance that was running and a lease
+/// that was current.
 #[cfg(feature = "failpoints")]
 #[test]
 fn refusals_prepared_on_a_failed_commit_get_the_commit_error() {
