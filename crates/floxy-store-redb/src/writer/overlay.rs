@@ -1,0 +1,170 @@
+//! What a batch sees and records besides its table writes: reads served from memory (the
+//! snapshot cache, the overlays) or from the last committed transaction, the bookkeeping
+//! that unpins them once the batch is committed, and the step rows a request changed.
+
+use super::*;
+
+impl Writer {
+    // ----- reads -----------------------------------------------------------------------------
+
+    /// The snapshot of `id` as the batch sees it, taken out of the cache (with its pin) or
+    /// read from the last committed transaction (pin 0). The caller puts it back with
+    /// [`SnapshotCache::put`].
+    pub(super) fn take_snapshot(
+        &mut self,
+        id: InstanceId,
+    ) -> Result<Option<(InstanceSnapshot, u64)>, StoreError> {
+        match self.cache.take(id) {
+            Some((Some(s), pin)) => Ok(Some((s, pin))),
+            Some((None, pin)) => {
+                self.cache.tombstone(id, pin);
+                Ok(None)
+            }
+            None => Ok(self.read_snapshot(id)?.map(|s| (s, 0))),
+        }
+    }
+
+    /// Reads the snapshot of an instance no pending batch wrote.
+    pub(super) fn read_snapshot(
+        &mut self,
+        id: InstanceId,
+    ) -> Result<Option<InstanceSnapshot>, StoreError> {
+        read::snapshot_in(self.view.txn(self.committed_seq)?, id)
+    }
+
+    /// Whether instance `id` exists.
+    pub(super) fn instance_exists(&mut self, id: InstanceId) -> Result<bool, StoreError> {
+        match self.cache.get(id) {
+            Cached::Live(_) => Ok(true),
+            Cached::Gone => Ok(false),
+            Cached::Miss => {
+                let rtx = self.view.txn(self.committed_seq)?;
+                let t = rtx.open_table(INSTANCES).map_err(redb_err)?;
+                Ok(t.get(inst_key(id)).map_err(redb_err)?.is_some())
+            }
+        }
+    }
+
+    /// The instance an idempotency key maps to.
+    pub(super) fn idempotency(
+        &mut self,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<u128>, StoreError> {
+        // The overlay is keyed by owned strings; this lookup allocates only on this
+        // (rare) path: transitions whose key does not change skip it.
+        if let Some((_, v)) = self
+            .idem_overlay
+            .get(&(workflow.to_owned(), key.to_owned()))
+        {
+            return Ok(*v);
+        }
+        let rtx = self.view.txn(self.committed_seq)?;
+        let t = rtx.open_table(IDEMPOTENCY).map_err(redb_err)?;
+        Ok(t.get((workflow, key)).map_err(redb_err)?.map(|v| v.value()))
+    }
+
+    /// Whether DLQ record `id` exists.
+    pub(super) fn dlq_exists(&mut self, id: u64) -> Result<bool, StoreError> {
+        if let Some((_, exists)) = self.dlq_overlay.get(&id) {
+            return Ok(*exists);
+        }
+        let rtx = self.view.txn(self.committed_seq)?;
+        let t = rtx.open_table(DLQ).map_err(redb_err)?;
+        Ok(t.get(id).map_err(redb_err)?.is_some())
+    }
+
+    // ----- overlay-tracked writes ------------------------------------------------------------
+
+    pub(super) fn write_idempotency(
+        &mut self,
+        b: &mut Batch,
+        workflow: &str,
+        key: &str,
+        v: Option<u128>,
+    ) {
+        b.ops.idempotency(workflow, key, v);
+        let k = (workflow.to_owned(), key.to_owned());
+        self.idem_overlay.insert(k.clone(), (b.seq, v));
+        b.touched.idempotency.push(k);
+    }
+
+    pub(super) fn write_dlq_exists(&mut self, b: &mut Batch, id: u64, exists: bool) {
+        self.dlq_overlay.insert(id, (b.seq, exists));
+        b.touched.dlq.push(id);
+    }
+
+    /// Puts `snap` back into the cache pinned to this batch (it wrote it).
+    pub(super) fn keep_written(&mut self, b: &mut Batch, snap: InstanceSnapshot) {
+        b.touched.instances.push(snap.instance.id);
+        self.cache.put(snap, b.seq);
+    }
+
+    /// Records that the step row `(id, step)` changed in this batch.
+    pub(super) fn mark_row(b: &mut Batch, id: InstanceId, step: &Arc<str>) {
+        let key = (id, step.clone());
+        if !b.row_set.contains(&key) {
+            b.row_set.insert(key.clone());
+            b.rows.push(key);
+        }
+    }
+
+    /// Writes the step rows the last request changed, once each, from the state it leads to
+    /// (the run from the instance's snapshot, the items from the claim index), and the `live`
+    /// entries of the instances whose items came or went.
+    pub(super) fn write_rows(&mut self, b: &mut Batch) -> Result<(), StoreError> {
+        let rows = std::mem::take(&mut b.rows);
+        let mut instances: Vec<InstanceId> = Vec::new();
+        for (id, step) in &rows {
+            if instances.last() != Some(id) {
+                instances.push(*id);
+            }
+            // The run: from the snapshot (every instance a batch wrote is pinned in the
+            // cache), else — a heartbeat only touched the item — from the last commit.
+            let read_run;
+            let run = match self.cache.get(*id) {
+                Cached::Live(s) => s.steps.iter().find(|r| r.step == *step),
+                Cached::Gone => continue,
+                Cached::Miss => {
+                    let rtx = self.view.txn(self.committed_seq)?;
+                    let t = rtx.open_table(STEPS).map_err(redb_err)?;
+                    read_run = read::row(&t, *id, step)?.and_then(|r| r.run);
+                    read_run.as_ref()
+                }
+            };
+            // In `WorkKind` order, as `StepRow` keeps them.
+            let mut items = Vec::with_capacity(1);
+            for kind in [WorkKind::Execute, WorkKind::Compensate, WorkKind::Timer] {
+                let key = QueueKey {
+                    instance_id: *id,
+                    step: step.clone(),
+                    kind,
+                };
+                if let Some(item) = self.index.get(&key) {
+                    items.push(item);
+                }
+            }
+            let k = inst_key(*id);
+            if run.is_none() && items.is_empty() {
+                b.ops.remove_step(k, step);
+            } else {
+                b.ops.step(k, step, &StepRowRef { run, items })?;
+            }
+        }
+        instances.dedup();
+        for id in instances {
+            let k = inst_key(id);
+            let has = self.index.has_items(id);
+            if has != self.live.contains(&k) {
+                b.ops.live(k, has);
+                if has {
+                    self.live.insert(k);
+                } else {
+                    self.live.remove(&k);
+                }
+            }
+        }
+        b.row_set.clear();
+        Ok(())
+    }
+}
