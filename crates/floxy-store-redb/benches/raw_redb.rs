@@ -34,7 +34,8 @@ fn run(rows_per_commit: usize, total_rows: usize) -> (f64, f64) {
     let start = Instant::now();
     for _ in 0..commits {
         let mut txn = db.begin_write().expect("begin");
-        txn.set_durability(Durability::Immediate).expect("durability");
+        txn.set_durability(Durability::Immediate)
+            .expect("durability");
         {
             let mut tables: Vec<_> = TABLES
                 .iter()
@@ -51,7 +52,10 @@ fn run(rows_per_commit: usize, total_rows: usize) -> (f64, f64) {
         txn.commit().expect("commit");
     }
     let secs = start.elapsed().as_secs_f64().max(f64::EPSILON);
-    (commits as f64 / secs, (commits * rows_per_commit) as f64 / secs)
+    (
+        commits as f64 / secs,
+        (commits * rows_per_commit) as f64 / secs,
+    )
 }
 
 fn main() {
