@@ -49,6 +49,13 @@ for ex in order_saga savepoint fork_join conditions human_approval dlq_requeue c
   echo "-- example $ex"
   cargo run -q -p floxy --example "$ex" >/dev/null
 done
+# The README's first command: the order saga on a redb file, twice (the second run reopens it).
+redb_dir=$(mktemp -d)
+for run in 1 2; do
+  echo "-- example order_saga on redb (run $run)"
+  cargo run -q -p floxy --features redb --example order_saga -- --redb "$redb_dir/orders.redb" >/dev/null
+done
+rm -rf "$redb_dir"
 
 step "loom model of the memory store's claim path"
 RUSTFLAGS="--cfg floxy_loom" CARGO_TARGET_DIR=target/loom \

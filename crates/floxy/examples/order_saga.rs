@@ -1,7 +1,8 @@
 //! An order saga: reserve stock, charge the card, ship. When shipping fails for good, the
 //! engine refunds the charge and releases the stock, in reverse order.
 //!
-//! `cargo run -p floxy --example order_saga`
+//! `cargo run -p floxy --example order_saga` (memory store), or on a durable redb file:
+//! `cargo run -p floxy --features redb --example order_saga -- --redb /tmp/floxy-orders.redb`
 
 #[path = "common/mod.rs"]
 mod common;
