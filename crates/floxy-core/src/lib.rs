@@ -1,5 +1,6 @@
 //! floxy-core
 pub mod builder;
+pub mod checks;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod eager;

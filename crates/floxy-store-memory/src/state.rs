@@ -1,10 +1,11 @@
 //! The whole store behind one lock: every operation is a plain synchronous method.
 
 use crate::queue::{InstSlot, ItemId, LeasePlan, Queue};
+use floxy_core::checks;
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot,
-    InstanceStatus, QueueItem, QueueKey, QueueOp, StepName, StepRun, StepStatus, Timestamp,
-    Transition, WorkKind, WorkflowDefinition, WorkflowId,
+    InstanceStatus, QueueItem, QueueOp, StepName, StepRun, Timestamp, Transition,
+    WorkflowDefinition, WorkflowId,
 };
 use floxy_core::store::{
     ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef, LeaseState,
@@ -22,13 +23,6 @@ struct InstanceEntry {
     step_idx: HashMap<StepName, u32>,
     events: Vec<Event>,
     queue: Vec<ItemId>,
-}
-
-impl InstanceEntry {
-    fn step(&self, name: &str) -> Option<&StepRun> {
-        let i = *self.step_idx.get(name)?;
-        self.snap.steps.get(i as usize)
-    }
 }
 
 /// Buffers reused by every claim, so that a claim allocates only its result.
@@ -70,17 +64,6 @@ fn page_limit(limit: usize) -> usize {
         MAX_PAGE_SIZE
     } else {
         limit.min(MAX_PAGE_SIZE)
-    }
-}
-
-fn status_name(s: Option<StepStatus>) -> &'static str {
-    s.map_or("absent", StepStatus::as_str)
-}
-
-fn op_key(op: &QueueOp) -> &QueueKey {
-    match op {
-        QueueOp::Upsert(item) => &item.key,
-        QueueOp::Delete(key) | QueueOp::RequestCancel(key) => key,
     }
 }
 
@@ -223,21 +206,9 @@ impl State {
         t: &Transition,
     ) -> Result<(), StoreError> {
         let id = t.instance.id;
+        let snap = current.map(|(_, e)| &e.snap);
         // 1. Creation or version.
-        if let Some((_, e)) = current {
-            if t.create {
-                return Err(StoreError::Conflict(format!(
-                    "instance {id} already exists"
-                )));
-            }
-            let stored = e.snap.instance.version;
-            if stored.checked_add(1) != Some(t.instance.version) {
-                return Err(StoreError::Conflict(format!(
-                    "instance {id}: version {} does not follow the stored version {stored}",
-                    t.instance.version
-                )));
-            }
-        }
+        checks::version(snap, t)?;
         // 2. Fencing.
         if let Some(lc) = &t.lease_check {
             let current_token = self
@@ -246,53 +217,11 @@ impl State {
                 .and_then(|item| item.lease.as_ref())
                 .map(|l| l.token);
             if current_token != Some(lc.token) {
-                return Err(StoreError::StaleLease {
-                    instance_id: lc.key.instance_id,
-                    step: lc.key.step.to_string(),
-                    kind: lc.key.kind.as_str(),
-                    token: lc.token,
-                });
+                return Err(checks::stale_lease(lc));
             }
         }
-        // 3. Step compare-and-set, in order (a later write to the same step sees the earlier).
-        let mut written: HashMap<&str, StepStatus> = HashMap::new();
-        for w in &t.steps {
-            if w.run.instance_id != id {
-                return Err(StoreError::Conflict(format!(
-                    "step {} of instance {} written by a transition of {id}",
-                    w.run.step, w.run.instance_id
-                )));
-            }
-            let found = match written.get(&*w.run.step) {
-                Some(s) => Some(*s),
-                None => current
-                    .and_then(|(_, e)| e.step(&w.run.step))
-                    .map(|r| r.status),
-            };
-            if found != w.expect {
-                return Err(StoreError::Conflict(format!(
-                    "instance {id}: step {} is {}, expected {}",
-                    w.run.step,
-                    status_name(found),
-                    status_name(w.expect)
-                )));
-            }
-            written.insert(&w.run.step, w.run.status);
-        }
-        // Everything else must belong to this instance.
-        if let Some(op) = t.queue.iter().find(|op| op_key(op).instance_id != id) {
-            let key = op_key(op);
-            return Err(StoreError::Conflict(format!(
-                "queue item {}/{} written by a transition of {id}",
-                key.instance_id, key.step
-            )));
-        }
-        if let Some(r) = t.dlq_insert.iter().find(|r| r.instance_id != id) {
-            return Err(StoreError::Conflict(format!(
-                "DLQ record of {} written by a transition of {id}",
-                r.instance_id
-            )));
-        }
+        // 3. Step compare-and-set, in order; everything written belongs to this instance.
+        checks::steps_and_ownership(snap, t)?;
         let slot = current.map(|(slot, _)| slot);
         for d in &t.dlq_delete {
             if let Some(&owner) = self.dlq.get(d)
@@ -479,11 +408,7 @@ impl State {
                     k.instance_id, k.step, run.instance_id, run.step
                 )));
             }
-            let starts = s.item.key.kind == WorkKind::Execute
-                && matches!(
-                    run.status,
-                    StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
-                );
+            let starts = checks::claim_starts_run(s.item.key.kind, run.status);
             if let Some(p) = self.queue.plan_lease(h, id, now) {
                 plan.push((p, starts));
             }
@@ -503,9 +428,7 @@ impl State {
                 && let Some(Some(e)) = self.insts.get_mut(s.inst as usize)
                 && let Some(run) = s.step_idx.and_then(|i| e.snap.steps.get_mut(i as usize))
             {
-                run.status = StepStatus::Running;
-                run.attempts = s.item.attempt;
-                run.started_at = Some(now);
+                checks::start_run(run, s.item.attempt, now);
                 self.last_seq += 1;
                 seq = Some(self.last_seq);
             }

@@ -38,10 +38,11 @@
 use crate::codec::{self, DLQ_COLS, INSTANCE_COLS, STEP_COLS};
 use crate::error::{is_connection_error, map_sqlx};
 use crate::queries::Queries;
+use floxy_core::checks;
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
     DlqId, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, QueueKey,
-    QueueOp, StepRun, StepStatus, Transition, WorkflowId,
+    QueueOp, StepRun, Transition, WorkflowId,
 };
 use floxy_core::store::{ClaimedItem, CreateOutcome, StoreError, TransitionFn};
 use parking_lot::Mutex;
@@ -616,16 +617,11 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
             let current = tokens.get(&lc.key).copied().flatten();
             let want = i64::try_from(lc.token.0).ok();
             if current.is_none() || current != want {
-                item.reject(StoreError::StaleLease {
-                    instance_id: lc.key.instance_id,
-                    step: lc.key.step.to_string(),
-                    kind: lc.key.kind.as_str(),
-                    token: lc.token,
-                });
+                item.reject(checks::stale_lease(lc));
                 continue;
             }
         }
-        if let Err(e) = check_rest(snapshots.get(&item.job.id), t) {
+        if let Err(e) = checks::steps_and_ownership(snapshots.get(&item.job.id), t) {
             item.reject(e);
             continue;
         }
@@ -741,90 +737,14 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn op_key(op: &QueueOp) -> &QueueKey {
-    match op {
-        QueueOp::Upsert(item) => &item.key,
-        QueueOp::Delete(key) | QueueOp::RequestCancel(key) => key,
-    }
-}
-
-fn status_name(s: Option<StepStatus>) -> &'static str {
-    s.map_or("absent", StepStatus::as_str)
-}
-
-/// The first checks of a transition (before the fencing check): creation and version.
+/// The first checks of a transition (before the fencing check): creation and version, and
+/// nothing of a new instance is leased.
 fn check_version(current: Option<&InstanceSnapshot>, t: &Transition) -> Result<(), StoreError> {
-    let id = t.instance.id;
-    if let Some(snap) = current {
-        if t.create {
-            return Err(StoreError::Conflict(format!(
-                "instance {id} already exists"
-            )));
-        }
-        let stored = snap.instance.version;
-        if stored.checked_add(1) != Some(t.instance.version) {
-            return Err(StoreError::Conflict(format!(
-                "instance {id}: version {} does not follow the stored version {stored}",
-                t.instance.version
-            )));
-        }
-    } else if let Some(lc) = &t.lease_check {
-        // Nothing of a new instance is leased.
-        return Err(StoreError::StaleLease {
-            instance_id: lc.key.instance_id,
-            step: lc.key.step.to_string(),
-            kind: lc.key.kind.as_str(),
-            token: lc.token,
-        });
+    checks::version(current, t)?;
+    match (current, &t.lease_check) {
+        (None, Some(lc)) => Err(checks::stale_lease(lc)),
+        _ => Ok(()),
     }
-    Ok(())
-}
-
-/// The checks after the fencing check (see the memory store): step compare-and-set in
-/// order, and ownership of everything written.
-fn check_rest(current: Option<&InstanceSnapshot>, t: &Transition) -> Result<(), StoreError> {
-    let id = t.instance.id;
-    let mut written: HashMap<&str, StepStatus> = HashMap::new();
-    for w in &t.steps {
-        if w.run.instance_id != id {
-            return Err(StoreError::Conflict(format!(
-                "step {} of instance {} written by a transition of {id}",
-                w.run.step, w.run.instance_id
-            )));
-        }
-        let found = match written.get(&*w.run.step) {
-            Some(s) => Some(*s),
-            None => current.and_then(|s| {
-                s.steps
-                    .iter()
-                    .find(|r| r.step == w.run.step)
-                    .map(|r| r.status)
-            }),
-        };
-        if found != w.expect {
-            return Err(StoreError::Conflict(format!(
-                "instance {id}: step {} is {}, expected {}",
-                w.run.step,
-                status_name(found),
-                status_name(w.expect)
-            )));
-        }
-        written.insert(&w.run.step, w.run.status);
-    }
-    if let Some(op) = t.queue.iter().find(|op| op_key(op).instance_id != id) {
-        let key = op_key(op);
-        return Err(StoreError::Conflict(format!(
-            "queue item {}/{} written by a transition of {id}",
-            key.instance_id, key.step
-        )));
-    }
-    if let Some(r) = t.dlq_insert.iter().find(|r| r.instance_id != id) {
-        return Err(StoreError::Conflict(format!(
-            "DLQ record of {} written by a transition of {id}",
-            r.instance_id
-        )));
-    }
-    Ok(())
 }
 
 fn key_arrays(keys: &[QueueKey]) -> (Vec<uuid::Uuid>, Vec<String>, Vec<String>) {
@@ -1137,7 +1057,7 @@ impl Writes {
         // Queue: reduce the ops on each key to their final effect.
         let mut effects: Vec<(QueueKey, QueueEffect)> = Vec::new();
         for op in &t.queue {
-            let key = op_key(op);
+            let key = op.key();
             let pos = effects.iter().position(|(k, _)| k == key);
             let next = match (op, pos.map(|p| &effects[p].1)) {
                 (QueueOp::Upsert(item), _) => QueueEffect::Put(item.clone()),

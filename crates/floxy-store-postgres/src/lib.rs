@@ -160,8 +160,7 @@ use error::map_sqlx;
 use floxy_core::eager::EagerClaim;
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus,
-    QueueItem, StepRun, StepStatus, Timestamp, Transition, WorkKind, WorkflowDefinition,
-    WorkflowId,
+    QueueItem, StepRun, Timestamp, Transition, WorkflowDefinition, WorkflowId,
 };
 use floxy_core::store::{
     Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqQuery, InstanceQuery, LeaseRef,
@@ -719,15 +718,8 @@ impl Store for PostgresStore {
                 let item = codec::queue_item(row, 0)?;
                 let previous_lease_expired: bool = row.try_get(14).map_err(map_sqlx)?;
                 let mut run = codec::step_run(row, 15)?;
-                if item.key.kind == WorkKind::Execute
-                    && matches!(
-                        run.status,
-                        StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
-                    )
-                {
-                    run.status = StepStatus::Running;
-                    run.attempts = item.attempt;
-                    run.started_at = Some(now);
+                if floxy_core::checks::claim_starts_run(item.key.kind, run.status) {
+                    floxy_core::checks::start_run(&mut run, item.attempt, now);
                 }
                 out.push(ClaimedItem {
                     item,

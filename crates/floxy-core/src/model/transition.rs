@@ -29,6 +29,17 @@ pub enum QueueOp {
     RequestCancel(QueueKey),
 }
 
+impl QueueOp {
+    /// The key of the item the operation concerns.
+    #[must_use]
+    pub fn key(&self) -> &QueueKey {
+        match self {
+            Self::Upsert(item) => &item.key,
+            Self::Delete(key) | Self::RequestCancel(key) => key,
+        }
+    }
+}
+
 /// The fencing check of a transition that follows a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseCheck {

@@ -66,15 +66,8 @@ impl Writer {
                 self.cache.put(snap, pin);
                 continue;
             };
-            if key.kind == WorkKind::Execute
-                && matches!(
-                    run.status,
-                    StepStatus::Pending | StepStatus::Retrying | StepStatus::Running
-                )
-            {
-                run.status = StepStatus::Running;
-                run.attempts = item.attempt;
-                run.started_at = Some(now);
+            if checks::claim_starts_run(key.kind, run.status) {
+                checks::start_run(run, item.attempt, now);
                 self.counters.last_seq += 1;
                 let seq = self.counters.last_seq;
                 let e = Event {

@@ -47,11 +47,11 @@ use crate::layout::{
 use crate::ops::Ops;
 use crate::read;
 use crate::{MAX_GROUP_COMMIT, RedbOptions};
+use floxy_core::checks;
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
-    InstanceStatus, QueueKey, QueueOp, StepStatus, Timestamp, Transition, WorkKind,
-    WorkflowDefinition,
+    InstanceStatus, QueueKey, QueueOp, Timestamp, Transition, WorkKind, WorkflowDefinition,
 };
 use floxy_core::store::{
     ClaimRequest, ClaimedItem, CreateOutcome, LeaseRef, LeaseState, MAX_CLAIM_BATCH, PutDefinition,
@@ -282,17 +282,6 @@ fn status_index(s: InstanceStatus) -> usize {
         .iter()
         .position(|x| *x == s)
         .unwrap_or_default()
-}
-
-fn status_name(s: Option<StepStatus>) -> &'static str {
-    s.map_or("absent", StepStatus::as_str)
-}
-
-fn op_key(op: &QueueOp) -> &QueueKey {
-    match op {
-        QueueOp::Upsert(item) => &item.key,
-        QueueOp::Delete(key) | QueueOp::RequestCancel(key) => key,
-    }
 }
 
 /// What the writer keeps in memory, loaded from the last committed transaction: the

@@ -141,18 +141,7 @@ impl Writer {
         let id = tr.instance.id;
         let conflict = |msg: String| Fail::Caller(StoreError::Conflict(msg));
         // 1. Creation or version.
-        if let Some(s) = current {
-            if tr.create {
-                return Err(conflict(format!("instance {id} already exists")));
-            }
-            let stored = s.instance.version;
-            if stored.checked_add(1) != Some(tr.instance.version) {
-                return Err(conflict(format!(
-                    "instance {id}: version {} does not follow the stored version {stored}",
-                    tr.instance.version
-                )));
-            }
-        }
+        checks::version(current, tr).map_err(Fail::Caller)?;
         // 2. Fencing.
         if let Some(lc) = &tr.lease_check {
             let token = self
@@ -161,56 +150,11 @@ impl Writer {
                 .and_then(|i| i.lease.as_ref())
                 .map(|l| l.token);
             if token != Some(lc.token) {
-                return Err(Fail::Caller(StoreError::StaleLease {
-                    instance_id: lc.key.instance_id,
-                    step: lc.key.step.to_string(),
-                    kind: lc.key.kind.as_str(),
-                    token: lc.token,
-                }));
+                return Err(Fail::Caller(checks::stale_lease(lc)));
             }
         }
-        // 3. Step compare-and-set, in order.
-        let mut written: HashMap<&str, StepStatus> = HashMap::new();
-        for w in &tr.steps {
-            if w.run.instance_id != id {
-                return Err(conflict(format!(
-                    "step {} of instance {} written by a transition of {id}",
-                    w.run.step, w.run.instance_id
-                )));
-            }
-            let found = match written.get(&*w.run.step) {
-                Some(s) => Some(*s),
-                None => current.and_then(|s| {
-                    s.steps
-                        .iter()
-                        .find(|r| r.step == w.run.step)
-                        .map(|r| r.status)
-                }),
-            };
-            if found != w.expect {
-                return Err(conflict(format!(
-                    "instance {id}: step {} is {}, expected {}",
-                    w.run.step,
-                    status_name(found),
-                    status_name(w.expect)
-                )));
-            }
-            written.insert(&w.run.step, w.run.status);
-        }
-        // 4. Everything else belongs to this instance.
-        if let Some(op) = tr.queue.iter().find(|op| op_key(op).instance_id != id) {
-            let key = op_key(op);
-            return Err(conflict(format!(
-                "queue item {}/{} written by a transition of {id}",
-                key.instance_id, key.step
-            )));
-        }
-        if let Some(r) = tr.dlq_insert.iter().find(|r| r.instance_id != id) {
-            return Err(conflict(format!(
-                "DLQ record of {} written by a transition of {id}",
-                r.instance_id
-            )));
-        }
+        // 3. Step compare-and-set, in order; 4. everything written belongs to this instance.
+        checks::steps_and_ownership(current, tr).map_err(Fail::Caller)?;
         for d in &tr.dlq_delete {
             let own = current.is_some_and(|s| s.dlq.iter().any(|r| r.id == *d));
             if !own && self.dlq_exists(d.0).map_err(classify)? {
