@@ -21,8 +21,8 @@
 //! dropped at once (the live instances are read back on their next transition), which keeps
 //! it O(1) per operation amortised. Cleared after a failed commit (nothing is pinned then).
 
+use crate::fast_hash::FastMap;
 use floxy_core::model::{InstanceId, InstanceSnapshot};
-use std::collections::HashMap;
 
 /// One cached instance.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ pub(crate) enum Cached<'a> {
 /// Decoded snapshots by instance id.
 #[derive(Debug)]
 pub(crate) struct SnapshotCache {
-    map: HashMap<InstanceId, Slot>,
+    map: FastMap<InstanceId, Slot>,
     capacity: usize,
     /// Size at which unpinned slots are dropped: the capacity, or twice what was pinned at
     /// the last eviction (so a cache full of pinned slots is not scanned on every insert).
@@ -58,7 +58,7 @@ impl SnapshotCache {
     /// An empty cache holding at most `capacity` unpinned instances (0: only pinned ones).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: FastMap::default(),
             capacity,
             evict_at: capacity.max(1),
         }

@@ -18,6 +18,7 @@
 //! entries that are not due for it. This is the same algorithm as the memory store's, so both
 //! backends claim in the same order by construction.
 
+use crate::fast_hash::FastMap;
 use floxy_core::model::{FencingToken, Lease, QueueItem, QueueKey, Timestamp};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -52,7 +53,7 @@ impl HandlerIndex {
     }
 
     /// Moves every item due in `(watermark, now]` into `ready`.
-    fn promote(&mut self, items: &HashMap<QueueKey, Entry>, now: Timestamp) {
+    fn promote(&mut self, items: &FastMap<QueueKey, Entry>, now: Timestamp) {
         if now <= self.watermark {
             return;
         }
@@ -91,12 +92,12 @@ fn due_of(item: &QueueItem) -> Timestamp {
 /// Every queue item, indexed for claims (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
-    items: HashMap<QueueKey, Entry>,
-    handler_ids: HashMap<Arc<str>, u32>,
+    items: FastMap<QueueKey, Entry>,
+    handler_ids: FastMap<Arc<str>, u32>,
     handlers: Vec<HandlerIndex>,
     leased: u64,
     /// Items per instance (instances without items are absent).
-    per_instance: HashMap<floxy_core::model::InstanceId, u32>,
+    per_instance: FastMap<floxy_core::model::InstanceId, u32>,
 }
 
 impl QueueIndex {

@@ -180,6 +180,7 @@
 
 mod cache;
 mod commit;
+mod fast_hash;
 mod index;
 mod layout;
 mod migrate;

@@ -39,6 +39,7 @@ mod transition;
 
 use crate::cache::{Cached, SnapshotCache};
 use crate::commit::{Committer, Prepared, ToCommit};
+use crate::fast_hash::FastSet;
 use crate::index::QueueIndex;
 use crate::layout::{
     self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, LIVE, META,
@@ -60,7 +61,7 @@ use floxy_core::store::{
 use parking_lot::Mutex;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -286,7 +287,7 @@ fn status_index(s: InstanceStatus) -> usize {
 
 /// What the writer keeps in memory, loaded from the last committed transaction: the
 /// counters, the claim index and the instances that have queue items (`live`).
-pub(crate) type State = (Counters, QueueIndex, HashSet<u128>);
+pub(crate) type State = (Counters, QueueIndex, FastSet<u128>);
 
 /// Loads the [`State`] from the last committed transaction: the claim index from the step
 /// rows of the live instances.
@@ -301,7 +302,7 @@ pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
     let live_table = rtx.open_table(LIVE).map_err(redb_err)?;
     let steps = rtx.open_table(STEPS).map_err(redb_err)?;
     let mut index = QueueIndex::default();
-    let mut live = HashSet::new();
+    let mut live = FastSet::default();
     for row in live_table.range::<u128>(..).map_err(redb_err)? {
         let (k, _) = row.map_err(redb_err)?;
         let k = k.value();
@@ -352,7 +353,7 @@ struct Batch {
     ops: Ops,
     /// Step rows the request being prepared changed, written once each when it is done.
     rows: Vec<(InstanceId, Arc<str>)>,
-    row_set: HashSet<(InstanceId, Arc<str>)>,
+    row_set: FastSet<(InstanceId, Arc<str>)>,
     deliveries: Vec<Delivery>,
     touched: Touched,
     /// Set by a failure that forbids committing the batch; later requests are refused with it.
@@ -371,7 +372,7 @@ pub(crate) struct Writer {
     counters_dirty: bool,
     /// The instances the `live` table lists (those with queue items), as committed plus
     /// what prepared batches changed.
-    live: HashSet<u128>,
+    live: FastSet<u128>,
     cache: SnapshotCache,
     /// Idempotency keys written by batches not known committed: key → (batch, instance).
     idem_overlay: HashMap<(String, String), (u64, Option<u128>)>,
@@ -552,7 +553,7 @@ impl Writer {
             seq: self.last_seq + 1,
             ops: Ops::with_capacity(self.ops_size.0, self.ops_size.1),
             rows: Vec::new(),
-            row_set: HashSet::new(),
+            row_set: FastSet::default(),
             deliveries: Vec::new(),
             touched: Touched::default(),
             fatal: self.broken.clone(),
