@@ -46,6 +46,8 @@ pub(crate) struct Committer {
     pub(crate) published: Arc<Mutex<Published>>,
     /// Replies of committed batches go there, so this thread starts the next commit at once.
     pub(crate) notifier: Sender<(Vec<Delivery>, Option<StoreError>)>,
+    /// Applied batches' buffers go back to the preparing thread for its next batches.
+    pub(crate) spare: Sender<Ops>,
     /// Time spent applying and committing, and of that, in redb's commit.
     pub(crate) busy: Duration,
     pub(crate) committing: Duration,
@@ -107,7 +109,7 @@ impl Committer {
 
     fn commit(&mut self, batch: Prepared) -> Option<StoreError> {
         let Prepared {
-            ops,
+            mut ops,
             deliveries,
             mut published,
         } = batch;
@@ -130,6 +132,9 @@ impl Committer {
             }
             r
         };
+        ops.clear();
+        // The preparing thread may be gone (closing); the buffer is then just dropped.
+        let _ = self.spare.send(ops);
         self.busy += started.elapsed();
         if err.is_none() {
             published.stats.busy += self.busy;

@@ -387,6 +387,8 @@ pub(crate) struct Writer {
     stats: WriterStats,
     /// The size of the last batch handed over (see [`Ops::with_capacity`]).
     ops_size: (usize, usize),
+    /// Buffers of committed batches, cleared, for the next batches (see [`Ops::clear`]).
+    spare_ops: std::sync::mpsc::Receiver<Ops>,
     to_commit: std::sync::mpsc::Sender<ToCommit>,
     outcomes: std::sync::mpsc::Receiver<Option<StoreError>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -410,6 +412,7 @@ impl Writer {
     ) -> std::io::Result<Self> {
         let (to_commit, commit_rx) = std::sync::mpsc::channel();
         let (outcome_tx, outcomes) = std::sync::mpsc::channel();
+        let (spare, spare_ops) = std::sync::mpsc::channel();
         let committer = Committer {
             db: db.clone(),
             durability: options.durability,
@@ -417,6 +420,7 @@ impl Writer {
             unflushed: false,
             published: published.clone(),
             notifier: notifier.clone(),
+            spare,
             busy: Duration::ZERO,
             committing: Duration::ZERO,
         };
@@ -441,6 +445,7 @@ impl Writer {
             in_flight: None,
             stats: WriterStats::default(),
             ops_size: (0, 0),
+            spare_ops,
             to_commit,
             outcomes,
             committer: Some(handle),
@@ -551,7 +556,10 @@ impl Writer {
     fn begin(&mut self) -> Batch {
         Batch {
             seq: self.last_seq + 1,
-            ops: Ops::with_capacity(self.ops_size.0, self.ops_size.1),
+            ops: self
+                .spare_ops
+                .try_recv()
+                .unwrap_or_else(|_| Ops::with_capacity(self.ops_size.0, self.ops_size.1)),
             rows: Vec::new(),
             row_set: FastSet::default(),
             deliveries: Vec::new(),
