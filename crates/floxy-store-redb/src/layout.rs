@@ -6,11 +6,17 @@
 //! `Arc<str>`). A step's queue items live in its step row, in
 //! [`WorkKind`](floxy_core::model::WorkKind) order.
 //! Values are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types;
-//! JSON payloads are embedded as MessagePack values. Any change to a key, a value type or a
-//! model type's serde shape is a new format version.
+//! step rows and event rows leave out what their key holds (see [`crate::row`]). JSON
+//! payloads are embedded as MessagePack values. Any change to a key, a value type or a model
+//! type's serde shape is a new format version.
+//!
+//! Versions: 1 kept queue items in a table of their own and one event per row; 2 moved the
+//! items into their step rows and wrote the events of a transition in one row; 3 (this one)
+//! drops the instance id and step name from the values of step rows and event rows. Files of
+//! versions 1 and 2 are migrated at open ([`crate::migrate`]).
 
 use floxy_core::model::{
-    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
+    DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
 };
 use floxy_core::store::StoreError;
 use redb::TableDefinition;
@@ -19,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 /// The on-disk format this version of the crate reads and writes. A file with another
 /// version is refused at open.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`].
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("floxy_meta");
@@ -29,8 +35,8 @@ pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
 /// `instances`: instance id → [`InstanceRecord`].
 pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("floxy_instances");
 /// `steps`: (instance id, step name) → [`StepRow`]: the step's run and its queue items
-/// (leases included). One row per step, so a claim or a completion writes one row where
-/// version 1 wrote a step row and a queue row.
+/// (leases included), encoded by [`crate::row::encode_step_row`]. One row per step, so a
+/// claim or a completion writes one row where version 1 wrote a step row and a queue row.
 pub(crate) const STEPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("floxy_steps");
 /// `live`: instance id → `()`, the instances with at least one queue item (the claim index
 /// is rebuilt from their step rows at open).
@@ -39,8 +45,10 @@ pub(crate) const LIVE: TableDefinition<u128, ()> = TableDefinition::new("floxy_l
 /// the migration to version 2, then deleted.
 pub(crate) const QUEUE_V1: TableDefinition<(u128, &str, u8), &[u8]> =
     TableDefinition::new("floxy_queue");
-/// `events`: (instance id, sequence of the row's first event) → the [`Event`]s one transition
-/// (or one claim) wrote, in sequence order (consecutive numbers).
+/// `events`: (instance id, sequence of the row's first event) → the
+/// [`Event`](floxy_core::model::Event)s one transition
+/// (or one claim) wrote, in sequence order (consecutive numbers), encoded by
+/// [`crate::row::encode_events`].
 pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
 /// `dlq`: DLQ id → [`DlqRecord`].
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("floxy_dlq");
@@ -85,15 +93,6 @@ pub(crate) struct StepRow {
     pub(crate) items: Vec<QueueItem>,
 }
 
-/// A [`StepRow`] to encode, borrowing its parts (same encoding).
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct StepRowRef<'a> {
-    /// The step run.
-    pub(crate) run: Option<&'a StepRun>,
-    /// Queue items of the step, in kind order.
-    pub(crate) items: Vec<&'a QueueItem>,
-}
-
 /// The key of an instance.
 pub(crate) const fn inst_key(id: InstanceId) -> u128 {
     id.0.as_u128()
@@ -102,6 +101,20 @@ pub(crate) const fn inst_key(id: InstanceId) -> u128 {
 /// Encodes a record.
 pub(crate) fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec(v).map_err(|e| StoreError::Backend(format!("cannot encode {what}: {e}")))
+}
+
+/// Encodes `v` at the end of `arena` (a batch's buffer of records); returns its range.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    arena: &mut Vec<u8>,
+    what: &str,
+    v: &T,
+) -> Result<std::ops::Range<usize>, StoreError> {
+    let start = arena.len();
+    if let Err(e) = rmp_serde::encode::write(arena, v) {
+        arena.truncate(start);
+        return Err(StoreError::Backend(format!("cannot encode {what}: {e}")));
+    }
+    Ok(start..arena.len())
 }
 
 /// Decodes a record; a record that does not decode is [`StoreError::Corrupt`].
@@ -114,17 +127,9 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 pub(crate) fn decode_instance(b: &[u8]) -> Result<InstanceRecord, StoreError> {
     decode("instance record", b)
 }
-/// Decodes a step row.
-pub(crate) fn decode_step_row(b: &[u8]) -> Result<StepRow, StoreError> {
-    decode("step row", b)
-}
 /// Decodes a queue item.
 pub(crate) fn decode_item(b: &[u8]) -> Result<QueueItem, StoreError> {
     decode("queue item", b)
-}
-/// Decodes a row of events.
-pub(crate) fn decode_events(b: &[u8]) -> Result<Vec<Event>, StoreError> {
-    decode("events", b)
 }
 /// Decodes a DLQ record.
 pub(crate) fn decode_dlq(b: &[u8]) -> Result<DlqRecord, StoreError> {

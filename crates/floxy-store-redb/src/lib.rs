@@ -187,6 +187,7 @@ mod migrate;
 mod open;
 mod ops;
 mod read;
+mod row;
 mod writer;
 
 pub use layout::FORMAT_VERSION;

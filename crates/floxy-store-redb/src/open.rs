@@ -41,7 +41,7 @@ pub enum OpenError {
     },
     /// The file is a floxy database in a format version this build does not read.
     #[error(
-        "floxy database {path} has format version {found}; this build reads version {supported} (and migrates version 1)"
+        "floxy database {path} has format version {found}; this build reads version {supported} (and migrates versions 1 and 2)"
     )]
     UnsupportedFormatVersion {
         /// The database path.
@@ -203,14 +203,19 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
                 path: path.to_owned(),
                 reason: "its format version is not a 32-bit number".to_owned(),
             })?;
-        if found == 1 {
+        if found == 1 || found == 2 {
             drop(version);
             drop(meta);
             drop(rtx);
-            crate::migrate::v1_to_v2(db).map_err(|e| {
+            let migrated = if found == 1 {
+                crate::migrate::from_v1(db)
+            } else {
+                crate::migrate::from_v2(db)
+            };
+            migrated.map_err(|e| {
                 other(
                     path,
-                    format!("cannot migrate it from format version 1: {e}"),
+                    format!("cannot migrate it from format version {found}: {e}"),
                 )
             })?;
             return init_tables(path, db, false);

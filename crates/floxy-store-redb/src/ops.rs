@@ -8,9 +8,10 @@
 //! same tables as writing in place would have.
 
 use crate::layout::{
-    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, STEPS,
-    StepRowRef, TERMINAL, redb_err,
+    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, STEPS, TERMINAL,
+    encode_into, redb_err,
 };
+use floxy_core::model::{QueueItem, StepRun};
 use floxy_core::store::StoreError;
 use redb::{Table, WriteTransaction};
 use std::ops::Range;
@@ -38,20 +39,6 @@ enum Op {
 pub(crate) struct Ops {
     arena: Vec<u8>,
     ops: Vec<Op>,
-}
-
-/// Encodes `v` at the end of `arena`; returns its range.
-fn encode_into<T: serde::Serialize + ?Sized>(
-    arena: &mut Vec<u8>,
-    what: &str,
-    v: &T,
-) -> Result<Range<usize>, StoreError> {
-    let start = arena.len();
-    if let Err(e) = rmp_serde::encode::write(arena, v) {
-        arena.truncate(start);
-        return Err(StoreError::Backend(format!("cannot encode {what}: {e}")));
-    }
-    Ok(start..arena.len())
 }
 
 impl Ops {
@@ -113,14 +100,15 @@ impl Ops {
         self.ops.push(Op::Instance(k, None));
     }
 
-    /// Writes a step row.
+    /// Writes the step row of `run` and `items` (in kind order).
     pub(crate) fn step(
         &mut self,
         k: u128,
         step: &Arc<str>,
-        row: &StepRowRef<'_>,
+        run: Option<&StepRun>,
+        items: &[&QueueItem],
     ) -> Result<(), StoreError> {
-        let r = encode_into(&mut self.arena, "step row", row)?;
+        let r = crate::row::encode_step_row(&mut self.arena, run, items)?;
         self.ops.push(Op::Step(k, step.clone(), Some(r)));
         Ok(())
     }
@@ -142,7 +130,7 @@ impl Ops {
         first_seq: u64,
         events: &[floxy_core::model::Event],
     ) -> Result<(), StoreError> {
-        let r = encode_into(&mut self.arena, "events", events)?;
+        let r = crate::row::encode_events(&mut self.arena, events)?;
         self.ops.push(Op::Event(k, first_seq, r));
         Ok(())
     }

@@ -1,9 +1,8 @@
 //! Reads shared by the writer (through a read transaction of the last committed batch) and
 //! by readers (inside a read transaction on the calling task).
 
-use crate::layout::{
-    StepRow, decode_dlq, decode_events, decode_instance, decode_step_row, inst_key, redb_err,
-};
+use crate::layout::{StepRow, decode_dlq, decode_instance, inst_key, redb_err};
+use crate::row::{decode_events, decode_step_row};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
 };
@@ -30,10 +29,11 @@ where
     let mut out = Vec::new();
     for row in t.range((k, "")..).map_err(redb_err)? {
         let (key, value) = row.map_err(redb_err)?;
-        if key.value().0 != k {
+        let (rk, step) = key.value();
+        if rk != k {
             break;
         }
-        out.push(decode_step_row(value.value())?);
+        out.push(decode_step_row(id, step, value.value())?);
     }
     Ok(out)
 }
@@ -44,7 +44,7 @@ where
     T: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
     match t.get((inst_key(id), step)).map_err(redb_err)? {
-        Some(v) => decode_step_row(v.value()).map(Some),
+        Some(v) => decode_step_row(id, step, v.value()).map(Some),
         None => Ok(None),
     }
 }
@@ -181,7 +181,7 @@ where
     let mut out = Vec::new();
     'rows: for row in t.range((k, start)..=(k, u64::MAX)).map_err(redb_err)? {
         let (_, value) = row.map_err(redb_err)?;
-        for e in decode_events(value.value())? {
+        for e in decode_events(id, value.value())? {
             if after_seq.is_some_and(|s| e.seq <= s) {
                 continue;
             }

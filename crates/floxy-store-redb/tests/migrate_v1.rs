@@ -1,7 +1,7 @@
 //! A file in format version 1 (queue items in their own table), written here table by
-//! table as version 1 laid it out, is migrated to version 2 when opened: every run, item
-//! (lease included), event and counter survives, claims go on from where they were, and the
-//! file then reopens as version 2.
+//! table as version 1 laid it out, is migrated to the current version when opened: every
+//! run, item (lease included), event and counter survives, claims go on from where they
+//! were, and the file then reopens in the current version.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -245,7 +245,7 @@ fn a_version_1_file_is_migrated_on_open() {
         !tables.iter().any(|t| t == "floxy_queue"),
         "the version-1 queue table is gone: {tables:?}"
     );
-    // Reopened as version 2, the claim made after the migration is there.
+    // Reopened in the current version, the claim made after the migration is there.
     futures::executor::block_on(async {
         let store = common::open(&db.path, Durability::Immediate);
         let q = store.list_queue(v1.running).await.unwrap();

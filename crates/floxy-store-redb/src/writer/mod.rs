@@ -43,7 +43,7 @@ use crate::fast_hash::FastSet;
 use crate::index::QueueIndex;
 use crate::layout::{
     self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, LIVE, META,
-    META_COUNTERS, STEPS, StepRowRef, TERMINAL, decode_definition, encode, inst_key, redb_err,
+    META_COUNTERS, STEPS, TERMINAL, decode_definition, encode, inst_key, redb_err,
 };
 use crate::ops::Ops;
 use crate::read;

@@ -148,7 +148,7 @@ impl Writer {
             if run.is_none() && items.is_empty() {
                 b.ops.remove_step(k, step);
             } else {
-                b.ops.step(k, step, &StepRowRef { run, items })?;
+                b.ops.step(k, step, run, &items)?;
             }
         }
         instances.dedup();
