@@ -282,6 +282,7 @@ pub(crate) fn decode_events(id: InstanceId, bytes: &[u8]) -> Result<Vec<Event>, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
