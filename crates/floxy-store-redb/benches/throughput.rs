@@ -15,7 +15,15 @@
 //! ```
 //!
 //! Files live in a temporary directory on the same disk as the system temp dir (`TMPDIR`).
+//!
+//! `--features bench-mimalloc` runs it with mimalloc as the global allocator instead of the
+//! system's (glibc's malloc here): redb allocates, zeroes and frees a page buffer for every
+//! page a commit writes, so the allocator is part of the committing thread's cost.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use floxy::{Builder, Engine, InstanceStatus, Payload};
 use floxy_core::model::{
@@ -446,8 +454,13 @@ fn main() {
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![1, 4, 16]);
     println!(
-        "floxy-store-redb throughput (durability immediate; batch {batch}; {} cores)",
-        std::thread::available_parallelism().map_or(0, usize::from)
+        "floxy-store-redb throughput (durability immediate; batch {batch}; {} cores; {} allocator)",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        if cfg!(feature = "bench-mimalloc") {
+            "mimalloc"
+        } else {
+            "system"
+        }
     );
     println!();
     println!(
