@@ -34,6 +34,7 @@ use floxy_core::model::{
 use floxy_core::store::{ClaimRequest, Store};
 use floxy_store_memory::MemoryStore;
 use floxy_store_redb::{Durability, RedbOptions, RedbStore, WriterStats};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -392,31 +393,102 @@ fn redb() -> Redb {
     }
 }
 
-/// The writer's work during the measured part of a run (`before`: its stats after the
-/// prefill; `wall`: the measured part's duration).
-fn note(
-    notes: &mut Vec<String>,
-    what: &str,
-    store: &RedbStore,
-    before: Option<WriterStats>,
-    wall: Duration,
-) {
+/// Where the measured part of a run started: the writer's counters, the time, the CPU time
+/// of every thread.
+struct Mark {
+    stats: WriterStats,
+    at: Instant,
+    cpu: BTreeMap<String, f64>,
+}
+
+impl Mark {
+    fn now(store: &RedbStore) -> Self {
+        Self {
+            stats: store.writer_stats(),
+            at: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+}
+
+/// CPU seconds (user + system) of each live thread of this process, summed by thread name
+/// (Linux `/proc/self/task/*/stat`, in clock ticks of 10 ms; empty where that is missing).
+fn thread_cpu() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = match &stat[open + 1..close] {
+            n if n.starts_with("tokio") => "runtime",
+            n if n.starts_with("floxy-redb-writ") => "preparing",
+            n if n.starts_with("floxy-redb-comm") => "committing",
+            n if n.starts_with("floxy-redb-noti") => "replies",
+            _ => "other",
+        };
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(name.to_owned()).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
+}
+
+/// What the writer and the process did during the measured part of a run (`start`: its
+/// beginning; `None`: the store's whole life).
+fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Mark>) {
     let s = store.writer_stats();
-    let b = before.unwrap_or_default();
+    let (b, wall, cpu_before) = match start {
+        Some(m) => (m.stats, m.at.elapsed(), m.cpu),
+        None => (WriterStats::default(), Duration::ZERO, BTreeMap::new()),
+    };
     let batches = s.batches - b.batches;
     let requests = s.requests - b.requests;
     let preparing = (s.preparing - b.preparing).as_secs_f64();
     let applying = ((s.busy - s.preparing) - (b.busy - b.preparing)).as_secs_f64();
     let committing = (s.committing - b.committing).as_secs_f64();
     let wall = wall.as_secs_f64();
-    notes.push(format!(
-        "{what}: {batches} group commits, {:.1} requests each on average (largest {}); of {wall:.2} s, the preparing thread was busy {preparing:.2} s and the committing thread {applying:.2} s ({:.0} %), {committing:.2} s of it in redb's commit; per request {:.1} µs preparing, {:.1} µs committing",
+    let mut line = format!(
+        "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commit)",
         requests as f64 / batches.max(1) as f64,
         s.largest_batch,
-        100.0 * applying / wall.max(f64::EPSILON),
         1e6 * preparing / requests.max(1) as f64,
         1e6 * applying / requests.max(1) as f64,
-    ));
+    );
+    if wall > 0.0 {
+        line.push_str(&format!(
+            "; of {wall:.2} s the committing thread was busy {:.0} %",
+            100.0 * applying / wall
+        ));
+        let cpu: Vec<(String, f64)> = thread_cpu()
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v - cpu_before.get(&k).copied().unwrap_or(0.0);
+                (k, d.max(0.0))
+            })
+            .collect();
+        let total: f64 = cpu.iter().map(|(_, v)| v).sum();
+        if total > 0.0 {
+            line.push_str(&format!(
+                "; CPU {total:.2} s ({:.0} % of the cores, {:.1} µs per request):",
+                100.0 * total / (wall * cores() as f64),
+                1e6 * total / requests.max(1) as f64
+            ));
+            for (k, v) in cpu {
+                line.push_str(&format!(" {k} {v:.2}"));
+            }
+        }
+    }
+    notes.push(line);
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn row(what: &str, workers: &str, memory: f64, redb: f64) {
@@ -455,7 +527,7 @@ fn main() {
         .unwrap_or_else(|| vec![1, 4, 16]);
     println!(
         "floxy-store-redb throughput (durability immediate; batch {batch}; {} cores; {} allocator)",
-        std::thread::available_parallelism().map_or(0, usize::from),
+        cores(),
         if cfg!(feature = "bench-mimalloc") {
             "mimalloc"
         } else {
@@ -480,18 +552,16 @@ fn main() {
                 claims(Arc::new(MemoryStore::new()), n_claims, w, batch, || ()).await
             };
             let r = redb();
-            let before = std::cell::Cell::new(None);
+            let start = std::cell::Cell::new(None);
             let d = claims(r.store.clone(), n_claims, w, batch, || {
-                before.set(Some((r.store.writer_stats(), Instant::now())));
+                start.set(Some(Mark::now(&r.store)));
             })
             .await;
-            let (stats, at) = before.take().expect("measured");
             note(
                 &mut notes,
                 &format!("claims, {w} workers"),
                 &r.store,
-                Some(stats),
-                at.elapsed(),
+                start.take(),
             );
             r.store.close().await.expect("close");
             row("claims", &w.to_string(), m, d);
@@ -506,18 +576,16 @@ fn main() {
                 completions(Arc::new(MemoryStore::new()), n_steps, w, batch, || ()).await
             };
             let r = redb();
-            let before = std::cell::Cell::new(None);
+            let start = std::cell::Cell::new(None);
             let d = completions(r.store.clone(), n_steps, w, batch, || {
-                before.set(Some((r.store.writer_stats(), Instant::now())));
+                start.set(Some(Mark::now(&r.store)));
             })
             .await;
-            let (stats, at) = before.take().expect("measured");
             note(
                 &mut notes,
                 &format!("completions, {w} workers"),
                 &r.store,
-                Some(stats),
-                at.elapsed(),
+                start.take(),
             );
             r.store.close().await.expect("close");
             row("durable step completions", &w.to_string(), m, d);
@@ -531,9 +599,9 @@ fn main() {
             sagas(Arc::new(MemoryStore::new()), n_sagas).await
         };
         let r = redb();
-        let t = Instant::now();
+        let start = Mark::now(&r.store);
         let d = sagas(r.store.clone(), n_sagas).await;
-        note(&mut notes, "sagas", &r.store, None, t.elapsed());
+        note(&mut notes, "sagas", &r.store, Some(start));
         r.store.close().await.expect("close");
         row(
             "3-step sagas (engine, end to end)",

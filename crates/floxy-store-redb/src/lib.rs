@@ -46,7 +46,9 @@
 //! (`floxy-redb-notify`), so waking the callers' tasks overlaps with the next batch.
 //!
 //! The two stages overlap: while batch `N` commits, the writer prepares the requests that
-//! arrive into batch `N + 1`, and hands it over the moment `N` is durable, so a request waits
+//! arrive into batch `N + 1`, and hands it over the moment `N` is durable (when nothing is
+//! committing, a batch goes once it holds 512 requests even if more are queued, so a burst of
+//! requests is committed while its rest is prepared), so a request waits
 //! for at most one commit before its own. At most one batch commits while one is prepared.
 //! The reads a preparation needs come from memory (the claim index, the snapshot cache) or
 //! from a read transaction of the last committed batch; everything a not-yet-committed batch

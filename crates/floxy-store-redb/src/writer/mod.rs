@@ -205,6 +205,19 @@ impl Delivery {
     }
 }
 
+/// With the committing thread idle, a batch goes as soon as it holds this many requests,
+/// even if more are queued: the rest is prepared while it commits.
+///
+/// Without it, a backlog that arrives at once (every worker answered by one commit sends its
+/// next requests together) was prepared whole before anything committed: the committing thread
+/// sat idle while up to [`MAX_GROUP_COMMIT`] requests were prepared, and the callers stayed in
+/// lockstep, one huge batch of completions, one small batch of claims, commit after commit. In
+/// alternating runs of the throughput benchmark at 64 workers (6 each) this took durable step
+/// completions from 39.5 k/s to 45.0 k/s (median) and the committing thread from 76 % busy to
+/// 88 %. In a first sweep 128 and 256 gained less than 512; 1 024 and 2 048 no more in a
+/// second. Loads that never queue this many requests at once are not affected.
+const IDLE_HAND_OVER: u64 = 512;
+
 /// Counters of the writer threads since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -470,7 +483,8 @@ impl Writer {
 
     /// The thread's loop, until the channel closes or a [`Request::Close`] arrives.
     ///
-    /// With nothing committing, it prepares what is queued and hands it over at once. While
+    /// With nothing committing, it prepares what is queued and hands it over at once (after at
+    /// most [`IDLE_HAND_OVER`] requests, the rest going into the next batch). While
     /// a batch commits, it keeps preparing the requests that arrive into the next batch and
     /// hands that over as soon as the committing thread reports (a [`Request::Wake`]), so a
     /// request waits for at most one commit before its own.
@@ -507,7 +521,9 @@ impl Writer {
                     batch = self.hand_over(batch);
                 }
                 req => {
-                    if batch.requests >= MAX_GROUP_COMMIT as u64 {
+                    if batch.requests >= MAX_GROUP_COMMIT as u64
+                        || (self.in_flight.is_none() && batch.requests >= IDLE_HAND_OVER)
+                    {
                         batch = self.hand_over(batch);
                     }
                     self.prepare(&mut batch, req);
