@@ -7,7 +7,8 @@
 
 mod common;
 
-use floxy_core::conformance::fixtures::{execute, instance, item, key, step_run, wf};
+use common::rmp;
+use floxy_core::conformance::fixtures::{execute, item, key, step_run, wf};
 use floxy_core::model::{
     Event, EventKind, FencingToken, InstanceId, InstanceStatus, Lease, Payload, QueueItem, StepRun,
     StepStatus, Timestamp, WorkKind,
@@ -18,10 +19,6 @@ use redb::{ReadableDatabase, TableDefinition};
 use std::sync::Arc;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
-
-fn rmp<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    rmp_serde::to_vec(v).expect("encode")
-}
 
 fn u(id: InstanceId) -> u128 {
     id.0.as_u128()
@@ -88,29 +85,10 @@ fn write_v2(path: &std::path::Path, misfiled: bool) -> V2 {
         event(2, running, EventKind::StepStarted, Some("s1")),
         event(3, running, EventKind::StepStarted, Some("s2")),
     ];
-    let mut status_counts = vec![0_u64; InstanceStatus::ALL.len()];
-    for s in [InstanceStatus::Running, InstanceStatus::Completed] {
-        let i = InstanceStatus::ALL.iter().position(|x| *x == s).unwrap();
-        status_counts[i] = 1;
-    }
     let db = redb::Database::create(path).expect("create raw");
     let txn = db.begin_write().expect("txn");
     {
-        let mut meta = txn
-            .open_table(TableDefinition::<&str, &[u8]>::new("floxy_meta"))
-            .unwrap();
-        meta.insert("format_version", 2_u32.to_be_bytes().as_slice())
-            .unwrap();
-        // last token, last event sequence, last DLQ id, instances per status, DLQ count.
-        let counters = (7_u64, 3_u64, 0_u64, status_counts, 0_u64);
-        meta.insert("counters", rmp(&counters).as_slice()).unwrap();
-        let mut inst = txn
-            .open_table(TableDefinition::<u128, &[u8]>::new("floxy_instances"))
-            .unwrap();
-        let r = instance(running, &wf(), InstanceStatus::Running, T0);
-        inst.insert(u(running), rmp(&r).as_slice()).unwrap();
-        let d = instance(done, &wf(), InstanceStatus::Completed, T0);
-        inst.insert(u(done), rmp(&d).as_slice()).unwrap();
+        common::write_legacy_common(&txn, 2, (7, 3), running, done, T0);
         let mut steps = txn
             .open_table(TableDefinition::<(u128, &str), &[u8]>::new("floxy_steps"))
             .unwrap();
@@ -130,22 +108,6 @@ fn write_v2(path: &std::path::Path, misfiled: bool) -> V2 {
             .unwrap();
         ev.insert((u(running), 3), rmp(&events[2..].to_vec()).as_slice())
             .unwrap();
-        let mut terminal = txn
-            .open_table(TableDefinition::<(i64, u128), ()>::new("floxy_terminal"))
-            .unwrap();
-        terminal.insert((T0.as_millis(), u(done)), ()).unwrap();
-        txn.open_table(TableDefinition::<&str, &[u8]>::new("floxy_definitions"))
-            .unwrap();
-        txn.open_table(TableDefinition::<u64, &[u8]>::new("floxy_dlq"))
-            .unwrap();
-        txn.open_table(TableDefinition::<(u128, u64), ()>::new(
-            "floxy_dlq_by_instance",
-        ))
-        .unwrap();
-        txn.open_table(TableDefinition::<(&str, &str), u128>::new(
-            "floxy_idempotency",
-        ))
-        .unwrap();
     }
     txn.commit().expect("commit");
     V2 {

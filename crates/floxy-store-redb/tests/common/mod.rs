@@ -30,3 +30,64 @@ pub fn fresh(durability: Durability) -> (RedbStore, TempDb) {
     let store = open(&db.path, durability);
     (store, db)
 }
+
+/// Writes, in `txn`, what files of every older format version hold alike: the meta table
+/// (format `version`; counters: last fencing token `last_token`, last event sequence
+/// `last_seq`, one `running` and one completed instance, no DLQ), the two instance records,
+/// the terminal entry of the completed one, and the tables that stay empty.
+pub fn write_legacy_common(
+    txn: &redb::WriteTransaction,
+    version: u32,
+    (last_token, last_seq): (u64, u64),
+    running: floxy_core::model::InstanceId,
+    done: floxy_core::model::InstanceId,
+    at: floxy_core::model::Timestamp,
+) {
+    use floxy_core::conformance::fixtures::{instance, wf};
+    use floxy_core::model::InstanceStatus;
+    use redb::TableDefinition;
+    let mut status_counts = vec![0_u64; InstanceStatus::ALL.len()];
+    for s in [InstanceStatus::Running, InstanceStatus::Completed] {
+        let i = InstanceStatus::ALL.iter().position(|x| *x == s).unwrap();
+        status_counts[i] = 1;
+    }
+    let mut meta = txn
+        .open_table(TableDefinition::<&str, &[u8]>::new("floxy_meta"))
+        .unwrap();
+    meta.insert("format_version", version.to_be_bytes().as_slice())
+        .unwrap();
+    // last token, last event sequence, last DLQ id, instances per status, DLQ count.
+    let counters = (last_token, last_seq, 0_u64, status_counts, 0_u64);
+    meta.insert("counters", rmp(&counters).as_slice()).unwrap();
+    let mut inst = txn
+        .open_table(TableDefinition::<u128, &[u8]>::new("floxy_instances"))
+        .unwrap();
+    let r = instance(running, &wf(), InstanceStatus::Running, at);
+    inst.insert(running.0.as_u128(), rmp(&r).as_slice())
+        .unwrap();
+    let d = instance(done, &wf(), InstanceStatus::Completed, at);
+    inst.insert(done.0.as_u128(), rmp(&d).as_slice()).unwrap();
+    let mut terminal = txn
+        .open_table(TableDefinition::<(i64, u128), ()>::new("floxy_terminal"))
+        .unwrap();
+    terminal
+        .insert((at.as_millis(), done.0.as_u128()), ())
+        .unwrap();
+    txn.open_table(TableDefinition::<&str, &[u8]>::new("floxy_definitions"))
+        .unwrap();
+    txn.open_table(TableDefinition::<u64, &[u8]>::new("floxy_dlq"))
+        .unwrap();
+    txn.open_table(TableDefinition::<(u128, u64), ()>::new(
+        "floxy_dlq_by_instance",
+    ))
+    .unwrap();
+    txn.open_table(TableDefinition::<(&str, &str), u128>::new(
+        "floxy_idempotency",
+    ))
+    .unwrap();
+}
+
+/// MessagePack as every format version wrote it (structs as arrays).
+pub fn rmp<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec(v).expect("encode")
+}
