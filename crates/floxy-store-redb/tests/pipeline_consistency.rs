@@ -1056,12 +1056,27 @@ async fn run(variant: Variant) {
                     (&i.key, &l.owner),
                     "{what}: lease token issued for this item and owner"
                 );
-                assert_eq!(
-                    model.last_lease.get(&i.key),
-                    Some(&l.token),
-                    "{what}: the stored lease of {:?} is its last acknowledged claim",
-                    i.key
-                );
+                if model.last_lease.get(&i.key) != Some(&l.token) {
+                    // Every acknowledged lease of this item, for the diagnosis.
+                    let mut all: Vec<(FencingToken, Arc<str>)> = model
+                        .tokens
+                        .iter()
+                        .filter(|(_, (k, _))| *k == i.key)
+                        .map(|(t, (_, o))| (*t, o.clone()))
+                        .collect();
+                    all.sort();
+                    panic!(
+                        "{what}: the stored lease of {:?} is {:?} (owner {}, expires {:?}), its last acknowledged claim {:?}; all acknowledged leases of it: {all:?}; item: {i:?}; run: {:?}",
+                        i.key,
+                        l.token,
+                        l.owner,
+                        l.expires_at,
+                        model.last_lease.get(&i.key),
+                        obs.snapshot
+                            .as_ref()
+                            .and_then(|s| s.steps.iter().find(|r| r.step == i.key.step)),
+                    );
+                }
             }
         }
     }
