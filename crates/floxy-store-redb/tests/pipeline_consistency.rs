@@ -98,7 +98,10 @@ struct Model {
     /// Every token handed out by an acknowledged claim or eager claim, with its item.
     tokens: HashMap<FencingToken, (QueueKey, Arc<str>)>,
     duplicate_tokens: Vec<FencingToken>,
-    /// The last acknowledged lease of each item.
+    /// The highest acknowledged lease token of each item: tokens grow in commit order, so
+    /// that is its last lease. (Not the last one recorded: a task may record its
+    /// acknowledgement after another task's later claim of the same item, once the first
+    /// lease expired, when the machine is loaded.)
     last_lease: HashMap<QueueKey, FencingToken>,
     /// Terminal transitions in acknowledgement order: (instance, updated_at).
     terminal_log: Vec<(InstanceId, Timestamp)>,
@@ -141,7 +144,8 @@ impl Model {
         {
             self.duplicate_tokens.push(l.token);
         }
-        self.last_lease.insert(c.item.key.clone(), l.token);
+        let last = self.last_lease.entry(c.item.key.clone()).or_insert(l.token);
+        *last = (*last).max(l.token);
         self.reclaimed += u64::from(c.previous_lease_expired);
         if count_event
             && c.item.key.kind == WorkKind::Execute
@@ -1066,7 +1070,7 @@ async fn run(variant: Variant) {
                         .collect();
                     all.sort();
                     panic!(
-                        "{what}: the stored lease of {:?} is {:?} (owner {}, expires {:?}), its last acknowledged claim {:?}; all acknowledged leases of it: {all:?}; item: {i:?}; run: {:?}",
+                        "{what}: the stored lease of {:?} is {:?} (owner {}, expires {:?}), its highest acknowledged token {:?}; all acknowledged leases of it: {all:?}; item: {i:?}; run: {:?}",
                         i.key,
                         l.token,
                         l.owner,
