@@ -193,7 +193,7 @@ fn ids(n: usize) -> Vec<InstanceId> {
     (0..n).map(|_| InstanceId(uuid::Uuid::now_v7())).collect()
 }
 
-async fn prefill<S: Store>(store: &Arc<S>, n: usize) {
+async fn prefill<S: Store + ?Sized>(store: &Arc<S>, n: usize) {
     // Concurrent creates so the redb writer groups them.
     let chunks: Vec<Vec<InstanceId>> = ids(n).chunks(256).map(<[_]>::to_vec).collect();
     for chunk in chunks {
@@ -215,7 +215,7 @@ fn request(owner: &str, limit: usize) -> ClaimRequest {
 }
 
 /// Claims/s: `workers` tasks claim batches of `batch` until the queue is empty.
-async fn claims<S: Store>(
+async fn claims<S: Store + ?Sized + 'static>(
     store: Arc<S>,
     n: usize,
     workers: usize,
@@ -251,7 +251,7 @@ async fn claims<S: Store>(
 
 /// Step completions/s: `workers` tasks claim batches and complete every claimed step
 /// concurrently, until `n` instances ran their three steps.
-async fn completions<S: Store>(
+async fn completions<S: Store + ?Sized + 'static>(
     store: Arc<S>,
     n: usize,
     workers: usize,
@@ -491,6 +491,36 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// Runs one part on the memory store (unless `redb_only`) and on a fresh redb file; notes the
+/// redb writer's work from the moment the part calls `started` (after its prefill). Returns
+/// (memory, redb) rates.
+async fn compare<F, Fut>(
+    notes: &mut Vec<String>,
+    what: &str,
+    redb_only: bool,
+    part: F,
+) -> (f64, f64)
+where
+    F: Fn(Arc<dyn Store>, Box<dyn FnOnce() + Send>) -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let m = if redb_only {
+        0.0
+    } else {
+        part(Arc::new(MemoryStore::new()), Box::new(|| ())).await
+    };
+    let r = redb();
+    let start = Arc::new(parking_lot::Mutex::new(None));
+    let started = {
+        let (start, store) = (start.clone(), r.store.clone());
+        Box::new(move || *start.lock() = Some(Mark::now(&store)))
+    };
+    let d = part(r.store.clone(), started).await;
+    note(notes, what, &r.store, start.lock().take());
+    r.store.close().await.expect("close");
+    (m, d)
+}
+
 fn row(what: &str, workers: &str, memory: f64, redb: f64) {
     println!("| {what:<34} | {workers:>7} | {memory:>12.0} | {redb:>12.0} |");
 }
@@ -546,48 +576,26 @@ fn main() {
             if !only("claims") {
                 break;
             }
-            let m = if redb_only {
-                0.0
-            } else {
-                claims(Arc::new(MemoryStore::new()), n_claims, w, batch, || ()).await
-            };
-            let r = redb();
-            let start = std::cell::Cell::new(None);
-            let d = claims(r.store.clone(), n_claims, w, batch, || {
-                start.set(Some(Mark::now(&r.store)));
-            })
-            .await;
-            note(
+            let (m, d) = compare(
                 &mut notes,
                 &format!("claims, {w} workers"),
-                &r.store,
-                start.take(),
-            );
-            r.store.close().await.expect("close");
+                redb_only,
+                |st, started| claims(st, n_claims, w, batch, started),
+            )
+            .await;
             row("claims", &w.to_string(), m, d);
         }
         for &w in &workers {
             if !only("completions") {
                 break;
             }
-            let m = if redb_only {
-                0.0
-            } else {
-                completions(Arc::new(MemoryStore::new()), n_steps, w, batch, || ()).await
-            };
-            let r = redb();
-            let start = std::cell::Cell::new(None);
-            let d = completions(r.store.clone(), n_steps, w, batch, || {
-                start.set(Some(Mark::now(&r.store)));
-            })
-            .await;
-            note(
+            let (m, d) = compare(
                 &mut notes,
                 &format!("completions, {w} workers"),
-                &r.store,
-                start.take(),
-            );
-            r.store.close().await.expect("close");
+                redb_only,
+                |st, started| completions(st, n_steps, w, batch, started),
+            )
+            .await;
             row("durable step completions", &w.to_string(), m, d);
         }
         if !only("sagas") {
