@@ -4,7 +4,8 @@
 //! snapshot (`None` when the transition creates it).
 
 use crate::model::{
-    InstanceSnapshot, LeaseCheck, StepRun, StepStatus, Timestamp, Transition, WorkKind,
+    FencingToken, InstanceSnapshot, LeaseCheck, QueueKey, StepRun, StepStatus, Timestamp,
+    Transition, WorkKind,
 };
 use crate::store::StoreError;
 use std::collections::HashMap;
@@ -36,6 +37,23 @@ pub fn version(current: Option<&InstanceSnapshot>, t: &Transition) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// Fencing: a transition that names a lease must hold it, i.e. the item's current lease
+/// token (from `current_token`, the store's view of the item) is the one the transition
+/// names. A transition without a lease check passes.
+///
+/// # Errors
+/// [`StoreError::StaleLease`] ([`stale_lease`]) when the item is gone, unleased or leased
+/// with another token.
+pub fn fencing(
+    t: &Transition,
+    current_token: impl FnOnce(&QueueKey) -> Option<FencingToken>,
+) -> Result<(), StoreError> {
+    match &t.lease_check {
+        Some(lc) if current_token(&lc.key) != Some(lc.token) => Err(stale_lease(lc)),
+        _ => Ok(()),
+    }
 }
 
 /// The error of a fencing check that failed.

@@ -210,16 +210,12 @@ impl State {
         // 1. Creation or version.
         checks::version(snap, t)?;
         // 2. Fencing.
-        if let Some(lc) = &t.lease_check {
-            let current_token = self
-                .queue
-                .get(&lc.key)
+        checks::fencing(t, |k| {
+            self.queue
+                .get(k)
                 .and_then(|item| item.lease.as_ref())
-                .map(|l| l.token);
-            if current_token != Some(lc.token) {
-                return Err(checks::stale_lease(lc));
-            }
-        }
+                .map(|l| l.token)
+        })?;
         // 3. Step compare-and-set, in order; everything written belongs to this instance.
         checks::steps_and_ownership(snap, t)?;
         let slot = current.map(|(slot, _)| slot);

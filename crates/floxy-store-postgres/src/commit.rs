@@ -613,13 +613,18 @@ async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
     let mut foreign_dlq: Vec<i64> = Vec::new();
     for item in items.iter_mut().filter(|i| i.undecided()) {
         let Some(t) = &item.job.t else { continue };
-        if let Some(lc) = &t.lease_check {
-            let current = tokens.get(&lc.key).copied().flatten();
-            let want = i64::try_from(lc.token.0).ok();
-            if current.is_none() || current != want {
-                item.reject(checks::stale_lease(lc));
-                continue;
-            }
+        // Tokens are stored as BIGINT; one that is not a valid token matches no lease.
+        let fenced = checks::fencing(t, |k| {
+            tokens
+                .get(k)
+                .copied()
+                .flatten()
+                .and_then(|v| u64::try_from(v).ok())
+                .map(FencingToken)
+        });
+        if let Err(e) = fenced {
+            item.reject(e);
+            continue;
         }
         if let Err(e) = checks::steps_and_ownership(snapshots.get(&item.job.id), t) {
             item.reject(e);

@@ -143,16 +143,13 @@ impl Writer {
         // 1. Creation or version.
         checks::version(current, tr).map_err(Fail::Caller)?;
         // 2. Fencing.
-        if let Some(lc) = &tr.lease_check {
-            let token = self
-                .index
-                .get(&lc.key)
+        checks::fencing(tr, |k| {
+            self.index
+                .get(k)
                 .and_then(|i| i.lease.as_ref())
-                .map(|l| l.token);
-            if token != Some(lc.token) {
-                return Err(Fail::Caller(checks::stale_lease(lc)));
-            }
-        }
+                .map(|l| l.token)
+        })
+        .map_err(Fail::Caller)?;
         // 3. Step compare-and-set, in order; 4. everything written belongs to this instance.
         checks::steps_and_ownership(current, tr).map_err(Fail::Caller)?;
         for d in &tr.dlq_delete {
