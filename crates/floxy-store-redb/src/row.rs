@@ -189,6 +189,10 @@ fn item_out(i: &QueueItem) -> ItemOut<'_> {
     }
 }
 
+fn item_ref_out<'a>(i: &&'a QueueItem) -> ItemOut<'a> {
+    item_out(i)
+}
+
 fn item_in(id: InstanceId, step: &StepName, i: ItemIn) -> QueueItem {
     QueueItem {
         key: QueueKey {
@@ -228,16 +232,23 @@ fn event_out(e: &Event) -> EventOut<'_> {
     }
 }
 
+/// A slice encoded as a sequence of `f(element)`, without collecting them first (this runs
+/// for every row a batch writes).
+struct Seq<'a, T, F>(&'a [T], F);
+
+impl<'a, T, O: Serialize, F: Fn(&'a T) -> O> Serialize for Seq<'a, T, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(&self.1))
+    }
+}
+
 /// Encodes the step row of `run` and `items` (in kind order) at the end of `arena`.
 pub(crate) fn encode_step_row(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
     items: &[&QueueItem],
 ) -> Result<Range<usize>, StoreError> {
-    let row = (
-        run.map(run_out),
-        items.iter().map(|i| item_out(i)).collect::<Vec<_>>(),
-    );
+    let row = (run.map(run_out), Seq(items, item_ref_out));
     encode_into(arena, "step row", &row)
 }
 
@@ -260,8 +271,7 @@ pub(crate) fn encode_events(
     arena: &mut Vec<u8>,
     events: &[Event],
 ) -> Result<Range<usize>, StoreError> {
-    let row: Vec<EventOut<'_>> = events.iter().map(event_out).collect();
-    encode_into(arena, "events", &row)
+    encode_into(arena, "events", &Seq(events, event_out))
 }
 
 /// Decodes a row of events of instance `id`.
