@@ -1210,6 +1210,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Runs one variant, alone in this process (a failpoint is process-wide), inside a fail-rs
+/// scenario when it injects failures.
+fn check(variant: Variant) {
+    let _g = serial();
+    #[cfg(feature = "failpoints")]
+    let scenario = variant.failpoint.map(|_| fail::FailScenario::setup());
+    runtime().block_on(run(variant));
+    #[cfg(feature = "failpoints")]
+    if let Some(s) = scenario {
+        s.teardown();
+    }
+}
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
@@ -1218,44 +1231,40 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn concurrent_writes_default_cache() {
-    let _g = serial();
-    runtime().block_on(run(Variant {
+    check(Variant {
         name: "default cache",
         cache: None,
         durability: Durability::Immediate,
         failpoint: None,
         seed: 1,
-    }));
+    });
 }
 
 #[test]
 fn concurrent_writes_small_cache_evicts() {
-    let _g = serial();
-    runtime().block_on(run(Variant {
+    check(Variant {
         name: "cache of 8",
         cache: Some(8),
         durability: Durability::Immediate,
         failpoint: None,
         seed: 2,
-    }));
+    });
 }
 
 #[test]
 fn concurrent_writes_without_cache() {
-    let _g = serial();
-    runtime().block_on(run(Variant {
+    check(Variant {
         name: "no cache",
         cache: Some(0),
         durability: Durability::Immediate,
         failpoint: None,
         seed: 3,
-    }));
+    });
 }
 
 #[test]
 fn concurrent_writes_relaxed_small_cache() {
-    let _g = serial();
-    runtime().block_on(run(Variant {
+    check(Variant {
         name: "relaxed, cache of 8",
         cache: Some(8),
         durability: Durability::Relaxed {
@@ -1263,37 +1272,31 @@ fn concurrent_writes_relaxed_small_cache() {
         },
         failpoint: None,
         seed: 4,
-    }));
+    });
 }
 
 #[cfg(feature = "failpoints")]
 #[test]
 fn concurrent_writes_with_failing_commits() {
-    let _g = serial();
-    let scenario = fail::FailScenario::setup();
-    runtime().block_on(run(Variant {
+    check(Variant {
         name: "failing commits, cache of 8",
         cache: Some(8),
         durability: Durability::Immediate,
         failpoint: Some("4%return"),
         seed: 5,
-    }));
-    scenario.teardown();
+    });
 }
 
 #[cfg(feature = "failpoints")]
 #[test]
 fn concurrent_writes_with_failing_commits_without_cache() {
-    let _g = serial();
-    let scenario = fail::FailScenario::setup();
-    runtime().block_on(run(Variant {
+    check(Variant {
         name: "failing commits, no cache",
         cache: Some(0),
         durability: Durability::Immediate,
         failpoint: Some("4%return"),
         seed: 6,
-    }));
-    scenario.teardown();
+    });
 }
 
 /// A request prepared on top of a batch whose commit then fails must not be answered from
