@@ -83,8 +83,9 @@ pub(crate) struct Counters {
 }
 
 /// A row of `steps`: the step run (absent when only queue items exist for the step, which
-/// the store contract allows) and the step's queue items in kind order.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// the store contract allows) and the step's queue items in kind order. Rows are encoded by
+/// [`crate::row`]; this type's own serde form is version 2's, read only by its migration.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub(crate) struct StepRow {
     /// The step run.
     pub(crate) run: Option<StepRun>,
