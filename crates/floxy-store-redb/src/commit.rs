@@ -8,8 +8,9 @@
 //! transactions on the file.
 
 use crate::Durability;
-use crate::layout::redb_err;
+use crate::layout::{META, META_WAL_LSN, redb_err};
 use crate::ops::Ops;
+use crate::wal::Wal;
 use crate::writer::{Delivery, Published, Request};
 use floxy_core::store::StoreError;
 use parking_lot::Mutex;
@@ -39,6 +40,12 @@ pub(crate) enum ToCommit {
 /// The committing thread's state.
 pub(crate) struct Committer {
     pub(crate) db: Arc<Database>,
+    /// The write-ahead log ([`Durability::Immediate`]); taken out while a batch is written.
+    pub(crate) wal: Option<Wal>,
+    /// Set when the log record of a failed batch could not be discarded: the record could be
+    /// replayed after a crash, so every later batch fails until the store is reopened (a clean
+    /// close checkpoints and empties the log, which settles it).
+    pub(crate) broken: Option<StoreError>,
     pub(crate) durability: Durability,
     pub(crate) last_flush: Instant,
     /// Whether a commit since the last flush was not durable (relaxed mode).
@@ -105,6 +112,9 @@ impl Committer {
         {
             tracing::error!(error = %e, "floxy-store-redb: final flush failed");
         }
+        if let Err(e) = self.close_log() {
+            tracing::error!(error = %e, "floxy-store-redb: final checkpoint failed; the log is replayed at the next open");
+        }
     }
 
     fn commit(&mut self, batch: Prepared) -> Option<StoreError> {
@@ -118,6 +128,10 @@ impl Committer {
         // unless it is the one that makes earlier relaxed commits durable.
         let err = if ops.is_empty() && !self.flush_due() {
             None
+        } else if let Some(e) = &self.broken {
+            Some(e.clone())
+        } else if self.durability == Durability::Immediate {
+            self.write_logged(&mut ops).err()
         } else {
             let durability = self.txn_durability();
             let immediate = matches!(durability, redb::Durability::Immediate);
@@ -153,8 +167,107 @@ impl Committer {
         err
     }
 
+    /// [`Durability::Immediate`]: the batch goes through the write-ahead log.
+    fn write_logged(&mut self, ops: &mut Ops) -> Result<(), StoreError> {
+        let Some(mut wal) = self.wal.take() else {
+            return Err(StoreError::Backend(
+                "floxy-store-redb: the write-ahead log is gone".to_owned(),
+            ));
+        };
+        let r = self.write_through(&mut wal, ops);
+        self.wal = Some(wal);
+        r
+    }
+
+    /// Appends the batch to the log and syncs the log on a helper thread while the batch is
+    /// applied in a write transaction; commits that transaction once the record is durable —
+    /// without `fsync` (redb keeps the pages in memory, readers see them), or durably when a
+    /// checkpoint is due. A failed batch's record is discarded, so it is never replayed.
+    fn write_through(&mut self, wal: &mut Wal, ops: &mut Ops) -> Result<(), StoreError> {
+        // A record left half-written by a failed append is overwritten by the next batch's,
+        // which takes the same place and number; a torn record never reads as one.
+        let rec = wal.append(ops).map_err(|e| log_error("cannot write it", &e))?;
+        let checkpoint = wal.checkpoint_due();
+        if checkpoint {
+            ops.meta(META_WAL_LSN, &rec.lsn.to_be_bytes());
+        }
+        let durability = if checkpoint {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        let wal_ref = &*wal;
+        let (staged, synced) = std::thread::scope(|s| {
+            let syncing = std::thread::Builder::new()
+                .name("floxy-redb-sync".to_owned())
+                .spawn_scoped(s, || wal_ref.sync());
+            let staged = self.stage(ops, durability);
+            let synced = match syncing {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("the log's sync thread panicked"))
+                }),
+                // No thread to spare: sync here.
+                Err(_) => wal_ref.sync(),
+            };
+            (staged, synced)
+        });
+        let outcome = match (staged, synced) {
+            (Ok(txn), Ok(())) => self.finish(txn),
+            (Ok(txn), Err(e)) => {
+                drop(txn.abort());
+                Err(log_error("cannot sync it", &e))
+            }
+            (Err(e), _) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                wal.applied(&rec, checkpoint);
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(d) = wal.discard(&rec) {
+                    let broken = log_error(
+                        "cannot discard the record of a failed batch, so writes are refused until the store is reopened",
+                        &d,
+                    );
+                    tracing::error!(error = %broken, "floxy-store-redb: write-ahead log");
+                    self.broken = Some(broken);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A clean stop: checkpoints what only the log holds, then empties the log, so the next
+    /// open replays nothing.
+    fn close_log(&mut self) -> Result<(), StoreError> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(());
+        };
+        if wal.behind() {
+            let txn = self.db.begin_write().map_err(redb_err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(redb_err)?;
+                meta.insert(META_WAL_LSN, wal.last_lsn().to_be_bytes().as_slice())
+                    .map_err(redb_err)?;
+            }
+            txn.commit().map_err(redb_err)?;
+        }
+        wal.clear().map_err(|e| log_error("cannot empty it", &e))
+    }
+
     /// One write transaction holding `ops`.
     fn write(&mut self, ops: &Ops, durability: redb::Durability) -> Result<(), StoreError> {
+        let txn = self.stage(ops, durability)?;
+        self.finish(txn)
+    }
+
+    /// A write transaction with `ops` applied, not committed.
+    fn stage(
+        &mut self,
+        ops: &Ops,
+        durability: redb::Durability,
+    ) -> Result<redb::WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(redb_err)?;
         txn.set_durability(durability)
             .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
@@ -162,6 +275,11 @@ impl Committer {
             drop(txn.abort());
             return Err(e);
         }
+        Ok(txn)
+    }
+
+    /// Commits a staged transaction.
+    fn finish(&mut self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
         // `return` fails this commit; `return(MS)` fails it after MS milliseconds, so a test
         // can queue work behind a commit that is going to fail.
         #[cfg(feature = "failpoints")]
@@ -232,4 +350,9 @@ impl Committer {
             }
         }
     }
+}
+
+/// A write-ahead log failure: the batch is not committed ([`StoreError::Unavailable`]).
+fn log_error(what: &str, e: &std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("floxy-store-redb: write-ahead log: {what}: {e}"))
 }

@@ -11,9 +11,12 @@
 //! type's serde shape is a new format version.
 //!
 //! Versions: 1 kept queue items in a table of their own and one event per row; 2 moved the
-//! items into their step rows and wrote the events of a transition in one row; 3 (this one)
-//! drops the instance id and step name from the values of step rows and event rows. Files of
-//! versions 1 and 2 are migrated at open ([`crate::migrate`]).
+//! items into their step rows and wrote the events of a transition in one row; 3 dropped the
+//! instance id and step name from the values of step rows and event rows; 4 (this one) has
+//! the same tables and rows, and a write-ahead log next to the file ([`crate::wal`]) holding
+//! the batches committed since the last checkpoint (`meta`'s `"wal_lsn"`). A build that reads
+//! version 3 would ignore that log, so the version changed. Files of versions 1 to 3 are
+//! migrated at open ([`crate::migrate`]).
 
 use floxy_core::model::{
     DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
@@ -25,9 +28,10 @@ use serde::de::DeserializeOwned;
 
 /// The on-disk format this version of the crate reads and writes. A file with another
 /// version is refused at open.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
-/// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`].
+/// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`],
+/// `"wal_lsn"` → `u64` (big endian, the last log record checkpointed).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("floxy_meta");
 /// `definitions`: workflow id → [`WorkflowDefinition`] (JSON).
 pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
@@ -66,6 +70,9 @@ pub(crate) const TERMINAL: TableDefinition<(i64, u128), ()> =
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 /// Meta key of the counters.
 pub(crate) const META_COUNTERS: &str = "counters";
+/// Meta key of the number (`u64`, big endian) of the last write-ahead log record the file
+/// holds durably (see [`crate::wal`]); absent until the first checkpoint.
+pub(crate) const META_WAL_LSN: &str = "wal_lsn";
 
 /// Store-wide counters, persisted in `meta` by every write transaction that changes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

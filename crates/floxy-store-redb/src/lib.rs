@@ -194,6 +194,7 @@ mod open;
 mod ops;
 mod read;
 mod row;
+mod wal;
 mod writer;
 
 pub use layout::FORMAT_VERSION;
@@ -230,6 +231,9 @@ pub const CLEANUP_CHUNK: usize = 1_000;
 pub const DEFAULT_CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 /// Default number of live instance snapshots the writer keeps decoded in memory.
 pub const DEFAULT_SNAPSHOT_CACHE_INSTANCES: usize = 20_000;
+/// Default bytes of write-ahead log after which a batch checkpoints (commits durably in redb,
+/// and the log starts over); see the [crate docs](crate#durability-modes).
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 /// Default interval between durable commits in [`Durability::Relaxed`] mode.
 pub const DEFAULT_RELAXED_FLUSH_INTERVAL_MS: u64 = 100;
 
@@ -269,6 +273,10 @@ pub struct RedbOptions {
     /// Live instances whose decoded snapshots the writer keeps in memory (default
     /// [`DEFAULT_SNAPSHOT_CACHE_INSTANCES`]; 0 disables the cache).
     pub snapshot_cache_instances: usize,
+    /// Bytes of write-ahead log after which a batch checkpoints (default
+    /// [`DEFAULT_CHECKPOINT_BYTES`]). Smaller: shorter recovery and less memory held by redb
+    /// between checkpoints; larger: fewer page writes.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -277,6 +285,7 @@ impl Default for RedbOptions {
             durability: Durability::Immediate,
             cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
             snapshot_cache_instances: DEFAULT_SNAPSHOT_CACHE_INSTANCES,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
         }
     }
 }
@@ -300,6 +309,13 @@ impl RedbOptions {
     #[must_use]
     pub fn snapshot_cache_instances(mut self, n: usize) -> Self {
         self.snapshot_cache_instances = n;
+        self
+    }
+
+    /// Sets the bytes of write-ahead log after which a batch checkpoints.
+    #[must_use]
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = bytes;
         self
     }
 }
@@ -338,6 +354,19 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_owned();
         let db = Arc::new(open::open_database(&path, options.cache_size_bytes)?);
+        let (wal, recovered) = wal::recover(&db, &path, options.checkpoint_bytes).map_err(|e| {
+            OpenError::Other {
+                path: path.clone(),
+                reason: format!("cannot recover from the write-ahead log: {e}"),
+            }
+        })?;
+        if recovered.replayed > 0 {
+            tracing::info!(
+                path = %path.display(),
+                batches = recovered.replayed,
+                "floxy-store-redb: replayed the write-ahead log"
+            );
+        }
         let state = writer::load_state(&db).map_err(|e| OpenError::Other {
             path: path.clone(),
             reason: e.to_string(),
@@ -354,6 +383,7 @@ impl RedbStore {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let w = Writer::new(
             db.clone(),
+            wal,
             &options,
             state,
             published.clone(),

@@ -1,15 +1,18 @@
 //! Migrations of older files to the current format ([`FORMAT_VERSION`]), run by open, each
 //! in one write transaction (so a failure leaves the file as it was).
 //!
-//! * **Version 1 → 3.** Version 1 kept queue items in a `queue` table of their own, a bare
+//! * **Version 1 → 4.** Version 1 kept queue items in a `queue` table of their own, a bare
 //!   step run in each step row, and one event per row. The migration rewrites every step row
 //!   with its run and its queue items (a row without a run when an item has no step run),
 //!   fills `live`, rewrites every event as a row of one, deletes the `queue` table and records
 //!   the new version.
-//! * **Version 2 → 3.** Version 3 only encodes step rows and event rows without the instance
+//! * **Version 2 → 4.** Version 3 only encodes step rows and event rows without the instance
 //!   id and step name their keys hold ([`crate::row`]); the migration re-encodes every one.
 //!
-//! Both hold the rows of the table being rewritten in memory while they run.
+//! * **Version 3 → 4.** Same tables and rows; version 4 keeps a write-ahead log next to the
+//!   file ([`crate::wal`]). The migration records the new version.
+//!
+//! The first two hold the rows of the table being rewritten in memory while they run.
 
 use crate::layout::{
     EVENTS, FORMAT_VERSION, LIVE, META, META_FORMAT_VERSION, QUEUE_V1, STEPS, StepRow, decode,
@@ -173,6 +176,15 @@ fn write_event_rows(
         t.insert(*k, buf.get(r).unwrap_or_default())
             .map_err(redb_err)?;
     }
+    Ok(())
+}
+
+/// Migrates `db` from version 3: the tables and rows are the same; version 4 adds the
+/// write-ahead log, which a version-3 file does not have (an empty log is created at open).
+pub(crate) fn from_v3(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(redb_err)?;
+    set_version(&txn)?;
+    txn.commit().map_err(redb_err)?;
     Ok(())
 }
 

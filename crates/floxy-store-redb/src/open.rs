@@ -41,7 +41,7 @@ pub enum OpenError {
     },
     /// The file is a floxy database in a format version this build does not read.
     #[error(
-        "floxy database {path} has format version {found}; this build reads version {supported} (and migrates versions 1 and 2)"
+        "floxy database {path} has format version {found}; this build reads version {supported} (and migrates versions 1 to 3)"
     )]
     UnsupportedFormatVersion {
         /// The database path.
@@ -203,14 +203,14 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
                 path: path.to_owned(),
                 reason: "its format version is not a 32-bit number".to_owned(),
             })?;
-        if found == 1 || found == 2 {
+        if (1..=3).contains(&found) {
             drop(version);
             drop(meta);
             drop(rtx);
-            let migrated = if found == 1 {
-                crate::migrate::from_v1(db)
-            } else {
-                crate::migrate::from_v2(db)
+            let migrated = match found {
+                1 => crate::migrate::from_v1(db),
+                2 => crate::migrate::from_v2(db),
+                _ => crate::migrate::from_v3(db),
             };
             migrated.map_err(|e| {
                 other(

@@ -8,8 +8,8 @@
 //! same tables as writing in place would have.
 
 use crate::layout::{
-    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, STEPS, TERMINAL,
-    encode_into, redb_err,
+    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, META_COUNTERS,
+    META_FORMAT_VERSION, META_WAL_LSN, STEPS, TERMINAL, encode_into, redb_err,
 };
 use floxy_core::model::{QueueItem, StepRun};
 use floxy_core::store::StoreError;
@@ -172,6 +172,134 @@ impl Ops {
         self.ops.push(Op::Terminal(at_ms, k, present));
     }
 
+    /// Appends the batch's log form (see [`crate::wal`]) to `out`: the arena, then each op as a
+    /// tag and its fields (integers little endian; strings and ranges as `u32` lengths and
+    /// offsets). Read back by [`Ops::decode_log`].
+    pub(crate) fn encode_log(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.arena.len());
+        out.extend_from_slice(&self.arena);
+        put_u32(out, self.ops.len());
+        for op in &self.ops {
+            match op {
+                Op::Meta(k, v) => {
+                    out.push(0);
+                    put_str(out, k);
+                    put_range(out, v);
+                }
+                Op::Definition(k, v) => {
+                    out.push(1);
+                    put_str(out, k);
+                    put_range(out, v);
+                }
+                Op::Instance(k, v) => {
+                    out.push(2);
+                    out.extend_from_slice(&k.to_le_bytes());
+                    put_opt_range(out, v.as_ref());
+                }
+                Op::Step(k, step, v) => {
+                    out.push(3);
+                    out.extend_from_slice(&k.to_le_bytes());
+                    put_str(out, step);
+                    put_opt_range(out, v.as_ref());
+                }
+                Op::Live(k, live) => {
+                    out.push(4);
+                    out.extend_from_slice(&k.to_le_bytes());
+                    out.push(u8::from(*live));
+                }
+                Op::Event(k, seq, v) => {
+                    out.push(5);
+                    out.extend_from_slice(&k.to_le_bytes());
+                    out.extend_from_slice(&seq.to_le_bytes());
+                    put_range(out, v);
+                }
+                Op::RemoveEvents(k) => {
+                    out.push(6);
+                    out.extend_from_slice(&k.to_le_bytes());
+                }
+                Op::Dlq(id, v) => {
+                    out.push(7);
+                    out.extend_from_slice(&id.to_le_bytes());
+                    put_opt_range(out, v.as_ref());
+                }
+                Op::DlqByInstance(k, id, present) => {
+                    out.push(8);
+                    out.extend_from_slice(&k.to_le_bytes());
+                    out.extend_from_slice(&id.to_le_bytes());
+                    out.push(u8::from(*present));
+                }
+                Op::Idempotency(w, key, instance) => {
+                    out.push(9);
+                    put_str(out, w);
+                    put_str(out, key);
+                    match instance {
+                        Some(i) => {
+                            out.push(1);
+                            out.extend_from_slice(&i.to_le_bytes());
+                        }
+                        None => out.push(0),
+                    }
+                }
+                Op::Terminal(at, k, present) => {
+                    out.push(10);
+                    out.extend_from_slice(&at.to_le_bytes());
+                    out.extend_from_slice(&k.to_le_bytes());
+                    out.push(u8::from(*present));
+                }
+            }
+        }
+    }
+
+    /// Reads a batch written by [`Ops::encode_log`]; anything malformed is
+    /// [`StoreError::Corrupt`].
+    pub(crate) fn decode_log(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut r = LogReader { bytes, pos: 0 };
+        let arena_len = r.u32()? as usize;
+        let arena = r.take(arena_len)?.to_vec();
+        let n = r.u32()? as usize;
+        // Every op takes at least 9 bytes: a length beyond that is corrupt, not a reason to
+        // allocate.
+        let mut ops = Vec::with_capacity(n.min(bytes.len() / 9));
+        for _ in 0..n {
+            let op = match r.u8()? {
+                0 => {
+                    let key = r.str()?;
+                    let Some(key) = [META_COUNTERS, META_FORMAT_VERSION, META_WAL_LSN]
+                        .into_iter()
+                        .find(|k| *k == key)
+                    else {
+                        return Err(corrupt(format!("unknown meta key {key:?}")));
+                    };
+                    Op::Meta(key, r.range(arena_len)?)
+                }
+                1 => Op::Definition(r.str()?.to_owned(), r.range(arena_len)?),
+                2 => Op::Instance(r.u128()?, r.opt_range(arena_len)?),
+                3 => Op::Step(r.u128()?, Arc::from(r.str()?), r.opt_range(arena_len)?),
+                4 => Op::Live(r.u128()?, r.bool()?),
+                5 => Op::Event(r.u128()?, r.u64()?, r.range(arena_len)?),
+                6 => Op::RemoveEvents(r.u128()?),
+                7 => Op::Dlq(r.u64()?, r.opt_range(arena_len)?),
+                8 => Op::DlqByInstance(r.u128()?, r.u64()?, r.bool()?),
+                9 => {
+                    let w = r.str()?.to_owned();
+                    let key = r.str()?.to_owned();
+                    let instance = if r.bool()? { Some(r.u128()?) } else { None };
+                    Op::Idempotency(w, key, instance)
+                }
+                10 => Op::Terminal(r.i64()?, r.u128()?, r.bool()?),
+                t => return Err(corrupt(format!("unknown op tag {t}"))),
+            };
+            ops.push(op);
+        }
+        if r.pos != bytes.len() {
+            return Err(corrupt(format!(
+                "{} bytes after the last op",
+                bytes.len() - r.pos
+            )));
+        }
+        Ok(Self { arena, ops })
+    }
+
     /// Replays every write, in order, in `txn`.
     pub(crate) fn apply(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
         let mut t = Tables::open(txn)?;
@@ -230,6 +358,110 @@ impl Ops {
             }
         }
         Ok(())
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    // Batches are far below 4 GiB (the log refuses larger records before this matters).
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u32(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_range(out: &mut Vec<u8>, r: &Range<usize>) {
+    put_u32(out, r.start);
+    put_u32(out, r.end.saturating_sub(r.start));
+}
+
+fn put_opt_range(out: &mut Vec<u8>, r: Option<&Range<usize>>) {
+    match r {
+        Some(r) => {
+            out.push(1);
+            put_range(out, r);
+        }
+        None => out.push(0),
+    }
+}
+
+fn corrupt(msg: String) -> StoreError {
+    StoreError::Corrupt(format!("log record: {msg}"))
+}
+
+/// Reads the fields [`Ops::encode_log`] wrote.
+struct LogReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> LogReader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let end = self.pos.checked_add(n);
+        let Some(s) = end.and_then(|e| self.bytes.get(self.pos..e)) else {
+            return Err(corrupt(format!("ends inside a field at byte {}", self.pos)));
+        };
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let s = self.take(N)?;
+        <[u8; N]>::try_from(s).map_err(|_| corrupt("short field".to_owned()))
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, StoreError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(corrupt(format!("{b} is not a flag"))),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn u128(&mut self) -> Result<u128, StoreError> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+
+    fn str(&mut self) -> Result<&'a str, StoreError> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|e| corrupt(format!("a string: {e}")))
+    }
+
+    /// A range of the arena (`arena` bytes long).
+    fn range(&mut self, arena: usize) -> Result<Range<usize>, StoreError> {
+        let start = self.u32()? as usize;
+        let len = self.u32()? as usize;
+        match start.checked_add(len) {
+            Some(end) if end <= arena => Ok(start..end),
+            _ => Err(corrupt(format!(
+                "value {start}+{len} outside the {arena}-byte arena"
+            ))),
+        }
+    }
+
+    fn opt_range(&mut self, arena: usize) -> Result<Option<Range<usize>>, StoreError> {
+        if self.bool()? {
+            self.range(arena).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 

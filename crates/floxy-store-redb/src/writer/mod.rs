@@ -417,6 +417,7 @@ impl Writer {
     /// A writer over `db` with the state loaded at open; starts the committing thread.
     pub(crate) fn new(
         db: Arc<Database>,
+        wal: crate::wal::Wal,
         options: &RedbOptions,
         (counters, index, live): State,
         published: Arc<Mutex<Published>>,
@@ -428,6 +429,8 @@ impl Writer {
         let (spare, spare_ops) = std::sync::mpsc::channel();
         let committer = Committer {
             db: db.clone(),
+            wal: Some(wal),
+            broken: None,
             durability: options.durability,
             last_flush: Instant::now(),
             unflushed: false,
