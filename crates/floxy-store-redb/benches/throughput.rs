@@ -384,6 +384,12 @@ fn redb() -> Redb {
                     .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(64)
                     << 20,
+            )
+            .checkpoint_bytes(
+                std::env::var("FLOXY_BENCH_CHECKPOINT_MB")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(floxy_store_redb::DEFAULT_CHECKPOINT_BYTES, |mb| mb << 20),
             ),
     )
     .expect("open");

@@ -184,9 +184,7 @@ impl Committer {
     /// without `fsync` (redb keeps the pages in memory, readers see them), or durably when a
     /// checkpoint is due. A failed batch's record is discarded, so it is never replayed.
     fn write_through(&mut self, wal: &mut Wal, ops: &mut Ops) -> Result<(), StoreError> {
-        // A record left half-written by a failed append is overwritten by the next batch's,
-        // which takes the same place and number; a torn record never reads as one.
-        let rec = wal.append(ops).map_err(|e| log_error("cannot write it", &e))?;
+        let rec = wal.record(ops).map_err(|e| log_error("cannot encode it", &e))?;
         let checkpoint = wal.checkpoint_due();
         if checkpoint {
             ops.meta(META_WAL_LSN, &rec.lsn.to_be_bytes());
@@ -196,18 +194,20 @@ impl Committer {
         } else {
             redb::Durability::None
         };
+        // A record left half-written by a failed write is overwritten by the next batch's,
+        // which takes the same place and number; a torn record never reads as one.
         let wal_ref = &*wal;
         let (staged, synced) = std::thread::scope(|s| {
             let syncing = std::thread::Builder::new()
                 .name("floxy-redb-sync".to_owned())
-                .spawn_scoped(s, || wal_ref.sync());
+                .spawn_scoped(s, || wal_ref.write(&rec));
             let staged = self.stage(ops, durability);
             let synced = match syncing {
                 Ok(h) => h.join().unwrap_or_else(|_| {
-                    Err(std::io::Error::other("the log's sync thread panicked"))
+                    Err(std::io::Error::other("the log's writing thread panicked"))
                 }),
-                // No thread to spare: sync here.
-                Err(_) => wal_ref.sync(),
+                // No thread to spare: write here.
+                Err(_) => wal_ref.write(&rec),
             };
             (staged, synced)
         });
@@ -215,7 +215,7 @@ impl Committer {
             (Ok(txn), Ok(())) => self.finish(txn),
             (Ok(txn), Err(e)) => {
                 drop(txn.abort());
-                Err(log_error("cannot sync it", &e))
+                Err(log_error("cannot write it", &e))
             }
             (Err(e), _) => Err(e),
         };

@@ -77,8 +77,8 @@ pub(crate) struct Record {
 }
 
 impl Wal {
-    /// Appends `ops` as the next record (not synced: see [`Wal::sync`]).
-    pub(crate) fn append(&mut self, ops: &Ops) -> io::Result<Record> {
+    /// Encodes `ops` as the next record, to be written by [`Wal::write`].
+    pub(crate) fn record(&mut self, ops: &Ops) -> io::Result<Record> {
         self.buf.clear();
         self.buf.resize(HEADER, 0);
         ops.encode_log(&mut self.buf);
@@ -92,8 +92,9 @@ impl Wal {
         header[4..8].copy_from_slice(&len.to_le_bytes());
         header[8..16].copy_from_slice(&lsn.to_le_bytes());
         header[16..20].copy_from_slice(&crc.to_le_bytes());
-        self.buf[..HEADER].copy_from_slice(&header);
-        self.file.write_all_at(&self.buf, self.end)?;
+        if let Some(h) = self.buf.get_mut(..HEADER) {
+            h.copy_from_slice(&header);
+        }
         Ok(Record {
             lsn,
             at: self.end,
@@ -101,8 +102,10 @@ impl Wal {
         })
     }
 
-    /// Makes what was appended durable.
-    pub(crate) fn sync(&self) -> io::Result<()> {
+    /// Writes the record [`Wal::record`] encoded and makes it durable. Takes `&self`: the
+    /// committing thread runs it on a helper thread while it applies the batch.
+    pub(crate) fn write(&self, r: &Record) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, r.at)?;
         self.file.sync_data()
     }
 
