@@ -184,7 +184,9 @@ impl Committer {
     /// without `fsync` (redb keeps the pages in memory, readers see them), or durably when a
     /// checkpoint is due. A failed batch's record is discarded, so it is never replayed.
     fn write_through(&mut self, wal: &mut Wal, ops: &mut Ops) -> Result<(), StoreError> {
-        let rec = wal.record(ops).map_err(|e| log_error("cannot encode it", &e))?;
+        let rec = wal
+            .record(ops)
+            .map_err(|e| log_error("cannot encode it", &e))?;
         let checkpoint = wal.checkpoint_due();
         if checkpoint {
             ops.meta(META_WAL_LSN, &rec.lsn.to_be_bytes());

@@ -31,7 +31,8 @@ use serde::de::DeserializeOwned;
 pub const FORMAT_VERSION: u32 = 4;
 
 /// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`],
-/// `"wal_lsn"` → `u64` (big endian, the last log record checkpointed).
+/// `"wal_lsn"` → `u64` (big endian, the last log record checkpointed), `"wal_id"` → `u64`
+/// (big endian, the id the log's records carry).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("floxy_meta");
 /// `definitions`: workflow id → [`WorkflowDefinition`] (JSON).
 pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
@@ -73,6 +74,8 @@ pub(crate) const META_COUNTERS: &str = "counters";
 /// Meta key of the number (`u64`, big endian) of the last write-ahead log record the file
 /// holds durably (see [`crate::wal`]); absent until the first checkpoint.
 pub(crate) const META_WAL_LSN: &str = "wal_lsn";
+/// Meta key of the database's write-ahead log id (`u64`, big endian; see [`crate::wal`]).
+pub(crate) const META_WAL_ID: &str = "wal_id";
 
 /// Store-wide counters, persisted in `meta` by every write transaction that changes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

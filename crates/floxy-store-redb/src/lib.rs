@@ -354,12 +354,11 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_owned();
         let db = Arc::new(open::open_database(&path, options.cache_size_bytes)?);
-        let (wal, recovered) = wal::recover(&db, &path, options.checkpoint_bytes).map_err(|e| {
-            OpenError::Other {
+        let (wal, recovered) =
+            wal::recover(&db, &path, options.checkpoint_bytes).map_err(|e| OpenError::Other {
                 path: path.clone(),
                 reason: format!("cannot recover from the write-ahead log: {e}"),
-            }
-        })?;
+            })?;
         if recovered.replayed > 0 {
             tracing::info!(
                 path = %path.display(),

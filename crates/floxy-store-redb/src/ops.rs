@@ -495,3 +495,102 @@ impl<'t> Tables<'t> {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A batch with every kind of op.
+    fn every_op() -> Ops {
+        let mut ops = Ops::default();
+        ops.meta(META_COUNTERS, b"counters");
+        ops.definition("wf", b"{\"id\":\"wf\"}");
+        ops.instance(7, &("record", 1)).unwrap();
+        ops.remove_instance(8);
+        let step: Arc<str> = Arc::from("charge card");
+        ops.step(7, &step, None, &[]).unwrap();
+        ops.remove_step(7, &step);
+        ops.live(7, true);
+        ops.live(8, false);
+        ops.events(7, 41, &[]).unwrap();
+        ops.remove_events(8);
+        ops.dlq(3, &"dlq record").unwrap();
+        ops.remove_dlq(4);
+        ops.dlq_by_instance(7, 3, true);
+        ops.dlq_by_instance(8, 4, false);
+        ops.idempotency("wf", "key-1", Some(7));
+        ops.idempotency("wf", "key-2", None);
+        ops.terminal(-5, 7, true);
+        ops.terminal(i64::MAX, 8, false);
+        ops.meta(META_WAL_LSN, &9_u64.to_be_bytes());
+        ops
+    }
+
+    fn encoded(ops: &Ops) -> Vec<u8> {
+        let mut out = Vec::new();
+        ops.encode_log(&mut out);
+        out
+    }
+
+    #[test]
+    fn the_log_form_reads_back_as_the_same_batch() {
+        let ops = every_op();
+        let back = Ops::decode_log(&encoded(&ops)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{ops:?}"));
+        assert_eq!(back.size(), ops.size());
+        // And an empty batch.
+        let empty = Ops::decode_log(&encoded(&Ops::default())).unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn every_truncation_of_a_record_is_refused() {
+        let bytes = encoded(&every_op());
+        for len in 0..bytes.len() {
+            let err = Ops::decode_log(&bytes[..len]).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{len}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_refused_with_what_is_wrong() {
+        let corrupt = |bytes: &[u8]| match Ops::decode_log(bytes) {
+            Err(StoreError::Corrupt(m)) => m,
+            other => panic!("not refused as corrupt: {other:?}"),
+        };
+        // Arena of 2 bytes, one op.
+        let head = [
+            2_u32.to_le_bytes().as_slice(),
+            b"ab",
+            1_u32.to_le_bytes().as_slice(),
+        ]
+        .concat();
+        let with = |op: &[u8]| [head.as_slice(), op].concat();
+        assert!(corrupt(&with(&[99])).contains("unknown op tag 99"));
+        // Live(k, 2): a flag that is neither 0 nor 1.
+        let mut live = vec![4_u8];
+        live.extend_from_slice(&7_u128.to_le_bytes());
+        live.push(2);
+        assert!(corrupt(&with(&live)).contains("not a flag"));
+        // Instance(k, Some(1..5)): a value outside the arena.
+        let mut inst = vec![2_u8];
+        inst.extend_from_slice(&7_u128.to_le_bytes());
+        inst.push(1);
+        inst.extend_from_slice(&1_u32.to_le_bytes());
+        inst.extend_from_slice(&4_u32.to_le_bytes());
+        assert!(corrupt(&with(&inst)).contains("outside the 2-byte arena"));
+        // Meta with a key this build does not write.
+        let mut meta = vec![0_u8];
+        meta.extend_from_slice(&3_u32.to_le_bytes());
+        meta.extend_from_slice(b"odd");
+        meta.extend_from_slice(&0_u32.to_le_bytes());
+        meta.extend_from_slice(&0_u32.to_le_bytes());
+        assert!(corrupt(&with(&meta)).contains("unknown meta key"));
+        // Bytes after the last op.
+        let mut removed = vec![6_u8];
+        removed.extend_from_slice(&7_u128.to_le_bytes());
+        removed.push(0);
+        assert!(corrupt(&with(&removed)).contains("after the last op"));
+    }
+}

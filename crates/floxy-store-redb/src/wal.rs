@@ -16,8 +16,9 @@
 //! Open then reads the log, replays in one durable transaction every record after the
 //! checkpoint's number, and empties the log. A clean close checkpoints and empties it too.
 //!
-//! **Records.** A 24-byte header (magic, payload length, log sequence number, CRC-32C of the
-//! number, the length and the payload, 4 reserved bytes) and the payload
+//! **Records.** A 32-byte header (magic, payload length, log sequence number, the database's
+//! log id, CRC-32C of the id, the number, the length and the payload, 4 reserved bytes) and
+//! the payload
 //! ([`Ops::encode_log`]). Records follow each other from offset 0 with numbers increasing by
 //! one. Reading stops at the first record that is torn (short, bad magic or checksum) or out
 //! of sequence: whatever follows is the leftover of an earlier round of the log (numbers at or
@@ -26,9 +27,11 @@
 //! the next batch takes its place and number.
 //!
 //! The file is `<database path>-wal`. It is opened only after redb locked the database file,
-//! so it has one writer.
+//! so it has one writer. The log id is a random number kept in `meta` (`"wal_id"`), so a log
+//! left by another database at that path (a database file deleted and created again) is
+//! never replayed into this one.
 
-use crate::layout::{META, META_WAL_LSN, redb_err};
+use crate::layout::{META, META_WAL_ID, META_WAL_LSN, redb_err};
 use crate::ops::Ops;
 use floxy_core::store::StoreError;
 use redb::{Database, ReadableDatabase};
@@ -40,7 +43,7 @@ use std::path::{Path, PathBuf};
 /// Marks the start of a record ("FXWL").
 const MAGIC: u32 = 0x4658_574c;
 /// Bytes of a record header.
-const HEADER: usize = 24;
+const HEADER: usize = 32;
 /// CRC-32C (Castagnoli), as storage formats use.
 static CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
@@ -63,6 +66,8 @@ pub(crate) struct Wal {
     checkpointed: u64,
     /// Log bytes after which the next batch checkpoints.
     checkpoint_bytes: u64,
+    /// The database's log id.
+    id: u64,
     /// The record being written (kept to reuse its allocation).
     buf: Vec<u8>,
 }
@@ -86,12 +91,13 @@ impl Wal {
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("a batch too large for one log record"))?;
         let lsn = self.next_lsn;
-        let crc = checksum(lsn, len, payload);
+        let crc = checksum(self.id, lsn, len, payload);
         let mut header = [0_u8; HEADER];
         header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         header[4..8].copy_from_slice(&len.to_le_bytes());
         header[8..16].copy_from_slice(&lsn.to_le_bytes());
-        header[16..20].copy_from_slice(&crc.to_le_bytes());
+        header[16..24].copy_from_slice(&self.id.to_le_bytes());
+        header[24..28].copy_from_slice(&crc.to_le_bytes());
         if let Some(h) = self.buf.get_mut(..HEADER) {
             h.copy_from_slice(&header);
         }
@@ -152,17 +158,18 @@ impl Wal {
     }
 }
 
-fn checksum(lsn: u64, len: u32, payload: &[u8]) -> u32 {
+fn checksum(id: u64, lsn: u64, len: u32, payload: &[u8]) -> u32 {
     let mut d = CRC.digest();
+    d.update(&id.to_le_bytes());
     d.update(&lsn.to_le_bytes());
     d.update(&len.to_le_bytes());
     d.update(payload);
     d.finalize()
 }
 
-/// The records of a log file in order, up to the first torn or out-of-sequence one: (number,
-/// payload).
-pub(crate) fn records(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+/// The records of log id `id` in a log file, in order, up to the first torn, foreign or
+/// out-of-sequence one: (number, payload).
+pub(crate) fn records(bytes: &[u8], id: u64) -> Vec<(u64, &[u8])> {
     let mut out: Vec<(u64, &[u8])> = Vec::new();
     let mut pos = 0_usize;
     while let Some(header) = bytes.get(pos..pos + HEADER) {
@@ -170,15 +177,16 @@ pub(crate) fn records(bytes: &[u8]) -> Vec<(u64, &[u8])> {
         let magic = u32::from_le_bytes(word(0..4).try_into().unwrap_or_default());
         let len = u32::from_le_bytes(word(4..8).try_into().unwrap_or_default());
         let lsn = u64::from_le_bytes(word(8..16).try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(word(16..20).try_into().unwrap_or_default());
-        if magic != MAGIC {
+        let record_id = u64::from_le_bytes(word(16..24).try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(word(24..28).try_into().unwrap_or_default());
+        if magic != MAGIC || record_id != id {
             break;
         }
         let start = pos + HEADER;
         let Some(payload) = bytes.get(start..start + len as usize) else {
             break;
         };
-        if checksum(lsn, len, payload) != crc {
+        if checksum(id, lsn, len, payload) != crc {
             break;
         }
         if out.last().is_some_and(|(prev, _)| lsn != prev + 1) {
@@ -215,11 +223,11 @@ pub(crate) fn recover(
         .truncate(false)
         .open(&path)
         .map_err(|e| io_err("cannot open it", e))?;
-    let checkpointed = checkpoint_lsn(db)?;
+    let (checkpointed, id) = log_state(db)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| io_err("cannot read it", e))?;
-    let all = records(&bytes);
+    let all = records(&bytes, id);
     let replay: Vec<&(u64, &[u8])> = all.iter().filter(|(lsn, _)| *lsn > checkpointed).collect();
     if let Some((first, _)) = replay.first()
         && *first != checkpointed + 1
@@ -257,20 +265,264 @@ pub(crate) fn recover(
         next_lsn: last + 1,
         checkpointed: last,
         checkpoint_bytes,
+        id,
         buf: Vec::new(),
     };
     wal.clear().map_err(|e| io_err("cannot empty it", e))?;
     Ok((wal, recovered))
 }
 
-/// The number of the last log record redb holds durably (0 for a file never checkpointed).
-pub(crate) fn checkpoint_lsn(db: &Database) -> Result<u64, StoreError> {
-    let rtx = db.begin_read().map_err(redb_err)?;
-    let meta = rtx.open_table(META).map_err(redb_err)?;
-    let Some(v) = meta.get(META_WAL_LSN).map_err(redb_err)? else {
-        return Ok(0);
+/// The number of the last log record redb holds durably (0 for a file never checkpointed)
+/// and the database's log id (created, durably, for a file that has none).
+fn log_state(db: &Database) -> Result<(u64, u64), StoreError> {
+    let (lsn, id) = {
+        let rtx = db.begin_read().map_err(redb_err)?;
+        let meta = rtx.open_table(META).map_err(redb_err)?;
+        let read = |key: &str| -> Result<Option<u64>, StoreError> {
+            match meta.get(key).map_err(redb_err)? {
+                None => Ok(None),
+                Some(v) => <[u8; 8]>::try_from(v.value())
+                    .map(|b| Some(u64::from_be_bytes(b)))
+                    .map_err(|_| StoreError::Corrupt(format!("meta: {key} is not 8 bytes"))),
+            }
+        };
+        (read(META_WAL_LSN)?.unwrap_or(0), read(META_WAL_ID)?)
     };
-    <[u8; 8]>::try_from(v.value())
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("meta: the checkpoint number is not 8 bytes".to_owned()))
+    if let Some(id) = id {
+        return Ok((lsn, id));
+    }
+    let id = new_log_id();
+    let txn = db.begin_write().map_err(redb_err)?;
+    {
+        let mut meta = txn.open_table(META).map_err(redb_err)?;
+        meta.insert(META_WAL_ID, id.to_be_bytes().as_slice())
+            .map_err(redb_err)?;
+    }
+    txn.commit().map_err(redb_err)?;
+    Ok((lsn, id))
+}
+
+/// A random log id: std's per-process random hash keys, mixed with the time.
+fn new_log_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::layout::LIVE;
+    use redb::ReadableTable;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        Fixture { _dir: dir, path }
+    }
+
+    fn open(f: &Fixture) -> Database {
+        crate::open::open_database(&f.path, 1 << 20).unwrap()
+    }
+
+    /// A batch marking `keys` live.
+    fn batch(keys: &[u128]) -> Ops {
+        let mut ops = Ops::default();
+        for k in keys {
+            ops.live(*k, true);
+        }
+        ops
+    }
+
+    /// Logs `batches` as the committing thread does, without their redb commits: what a
+    /// crash right after their acknowledgements leaves.
+    fn log(wal: &mut Wal, batches: &[&[u128]]) {
+        for b in batches {
+            let r = wal.record(&batch(b)).unwrap();
+            wal.write(&r).unwrap();
+            wal.applied(&r, false);
+        }
+    }
+
+    fn live(db: &Database) -> Vec<u128> {
+        let rtx = db.begin_read().unwrap();
+        let t = rtx.open_table(LIVE).unwrap();
+        t.iter().unwrap().map(|r| r.unwrap().0.value()).collect()
+    }
+
+    fn log_len(f: &Fixture) -> u64 {
+        std::fs::metadata(path_of(&f.path)).unwrap().len()
+    }
+
+    #[test]
+    fn records_after_the_checkpoint_are_replayed_and_the_log_emptied() {
+        let f = fixture();
+        let db = open(&f);
+        let (mut wal, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 0);
+        log(&mut wal, &[&[1, 2], &[3], &[4, 5, 6]]);
+        assert!(log_len(&f) > 0);
+        assert!(live(&db).is_empty(), "nothing reached redb");
+        drop((wal, db));
+
+        let db = open(&f);
+        let (wal, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 3);
+        assert_eq!(live(&db), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(log_len(&f), 0, "the log is emptied");
+        assert_eq!(
+            wal.last_lsn(),
+            3,
+            "numbers go on after the replayed records"
+        );
+        drop((wal, db));
+        // Nothing is replayed twice.
+        let db = open(&f);
+        let (_, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 0);
+        assert_eq!(live(&db), vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn reading_stops_at_a_torn_record() {
+        let f = fixture();
+        let db = open(&f);
+        let (mut wal, _) = recover(&db, &f.path, 1 << 20).unwrap();
+        log(&mut wal, &[&[1], &[2], &[3]]);
+        drop((wal, db));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path_of(&f.path))
+            .unwrap();
+        file.set_len(log_len(&f) - 5).unwrap();
+        drop(file);
+        let db = open(&f);
+        let (_, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 2, "the torn third record is not replayed");
+        assert_eq!(live(&db), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_flipped_byte_ends_the_log_there() {
+        let f = fixture();
+        let db = open(&f);
+        let (mut wal, _) = recover(&db, &f.path, 1 << 20).unwrap();
+        log(&mut wal, &[&[1], &[2], &[3]]);
+        drop((wal, db));
+        let mut bytes = std::fs::read(path_of(&f.path)).unwrap();
+        let second = bytes.len() / 3 + HEADER + 2;
+        bytes[second] ^= 0x40;
+        std::fs::write(path_of(&f.path), &bytes).unwrap();
+        let db = open(&f);
+        let (_, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 1, "the checksum of the second record fails");
+        assert_eq!(live(&db), vec![1]);
+    }
+
+    #[test]
+    fn a_discarded_record_is_never_replayed_and_the_next_takes_its_place() {
+        let f = fixture();
+        let db = open(&f);
+        let (mut wal, _) = recover(&db, &f.path, 1 << 20).unwrap();
+        log(&mut wal, &[&[1]]);
+        // The batch of the second record fails after the record was written.
+        let failed = wal.record(&batch(&[2])).unwrap();
+        wal.write(&failed).unwrap();
+        wal.discard(&failed).unwrap();
+        drop((wal, db));
+        let db = open(&f);
+        let (mut wal, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 1);
+        assert_eq!(live(&db), vec![1]);
+
+        // Without a crash in between, the next batch overwrites the discarded record.
+        log(&mut wal, &[&[3]]);
+        let failed = wal.record(&batch(&[4, 5, 6, 7])).unwrap();
+        wal.write(&failed).unwrap();
+        wal.discard(&failed).unwrap();
+        log(&mut wal, &[&[8], &[9]]);
+        drop((wal, db));
+        let db = open(&f);
+        let (_, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 3);
+        assert_eq!(live(&db), vec![1, 3, 8, 9]);
+    }
+
+    #[test]
+    fn records_of_the_round_before_a_checkpoint_are_not_replayed() {
+        let f = fixture();
+        let db = open(&f);
+        // A tiny threshold: the fourth batch checkpoints.
+        let (mut wal, _) = recover(&db, &f.path, 1).unwrap();
+        log(&mut wal, &[&[1, 2, 3, 4, 5, 6, 7, 8]]);
+        assert!(wal.checkpoint_due());
+        // The checkpoint: the batch commits durably with its number.
+        let mut ops = batch(&[9]);
+        let r = wal.record(&ops).unwrap();
+        wal.write(&r).unwrap();
+        ops.meta(META_WAL_LSN, &r.lsn.to_be_bytes());
+        let txn = db.begin_write().unwrap();
+        batch(&[1, 2, 3, 4, 5, 6, 7, 8]).apply(&txn).unwrap();
+        ops.apply(&txn).unwrap();
+        txn.commit().unwrap();
+        wal.applied(&r, true);
+        assert!(!wal.checkpoint_due());
+        // The next round starts at the beginning, over the old records: a record of the same
+        // size as the old first one, so the old second one (number 2, checksum valid) follows
+        // it and only its number tells it is stale.
+        log(&mut wal, &[&[10, 11, 12, 13, 14, 15, 16, 17]]);
+        let bytes = std::fs::read(path_of(&f.path)).unwrap();
+        let read: Vec<u64> = records(&bytes, wal.id).iter().map(|r| r.0).collect();
+        assert_eq!(read, vec![3], "reading stops at the stale record 2");
+        drop((wal, db));
+        let db = open(&f);
+        let (_, r) = recover(&db, &f.path, 1).unwrap();
+        assert_eq!(r.replayed, 1, "only the record after the checkpoint");
+        assert_eq!(live(&db), (1..=17).collect::<Vec<u128>>());
+    }
+
+    #[test]
+    fn the_log_of_another_database_is_not_replayed() {
+        let f = fixture();
+        let db = open(&f);
+        let (mut wal, _) = recover(&db, &f.path, 1 << 20).unwrap();
+        log(&mut wal, &[&[1], &[2]]);
+        drop((wal, db));
+        // The database file is deleted and created again; its old log stays.
+        std::fs::remove_file(&f.path).unwrap();
+        let db = open(&f);
+        let (_, r) = recover(&db, &f.path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 0);
+        assert!(live(&db).is_empty());
+        assert_eq!(log_len(&f), 0);
+    }
+
+    #[test]
+    fn a_gap_between_the_checkpoint_and_the_log_is_refused() {
+        let f = fixture();
+        let db = open(&f);
+        let (mut wal, _) = recover(&db, &f.path, 1 << 20).unwrap();
+        // Records 5 and 6 while the file is checkpointed at 0: 1 to 4 are missing.
+        wal.next_lsn = 5;
+        log(&mut wal, &[&[1], &[2]]);
+        drop((wal, db));
+        let db = open(&f);
+        let err = recover(&db, &f.path, 1 << 20).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains("checkpointed at record 0") && m.contains("continues at record 5")),
+            "{err}"
+        );
+        assert!(live(&db).is_empty(), "nothing was replayed");
+        assert!(log_len(&f) > 0, "the log is kept for inspection");
+    }
 }

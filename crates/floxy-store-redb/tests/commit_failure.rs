@@ -1,9 +1,11 @@
 //! A write transaction whose commit fails (failpoint `floxy-redb::commit`, feature
 //! `failpoints`): its callers get the error, nothing of it is visible, the batch the writer
 //! prepared on top of it while it was committing fails too, and the store goes on from the
-//! last committed state — also after a reopen.
+//! last committed state — also after a reopen, and after a crash right after the failure
+//! (the failed batch's write-ahead log record is discarded, so it is never replayed).
 //!
-//! Failpoints are process-wide, so this binary holds one test.
+//! Failpoints are process-wide: one test uses them in this process, the other in a child
+//! process it kills.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,7 +14,11 @@ use floxy_core::conformance::fixtures::{create, next, request, snapshot, start, 
 use floxy_core::model::{InstanceId, StepStatus, StepWrite, Timestamp};
 use floxy_core::store::{Store, StoreError};
 use floxy_store_redb::Durability;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+const CHILD_ENV: &str = "FLOXY_REDB_FAILED_COMMIT_CHILD";
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -140,4 +146,92 @@ async fn a_failed_commit_writes_nothing_and_the_store_recovers() {
     assert!(store.list_queue(b).await.unwrap().is_empty());
     store.close().await.unwrap();
     scenario.teardown();
+}
+
+/// The child of `a_failed_commit_is_not_replayed_after_a_crash`: creates an instance, fails
+/// the commit of its next update, says so and waits to be killed.
+#[test]
+fn child_fails_a_commit_then_waits() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let scenario = fail::FailScenario::setup();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = common::open(std::path::Path::new(&path), Durability::Immediate);
+        let a = id();
+        create(&store, start(a, T0, &[("s1", "h")])).await;
+        println!("\nCREATED-INSTANCE {}", a.0.as_u128());
+        fail::cfg("floxy-redb::commit", "1*return").unwrap();
+        let r = store
+            .update_instance(a, Box::new(|s| Ok(next(s, T0.add_ms(1)))))
+            .await;
+        unavailable(&r, "the update whose commit failed");
+        println!("COMMIT-FAILED-AS-INJECTED");
+        // The parent kills this process: no close, no checkpoint.
+        std::thread::sleep(Duration::from_secs(120));
+    });
+    scenario.teardown();
+}
+
+#[test]
+fn a_failed_commit_is_not_replayed_after_a_crash() {
+    let db = common::TempDb::new();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_fails_a_commit_then_waits",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &db.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut created = None;
+    loop {
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the child stopped before failing its commit ({e})");
+            }
+        };
+        if let Some(v) = line.strip_prefix("CREATED-INSTANCE ") {
+            created = v.trim().parse::<u128>().ok();
+        }
+        if line.contains("COMMIT-FAILED-AS-INJECTED") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let a = InstanceId::from_u128(created.expect("the child printed its instance"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = common::open(&db.path, Durability::Immediate);
+        let s = snapshot(&store, a).await;
+        assert_eq!(
+            s.instance.version, 1,
+            "the acknowledged create is there, the failed update is not"
+        );
+        store.close().await.unwrap();
+    });
 }

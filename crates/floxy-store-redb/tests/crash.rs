@@ -3,8 +3,9 @@
 //! ledger task bumps one instance with direct `update_instance` calls. It prints every
 //! acknowledged start and ledger version to stdout *after* the acknowledgement. The parent
 //! kills it with SIGKILL after a random number of acknowledgements, several times on the same
-//! file, and after each kill reopens the file and checks that every acknowledged commit is
-//! there and that no instance is lost or corrupted. Finally an engine whose clock is past
+//! file, and after each kill reopens the file (replaying its write-ahead log) and checks that
+//! every acknowledged commit is there and that no instance is lost or corrupted. Half the
+//! children checkpoint every 4 KiB of log, so kills also hit checkpoints. Finally an engine whose clock is past
 //! every lease expiry reclaims the leases the dead children held and runs every instance to
 //! completion.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -16,7 +17,7 @@ use floxy::{Builder, Clock, Engine, InstanceStatus, Payload, SystemClock};
 use floxy_core::conformance::fixtures::{iid, next, start};
 use floxy_core::model::{EventKind, InstanceId, Timestamp};
 use floxy_core::store::{InstanceQuery, Store};
-use floxy_store_redb::{Durability, RedbStore};
+use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -74,7 +75,15 @@ fn child_runs_workflows() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let store = RedbStore::open(std::path::Path::new(&path), Default::default()).expect("open");
+        // Odd rounds checkpoint every 4 KiB of write-ahead log, so kills also land during
+        // checkpoints and in logs that started over; even rounds keep the default, so their
+        // acknowledged commits live in the log until the next open replays it.
+        let options = if round % 2 == 1 {
+            RedbOptions::default().checkpoint_bytes(4096)
+        } else {
+            RedbOptions::default()
+        };
+        let store = RedbStore::open(std::path::Path::new(&path), options).expect("open");
         let engine = Engine::builder(Arc::new(store.clone()))
             .workers(64)
             .batch_size(16)
