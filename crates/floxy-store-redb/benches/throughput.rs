@@ -458,9 +458,11 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
     let preparing = (s.preparing - b.preparing).as_secs_f64();
     let applying = ((s.busy - s.preparing) - (b.busy - b.preparing)).as_secs_f64();
     let committing = (s.committing - b.committing).as_secs_f64();
+    let checkpoints = s.checkpoints - b.checkpoints;
+    let checkpointing = (s.checkpointing - b.checkpointing).as_secs_f64();
     let wall = wall.as_secs_f64();
     let mut line = format!(
-        "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commit)",
+        "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commits, of which {checkpointing:.2} s in {checkpoints} checkpoints)",
         requests as f64 / batches.max(1) as f64,
         s.largest_batch,
         1e6 * preparing / requests.max(1) as f64,
@@ -554,6 +556,12 @@ fn main() {
     } else {
         (50_000, 20_000, 10_000)
     };
+    // `FLOXY_BENCH_STEP_INSTANCES=N` runs the completions part on N instances (3 N
+    // completions): long enough runs include write-ahead log checkpoints.
+    let n_steps = std::env::var("FLOXY_BENCH_STEP_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n_steps);
     let batch = 64;
     // `FLOXY_BENCH_WORKERS=1,64` overrides the worker counts of claims and completions.
     let workers: Vec<usize> = std::env::var("FLOXY_BENCH_WORKERS")

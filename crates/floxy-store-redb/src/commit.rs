@@ -58,6 +58,9 @@ pub(crate) struct Committer {
     /// Time spent applying and committing, and of that, in redb's commit.
     pub(crate) busy: Duration,
     pub(crate) committing: Duration,
+    /// Checkpoints made, and the time their commits took.
+    pub(crate) checkpoints: u64,
+    pub(crate) checkpointing: Duration,
 }
 
 impl Committer {
@@ -153,6 +156,8 @@ impl Committer {
         if err.is_none() {
             published.stats.busy += self.busy;
             published.stats.committing = self.committing;
+            published.stats.checkpoints = self.checkpoints;
+            published.stats.checkpointing = self.checkpointing;
             *self.published.lock() = published;
         }
         if let Err(std::sync::mpsc::SendError((deliveries, err))) =
@@ -214,7 +219,15 @@ impl Committer {
             (staged, synced)
         });
         let outcome = match (staged, synced) {
-            (Ok(txn), Ok(())) => self.finish(txn),
+            (Ok(txn), Ok(())) => {
+                let before = self.committing;
+                let r = self.finish(txn);
+                if checkpoint && r.is_ok() {
+                    self.checkpoints += 1;
+                    self.checkpointing += self.committing.saturating_sub(before);
+                }
+                r
+            }
             (Ok(txn), Err(e)) => {
                 drop(txn.abort());
                 Err(log_error("cannot write it", &e))

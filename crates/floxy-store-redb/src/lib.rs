@@ -233,7 +233,7 @@ pub const DEFAULT_CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_SNAPSHOT_CACHE_INSTANCES: usize = 20_000;
 /// Default bytes of write-ahead log after which a batch checkpoints (commits durably in redb,
 /// and the log starts over); see the [crate docs](crate#durability-modes).
-pub const DEFAULT_CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// Default interval between durable commits in [`Durability::Relaxed`] mode.
 pub const DEFAULT_RELAXED_FLUSH_INTERVAL_MS: u64 = 100;
 

@@ -14,7 +14,7 @@ use floxy_core::model::{
     DlqId, EventKind, InstanceStatus, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind,
 };
 use floxy_core::store::{DlqQuery, InstanceQuery, Store, StoreStats};
-use floxy_store_redb::{Durability, RedbStore};
+use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::sync::Arc;
 
 const N: u128 = 30;
@@ -156,11 +156,24 @@ async fn populate(store: &RedbStore) {
     assert_eq!(ok(store.cleanup(at(1_000)).await, "cleanup"), 1);
 }
 
-fn reopen_roundtrip(durability: Durability) {
+fn reopen_roundtrip(options: RedbOptions) {
     let db = TempDb::new();
+    let open = || RedbStore::open(&db.path, options.clone()).expect("open");
     futures::executor::block_on(async {
-        let store = common::open(&db.path, durability);
+        let store = open();
         populate(&store).await;
+        let stats = store.writer_stats();
+        if options.durability == Durability::Immediate {
+            if options.checkpoint_bytes == 1 {
+                // Each batch after one that left log bytes checkpoints: every other one.
+                assert!(
+                    stats.checkpoints >= 10 && stats.checkpoints * 2 <= stats.batches + 1,
+                    "checkpoints: {stats:?}"
+                );
+            } else {
+                assert_eq!(stats.checkpoints, 0, "no batch checkpoints: {stats:?}");
+            }
+        }
         let before = everything(&store).await;
         let last_event = before
             .instances
@@ -181,7 +194,7 @@ fn reopen_roundtrip(durability: Durability) {
             .expect("leases");
         store.close().await.expect("close");
 
-        let store = common::open(&db.path, durability);
+        let store = open();
         let after = everything(&store).await;
         assert_eq!(after, before, "everything is there after a reopen");
 
@@ -253,15 +266,21 @@ fn reopen_roundtrip(durability: Durability) {
 
 #[test]
 fn everything_survives_reopen() {
-    reopen_roundtrip(Durability::Immediate);
+    // Every batch lives in the write-ahead log until the close checkpoints.
+    reopen_roundtrip(RedbOptions::default());
+}
+
+#[test]
+fn everything_survives_reopen_checkpointing_every_batch() {
+    reopen_roundtrip(RedbOptions::default().checkpoint_bytes(1));
 }
 
 #[test]
 fn everything_survives_reopen_relaxed() {
     // A flush interval far longer than the test: only the final flush on close syncs.
-    reopen_roundtrip(Durability::Relaxed {
+    reopen_roundtrip(RedbOptions::default().durability(Durability::Relaxed {
         flush_interval_ms: 3_600_000,
-    });
+    }));
 }
 
 #[test]

@@ -234,8 +234,16 @@ pub struct WriterStats {
     pub busy: Duration,
     /// Of `busy`, the time spent preparing batches.
     pub preparing: Duration,
-    /// Of `busy`, the time spent in redb's commit (page writes and `fsync`).
+    /// Of `busy`, the time spent in redb's commits: with [`Durability::Immediate`] the commits
+    /// without `fsync` and the checkpoints (page writes and `fsync`).
+    ///
+    /// [`Durability::Immediate`]: crate::Durability::Immediate
     pub committing: Duration,
+    /// Checkpoints: batches committed durably in redb, after which the write-ahead log starts
+    /// over (see [`RedbOptions::checkpoint_bytes`](crate::RedbOptions::checkpoint_bytes)).
+    pub checkpoints: u64,
+    /// Of `committing`, the time spent in checkpoints.
+    pub checkpointing: Duration,
 }
 
 impl WriterStats {
@@ -439,6 +447,8 @@ impl Writer {
             spare,
             busy: Duration::ZERO,
             committing: Duration::ZERO,
+            checkpoints: 0,
+            checkpointing: Duration::ZERO,
         };
         let handle = std::thread::Builder::new()
             .name("floxy-redb-commit".to_owned())
@@ -750,6 +760,8 @@ impl Writer {
         // The committing thread's share of the time, as it last published it.
         p.stats.busy = published.stats.busy.max(p.stats.busy);
         p.stats.committing = published.stats.committing;
+        p.stats.checkpoints = published.stats.checkpoints;
+        p.stats.checkpointing = published.stats.checkpointing;
         *published = p;
     }
 
