@@ -40,9 +40,10 @@
 //!   disturb the others in its batch.
 //!
 //! A second thread (`floxy-redb-commit`) applies each prepared batch in **one** write
-//! transaction and commits it — with [`Durability::Immediate`], through redb's `fsync` — and
-//! only then is every caller of the batch answered. **A caller is acknowledged only once the
-//! transaction holding its write is durable.** The answers are sent by a third thread
+//! transaction and commits it, and only then is every caller of the batch answered. **A
+//! caller is acknowledged only once its write is durable**: with [`Durability::Immediate`]
+//! the batch is first written to the write-ahead log and synced (see
+//! [below](#durability-the-write-ahead-log)). The answers are sent by a third thread
 //! (`floxy-redb-notify`), so waking the callers' tasks overlaps with the next batch.
 //!
 //! The two stages overlap: while batch `N` commits, the writer prepares the requests that
@@ -70,8 +71,8 @@
 //! spent preparing and committing.
 //!
 //! Under load the batches grow on their own: while one commit waits for the disk, the next
-//! requests queue up and share the next `fsync`. One durable commit costs a few hundred
-//! microseconds to milliseconds here whatever it holds, so group commit is what turns a few
+//! requests queue up and share the next `fsync`. One `fsync` costs a few hundred
+//! microseconds to milliseconds here whatever it covers, so group commit is what turns a few
 //! thousand commits per second into tens of thousands of acknowledged step completions per
 //! second (see `benches/throughput.rs`).
 //!
@@ -101,7 +102,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `floxy_meta` | `"format_version"`, `"counters"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count |
+//! | `floxy_meta` | `"format_version"`, `"counters"`, `"wal_lsn"`, `"wal_id"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count; last log record checkpointed (`u64` BE); the log id its records carry (`u64` BE) |
 //! | `floxy_definitions` | workflow id | definition (JSON) |
 //! | `floxy_instances` | instance id (`u128`) | instance record |
 //! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run) and the step's queue items, each with its lease (owner, fencing token, expiry) |
@@ -131,12 +132,16 @@
 //! entries, 1 `floxy_terminal` entry). The price: a heartbeat rewrites the step row, run
 //! included, where version 1 rewrote only the item.
 //!
-//! Opening a file checks `format_version`. Files of versions 1 and 2 are migrated in place,
+//! Next to the file lives its write-ahead log, `<path>-wal` (format version 4 added it; the
+//! tables are version 3's): keep the two together, and copy the file only while the store is
+//! closed (a clean close leaves the log empty).
+//!
+//! Opening a file checks `format_version`. Files of versions 1 to 3 are migrated in place,
 //! each in one write transaction (a failure leaves the file as it was): version 1 gets each
 //! step row rewritten with its items, `floxy_live` filled, each event rewritten as a row of
 //! one and its `floxy_queue` table deleted; version 2 gets its step rows and event rows
 //! re-encoded without the ids their keys hold (a row holding another step's run is refused
-//! as corrupt). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
+//! as corrupt); version 3 only gets the new version number (it has no log). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
 //! floxy's meta table, or a file that is not a redb file, is [`OpenError::NotFloxyDatabase`].
 //!
 //! ## The claim index lives in memory
@@ -158,15 +163,48 @@
 //!
 //! # Durability modes
 //!
-//! * [`Durability::Immediate`] (the default): every commit is durable (`fsync`) before any
-//!   of its callers is answered. A crash loses nothing that was acknowledged.
+//! * [`Durability::Immediate`] (the default): every batch is durable (`fsync` of its
+//!   write-ahead log record) before any of its callers is answered. A crash loses nothing
+//!   that was acknowledged.
 //! * [`Durability::Relaxed`]: commits are not synced one by one; one commit every
 //!   `flush_interval_ms` is, and commits left unsynced are synced once their interval is
 //!   over even if no request follows (and on [`RedbStore::close`]). A crash can lose the
 //!   commits of the last interval — acknowledged work may run again or an acknowledged start
 //!   may vanish — but never corrupts the file: redb reopens at the last durable commit. Use it
 //!   when re-running recent steps is acceptable and throughput with few concurrent writers
-//!   matters more.
+//!   matters more. Relaxed mode writes no log.
+//!
+//! ## Durability: the write-ahead log
+//!
+//! A durable redb commit writes every page its batch dirtied (one `pwrite` each), checksums
+//! them and syncs the file, and the committing thread, the store's bottleneck, can do nothing
+//! else meanwhile. So with [`Durability::Immediate`] each batch is appended to the log instead
+//! — its table writes as prepared, a few hundred bytes per request, in one record with a
+//! CRC-32C — and a helper thread writes and syncs that record *while* the committing thread
+//! applies the batch to redb. The redb transaction then commits without `fsync` (redb keeps
+//! the pages in memory, visible to readers), and only after the record is durable; then the
+//! callers are answered. Every [`RedbOptions::checkpoint_bytes`] of log (default
+//! [`DEFAULT_CHECKPOINT_BYTES`]) one batch commits durably in redb instead — a
+//! **checkpoint**, which writes each page the batches since the previous one dirtied once,
+//! however often they dirtied it, and records its log record's number in `floxy_meta` — and
+//! the log starts over. [`WriterStats`] counts checkpoints and their time.
+//!
+//! **Recovery.** After a crash redb opens at its last durable commit, the last checkpoint.
+//! [`RedbStore::open`] reads the log, replays every record after the checkpoint's number in
+//! one durable transaction, and empties the log; a clean [`RedbStore::close`] checkpoints and
+//! empties it too. Reading stops at the first record that is torn, fails its checksum, is out
+//! of sequence or carries another database's log id (a log left behind by a deleted
+//! database): such bytes are leftovers, never data. A batch that fails after its record was
+//! written (a failed redb commit, a failed sync) has the record's header zeroed before it is
+//! answered, so a crash cannot resurrect it, and the next batch takes its place; if even that
+//! write fails, the store refuses every later write until it is reopened. A log that
+//! continues *past* a gap after the checkpoint (an old copy of the file next to a newer log)
+//! is refused at open as [`StoreError::Corrupt`]
+//! rather than replayed.
+//!
+//! What it bought (throughput bench, 64 workers, alternating runs on 2 shared cores): the
+//! committing thread's time per request fell by about a tenth, and durable step completions
+//! rose by 5–10 % (see the crate README for the figures).
 //!
 //! # Choices where the contract is silent
 //!

@@ -223,6 +223,13 @@ pub(crate) fn recover(
         .truncate(false)
         .open(&path)
         .map_err(|e| io_err("cannot open it", e))?;
+    // The log's directory entry must be durable before any record counts as durable: a
+    // file's `fdatasync` does not cover the directory that names it.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("cannot sync its directory", e))?;
+    }
     let (checkpointed, id) = log_state(db)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
