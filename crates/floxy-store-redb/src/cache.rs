@@ -22,7 +22,11 @@
 //! it O(1) per operation amortised. Cleared after a failed commit (nothing is pinned then).
 
 use crate::fast_hash::FastMap;
-use floxy_core::model::{InstanceId, InstanceSnapshot};
+use floxy_core::model::{Event, InstanceId, InstanceSnapshot, StepName};
+
+/// The `step_started` events claims wrote into an instance's step rows, by step (format
+/// version 4 keeps them in the step row, not in `floxy_events`; see [`crate::row`]).
+pub(crate) type Started = Vec<(StepName, Vec<Event>)>;
 
 /// One cached instance.
 #[derive(Debug)]
@@ -48,6 +52,10 @@ pub(crate) enum Cached<'a> {
 #[derive(Debug)]
 pub(crate) struct SnapshotCache {
     map: FastMap<InstanceId, Slot>,
+    /// The claim events in the step rows of the cached instances (absent: none). Kept apart
+    /// from the slots, which [`SnapshotCache::take`] moves out and back, and dropped with
+    /// them.
+    started: FastMap<InstanceId, Started>,
     capacity: usize,
     /// Size at which unpinned slots are dropped: the capacity, or twice what was pinned at
     /// the last eviction (so a cache full of pinned slots is not scanned on every insert).
@@ -59,6 +67,7 @@ impl SnapshotCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             map: FastMap::default(),
+            started: FastMap::default(),
             capacity,
             evict_at: capacity.max(1),
         }
@@ -85,6 +94,7 @@ impl SnapshotCache {
         let id = snap.instance.id;
         if pin == 0 && (snap.instance.status.is_terminal() || self.capacity == 0) {
             self.map.remove(&id);
+            self.started.remove(&id);
             return;
         }
         self.make_room(id);
@@ -101,6 +111,7 @@ impl SnapshotCache {
     pub(crate) fn tombstone(&mut self, id: InstanceId, pin: u64) {
         self.make_room(id);
         self.map.insert(id, Slot { snap: None, pin });
+        self.started.remove(&id);
     }
 
     /// Batch `seq` is committed: the slots it pinned (and no later batch re-pinned) become
@@ -121,18 +132,53 @@ impl SnapshotCache {
             slot.pin = 0;
         } else {
             self.map.remove(&id);
+            self.started.remove(&id);
         }
     }
 
     /// Forgets everything (after a failed commit).
     pub(crate) fn clear(&mut self) {
         self.map.clear();
+        self.started.clear();
+    }
+
+    /// The claim events in the step row of `(id, step)`.
+    pub(crate) fn started(&self, id: InstanceId, step: &str) -> &[Event] {
+        self.started
+            .get(&id)
+            .and_then(|s| s.iter().find(|(n, _)| &**n == step))
+            .map_or(&[], |(_, e)| e.as_slice())
+    }
+
+    /// Records the claim events an instance's step rows hold (read with its snapshot).
+    pub(crate) fn set_started(&mut self, id: InstanceId, started: Started) {
+        if started.is_empty() {
+            self.started.remove(&id);
+        } else {
+            self.started.insert(id, started);
+        }
+    }
+
+    /// Adds a claim's event to the step row of `(id, step)`.
+    pub(crate) fn push_started(&mut self, id: InstanceId, step: &StepName, e: Event) {
+        let steps = self.started.entry(id).or_default();
+        match steps.iter_mut().find(|(n, _)| n == step) {
+            Some((_, events)) => events.push(e),
+            None => steps.push((step.clone(), vec![e])),
+        }
     }
 
     /// When full and `id` is new, drops every unpinned slot.
     fn make_room(&mut self, id: InstanceId) {
         if self.map.len() >= self.evict_at && !self.map.contains_key(&id) {
-            self.map.retain(|_, s| s.pin != 0);
+            let started = &mut self.started;
+            self.map.retain(|k, s| {
+                let keep = s.pin != 0;
+                if !keep {
+                    started.remove(k);
+                }
+                keep
+            });
             self.evict_at = self.capacity.max(2 * self.map.len()).max(1);
         }
     }

@@ -19,7 +19,7 @@
 //! migrated at open ([`crate::migrate`]).
 
 use floxy_core::model::{
-    DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
+    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
 };
 use floxy_core::store::StoreError;
 use redb::TableDefinition;
@@ -93,7 +93,8 @@ pub(crate) struct Counters {
 }
 
 /// A row of `steps`: the step run (absent when only queue items exist for the step, which
-/// the store contract allows) and the step's queue items in kind order. Rows are encoded by
+/// the store contract allows), the step's queue items in kind order, and the `step_started`
+/// events claims of the step wrote (version 4; see [`crate::row`]). Rows are encoded by
 /// [`crate::row`]; this type's own serde form is version 2's, read only by its migration.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub(crate) struct StepRow {
@@ -102,6 +103,9 @@ pub(crate) struct StepRow {
     /// Queue items of the step, in [`WorkKind`](floxy_core::model::WorkKind) order (at most
     /// one per kind).
     pub(crate) items: Vec<QueueItem>,
+    /// The events claims wrote into this row, in sequence order (none in versions 2 and 3).
+    #[serde(default)]
+    pub(crate) started: Vec<Event>,
 }
 
 /// The key of an instance.

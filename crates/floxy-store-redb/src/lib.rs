@@ -697,7 +697,8 @@ impl Store for RedbStore {
     ) -> Result<Vec<Event>, StoreError> {
         let rtx = self.read_txn()?;
         let t = rtx.open_table(EVENTS).map_err(redb_err)?;
-        read::events(&t, id, after_seq, page_limit(limit))
+        let steps = rtx.open_table(STEPS).map_err(redb_err)?;
+        read::events(&t, &steps, id, after_seq, page_limit(limit))
     }
 
     async fn list_dlq(&self, q: &DlqQuery) -> Result<Page<DlqRecord, DlqId>, StoreError> {

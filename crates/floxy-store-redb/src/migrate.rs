@@ -55,12 +55,21 @@ pub(crate) fn from_v1(db: &Database) -> Result<(), StoreError> {
                     StepRow {
                         run: Some(run),
                         items,
+                        started: Vec::new(),
                     },
                 ));
             }
         }
         for ((id, step), items) in items {
-            rows.push((id, step, StepRow { run: None, items }));
+            rows.push((
+                id,
+                step,
+                StepRow {
+                    run: None,
+                    items,
+                    started: Vec::new(),
+                },
+            ));
         }
         write_step_rows(&txn, &rows)?;
         let mut live = txn.open_table(LIVE).map_err(redb_err)?;
@@ -144,7 +153,7 @@ fn write_step_rows(
         }
         buf.clear();
         let items: Vec<&QueueItem> = row.items.iter().collect();
-        let r = encode_step_row(&mut buf, row.run.as_ref(), &items)?;
+        let r = encode_step_row(&mut buf, row.run.as_ref(), &items, &row.started)?;
         steps
             .insert((*id, step.as_str()), buf.get(r).unwrap_or_default())
             .map_err(redb_err)?;

@@ -11,7 +11,7 @@ use crate::layout::{
     DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, META_COUNTERS,
     META_FORMAT_VERSION, META_WAL_LSN, STEPS, TERMINAL, encode_into, redb_err,
 };
-use floxy_core::model::{QueueItem, StepRun};
+use floxy_core::model::{Event, QueueItem, StepRun};
 use floxy_core::store::StoreError;
 use redb::{Table, WriteTransaction};
 use std::ops::Range;
@@ -101,15 +101,17 @@ impl Ops {
         self.ops.push(Op::Instance(k, None));
     }
 
-    /// Writes the step row of `run` and `items` (in kind order).
+    /// Writes the step row of `run`, `items` (in kind order) and `started` (the events claims
+    /// of the step wrote).
     pub(crate) fn step(
         &mut self,
         k: u128,
         step: &Arc<str>,
         run: Option<&StepRun>,
         items: &[&QueueItem],
+        started: &[Event],
     ) -> Result<(), StoreError> {
-        let r = crate::row::encode_step_row(&mut self.arena, run, items)?;
+        let r = crate::row::encode_step_row(&mut self.arena, run, items, started)?;
         self.ops.push(Op::Step(k, step.clone(), Some(r)));
         Ok(())
     }
@@ -509,7 +511,7 @@ mod tests {
         ops.instance(7, &("record", 1)).unwrap();
         ops.remove_instance(8);
         let step: Arc<str> = Arc::from("charge card");
-        ops.step(7, &step, None, &[]).unwrap();
+        ops.step(7, &step, None, &[], &[]).unwrap();
         ops.remove_step(7, &step);
         ops.live(7, true);
         ops.live(8, false);

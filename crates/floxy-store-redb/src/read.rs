@@ -1,10 +1,12 @@
 //! Reads shared by the writer (through a read transaction of the last committed batch) and
 //! by readers (inside a read transaction on the calling task).
 
+use crate::cache::Started;
 use crate::layout::{StepRow, decode_dlq, decode_instance, inst_key, redb_err};
 use crate::row::{decode_events, decode_step_row};
 use floxy_core::model::{
-    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
+    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepName,
+    StepRun,
 };
 use floxy_core::store::StoreError;
 use redb::ReadableTable;
@@ -25,6 +27,14 @@ pub(crate) fn rows<T>(t: &T, id: InstanceId) -> Result<Vec<StepRow>, StoreError>
 where
     T: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
+    Ok(named_rows(t, id)?.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Reads every step row of an instance with its step name, in step name order.
+pub(crate) fn named_rows<T>(t: &T, id: InstanceId) -> Result<Vec<(StepName, StepRow)>, StoreError>
+where
+    T: ReadableTable<(u128, &'static str), &'static [u8]>,
+{
     let k = inst_key(id);
     let mut out = Vec::new();
     for row in t.range((k, "")..).map_err(redb_err)? {
@@ -33,7 +43,10 @@ where
         if rk != k {
             break;
         }
-        out.push(decode_step_row(id, step, value.value())?);
+        out.push((
+            StepName::from(step),
+            decode_step_row(id, step, value.value())?,
+        ));
     }
     Ok(out)
 }
@@ -101,13 +114,25 @@ where
     B: ReadableTable<(u128, u64), ()>,
     D: ReadableTable<u64, &'static [u8]>,
 {
-    /// Reads the snapshot of an instance: record, step runs (name order), DLQ records (id
-    /// order).
-    pub(crate) fn snapshot(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
+    /// Reads the snapshot of an instance (record, step runs in name order, DLQ records in id
+    /// order) and the claim events its step rows hold.
+    pub(crate) fn snapshot_and_started(
+        &self,
+        id: InstanceId,
+    ) -> Result<Option<(InstanceSnapshot, Started)>, StoreError> {
         let Some(instance) = instance(self.instances, id)? else {
             return Ok(None);
         };
-        let steps = steps(self.steps, id)?;
+        let mut steps = Vec::new();
+        let mut started = Started::new();
+        for (name, row) in named_rows(self.steps, id)? {
+            if let Some(run) = row.run {
+                steps.push(run);
+            }
+            if !row.started.is_empty() {
+                started.push((name, row.started));
+            }
+        }
         let mut records = Vec::new();
         for d in dlq_ids(self.dlq_by_instance, id)? {
             match dlq(self.dlq, d)? {
@@ -119,11 +144,14 @@ where
                 }
             }
         }
-        Ok(Some(InstanceSnapshot {
-            instance,
-            steps,
-            dlq: records,
-        }))
+        Ok(Some((
+            InstanceSnapshot {
+                instance,
+                steps,
+                dlq: records,
+            },
+            started,
+        )))
     }
 }
 
@@ -132,6 +160,15 @@ pub(crate) fn snapshot_in(
     rtx: &redb::ReadTransaction,
     id: InstanceId,
 ) -> Result<Option<InstanceSnapshot>, StoreError> {
+    Ok(snapshot_and_started_in(rtx, id)?.map(|(s, _)| s))
+}
+
+/// Reads the snapshot of an instance and the claim events its step rows hold, in a read
+/// transaction.
+pub(crate) fn snapshot_and_started_in(
+    rtx: &redb::ReadTransaction,
+    id: InstanceId,
+) -> Result<Option<(InstanceSnapshot, Started)>, StoreError> {
     use crate::layout::{DLQ, DLQ_BY_INSTANCE, INSTANCES, STEPS};
     let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
     let steps = rtx.open_table(STEPS).map_err(redb_err)?;
@@ -143,7 +180,7 @@ pub(crate) fn snapshot_in(
         dlq_by_instance: &dlq_by_instance,
         dlq: &dlq,
     }
-    .snapshot(id)
+    .snapshot_and_started(id)
 }
 
 /// Reads the queue items of an instance (from its step rows), in key order.
@@ -154,16 +191,28 @@ where
     Ok(rows(t, id)?.into_iter().flat_map(|r| r.items).collect())
 }
 
-/// Reads events of an instance after `after_seq`, at most `limit`.
-pub(crate) fn events<T>(
+/// Reads events of an instance after `after_seq`, at most `limit`: the rows of `events`
+/// (`t`) merged, in sequence order, with the claim events the instance's step rows hold
+/// (`steps`).
+pub(crate) fn events<T, S>(
     t: &T,
+    steps: &S,
     id: InstanceId,
     after_seq: Option<u64>,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError>
 where
     T: ReadableTable<(u128, u64), &'static [u8]>,
+    S: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
+    // The claim events: a few per step, all read (a step row is read whole anyway).
+    let mut claimed: Vec<Event> = rows(steps, id)?
+        .into_iter()
+        .flat_map(|r| r.started)
+        .filter(|e| after_seq.is_none_or(|s| e.seq > s))
+        .collect();
+    claimed.sort_by_key(|e| e.seq);
+    let mut claimed = claimed.into_iter().peekable();
     let k = inst_key(id);
     // The first wanted event is in the last row that starts at or before it.
     let start = match after_seq {
@@ -185,11 +234,23 @@ where
             if after_seq.is_some_and(|s| e.seq <= s) {
                 continue;
             }
+            while let Some(c) = claimed.next_if(|c| c.seq < e.seq) {
+                if out.len() >= limit {
+                    break 'rows;
+                }
+                out.push(c);
+            }
             if out.len() >= limit {
                 break 'rows;
             }
             out.push(e);
         }
+    }
+    for c in claimed {
+        if out.len() >= limit {
+            break;
+        }
+        out.push(c);
     }
     Ok(out)
 }

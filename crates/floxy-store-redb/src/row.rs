@@ -242,14 +242,35 @@ impl<'a, T, O: Serialize, F: Fn(&'a T) -> O> Serialize for Seq<'a, T, F> {
     }
 }
 
-/// Encodes the step row of `run` and `items` (in kind order) at the end of `arena`.
+/// Encodes the step row of `run`, `items` (in kind order) and `started` at the end of
+/// `arena`: `[run, items]` as in version 3 when `started` is empty, else `[run, items,
+/// started]`.
 pub(crate) fn encode_step_row(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
     items: &[&QueueItem],
+    started: &[Event],
 ) -> Result<Range<usize>, StoreError> {
-    let row = (run.map(run_out), Seq(items, item_ref_out));
-    encode_into(arena, "step row", &row)
+    if started.is_empty() {
+        let row = (run.map(run_out), Seq(items, item_ref_out));
+        encode_into(arena, "step row", &row)
+    } else {
+        let row = (
+            run.map(run_out),
+            Seq(items, item_ref_out),
+            Seq(started, event_out),
+        );
+        encode_into(arena, "step row", &row)
+    }
+}
+
+/// A step row as stored: two elements (version 3, or no claim events) or three.
+#[derive(Deserialize)]
+struct RowIn {
+    run: Option<RunIn>,
+    items: Vec<ItemIn>,
+    #[serde(default)]
+    started: Vec<EventIn>,
 }
 
 /// Decodes the step row of `(id, step)`.
@@ -258,11 +279,16 @@ pub(crate) fn decode_step_row(
     step: &str,
     bytes: &[u8],
 ) -> Result<StepRow, StoreError> {
-    let (run, items): (Option<RunIn>, Vec<ItemIn>) = decode("step row", bytes)?;
+    let row: RowIn = decode("step row", bytes)?;
     let step: StepName = Arc::from(step);
     Ok(StepRow {
-        run: run.map(|r| run_in(id, &step, r)),
-        items: items.into_iter().map(|i| item_in(id, &step, i)).collect(),
+        run: row.run.map(|r| run_in(id, &step, r)),
+        items: row
+            .items
+            .into_iter()
+            .map(|i| item_in(id, &step, i))
+            .collect(),
+        started: row.started.into_iter().map(|e| event_in(id, e)).collect(),
     })
 }
 
@@ -277,18 +303,19 @@ pub(crate) fn encode_events(
 /// Decodes a row of events of instance `id`.
 pub(crate) fn decode_events(id: InstanceId, bytes: &[u8]) -> Result<Vec<Event>, StoreError> {
     let row: Vec<EventIn> = decode("events", bytes)?;
-    Ok(row
-        .into_iter()
-        .map(|e| Event {
-            seq: e.seq,
-            instance_id: id,
-            at: e.at,
-            kind: e.kind,
-            step: e.step,
-            attempt: e.attempt,
-            detail: e.detail,
-        })
-        .collect())
+    Ok(row.into_iter().map(|e| event_in(id, e)).collect())
+}
+
+fn event_in(id: InstanceId, e: EventIn) -> Event {
+    Event {
+        seq: e.seq,
+        instance_id: id,
+        at: e.at,
+        kind: e.kind,
+        step: e.step,
+        attempt: e.attempt,
+        detail: e.detail,
+    }
 }
 
 #[cfg(test)]
@@ -331,10 +358,11 @@ mod tests {
             }),
         };
         let mut arena = Vec::new();
-        let r = encode_step_row(&mut arena, Some(&run), &[&item]).unwrap();
+        let r = encode_step_row(&mut arena, Some(&run), &[&item], &[]).unwrap();
         let back = decode_step_row(id, "charge", &arena[r]).unwrap();
         assert_eq!(back.run.as_ref(), Some(&run));
-        assert_eq!(back.items, vec![item]);
+        assert_eq!(back.items, vec![item.clone()]);
+        assert!(back.started.is_empty());
         let ev = Event {
             seq: 42,
             instance_id: id,
@@ -344,6 +372,13 @@ mod tests {
             attempt: Some(2),
             detail: Some(Payload::new(serde_json::json!("x"))),
         };
+        // A row with the events claims wrote.
+        let mut arena = Vec::new();
+        let r =
+            encode_step_row(&mut arena, Some(&run), &[&item], std::slice::from_ref(&ev)).unwrap();
+        let back = decode_step_row(id, "charge", &arena[r]).unwrap();
+        assert_eq!(back.run.as_ref(), Some(&run));
+        assert_eq!(back.started, vec![ev.clone()]);
         let mut arena = Vec::new();
         let r = encode_events(&mut arena, std::slice::from_ref(&ev)).unwrap();
         assert_eq!(decode_events(id, &arena[r]).unwrap(), vec![ev]);

@@ -1,12 +1,15 @@
-//! Events are stored one row per transition (several events per row); `list_events` must
-//! still page through them exactly by sequence number, wherever `after_seq` and `limit` cut
-//! a row, before and after a reopen.
+//! Events are stored one row per transition (several events per row), and the
+//! `step_started` event of a claim in the claimed step's row; `list_events` must still page
+//! through them exactly by sequence number, wherever `after_seq` and `limit` cut a row,
+//! before and after a reopen.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use floxy_core::conformance::fixtures::{create, event, next, start};
-use floxy_core::model::{EventKind, InstanceId, Timestamp};
+use floxy_core::conformance::fixtures::{
+    claim, create, event, execute, next, start, stored_step, update, write,
+};
+use floxy_core::model::{EventKind, InstanceId, QueueOp, StepStatus, Timestamp};
 use floxy_core::store::Store;
 use floxy_store_redb::Durability;
 
@@ -101,6 +104,92 @@ fn events_page_exactly_across_rows() {
         check_pages(&store, a, &all).await;
         store.close().await.unwrap();
         let store = common::open(&db.path, Durability::Immediate);
+        check_pages(&store, a, &all).await;
+        store.close().await.unwrap();
+    });
+}
+
+async fn kinds(store: &floxy_store_redb::RedbStore, id: InstanceId) -> Vec<(EventKind, String)> {
+    store
+        .list_events(id, None, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.kind, e.step.as_deref().unwrap_or("").to_owned()))
+        .collect()
+}
+
+#[test]
+fn claim_events_in_step_rows_page_with_the_others() {
+    let db = common::TempDb::new();
+    futures::executor::block_on(async {
+        let store = common::open(&db.path, Durability::Immediate);
+        let a = InstanceId(uuid::Uuid::now_v7());
+        let b = InstanceId(uuid::Uuid::now_v7());
+        create(&store, start(a, T0, &[("s1", "h1"), ("s2", "h2")])).await;
+        create(&store, start(b, T0, &[("s1", "h1")])).await;
+        // Claims of a/s1 and b/s1: their events go to the step rows.
+        assert_eq!(claim(&store, "w", &["h1"], 10, T0).await.len(), 2);
+        // a/s1 fails and is retried.
+        update(&store, a, move |s| {
+            let mut t = next(s, T0.add_ms(1));
+            let mut run = stored_step(s, "s1");
+            run.status = StepStatus::Retrying;
+            t.steps.push(write(run, Some(StepStatus::Running)));
+            t.queue
+                .push(QueueOp::Upsert(execute(a, "s1", "h1", T0.add_ms(2))));
+            t.events.push(event(EventKind::StepFailed, Some("s1")));
+            t
+        })
+        .await
+        .unwrap();
+        assert_eq!(claim(&store, "w", &["h2"], 10, T0.add_ms(2)).await.len(), 1);
+        update(&store, a, |s| {
+            let mut t = next(s, T0.add_ms(3));
+            t.events.push(event(EventKind::StepCompleted, Some("s2")));
+            t
+        })
+        .await
+        .unwrap();
+        // The retry: a second claim event in a/s1's row (b/s1 is still leased).
+        let again = claim(&store, "w", &["h1"], 10, T0.add_ms(4)).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].item.key.instance_id, a);
+        update(&store, a, |s| {
+            let mut t = next(s, T0.add_ms(5));
+            t.events.push(event(EventKind::StepCompleted, Some("s1")));
+            t
+        })
+        .await
+        .unwrap();
+        let want = vec![
+            (EventKind::WorkflowStarted, String::new()),
+            (EventKind::StepStarted, "s1".to_owned()),
+            (EventKind::StepFailed, "s1".to_owned()),
+            (EventKind::StepStarted, "s2".to_owned()),
+            (EventKind::StepCompleted, "s2".to_owned()),
+            (EventKind::StepStarted, "s1".to_owned()),
+            (EventKind::StepCompleted, "s1".to_owned()),
+        ];
+        assert_eq!(kinds(&store, a).await, want);
+        let b_want = vec![
+            (EventKind::WorkflowStarted, String::new()),
+            (EventKind::StepStarted, "s1".to_owned()),
+        ];
+        assert_eq!(kinds(&store, b).await, b_want);
+        let all: Vec<u64> = store
+            .list_events(a, None, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "increasing: {all:?}");
+        check_pages(&store, a, &all).await;
+        store.close().await.unwrap();
+        let store = common::open(&db.path, Durability::Immediate);
+        assert_eq!(kinds(&store, a).await, want);
+        assert_eq!(kinds(&store, b).await, b_want);
         check_pages(&store, a, &all).await;
         store.close().await.unwrap();
     });

@@ -46,7 +46,6 @@ impl Writer {
         // From here on every error is fatal: the batch holds this claim's writes.
         let mut out = Vec::with_capacity(cands.len());
         for key in cands {
-            let k = inst_key(key.instance_id);
             let Some((mut snap, pin)) = self.take_snapshot(key.instance_id).map_err(Fail::Fatal)?
             else {
                 continue;
@@ -79,9 +78,9 @@ impl Writer {
                     attempt: Some(item.attempt),
                     detail: None,
                 };
-                b.ops
-                    .events(k, seq, std::slice::from_ref(&e))
-                    .map_err(Fail::Fatal)?;
+                // Kept in the step row the claim writes anyway (one row less per claim); see
+                // `crate::row`.
+                self.cache.push_started(key.instance_id, &key.step, e);
                 let run = run.clone();
                 self.keep_written(b, snap);
                 out.push(ClaimedItem {

@@ -25,11 +25,19 @@ impl Writer {
     }
 
     /// Reads the snapshot of an instance no pending batch wrote.
+    /// Reads the snapshot of an instance no pending batch wrote; the claim events of its step
+    /// rows go to the cache (the step rows written later must keep them).
     pub(super) fn read_snapshot(
         &mut self,
         id: InstanceId,
     ) -> Result<Option<InstanceSnapshot>, StoreError> {
-        read::snapshot_in(self.view.txn(self.committed_seq)?, id)
+        match read::snapshot_and_started_in(self.view.txn(self.committed_seq)?, id)? {
+            Some((snap, started)) => {
+                self.cache.set_started(id, started);
+                Ok(Some(snap))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Whether instance `id` exists.
@@ -121,15 +129,21 @@ impl Writer {
             }
             // The run: from the snapshot (every instance a batch wrote is pinned in the
             // cache), else — a heartbeat only touched the item — from the last commit.
-            let read_run;
-            let run = match self.cache.get(*id) {
-                Cached::Live(s) => s.steps.iter().find(|r| r.step == *step),
+            let read_row;
+            let (run, started) = match self.cache.get(*id) {
+                Cached::Live(s) => (
+                    s.steps.iter().find(|r| r.step == *step),
+                    self.cache.started(*id, step),
+                ),
                 Cached::Gone => continue,
                 Cached::Miss => {
                     let rtx = self.view.txn(self.committed_seq)?;
                     let t = rtx.open_table(STEPS).map_err(redb_err)?;
-                    read_run = read::row(&t, *id, step)?.and_then(|r| r.run);
-                    read_run.as_ref()
+                    read_row = read::row(&t, *id, step)?;
+                    match &read_row {
+                        Some(r) => (r.run.as_ref(), r.started.as_slice()),
+                        None => (None, &[][..]),
+                    }
                 }
             };
             // In `WorkKind` order, as `StepRow` keeps them.
@@ -148,7 +162,7 @@ impl Writer {
             if run.is_none() && items.is_empty() {
                 b.ops.remove_step(k, step);
             } else {
-                b.ops.step(k, step, run, &items)?;
+                b.ops.step(k, step, run, &items, started)?;
             }
         }
         instances.dedup();
