@@ -22,11 +22,12 @@
 //! it O(1) per operation amortised. Cleared after a failed commit (nothing is pinned then).
 
 use crate::fast_hash::FastMap;
-use floxy_core::model::{Event, InstanceId, InstanceSnapshot, StepName};
+use crate::row::ClaimMark;
+use floxy_core::model::{InstanceId, InstanceSnapshot, StepName};
 
-/// The `step_started` events claims wrote into an instance's step rows, by step (format
+/// The claim marks (`step_started` events) in an instance's step rows, by step (format
 /// version 4 keeps them in the step row, not in `floxy_events`; see [`crate::row`]).
-pub(crate) type Started = Vec<(StepName, Vec<Event>)>;
+pub(crate) type Started = Vec<(StepName, Vec<ClaimMark>)>;
 
 /// One cached instance.
 #[derive(Debug)]
@@ -52,7 +53,7 @@ pub(crate) enum Cached<'a> {
 #[derive(Debug)]
 pub(crate) struct SnapshotCache {
     map: FastMap<InstanceId, Slot>,
-    /// The claim events in the step rows of the cached instances (absent: none). Kept apart
+    /// The claim marks in the step rows of the cached instances (absent: none). Kept apart
     /// from the slots, which [`SnapshotCache::take`] moves out and back, and dropped with
     /// them.
     started: FastMap<InstanceId, Started>,
@@ -142,15 +143,15 @@ impl SnapshotCache {
         self.started.clear();
     }
 
-    /// The claim events in the step row of `(id, step)`.
-    pub(crate) fn started(&self, id: InstanceId, step: &str) -> &[Event] {
+    /// The claim marks in the step row of `(id, step)`.
+    pub(crate) fn started(&self, id: InstanceId, step: &str) -> &[ClaimMark] {
         self.started
             .get(&id)
             .and_then(|s| s.iter().find(|(n, _)| &**n == step))
             .map_or(&[], |(_, e)| e.as_slice())
     }
 
-    /// Records the claim events an instance's step rows hold (read with its snapshot).
+    /// Records the claim marks an instance's step rows hold (read with its snapshot).
     pub(crate) fn set_started(&mut self, id: InstanceId, started: Started) {
         if started.is_empty() {
             self.started.remove(&id);
@@ -159,8 +160,8 @@ impl SnapshotCache {
         }
     }
 
-    /// Adds a claim's event to the step row of `(id, step)`.
-    pub(crate) fn push_started(&mut self, id: InstanceId, step: &StepName, e: Event) {
+    /// Adds a claim's mark to the step row of `(id, step)`.
+    pub(crate) fn push_started(&mut self, id: InstanceId, step: &StepName, e: ClaimMark) {
         let steps = self.started.entry(id).or_default();
         match steps.iter_mut().find(|(n, _)| n == step) {
             Some((_, events)) => events.push(e),

@@ -19,7 +19,7 @@
 //! migrated at open ([`crate::migrate`]).
 
 use floxy_core::model::{
-    DlqRecord, Event, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
+    DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
 };
 use floxy_core::store::StoreError;
 use redb::TableDefinition;
@@ -103,9 +103,10 @@ pub(crate) struct StepRow {
     /// Queue items of the step, in [`WorkKind`](floxy_core::model::WorkKind) order (at most
     /// one per kind).
     pub(crate) items: Vec<QueueItem>,
-    /// The events claims wrote into this row, in sequence order (none in versions 2 and 3).
+    /// The `step_started` events of the step's claims, in sequence order (none in versions 2
+    /// and 3).
     #[serde(default)]
-    pub(crate) started: Vec<Event>,
+    pub(crate) started: Vec<crate::row::ClaimMark>,
 }
 
 /// The key of an instance.

@@ -11,7 +11,7 @@ use crate::layout::{
     DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, META_COUNTERS,
     META_FORMAT_VERSION, META_WAL_LSN, STEPS, TERMINAL, encode_into, redb_err,
 };
-use floxy_core::model::{Event, QueueItem, StepRun};
+use floxy_core::model::{QueueItem, StepRun};
 use floxy_core::store::StoreError;
 use redb::{Table, WriteTransaction};
 use std::ops::Range;
@@ -109,7 +109,7 @@ impl Ops {
         step: &Arc<str>,
         run: Option<&StepRun>,
         items: &[&QueueItem],
-        started: &[Event],
+        started: &[crate::row::ClaimMark],
     ) -> Result<(), StoreError> {
         let r = crate::row::encode_step_row(&mut self.arena, run, items, started)?;
         self.ops.push(Op::Step(k, step.clone(), Some(r)));

@@ -206,11 +206,14 @@ where
     S: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
     // The claim events: a few per step, all read (a step row is read whole anyway).
-    let mut claimed: Vec<Event> = rows(steps, id)?
-        .into_iter()
-        .flat_map(|r| r.started)
-        .filter(|e| after_seq.is_none_or(|s| e.seq > s))
-        .collect();
+    let mut claimed: Vec<Event> = Vec::new();
+    for (step, row) in named_rows(steps, id)? {
+        for m in &row.started {
+            if after_seq.is_none_or(|s| m.seq > s) {
+                claimed.push(m.event(id, &step));
+            }
+        }
+    }
     claimed.sort_by_key(|e| e.seq);
     let mut claimed = claimed.into_iter().peekable();
     let k = inst_key(id);

@@ -242,35 +242,59 @@ impl<'a, T, O: Serialize, F: Fn(&'a T) -> O> Serialize for Seq<'a, T, F> {
     }
 }
 
-/// Encodes the step row of `run`, `items` (in kind order) and `started` at the end of
-/// `arena`: `[run, items]` as in version 3 when `started` is empty, else `[run, items,
-/// started]`.
+/// Encodes the step row of `run`, `items` (in kind order) and `started` (the claim marks, in
+/// sequence order) at the end of `arena`: `[run, items]` as in version 3 when `started` is
+/// empty, else `[run, items, started]`.
 pub(crate) fn encode_step_row(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
     items: &[&QueueItem],
-    started: &[Event],
+    started: &[ClaimMark],
 ) -> Result<Range<usize>, StoreError> {
     if started.is_empty() {
         let row = (run.map(run_out), Seq(items, item_ref_out));
         encode_into(arena, "step row", &row)
     } else {
-        let row = (
-            run.map(run_out),
-            Seq(items, item_ref_out),
-            Seq(started, event_out),
-        );
+        let row = (run.map(run_out), Seq(items, item_ref_out), started);
         encode_into(arena, "step row", &row)
     }
 }
 
-/// A step row as stored: two elements (version 3, or no claim events) or three.
+/// The `step_started` event of a claim, kept in the claimed step's row (format version 4):
+/// its kind, step (the row's), instance (the key's) and detail (none) are implied, so the row
+/// holds `[seq, at, attempt]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClaimMark {
+    /// The event's sequence number.
+    pub(crate) seq: u64,
+    /// When the claim was made.
+    pub(crate) at: Timestamp,
+    /// The attempt the claim started.
+    pub(crate) attempt: u32,
+}
+
+impl ClaimMark {
+    /// The event it stands for.
+    pub(crate) fn event(&self, id: InstanceId, step: &StepName) -> Event {
+        Event {
+            seq: self.seq,
+            instance_id: id,
+            at: self.at,
+            kind: EventKind::StepStarted,
+            step: Some(step.clone()),
+            attempt: Some(self.attempt),
+            detail: None,
+        }
+    }
+}
+
+/// A step row as stored: two elements (version 3, or no claim marks) or three.
 #[derive(Deserialize)]
 struct RowIn {
     run: Option<RunIn>,
     items: Vec<ItemIn>,
     #[serde(default)]
-    started: Vec<EventIn>,
+    started: Vec<ClaimMark>,
 }
 
 /// Decodes the step row of `(id, step)`.
@@ -288,7 +312,7 @@ pub(crate) fn decode_step_row(
             .into_iter()
             .map(|i| item_in(id, &step, i))
             .collect(),
-        started: row.started.into_iter().map(|e| event_in(id, e)).collect(),
+        started: row.started,
     })
 }
 
@@ -372,13 +396,34 @@ mod tests {
             attempt: Some(2),
             detail: Some(Payload::new(serde_json::json!("x"))),
         };
-        // A row with the events claims wrote.
+        // A row with the marks of two claims.
+        let marks = [
+            ClaimMark {
+                seq: 40,
+                at: Timestamp(6),
+                attempt: 1,
+            },
+            ClaimMark {
+                seq: 44,
+                at: Timestamp(10),
+                attempt: 2,
+            },
+        ];
         let mut arena = Vec::new();
-        let r =
-            encode_step_row(&mut arena, Some(&run), &[&item], std::slice::from_ref(&ev)).unwrap();
+        let r = encode_step_row(&mut arena, Some(&run), &[&item], &marks).unwrap();
         let back = decode_step_row(id, "charge", &arena[r]).unwrap();
         assert_eq!(back.run.as_ref(), Some(&run));
-        assert_eq!(back.started, vec![ev.clone()]);
+        assert_eq!(back.items, vec![item.clone()]);
+        assert_eq!(back.started, marks.to_vec());
+        let started = marks[1].event(id, &Arc::from("charge"));
+        assert_eq!(
+            (started.kind, started.step.as_deref(), started.attempt),
+            (EventKind::StepStarted, Some("charge"), Some(2))
+        );
+        assert_eq!(
+            (started.seq, started.at, started.detail),
+            (44, Timestamp(10), None)
+        );
         let mut arena = Vec::new();
         let r = encode_events(&mut arena, std::slice::from_ref(&ev)).unwrap();
         assert_eq!(decode_events(id, &arena[r]).unwrap(), vec![ev]);

@@ -68,15 +68,10 @@ impl Writer {
             if checks::claim_starts_run(key.kind, run.status) {
                 checks::start_run(run, item.attempt, now);
                 self.counters.last_seq += 1;
-                let seq = self.counters.last_seq;
-                let e = Event {
-                    seq,
-                    instance_id: key.instance_id,
+                let e = crate::row::ClaimMark {
+                    seq: self.counters.last_seq,
                     at: now,
-                    kind: EventKind::StepStarted,
-                    step: Some(key.step.clone()),
-                    attempt: Some(item.attempt),
-                    detail: None,
+                    attempt: item.attempt,
                 };
                 // Kept in the step row the claim writes anyway (one row less per claim); see
                 // `crate::row`.

@@ -51,8 +51,8 @@ use crate::{MAX_GROUP_COMMIT, RedbOptions};
 use floxy_core::checks;
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
-    DlqId, DlqRecord, Event, EventKind, InstanceId, InstanceRecord, InstanceSnapshot,
-    InstanceStatus, QueueKey, QueueOp, Timestamp, Transition, WorkKind, WorkflowDefinition,
+    DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus,
+    QueueKey, QueueOp, Timestamp, Transition, WorkKind, WorkflowDefinition,
 };
 use floxy_core::store::{
     ClaimRequest, ClaimedItem, CreateOutcome, LeaseRef, LeaseState, MAX_CLAIM_BATCH, PutDefinition,
