@@ -12,11 +12,12 @@
 //!
 //! Versions: 1 kept queue items in a table of their own and one event per row; 2 moved the
 //! items into their step rows and wrote the events of a transition in one row; 3 dropped the
-//! instance id and step name from the values of step rows and event rows; 4 (this one) has
-//! the same tables and rows, and a write-ahead log next to the file ([`crate::wal`]) holding
-//! the batches committed since the last checkpoint (`meta`'s `"wal_lsn"`). A build that reads
-//! version 3 would ignore that log, so the version changed. Files of versions 1 to 3 are
-//! migrated at open ([`crate::migrate`]).
+//! instance id and step name from the values of step rows and event rows; 4 (this one) keeps
+//! the `step_started` event of a claim in the claimed step's row (a claim mark, see
+//! [`crate::row`]) and a write-ahead log next to the file ([`crate::wal`]) holding the batches
+//! committed since the last checkpoint (`meta`'s `"wal_lsn"`). A build that reads version 3
+//! would ignore both, so the version changed. Files of versions 1 to 3 are migrated at open
+//! ([`crate::migrate`]).
 
 use floxy_core::model::{
     DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
@@ -39,9 +40,10 @@ pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("floxy_definitions");
 /// `instances`: instance id → [`InstanceRecord`].
 pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("floxy_instances");
-/// `steps`: (instance id, step name) → [`StepRow`]: the step's run and its queue items
-/// (leases included), encoded by [`crate::row::encode_step_row`]. One row per step, so a
-/// claim or a completion writes one row where version 1 wrote a step row and a queue row.
+/// `steps`: (instance id, step name) → [`StepRow`]: the step's run, its queue items (leases
+/// included) and its claim marks, encoded by [`crate::row::encode_step_row`]. One row per
+/// step, so a claim or a completion writes one row where version 1 wrote a step row and a
+/// queue row.
 pub(crate) const STEPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("floxy_steps");
 /// `live`: instance id → `()`, the instances with at least one queue item (the claim index
 /// is rebuilt from their step rows at open).
@@ -51,9 +53,9 @@ pub(crate) const LIVE: TableDefinition<u128, ()> = TableDefinition::new("floxy_l
 pub(crate) const QUEUE_V1: TableDefinition<(u128, &str, u8), &[u8]> =
     TableDefinition::new("floxy_queue");
 /// `events`: (instance id, sequence of the row's first event) → the
-/// [`Event`](floxy_core::model::Event)s one transition
-/// (or one claim) wrote, in sequence order (consecutive numbers), encoded by
-/// [`crate::row::encode_events`].
+/// [`Event`](floxy_core::model::Event)s one transition wrote, in sequence order (consecutive
+/// numbers), encoded by [`crate::row::encode_events`]. The `step_started` events of claims
+/// are claim marks in the step rows instead (format version 4).
 pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
 /// `dlq`: DLQ id → [`DlqRecord`].
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("floxy_dlq");

@@ -105,9 +105,9 @@
 //! | `floxy_meta` | `"format_version"`, `"counters"`, `"wal_lsn"`, `"wal_id"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count; last log record checkpointed (`u64` BE); the log id its records carry (`u64` BE) |
 //! | `floxy_definitions` | workflow id | definition (JSON) |
 //! | `floxy_instances` | instance id (`u128`) | instance record |
-//! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run) and the step's queue items, each with its lease (owner, fencing token, expiry) |
+//! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run), the step's queue items, each with its lease (owner, fencing token, expiry), and the claim marks: the `step_started` events of the step's claims |
 //! | `floxy_live` | instance id | — (instances with at least one queue item) |
-//! | `floxy_events` | (instance id, sequence of the row's first event) | the events one transition or claim wrote (consecutive global sequence numbers) |
+//! | `floxy_events` | (instance id, sequence of the row's first event) | the events one transition wrote (consecutive global sequence numbers) |
 //! | `floxy_dlq` | DLQ id | DLQ record |
 //! | `floxy_dlq_by_instance` | (instance id, DLQ id) | — |
 //! | `floxy_idempotency` | (workflow id, key) | instance id |
@@ -127,21 +127,26 @@
 //! A step's queue items share its row because they change together: a claim leases the item
 //! and marks the run `running`, a completion finishes the run and deletes the item, so each
 //! is one row write (version 1 kept items in a table of their own: two row writes). The
-//! events a transition writes share one row too. With both, a three-step saga writes 19 rows
-//! instead of version 1's 27 (4 instance rows, 7 step rows, 5 event rows, 2 `floxy_live`
-//! entries, 1 `floxy_terminal` entry). The price: a heartbeat rewrites the step row, run
+//! events a transition writes share one row too. With both, a three-step saga wrote 19 rows
+//! in version 3 instead of version 1's 27 (4 instance rows, 7 step rows, 5 event rows, 2
+//! `floxy_live` entries, 1 `floxy_terminal` entry). Version 4 keeps the `step_started` event
+//! of a claim in the claimed step's row as a *claim mark* (`[seq, at, attempt]`; kind, step
+//! and instance are implied), every mark of the step for good, and `list_events` merges the
+//! marks with the event rows by sequence number: a claim writes one row per item instead of
+//! two. The price: a heartbeat rewrites the step row, run and marks
 //! included, where version 1 rewrote only the item.
 //!
-//! Next to the file lives its write-ahead log, `<path>-wal` (format version 4 added it; the
-//! tables are version 3's): keep the two together, and copy the file only while the store is
-//! closed (a clean close leaves the log empty).
+//! Next to the file lives its write-ahead log, `<path>-wal` (format version 4 added it):
+//! keep the two together, and copy the file only while the store is closed (a clean close
+//! leaves the log empty).
 //!
 //! Opening a file checks `format_version`. Files of versions 1 to 3 are migrated in place,
 //! each in one write transaction (a failure leaves the file as it was): version 1 gets each
 //! step row rewritten with its items, `floxy_live` filled, each event rewritten as a row of
 //! one and its `floxy_queue` table deleted; version 2 gets its step rows and event rows
 //! re-encoded without the ids their keys hold (a row holding another step's run is refused
-//! as corrupt); version 3 only gets the new version number (it has no log). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
+//! as corrupt); version 3 only gets the new version number (it has no log, and its rows
+//! are valid version-4 rows without claim marks). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
 //! floxy's meta table, or a file that is not a redb file, is [`OpenError::NotFloxyDatabase`].
 //!
 //! ## The claim index lives in memory

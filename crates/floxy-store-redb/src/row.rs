@@ -1,5 +1,5 @@
-//! The codecs of step rows and event rows (format version 3): the model types minus what the
-//! row's key already holds.
+//! The codecs of step rows and event rows (format version 4): the model types minus what the
+//! row's key already holds, and the claim marks.
 //!
 //! A step row's key is `(instance id, step name)` and an event row's key starts with the
 //! instance id, yet version 2 stored the model's [`StepRun`], [`QueueItem`] and [`Event`]
@@ -7,6 +7,15 @@
 //! name, every event the instance id. Those rows are most of what a claim or a completion
 //! writes, and the committing thread's cost grows with the bytes it writes, so version 3
 //! stores them without: a step row is about a quarter smaller, an event a third.
+//!
+//! **Claim marks (version 4).** A claim that starts a run writes the step's row (the lease,
+//! the run now `running`) and a `step_started` event; versions up to 3 wrote that event as a
+//! row of `floxy_events` of its own, a third of the rows a claim-and-complete cycle writes.
+//! Version 4 keeps it in the step row the claim writes anyway, as a [`ClaimMark`] (`[seq, at,
+//! attempt]`: kind, step, instance and detail are implied), and keeps every mark of the step
+//! there for good (one per attempt). `list_events` merges the marks of an instance's step rows
+//! with its event rows by sequence number. A row without marks is encoded as in version 3
+//! (`[run, items]`), one with marks as `[run, items, marks]`.
 //!
 //! Values stay MessagePack arrays (`rmp-serde`). Decoding takes the key and puts the instance
 //! id and step name back. The structs list every field of the model types by name, so a new

@@ -1,4 +1,5 @@
-//! The write-ahead log: what makes a batch durable with [`Durability::Immediate`].
+//! The write-ahead log: what makes a batch durable with
+//! [`Durability::Immediate`](crate::Durability::Immediate).
 //!
 //! A redb commit with `fsync` writes every page the batch dirtied (each one by its own
 //! `pwrite`), checksums them and syncs the file, and the committing thread can do nothing
