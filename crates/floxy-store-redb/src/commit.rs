@@ -2,10 +2,11 @@
 //! transaction, commits it, publishes the state that batch leads to and hands its replies
 //! to the notifier.
 //!
-//! It is the second stage of the writer's pipeline: while it waits for a commit's page
-//! writes and `fsync`, the preparing thread ([`crate::writer`]) already runs the transition
-//! functions and checks of the next batch. It is the only code that opens write
-//! transactions on the file.
+//! It is the second stage of the writer's pipeline: while it applies and commits a batch, the
+//! preparing thread ([`crate::writer`]) already runs the transition functions and checks of
+//! the next batch. With [`Durability::Immediate`] it also appends the batch to the write-ahead
+//! log ([`crate::wal`]), which a short-lived helper thread writes and syncs while this thread
+//! applies the batch. It is the only code that opens write transactions on the file.
 
 use crate::Durability;
 use crate::layout::{META, META_WAL_LSN, redb_err};
