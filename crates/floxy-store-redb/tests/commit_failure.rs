@@ -15,7 +15,7 @@ use floxy_core::model::{InstanceId, StepStatus, StepWrite, Timestamp};
 use floxy_core::store::{Store, StoreError};
 use floxy_store_redb::Durability;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "FLOXY_REDB_FAILED_COMMIT_CHILD";
@@ -181,13 +181,7 @@ fn child_fails_a_commit_then_waits() {
 #[test]
 fn a_failed_commit_is_not_replayed_after_a_crash() {
     let db = common::TempDb::new();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_fails_a_commit_then_waits",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = common::child_test("child_fails_a_commit_then_waits")
         .env(CHILD_ENV, &db.path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

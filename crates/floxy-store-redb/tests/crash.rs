@@ -20,7 +20,7 @@ use floxy_core::store::{InstanceQuery, Store};
 use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,13 +198,7 @@ impl Acks {
 /// Runs one child until `kill_after` acknowledgements, kills it with SIGKILL and returns
 /// every acknowledgement it printed.
 fn run_child(path: &std::path::Path, round: u64, kill_after: u64, acks: &mut Acks) {
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "child_runs_workflows",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = common::child_test("child_runs_workflows")
         .env(CHILD_ENV, path)
         .env(ROUND_ENV, round.to_string())
         .stdout(Stdio::piped())

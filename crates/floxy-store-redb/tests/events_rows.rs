@@ -15,6 +15,19 @@ use floxy_store_redb::Durability;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
+/// The sequence numbers of every event of `id`, checked to increase.
+async fn increasing_seqs(store: &floxy_store_redb::RedbStore, id: InstanceId) -> Vec<u64> {
+    let all: Vec<u64> = store
+        .list_events(id, None, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "increasing: {all:?}");
+    all
+}
+
 async fn check_pages(store: &floxy_store_redb::RedbStore, id: InstanceId, all: &[u64]) {
     let listed: Vec<u64> = store
         .list_events(id, None, 0)
@@ -92,15 +105,8 @@ fn events_page_exactly_across_rows() {
                 .await
                 .unwrap();
         }
-        let all: Vec<u64> = store
-            .list_events(a, None, 0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let all = increasing_seqs(&store, a).await;
         assert_eq!(all.len(), 3 + 1 + 2 + 3, "a's events: {all:?}");
-        assert!(all.windows(2).all(|w| w[0] < w[1]), "increasing: {all:?}");
         check_pages(&store, a, &all).await;
         store.close().await.unwrap();
         let store = common::open(&db.path, Durability::Immediate);
@@ -177,14 +183,7 @@ fn claim_events_in_step_rows_page_with_the_others() {
             (EventKind::StepStarted, "s1".to_owned()),
         ];
         assert_eq!(kinds(&store, b).await, b_want);
-        let all: Vec<u64> = store
-            .list_events(a, None, 0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert!(all.windows(2).all(|w| w[0] < w[1]), "increasing: {all:?}");
+        let all = increasing_seqs(&store, a).await;
         check_pages(&store, a, &all).await;
         store.close().await.unwrap();
         let store = common::open(&db.path, Durability::Immediate);

@@ -10,7 +10,7 @@ use floxy_core::store::StoreError;
 use floxy_store_redb::{FORMAT_VERSION, OpenError, RedbOptions, RedbStore};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn open_err(path: &std::path::Path) -> OpenError {
     match RedbStore::open(path, RedbOptions::default()) {
@@ -168,13 +168,7 @@ fn child_holds_the_file() {
 #[test]
 fn already_open_in_another_process() {
     let db = TempDb::new();
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "child_holds_the_file",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = common::child_test("child_holds_the_file")
         .env(HOLD_ENV, &db.path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -11,7 +11,7 @@ use floxy_core::model::Timestamp;
 use floxy_core::store::Store;
 use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "FLOXY_REDB_RELAXED_CHILD";
@@ -36,7 +36,7 @@ fn child_creates_then_idles() {
             .await
             .expect("create");
     });
-    println!("created");
+    println!("\nFLOXY-CHILD-CREATED");
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
@@ -45,9 +45,7 @@ fn child_creates_then_idles() {
 #[test]
 fn relaxed_commits_are_synced_after_the_interval_without_more_requests() {
     let db = common::TempDb::new();
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new(exe)
-        .args(["--exact", "child_creates_then_idles", "--nocapture"])
+    let mut child = common::child_test("child_creates_then_idles")
         .env(CHILD_ENV, &db.path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -57,7 +55,7 @@ fn relaxed_commits_are_synced_after_the_interval_without_more_requests() {
     let created = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .any(|l| l.trim() == "created");
+        .any(|l| l.trim() == "FLOXY-CHILD-CREATED");
     assert!(created, "the child acknowledged its create");
     // Well past the interval: the idle child must have synced by now.
     std::thread::sleep(Duration::from_millis(INTERVAL_MS * 8));

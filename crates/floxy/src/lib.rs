@@ -91,7 +91,11 @@
 //! # Features
 //!
 //! * `memory` (default): re-exports [`MemoryStore`], the in-process store.
-//! * `redb`, `postgres`: durable backends (planned).
+//! * `redb`: re-exports `RedbStore` (with `RedbOptions` and `RedbDurability`), the durable
+//!   single-file embedded store: one process, a write-ahead log synced per group commit, no
+//!   server.
+//! * `postgres`: re-exports `PostgresStore` (with `PostgresConfig` and `PostgresLayout`), for
+//!   several processes on several machines sharing one database.
 //! * `failpoints`: evaluates [fail-rs](https://docs.rs/fail) failpoints at the runtime's
 //!   crash points (after a claim, before a commit, after a commit, in heartbeats), named in
 //!   [`floxy_core::failpoints`]. For fault-injection tests only; off by default (and then the

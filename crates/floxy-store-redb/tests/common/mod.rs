@@ -18,6 +18,15 @@ impl TempDb {
     }
 }
 
+/// A command that runs test `name` of this test binary alone, in a child process (the
+/// crash-style tests re-execute themselves; the child test does its part when an environment
+/// variable the caller sets tells it to). Add the environment and the stdio.
+pub fn child_test(name: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    c.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    c
+}
+
 /// Opens `path` with `durability`.
 pub fn open(path: &Path, durability: Durability) -> RedbStore {
     RedbStore::open(path, RedbOptions::default().durability(durability)).expect("open store")
