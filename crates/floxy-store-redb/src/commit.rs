@@ -98,8 +98,13 @@ impl Committer {
             };
             match msg {
                 ToCommit::Batch(batch) => {
-                    let err = self.commit(*batch);
-                    if outcomes.send(err).is_err() {
+                    let (deliveries, err) = self.commit(*batch);
+                    // The preparing thread learns the outcome before any caller does: a
+                    // request sent after its caller saw this batch fail is then never
+                    // prepared on top of it (see `Writer::run`).
+                    let gone = outcomes.send(err.clone()).is_err();
+                    self.answer(deliveries, err);
+                    if gone {
                         break;
                     }
                     // A full channel needs no wake-up: the writer polls the outcome after
@@ -121,7 +126,8 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, batch: Prepared) -> Option<StoreError> {
+    /// Applies and commits one batch; returns its replies and its commit error.
+    fn commit(&mut self, batch: Prepared) -> (Vec<Delivery>, Option<StoreError>) {
         let Prepared {
             mut ops,
             deliveries,
@@ -161,16 +167,19 @@ impl Committer {
             published.stats.checkpointing = self.checkpointing;
             *self.published.lock() = published;
         }
+        (deliveries, err)
+    }
+
+    /// Hands a batch's replies to the notifier thread.
+    fn answer(&self, deliveries: Vec<Delivery>, err: Option<StoreError>) {
         if let Err(std::sync::mpsc::SendError((deliveries, err))) =
-            self.notifier.send((deliveries, err.clone()))
+            self.notifier.send((deliveries, err))
         {
             // The notifier thread is gone (it never exits first); answer here.
             for d in deliveries {
                 d.send(err.as_ref());
             }
-            return err;
         }
-        err
     }
 
     /// [`Durability::Immediate`]: the batch goes through the write-ahead log.

@@ -113,12 +113,22 @@ impl Wal {
     /// committing thread runs it on a helper thread while it applies the batch.
     pub(crate) fn write(&self, r: &Record) -> io::Result<()> {
         self.file.write_all_at(&self.buf, r.at)?;
+        // `return` fails the sync (after the record was written, so it is on the file).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("floxy-redb::wal-sync", |_| Err(io::Error::other(
+            "injected by failpoint floxy-redb::wal-sync"
+        )));
         self.file.sync_data()
     }
 
     /// The batch of `r` failed: its record must never be replayed. The next record is written
     /// in its place, with its number.
     pub(crate) fn discard(&mut self, r: &Record) -> io::Result<()> {
+        // `return` fails the discard, before anything is written.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("floxy-redb::wal-discard", |_| Err(io::Error::other(
+            "injected by failpoint floxy-redb::wal-discard"
+        )));
         self.file.write_all_at(&[0_u8; HEADER], r.at)?;
         self.file.sync_data()
     }

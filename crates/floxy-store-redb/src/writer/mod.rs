@@ -534,6 +534,17 @@ impl Writer {
                     batch = self.hand_over(batch);
                 }
                 req => {
+                    // Settle the committing batch first if its outcome is in: the committing
+                    // thread reports it here before it answers that batch's callers, so a
+                    // request sent after a caller saw the batch fail is not prepared on top
+                    // of it (and failed with it).
+                    if self.in_flight.is_some()
+                        && let Some(outcome) = self.poll_in_flight()
+                        && batch.requests > 0
+                    {
+                        batch.failed_under = outcome;
+                        batch = self.hand_over(batch);
+                    }
                     if batch.requests >= MAX_GROUP_COMMIT as u64
                         || (self.in_flight.is_none() && batch.requests >= IDLE_HAND_OVER)
                     {
