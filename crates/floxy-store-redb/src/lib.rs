@@ -60,7 +60,9 @@
 //! If applying or committing a batch fails (I/O error, disk full), every request of the batch
 //! gets that (retryable) error — refusals too, since they may rest on an earlier request of
 //! the batch that never became durable — and nothing of it is visible; so does every request
-//! of the batch prepared on top of it, which is never committed. The writer then
+//! of the batch prepared on top of it, which is never committed (a request sent after its
+//! caller saw the failure is never in that batch: the writer learns of the failure before
+//! any caller does, and settles it before it prepares the next request). The writer then
 //! rebuilds its in-memory state from the last committed transaction. A batch that writes
 //! nothing (claims that found no work, refused requests) is answered without a transaction.
 //!
