@@ -538,13 +538,7 @@ impl Writer {
                     // thread reports it here before it answers that batch's callers, so a
                     // request sent after a caller saw the batch fail is not prepared on top
                     // of it (and failed with it).
-                    if self.in_flight.is_some()
-                        && let Some(outcome) = self.poll_in_flight()
-                        && batch.requests > 0
-                    {
-                        batch.failed_under = outcome;
-                        batch = self.hand_over(batch);
-                    }
+                    batch = self.hand_over_if_settled(batch);
                     if batch.requests >= MAX_GROUP_COMMIT as u64
                         || (self.in_flight.is_none() && batch.requests >= IDLE_HAND_OVER)
                     {
@@ -553,14 +547,7 @@ impl Writer {
                     self.prepare(&mut batch, req);
                 }
             }
-            // The committing batch is done: the prepared one goes (or fails with it).
-            if self.in_flight.is_some()
-                && let Some(outcome) = self.poll_in_flight()
-                && batch.requests > 0
-            {
-                batch.failed_under = outcome;
-                batch = self.hand_over(batch);
-            }
+            batch = self.hand_over_if_settled(batch);
         }
         if batch.requests > 0 {
             self.finish(batch);
@@ -633,6 +620,19 @@ impl Writer {
             batch.fatal = Some(e);
         }
         self.stats.preparing += started.elapsed();
+    }
+
+    /// If the committing batch's outcome is in, settles it and hands `batch` (prepared on top
+    /// of it) over, failed with it if it failed; returns the batch to go on with.
+    fn hand_over_if_settled(&mut self, mut batch: Batch) -> Batch {
+        if self.in_flight.is_some()
+            && let Some(outcome) = self.poll_in_flight()
+            && batch.requests > 0
+        {
+            batch.failed_under = outcome;
+            return self.hand_over(batch);
+        }
+        batch
     }
 
     /// Waits for the committing batch, if any, and settles it. Returns its commit error.
