@@ -3,7 +3,7 @@
 
 use crate::cache::Started;
 use crate::layout::{StepRow, decode_dlq, decode_instance, inst_key, redb_err};
-use crate::row::{decode_events, decode_step_row};
+use crate::row::{decode_claim_marks, decode_events, decode_step_row};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepName,
     StepRun,
@@ -43,10 +43,9 @@ where
         if rk != k {
             break;
         }
-        out.push((
-            StepName::from(step),
-            decode_step_row(id, step, value.value())?,
-        ));
+        let step = StepName::from(step);
+        let row = decode_step_row(id, &step, value.value())?;
+        out.push((step, row));
     }
     Ok(out)
 }
@@ -57,7 +56,7 @@ where
     T: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
     match t.get((inst_key(id), step)).map_err(redb_err)? {
-        Some(v) => decode_step_row(id, step, v.value()).map(Some),
+        Some(v) => decode_step_row(id, &StepName::from(step), v.value()).map(Some),
         None => Ok(None),
     }
 }
@@ -206,17 +205,26 @@ where
     S: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
     // The claim events: a few per step, all read (a step row is read whole anyway).
+    // Only the marks are decoded: runs and items are skipped.
+    let k = inst_key(id);
     let mut claimed: Vec<Event> = Vec::new();
-    for (step, row) in named_rows(steps, id)? {
-        for m in &row.started {
-            if after_seq.is_none_or(|s| m.seq > s) {
-                claimed.push(m.event(id, &step));
-            }
+    for row in steps.range((k, "")..).map_err(redb_err)? {
+        let (key, value) = row.map_err(redb_err)?;
+        let (rk, step) = key.value();
+        if rk != k {
+            break;
+        }
+        let marks = decode_claim_marks(value.value())?;
+        if marks.is_empty() {
+            continue;
+        }
+        let step = StepName::from(step);
+        for m in marks.iter().filter(|m| after_seq.is_none_or(|s| m.seq > s)) {
+            claimed.push(m.event(id, &step));
         }
     }
     claimed.sort_by_key(|e| e.seq);
     let mut claimed = claimed.into_iter().peekable();
-    let k = inst_key(id);
     // The first wanted event is in the last row that starts at or before it.
     let start = match after_seq {
         None => 0,
