@@ -5,8 +5,9 @@
 //! It is the second stage of the writer's pipeline: while it applies and commits a batch, the
 //! preparing thread ([`crate::writer`]) already runs the transition functions and checks of
 //! the next batch. With [`Durability::Immediate`] it also appends the batch to the write-ahead
-//! log ([`crate::wal`]), which a short-lived helper thread writes and syncs while this thread
-//! applies the batch. It is the only code that opens write transactions on the file.
+//! log ([`crate::wal`]): a short-lived helper thread encodes, checksums, writes and syncs the
+//! record while this thread applies the batch. It is the only code that opens write
+//! transactions on the file.
 
 use crate::Durability;
 use crate::layout::{META, META_WAL_LSN, redb_err};
@@ -43,6 +44,8 @@ pub(crate) struct Committer {
     pub(crate) db: Arc<Database>,
     /// The write-ahead log ([`Durability::Immediate`]); taken out while a batch is written.
     pub(crate) wal: Option<Wal>,
+    /// The buffer log records are encoded in (kept to reuse its allocation).
+    pub(crate) log_buf: Vec<u8>,
     /// Set when the log record of a failed batch could not be discarded: the record could be
     /// replayed after a crash, so every later batch fails until the store is reopened (a clean
     /// close checkpoints and empties the log, which settles it).
@@ -199,9 +202,7 @@ impl Committer {
     /// without `fsync` (redb keeps the pages in memory, readers see them), or durably when a
     /// checkpoint is due. A failed batch's record is discarded, so it is never replayed.
     fn write_through(&mut self, wal: &mut Wal, ops: &mut Ops) -> Result<(), StoreError> {
-        let rec = wal
-            .record(ops)
-            .map_err(|e| log_error("cannot encode it", &e))?;
+        let mut rec = wal.next_record();
         let checkpoint = wal.checkpoint_due();
         if checkpoint {
             ops.meta(META_WAL_LSN, &rec.lsn.to_be_bytes());
@@ -213,21 +214,25 @@ impl Committer {
         };
         // A record left half-written by a failed write is overwritten by the next batch's,
         // which takes the same place and number; a torn record never reads as one.
-        let wal_ref = &*wal;
+        let (wal_ref, ops_ref, buf) = (&*wal, &*ops, &mut self.log_buf);
+        let rec_ref = &mut rec;
         let (staged, synced) = std::thread::scope(|s| {
             let syncing = std::thread::Builder::new()
                 .name("floxy-redb-sync".to_owned())
-                .spawn_scoped(s, || wal_ref.write(&rec));
-            let staged = self.stage(ops, durability);
-            let synced = match syncing {
-                Ok(h) => h.join().unwrap_or_else(|_| {
+                .spawn_scoped(s, || wal_ref.append(rec_ref, ops_ref, buf));
+            let staged = stage(&self.db, ops_ref, durability);
+            let synced = syncing.ok().map(|h| {
+                h.join().unwrap_or_else(|_| {
                     Err(std::io::Error::other("the log's writing thread panicked"))
-                }),
-                // No thread to spare: write here.
-                Err(_) => wal_ref.write(&rec),
-            };
+                })
+            });
             (staged, synced)
         });
+        // No thread to spare: the record is written here, after the batch was applied.
+        let synced = match synced {
+            Some(r) => r,
+            None => wal.append(&mut rec, ops, &mut self.log_buf),
+        };
         let outcome = match (staged, synced) {
             (Ok(txn), Ok(())) => {
                 let before = self.committing;
@@ -283,24 +288,8 @@ impl Committer {
 
     /// One write transaction holding `ops`.
     fn write(&mut self, ops: &Ops, durability: redb::Durability) -> Result<(), StoreError> {
-        let txn = self.stage(ops, durability)?;
+        let txn = stage(&self.db, ops, durability)?;
         self.finish(txn)
-    }
-
-    /// A write transaction with `ops` applied, not committed.
-    fn stage(
-        &mut self,
-        ops: &Ops,
-        durability: redb::Durability,
-    ) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(durability)
-            .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
-        if let Err(e) = ops.apply(&txn) {
-            drop(txn.abort());
-            return Err(e);
-        }
-        Ok(txn)
     }
 
     /// Commits a staged transaction.
@@ -375,6 +364,22 @@ impl Committer {
             }
         }
     }
+}
+
+/// A write transaction on `db` with `ops` applied, not committed.
+fn stage(
+    db: &Database,
+    ops: &Ops,
+    durability: redb::Durability,
+) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().map_err(redb_err)?;
+    txn.set_durability(durability)
+        .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
+    if let Err(e) = ops.apply(&txn) {
+        drop(txn.abort());
+        return Err(e);
+    }
+    Ok(txn)
 }
 
 /// A write-ahead log failure: the batch is not committed ([`StoreError::Unavailable`]).

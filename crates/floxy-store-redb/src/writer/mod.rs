@@ -438,6 +438,7 @@ impl Writer {
         let committer = Committer {
             db: db.clone(),
             wal: Some(wal),
+            log_buf: Vec::new(),
             broken: None,
             durability: options.durability,
             last_flush: Instant::now(),
