@@ -16,26 +16,53 @@
 //! instance without a slot is therefore read from the last committed transaction, which then
 //! holds every write to it.
 //!
+//! Each slot also holds the step marks of the instance's step rows (the events those rows
+//! keep, see [`crate::row`]): a step row written again must keep them. Taking a snapshot out
+//! for a transition leaves its slot, marks included, in the map, and putting it back fills
+//! the slot again: one map lookup each, no slot moved in or out of the map.
+//!
 //! Bounded by a number of instances: when it holds the capacity (or, if more instances than
 //! that are pinned, twice the pinned count at the last eviction), every unpinned slot is
 //! dropped at once (the live instances are read back on their next transition), which keeps
 //! it O(1) per operation amortised. Cleared after a failed commit (nothing is pinned then).
 
 use crate::fast_hash::FastMap;
-use crate::row::ClaimMark;
+use crate::row::StepMark;
 use floxy_core::model::{InstanceId, InstanceSnapshot, StepName};
 
-/// The claim marks (`step_started` events) in an instance's step rows, by step (format
-/// version 4 keeps them in the step row, not in `floxy_events`; see [`crate::row`]).
-pub(crate) type Started = Vec<(StepName, Vec<ClaimMark>)>;
+/// The step marks in an instance's step rows, by step (see [`crate::row`]).
+pub(crate) type Marks = Vec<(StepName, Vec<StepMark>)>;
+
+/// What a slot holds of its instance.
+// Nearly every slot is `Live`: boxing the snapshot would add an allocation and an
+// indirection per cached instance to shrink the rare `Gone` and `Out` slots.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum State {
+    /// Its snapshot.
+    Live(InstanceSnapshot),
+    /// Removed by a batch not committed yet.
+    Gone,
+    /// Taken out by [`SnapshotCache::take`] (or not read yet when only its marks are known),
+    /// to be put back by [`SnapshotCache::put`] or [`SnapshotCache::tombstone`].
+    Out,
+}
 
 /// One cached instance.
 #[derive(Debug)]
 struct Slot {
-    /// `None`: removed by a batch not committed yet.
-    snap: Option<InstanceSnapshot>,
+    state: State,
     /// The batch that last wrote it while not committed; 0 once committed.
     pin: u64,
+    /// The marks of its step rows.
+    marks: Marks,
+}
+
+impl Slot {
+    /// Whether eviction must keep it: pinned, or taken out and not back yet.
+    fn held(&self) -> bool {
+        self.pin != 0 || matches!(self.state, State::Out)
+    }
 }
 
 /// What the cache knows of an instance.
@@ -53,10 +80,6 @@ pub(crate) enum Cached<'a> {
 #[derive(Debug)]
 pub(crate) struct SnapshotCache {
     map: FastMap<InstanceId, Slot>,
-    /// The claim marks in the step rows of the cached instances (absent: none). Kept apart
-    /// from the slots, which [`SnapshotCache::take`] moves out and back, and dropped with
-    /// them.
-    started: FastMap<InstanceId, Started>,
     capacity: usize,
     /// Size at which unpinned slots are dropped: the capacity, or twice what was pinned at
     /// the last eviction (so a cache full of pinned slots is not scanned on every insert).
@@ -68,7 +91,6 @@ impl SnapshotCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             map: FastMap::default(),
-            started: FastMap::default(),
             capacity,
             evict_at: capacity.max(1),
         }
@@ -76,17 +98,40 @@ impl SnapshotCache {
 
     /// What the cache knows of `id`, left in the cache.
     pub(crate) fn get(&self, id: InstanceId) -> Cached<'_> {
-        match self.map.get(&id) {
-            Some(Slot { snap: Some(s), .. }) => Cached::Live(s),
-            Some(Slot { snap: None, .. }) => Cached::Gone,
-            None => Cached::Miss,
+        match self.map.get(&id).map(|s| &s.state) {
+            Some(State::Live(s)) => Cached::Live(s),
+            Some(State::Gone) => Cached::Gone,
+            Some(State::Out) | None => Cached::Miss,
         }
     }
 
-    /// Takes the slot of `id` out: `Some((snapshot or None if removed, pin))`, or `None`
-    /// when the cache knows nothing of it. Put it back with [`SnapshotCache::put`].
+    /// What the cache knows of `id`, and the marks of its step `step`'s row (one lookup: this
+    /// runs for every step row a batch writes).
+    pub(crate) fn get_with_marks(&self, id: InstanceId, step: &str) -> (Cached<'_>, &[StepMark]) {
+        let Some(slot) = self.map.get(&id) else {
+            return (Cached::Miss, &[]);
+        };
+        let cached = match &slot.state {
+            State::Live(s) => Cached::Live(s),
+            State::Gone => Cached::Gone,
+            State::Out => Cached::Miss,
+        };
+        (cached, marks_of(&slot.marks, step))
+    }
+
+    /// Takes the snapshot of `id` out: `Some((snapshot or None if removed, pin))`, or `None`
+    /// when the cache knows nothing of it. Its slot (and marks) stay; put it back with
+    /// [`SnapshotCache::put`].
     pub(crate) fn take(&mut self, id: InstanceId) -> Option<(Option<InstanceSnapshot>, u64)> {
-        self.map.remove(&id).map(|s| (s.snap, s.pin))
+        let slot = self.map.get_mut(&id)?;
+        match std::mem::replace(&mut slot.state, State::Out) {
+            State::Live(s) => Some((Some(s), slot.pin)),
+            State::Gone => {
+                slot.state = State::Gone;
+                Some((None, slot.pin))
+            }
+            State::Out => None,
+        }
     }
 
     /// Caches `snap`, pinned to batch `pin` (0: committed). An unpinned terminal snapshot is
@@ -95,24 +140,37 @@ impl SnapshotCache {
         let id = snap.instance.id;
         if pin == 0 && (snap.instance.status.is_terminal() || self.capacity == 0) {
             self.map.remove(&id);
-            self.started.remove(&id);
             return;
         }
-        self.make_room(id);
+        if let Some(slot) = self.map.get_mut(&id) {
+            slot.state = State::Live(snap);
+            slot.pin = pin;
+            return;
+        }
+        self.make_room();
         self.map.insert(
             id,
             Slot {
-                snap: Some(snap),
+                state: State::Live(snap),
                 pin,
+                marks: Marks::new(),
             },
         );
     }
 
     /// Records that batch `pin` removed `id`.
     pub(crate) fn tombstone(&mut self, id: InstanceId, pin: u64) {
-        self.make_room(id);
-        self.map.insert(id, Slot { snap: None, pin });
-        self.started.remove(&id);
+        if !self.map.contains_key(&id) {
+            self.make_room();
+        }
+        self.map.insert(
+            id,
+            Slot {
+                state: State::Gone,
+                pin,
+                marks: Marks::new(),
+            },
+        );
     }
 
     /// Batch `seq` is committed: the slots it pinned (and no later batch re-pinned) become
@@ -125,62 +183,65 @@ impl SnapshotCache {
             return;
         }
         let keep = self.capacity > 0
-            && slot
-                .snap
-                .as_ref()
-                .is_some_and(|s| !s.instance.status.is_terminal());
+            && matches!(&slot.state, State::Live(s) if !s.instance.status.is_terminal());
         if keep {
             slot.pin = 0;
         } else {
             self.map.remove(&id);
-            self.started.remove(&id);
         }
     }
 
     /// Forgets everything (after a failed commit).
     pub(crate) fn clear(&mut self) {
         self.map.clear();
-        self.started.clear();
     }
 
-    /// The claim marks in the step row of `(id, step)`.
-    pub(crate) fn started(&self, id: InstanceId, step: &str) -> &[ClaimMark] {
-        self.started
-            .get(&id)
-            .and_then(|s| s.iter().find(|(n, _)| &**n == step))
-            .map_or(&[], |(_, e)| e.as_slice())
-    }
-
-    /// Records the claim marks an instance's step rows hold (read with its snapshot).
-    pub(crate) fn set_started(&mut self, id: InstanceId, started: Started) {
-        if started.is_empty() {
-            self.started.remove(&id);
-        } else {
-            self.started.insert(id, started);
+    /// Records the marks an instance's step rows hold (read with its snapshot, which the
+    /// caller puts into the cache next).
+    pub(crate) fn set_marks(&mut self, id: InstanceId, marks: Marks) {
+        match self.map.get_mut(&id) {
+            Some(slot) => slot.marks = marks,
+            None => {
+                self.make_room();
+                self.map.insert(
+                    id,
+                    Slot {
+                        state: State::Out,
+                        pin: 0,
+                        marks,
+                    },
+                );
+            }
         }
     }
 
-    /// Adds a claim's mark to the step row of `(id, step)`.
-    pub(crate) fn push_started(&mut self, id: InstanceId, step: &StepName, e: ClaimMark) {
-        let steps = self.started.entry(id).or_default();
-        match steps.iter_mut().find(|(n, _)| n == step) {
-            Some((_, events)) => events.push(e),
-            None => steps.push((step.clone(), vec![e])),
+    /// Adds a mark to the step row of `(id, step)` (the instance's snapshot is out for the
+    /// transition or claim that writes it, or about to be cached for the first time).
+    pub(crate) fn push_mark(&mut self, id: InstanceId, step: &StepName, mark: StepMark) {
+        let slot = self.map.entry(id).or_insert_with(|| Slot {
+            state: State::Out,
+            pin: 0,
+            marks: Marks::new(),
+        });
+        match slot.marks.iter_mut().find(|(n, _)| n == step) {
+            Some((_, marks)) => marks.push(mark),
+            None => slot.marks.push((step.clone(), vec![mark])),
         }
     }
 
-    /// When full and `id` is new, drops every unpinned slot.
-    fn make_room(&mut self, id: InstanceId) {
-        if self.map.len() >= self.evict_at && !self.map.contains_key(&id) {
-            let started = &mut self.started;
-            self.map.retain(|k, s| {
-                let keep = s.pin != 0;
-                if !keep {
-                    started.remove(k);
-                }
-                keep
-            });
+    /// When full, drops every slot that is neither pinned nor taken out.
+    fn make_room(&mut self) {
+        if self.map.len() >= self.evict_at {
+            self.map.retain(|_, s| s.held());
             self.evict_at = self.capacity.max(2 * self.map.len()).max(1);
         }
     }
+}
+
+/// The marks of step `step` among `marks`.
+fn marks_of<'a>(marks: &'a Marks, step: &str) -> &'a [StepMark] {
+    marks
+        .iter()
+        .find(|(n, _)| &**n == step)
+        .map_or(&[], |(_, m)| m.as_slice())
 }

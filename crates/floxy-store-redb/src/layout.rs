@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 
 /// The on-disk format this version of the crate reads and writes. A file with another
 /// version is refused at open.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`],
 /// `"wal_lsn"` → `u64` (big endian, the last log record checkpointed), `"wal_id"` → `u64`
@@ -108,7 +108,7 @@ pub(crate) struct StepRow {
     /// The `step_started` events of the step's claims, in sequence order (none in versions 2
     /// and 3).
     #[serde(default)]
-    pub(crate) started: Vec<crate::row::ClaimMark>,
+    pub(crate) marks: Vec<crate::row::StepMark>,
 }
 
 /// The key of an instance.

@@ -1,16 +1,18 @@
 //! Migrations of older files to the current format ([`FORMAT_VERSION`]), run by open, each
 //! in one write transaction (so a failure leaves the file as it was).
 //!
-//! * **Version 1 → 4.** Version 1 kept queue items in a `queue` table of their own, a bare
+//! * **Version 1 → 5.** Version 1 kept queue items in a `queue` table of their own, a bare
 //!   step run in each step row, and one event per row. The migration rewrites every step row
 //!   with its run and its queue items (a row without a run when an item has no step run),
 //!   fills `live`, rewrites every event as a row of one, deletes the `queue` table and records
 //!   the new version.
-//! * **Version 2 → 4.** Version 3 only encodes step rows and event rows without the instance
+//! * **Version 2 → 5.** Version 3 only encodes step rows and event rows without the instance
 //!   id and step name their keys hold ([`crate::row`]); the migration re-encodes every one.
 //!
-//! * **Version 3 → 4.** Same tables and rows; version 4 keeps a write-ahead log next to the
-//!   file ([`crate::wal`]). The migration records the new version.
+//! * **Version 3 or 4 → 5.** Same tables and rows; version 4 keeps a write-ahead log next to
+//!   the file ([`crate::wal`]), version 5 keeps any event of a step in the step's row when its
+//!   transition writes that row (version 4 did so only for the `step_started` events of
+//!   claims, in a short form version 5 still reads). The migration records the new version.
 //!
 //! The first two hold the rows of the table being rewritten in memory while they run.
 
@@ -55,7 +57,7 @@ pub(crate) fn from_v1(db: &Database) -> Result<(), StoreError> {
                     StepRow {
                         run: Some(run),
                         items,
-                        started: Vec::new(),
+                        marks: Vec::new(),
                     },
                 ));
             }
@@ -67,7 +69,7 @@ pub(crate) fn from_v1(db: &Database) -> Result<(), StoreError> {
                 StepRow {
                     run: None,
                     items,
-                    started: Vec::new(),
+                    marks: Vec::new(),
                 },
             ));
         }
@@ -153,7 +155,7 @@ fn write_step_rows(
         }
         buf.clear();
         let items: Vec<&QueueItem> = row.items.iter().collect();
-        let r = encode_step_row(&mut buf, row.run.as_ref(), &items, &row.started)?;
+        let r = encode_step_row(&mut buf, row.run.as_ref(), &items, &row.marks)?;
         steps
             .insert((*id, step.as_str()), buf.get(r).unwrap_or_default())
             .map_err(redb_err)?;
@@ -188,9 +190,11 @@ fn write_event_rows(
     Ok(())
 }
 
-/// Migrates `db` from version 3: the tables and rows are the same; version 4 adds the
-/// write-ahead log, which a version-3 file does not have (an empty log is created at open).
-pub(crate) fn from_v3(db: &Database) -> Result<(), StoreError> {
+/// Migrates `db` from version 3 or 4: the tables and rows are the same. Version 4 added the
+/// write-ahead log, which a version-3 file does not have (an empty log is created at open);
+/// version 5 adds step marks of any event kind, and version-4 rows hold only the short
+/// form of claims, which version 5 reads as it always did.
+pub(crate) fn from_v3_or_v4(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(redb_err)?;
     set_version(&txn)?;
     txn.commit().map_err(redb_err)?;

@@ -203,14 +203,14 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
                 path: path.to_owned(),
                 reason: "its format version is not a 32-bit number".to_owned(),
             })?;
-        if (1..=3).contains(&found) {
+        if (1..=4).contains(&found) {
             drop(version);
             drop(meta);
             drop(rtx);
             let migrated = match found {
                 1 => crate::migrate::from_v1(db),
                 2 => crate::migrate::from_v2(db),
-                _ => crate::migrate::from_v3(db),
+                _ => crate::migrate::from_v3_or_v4(db),
             };
             migrated.map_err(|e| {
                 other(

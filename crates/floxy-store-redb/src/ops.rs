@@ -109,7 +109,7 @@ impl Ops {
         step: &Arc<str>,
         run: Option<&StepRun>,
         items: &[&QueueItem],
-        started: &[crate::row::ClaimMark],
+        started: &[crate::row::StepMark],
     ) -> Result<(), StoreError> {
         let r = crate::row::encode_step_row(&mut self.arena, run, items, started)?;
         self.ops.push(Op::Step(k, step.clone(), Some(r)));

@@ -1,9 +1,9 @@
 //! Reads shared by the writer (through a read transaction of the last committed batch) and
 //! by readers (inside a read transaction on the calling task).
 
-use crate::cache::Started;
+use crate::cache::Marks;
 use crate::layout::{StepRow, decode_dlq, decode_instance, inst_key, redb_err};
-use crate::row::{decode_claim_marks, decode_events, decode_step_row};
+use crate::row::{decode_events, decode_step_marks, decode_step_row};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepName,
     StepRun,
@@ -115,21 +115,21 @@ where
 {
     /// Reads the snapshot of an instance (record, step runs in name order, DLQ records in id
     /// order) and the claim events its step rows hold.
-    pub(crate) fn snapshot_and_started(
+    pub(crate) fn snapshot_and_marks(
         &self,
         id: InstanceId,
-    ) -> Result<Option<(InstanceSnapshot, Started)>, StoreError> {
+    ) -> Result<Option<(InstanceSnapshot, Marks)>, StoreError> {
         let Some(instance) = instance(self.instances, id)? else {
             return Ok(None);
         };
         let mut steps = Vec::new();
-        let mut started = Started::new();
+        let mut started = Marks::new();
         for (name, row) in named_rows(self.steps, id)? {
             if let Some(run) = row.run {
                 steps.push(run);
             }
-            if !row.started.is_empty() {
-                started.push((name, row.started));
+            if !row.marks.is_empty() {
+                started.push((name, row.marks));
             }
         }
         let mut records = Vec::new();
@@ -159,15 +159,15 @@ pub(crate) fn snapshot_in(
     rtx: &redb::ReadTransaction,
     id: InstanceId,
 ) -> Result<Option<InstanceSnapshot>, StoreError> {
-    Ok(snapshot_and_started_in(rtx, id)?.map(|(s, _)| s))
+    Ok(snapshot_and_marks_in(rtx, id)?.map(|(s, _)| s))
 }
 
 /// Reads the snapshot of an instance and the claim events its step rows hold, in a read
 /// transaction.
-pub(crate) fn snapshot_and_started_in(
+pub(crate) fn snapshot_and_marks_in(
     rtx: &redb::ReadTransaction,
     id: InstanceId,
-) -> Result<Option<(InstanceSnapshot, Started)>, StoreError> {
+) -> Result<Option<(InstanceSnapshot, Marks)>, StoreError> {
     use crate::layout::{DLQ, DLQ_BY_INSTANCE, INSTANCES, STEPS};
     let instances = rtx.open_table(INSTANCES).map_err(redb_err)?;
     let steps = rtx.open_table(STEPS).map_err(redb_err)?;
@@ -179,7 +179,7 @@ pub(crate) fn snapshot_and_started_in(
         dlq_by_instance: &dlq_by_instance,
         dlq: &dlq,
     }
-    .snapshot_and_started(id)
+    .snapshot_and_marks(id)
 }
 
 /// Reads the queue items of an instance (from its step rows), in key order.
@@ -214,7 +214,7 @@ where
         if rk != k {
             break;
         }
-        let marks = decode_claim_marks(value.value())?;
+        let marks = decode_step_marks(value.value())?;
         if marks.is_empty() {
             continue;
         }

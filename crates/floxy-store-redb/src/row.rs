@@ -11,7 +11,7 @@
 //! **Claim marks (version 4).** A claim that starts a run writes the step's row (the lease,
 //! the run now `running`) and a `step_started` event; versions up to 3 wrote that event as a
 //! row of `floxy_events` of its own, a third of the rows a claim-and-complete cycle writes.
-//! Version 4 keeps it in the step row the claim writes anyway, as a [`ClaimMark`] (`[seq, at,
+//! Version 4 keeps it in the step row the claim writes anyway, as a [`StepMark`] (`[seq, at,
 //! attempt]`: kind, step, instance and detail are implied), and keeps every mark of the step
 //! there for good (one per attempt). `list_events` merges the marks of an instance's step rows
 //! with its event rows by sequence number. A row without marks is encoded as in version 3
@@ -258,7 +258,7 @@ pub(crate) fn encode_step_row(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
     items: &[&QueueItem],
-    started: &[ClaimMark],
+    started: &[StepMark],
 ) -> Result<Range<usize>, StoreError> {
     if started.is_empty() {
         let row = (run.map(run_out), Seq(items, item_ref_out));
@@ -269,31 +269,106 @@ pub(crate) fn encode_step_row(
     }
 }
 
-/// The `step_started` event of a claim, kept in the claimed step's row (format version 4):
-/// its kind, step (the row's), instance (the key's) and detail (none) are implied, so the row
-/// holds `[seq, at, attempt]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ClaimMark {
+/// An event of a step kept in that step's row (format version 4 for the `step_started`
+/// events of claims, version 5 for every event of a step whose row its transition writes):
+/// the step (the row's) and the instance (the key's) are implied. A claim's `step_started`
+/// event without detail is stored as `[seq, at, attempt]` (kind implied; all version 4 had),
+/// any other as `[seq, at, attempt, kind, detail]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepMark {
     /// The event's sequence number.
     pub(crate) seq: u64,
-    /// When the claim was made.
+    /// When it happened.
     pub(crate) at: Timestamp,
-    /// The attempt the claim started.
-    pub(crate) attempt: u32,
+    /// What happened.
+    pub(crate) kind: EventKind,
+    /// The attempt it concerns.
+    pub(crate) attempt: Option<u32>,
+    /// Its detail.
+    pub(crate) detail: Option<Payload>,
 }
 
-impl ClaimMark {
+impl StepMark {
+    /// The mark of `e`, an event of the step whose row keeps it.
+    pub(crate) fn of(e: &Event) -> Self {
+        Self {
+            seq: e.seq,
+            at: e.at,
+            kind: e.kind,
+            attempt: e.attempt,
+            detail: e.detail.clone(),
+        }
+    }
+
     /// The event it stands for.
     pub(crate) fn event(&self, id: InstanceId, step: &StepName) -> Event {
         Event {
             seq: self.seq,
             instance_id: id,
             at: self.at,
-            kind: EventKind::StepStarted,
+            kind: self.kind,
             step: Some(step.clone()),
-            attempt: Some(self.attempt),
-            detail: None,
+            attempt: self.attempt,
+            detail: self.detail.clone(),
         }
+    }
+}
+
+impl Serialize for StepMark {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.kind, self.attempt, &self.detail) {
+            (EventKind::StepStarted, Some(attempt), None) => {
+                (self.seq, self.at, attempt).serialize(s)
+            }
+            (kind, attempt, detail) => (self.seq, self.at, attempt, kind, detail).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StepMark {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MarkVisitor;
+        impl<'de> serde::de::Visitor<'de> for MarkVisitor {
+            type Value = StepMark;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a step mark: [seq, at, attempt] or [seq, at, attempt, kind, detail]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<StepMark, A::Error> {
+                use serde::de::Error;
+                let seq = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let at = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let attempt = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                let (kind, detail) = match a.next_element()? {
+                    // The short form: a claim's `step_started`.
+                    None => (EventKind::StepStarted, None),
+                    Some(kind) => (
+                        kind,
+                        a.next_element()?
+                            .ok_or_else(|| A::Error::invalid_length(4, &self))?,
+                    ),
+                };
+                if a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(6, &self));
+                }
+                Ok(StepMark {
+                    seq,
+                    at,
+                    kind,
+                    attempt,
+                    detail,
+                })
+            }
+        }
+        d.deserialize_seq(MarkVisitor)
     }
 }
 
@@ -303,7 +378,7 @@ struct RowIn {
     run: Option<RunIn>,
     items: Vec<ItemIn>,
     #[serde(default)]
-    started: Vec<ClaimMark>,
+    marks: Vec<StepMark>,
 }
 
 /// Decodes the step row of `(id, step)`.
@@ -320,7 +395,7 @@ pub(crate) fn decode_step_row(
             .into_iter()
             .map(|i| item_in(id, step, i))
             .collect(),
-        started: row.started,
+        marks: row.marks,
     })
 }
 
@@ -330,13 +405,13 @@ struct MarksIn {
     _run: serde::de::IgnoredAny,
     _items: serde::de::IgnoredAny,
     #[serde(default)]
-    started: Vec<ClaimMark>,
+    marks: Vec<StepMark>,
 }
 
 /// Decodes only the claim marks of a step row (all that `list_events` needs of it).
-pub(crate) fn decode_claim_marks(bytes: &[u8]) -> Result<Vec<ClaimMark>, StoreError> {
+pub(crate) fn decode_step_marks(bytes: &[u8]) -> Result<Vec<StepMark>, StoreError> {
     let row: MarksIn = decode("step row", bytes)?;
-    Ok(row.started)
+    Ok(row.marks)
 }
 
 /// Encodes a row of events (all of one instance) at the end of `arena`.
@@ -406,11 +481,11 @@ mod tests {
         };
         let mut arena = Vec::new();
         let r = encode_step_row(&mut arena, Some(&run), &[&item], &[]).unwrap();
-        assert!(decode_claim_marks(&arena[r.clone()]).unwrap().is_empty());
+        assert!(decode_step_marks(&arena[r.clone()]).unwrap().is_empty());
         let back = decode_step_row(id, &Arc::from("charge"), &arena[r]).unwrap();
         assert_eq!(back.run.as_ref(), Some(&run));
         assert_eq!(back.items, vec![item.clone()]);
-        assert!(back.started.is_empty());
+        assert!(back.marks.is_empty());
         let ev = Event {
             seq: 42,
             instance_id: id,
@@ -420,30 +495,69 @@ mod tests {
             attempt: Some(2),
             detail: Some(Payload::new(serde_json::json!("x"))),
         };
-        // A row with the marks of two claims.
-        let marks = [
-            ClaimMark {
-                seq: 40,
-                at: Timestamp(6),
-                attempt: 1,
-            },
-            ClaimMark {
-                seq: 44,
-                at: Timestamp(10),
-                attempt: 2,
-            },
-        ];
+        // A row with the marks of two claims and of a retry.
+        let claim = |seq, at, attempt| StepMark {
+            seq,
+            at: Timestamp(at),
+            kind: EventKind::StepStarted,
+            attempt: Some(attempt),
+            detail: None,
+        };
+        let marks = [claim(40, 6, 1), StepMark::of(&ev), claim(44, 10, 2)];
         let mut arena = Vec::new();
         let r = encode_step_row(&mut arena, Some(&run), &[&item], &marks).unwrap();
         assert_eq!(
-            decode_claim_marks(&arena[r.clone()]).unwrap(),
+            decode_step_marks(&arena[r.clone()]).unwrap(),
             marks.to_vec()
         );
         let back = decode_step_row(id, &Arc::from("charge"), &arena[r]).unwrap();
         assert_eq!(back.run.as_ref(), Some(&run));
         assert_eq!(back.items, vec![item.clone()]);
-        assert_eq!(back.started, marks.to_vec());
-        let started = marks[1].event(id, &Arc::from("charge"));
+        assert_eq!(back.marks, marks.to_vec());
+        assert_eq!(marks[1].event(id, &Arc::from("charge")), ev);
+        // A claim's mark keeps version 4's short form, `[seq, at, attempt]`; the others
+        // carry their kind and detail.
+        assert_eq!(
+            rmp_serde::to_vec(&marks[0]).unwrap(),
+            rmp_serde::to_vec(&(40_u64, Timestamp(6), 1_u32)).unwrap()
+        );
+        let long: (u64, Timestamp, Option<u32>, EventKind, Option<Payload>) =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&marks[1]).unwrap()).unwrap();
+        assert_eq!(
+            long,
+            (
+                42,
+                Timestamp(8),
+                Some(2),
+                EventKind::StepRetry,
+                ev.detail.clone()
+            )
+        );
+        // A `step_started` with a detail or without an attempt is not a claim's: long form.
+        let odd = StepMark {
+            detail: None,
+            attempt: None,
+            ..claim(50, 11, 0)
+        };
+        let bytes = rmp_serde::to_vec(&odd).unwrap();
+        assert_eq!(rmp_serde::from_slice::<StepMark>(&bytes).unwrap(), odd);
+        // Marks of another length are refused.
+        for bad in [
+            rmp_serde::to_vec(&(1_u64, Timestamp(2))).unwrap(),
+            rmp_serde::to_vec(&(1_u64, Timestamp(2), 3_u32, EventKind::StepRetry)).unwrap(),
+            rmp_serde::to_vec(&(
+                1_u64,
+                Timestamp(2),
+                3_u32,
+                EventKind::StepRetry,
+                None::<Payload>,
+                7_u8,
+            ))
+            .unwrap(),
+        ] {
+            assert!(rmp_serde::from_slice::<StepMark>(&bad).is_err());
+        }
+        let started = marks[2].event(id, &Arc::from("charge"));
         assert_eq!(
             (started.kind, started.step.as_deref(), started.attempt),
             (EventKind::StepStarted, Some("charge"), Some(2))

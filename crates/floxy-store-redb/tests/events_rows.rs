@@ -1,5 +1,6 @@
-//! Events are stored one row per transition (several events per row), and the
-//! `step_started` event of a claim in the claimed step's row; `list_events` must still page
+//! Events are stored one row per transition (several events per row), except those of a
+//! step whose row the claim or transition writes, which that row keeps (the `step_started`
+//! event of a claim, any event of a step a transition changes); `list_events` must still page
 //! through them exactly by sequence number, wherever `after_seq` and `limit` cut a row,
 //! before and after a reopen.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -125,8 +126,30 @@ async fn kinds(store: &floxy_store_redb::RedbStore, id: InstanceId) -> Vec<(Even
         .collect()
 }
 
+/// The sequence numbers of the events `floxy_events` holds for `id` (the store is closed).
+fn event_row_seqs(path: &std::path::Path, id: InstanceId) -> Vec<u64> {
+    use redb::{ReadableDatabase, TableDefinition};
+    let db = redb::Database::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let t = rtx
+        .open_table(TableDefinition::<(u128, u64), &[u8]>::new("floxy_events"))
+        .unwrap();
+    let k = id.0.as_u128();
+    let mut seqs = Vec::new();
+    for row in t.range((k, 0)..=(k, u64::MAX)).unwrap() {
+        let (_, v) = row.unwrap();
+        // A row is a MessagePack array of events: [seq, at, kind, step, attempt, detail].
+        #[derive(serde::Deserialize)]
+        struct Ev(u64, Skip, Skip, Skip, Skip, Skip);
+        type Skip = serde::de::IgnoredAny;
+        let events: Vec<Ev> = rmp_serde::from_slice(v.value()).unwrap();
+        seqs.extend(events.into_iter().map(|e| e.0));
+    }
+    seqs
+}
+
 #[test]
-fn claim_events_in_step_rows_page_with_the_others() {
+fn step_events_in_step_rows_page_with_the_others() {
     let db = common::TempDb::new();
     futures::executor::block_on(async {
         let store = common::open(&db.path, Durability::Immediate);
@@ -191,5 +214,10 @@ fn claim_events_in_step_rows_page_with_the_others() {
         assert_eq!(kinds(&store, b).await, b_want);
         check_pages(&store, a, &all).await;
         store.close().await.unwrap();
+        // Only the events of transitions that did not write their step's row have rows of
+        // their own: the start and the two completions (`next` writes the instance only).
+        // The claims and the failure (whose transition rewrote s1's row) are in step rows.
+        let rows = event_row_seqs(&db.path, a);
+        assert_eq!(rows, vec![all[0], all[4], all[6]], "all: {all:?}");
     });
 }

@@ -68,14 +68,16 @@ impl Writer {
             if checks::claim_starts_run(key.kind, run.status) {
                 checks::start_run(run, item.attempt, now);
                 self.counters.last_seq += 1;
-                let e = crate::row::ClaimMark {
+                let e = crate::row::StepMark {
                     seq: self.counters.last_seq,
                     at: now,
-                    attempt: item.attempt,
+                    kind: floxy_core::model::EventKind::StepStarted,
+                    attempt: Some(item.attempt),
+                    detail: None,
                 };
                 // Kept in the step row the claim writes anyway (one row less per claim); see
                 // `crate::row`.
-                self.cache.push_started(key.instance_id, &key.step, e);
+                self.cache.push_mark(key.instance_id, &key.step, e);
                 let run = run.clone();
                 self.keep_written(b, snap);
                 out.push(ClaimedItem {

@@ -47,6 +47,7 @@ use crate::layout::{
 };
 use crate::ops::Ops;
 use crate::read;
+use crate::row::StepMark;
 use crate::{MAX_GROUP_COMMIT, RedbOptions};
 use floxy_core::checks;
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};

@@ -24,16 +24,15 @@ impl Writer {
         }
     }
 
-    /// Reads the snapshot of an instance no pending batch wrote.
-    /// Reads the snapshot of an instance no pending batch wrote; the claim events of its step
-    /// rows go to the cache (the step rows written later must keep them).
+    /// Reads the snapshot of an instance no pending batch wrote; the marks of its step rows go
+    /// to the cache (the step rows written later must keep them).
     pub(super) fn read_snapshot(
         &mut self,
         id: InstanceId,
     ) -> Result<Option<InstanceSnapshot>, StoreError> {
-        match read::snapshot_and_started_in(self.view.txn(self.committed_seq)?, id)? {
+        match read::snapshot_and_marks_in(self.view.txn(self.committed_seq)?, id)? {
             Some((snap, started)) => {
-                self.cache.set_started(id, started);
+                self.cache.set_marks(id, started);
                 Ok(Some(snap))
             }
             None => Ok(None),
@@ -130,18 +129,15 @@ impl Writer {
             // The run: from the snapshot (every instance a batch wrote is pinned in the
             // cache), else — a heartbeat only touched the item — from the last commit.
             let read_row;
-            let (run, started) = match self.cache.get(*id) {
-                Cached::Live(s) => (
-                    s.steps.iter().find(|r| r.step == *step),
-                    self.cache.started(*id, step),
-                ),
-                Cached::Gone => continue,
-                Cached::Miss => {
+            let (run, started) = match self.cache.get_with_marks(*id, step) {
+                (Cached::Live(s), marks) => (s.steps.iter().find(|r| r.step == *step), marks),
+                (Cached::Gone, _) => continue,
+                (Cached::Miss, _) => {
                     let rtx = self.view.txn(self.committed_seq)?;
                     let t = rtx.open_table(STEPS).map_err(redb_err)?;
                     read_row = read::row(&t, *id, step)?;
                     match &read_row {
-                        Some(r) => (r.run.as_ref(), r.started.as_slice()),
+                        Some(r) => (r.run.as_ref(), r.marks.as_slice()),
                         None => (None, &[][..]),
                     }
                 }

@@ -262,14 +262,14 @@ impl Writer {
                 }
             }
         }
-        // Events.
-        // One row holds the transition's events (consecutive sequence numbers).
+        // Events. One of a step whose row this transition writes (with its run) is kept in
+        // that row as a mark (format version 5: most transitions write one row fewer); the
+        // others go to one row of `events`, keyed by the first one's sequence.
         if !tr.events.is_empty() {
-            let first = self.counters.last_seq + 1;
             let mut events = Vec::with_capacity(tr.events.len());
             for ev in &tr.events {
                 self.counters.last_seq += 1;
-                events.push(Event {
+                let e = Event {
                     seq: self.counters.last_seq,
                     instance_id: r.id,
                     at: tr.now,
@@ -277,9 +277,20 @@ impl Writer {
                     step: ev.step.clone(),
                     attempt: ev.attempt,
                     detail: ev.detail.clone(),
-                });
+                };
+                match &ev.step {
+                    Some(step)
+                        if b.row_set.contains(&(r.id, step.clone()))
+                            && snap.steps.binary_search_by(|s| s.step.cmp(step)).is_ok() =>
+                    {
+                        self.cache.push_mark(r.id, step, StepMark::of(&e));
+                    }
+                    _ => events.push(e),
+                }
             }
-            b.ops.events(k, first, &events)?;
+            if let Some(first) = events.first() {
+                b.ops.events(k, first.seq, &events)?;
+            }
         }
         // DLQ.
         for rec in &tr.dlq_insert {
