@@ -225,7 +225,12 @@ impl SnapshotCache {
         });
         match slot.marks.iter_mut().find(|(n, _)| n == step) {
             Some((_, marks)) => marks.push(mark),
-            None => slot.marks.push((step.clone(), vec![mark])),
+            None => {
+                // A claim's mark and its completion's: the common pair.
+                let mut marks = Vec::with_capacity(2);
+                marks.push(mark);
+                slot.marks.push((step.clone(), marks));
+            }
         }
     }
 
