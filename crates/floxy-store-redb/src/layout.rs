@@ -12,12 +12,13 @@
 //!
 //! Versions: 1 kept queue items in a table of their own and one event per row; 2 moved the
 //! items into their step rows and wrote the events of a transition in one row; 3 dropped the
-//! instance id and step name from the values of step rows and event rows; 4 (this one) keeps
-//! the `step_started` event of a claim in the claimed step's row (a claim mark, see
+//! instance id and step name from the values of step rows and event rows; 4 keeps the
+//! `step_started` event of a claim in the claimed step's row (a step mark, see
 //! [`crate::row`]) and a write-ahead log next to the file ([`crate::wal`]) holding the batches
-//! committed since the last checkpoint (`meta`'s `"wal_lsn"`). A build that reads version 3
-//! would ignore both, so the version changed. Files of versions 1 to 3 are migrated at open
-//! ([`crate::migrate`]).
+//! committed since the last checkpoint (`meta`'s `"wal_lsn"`), which a build reading version
+//! 3 would ignore; 5 (this one) keeps any event of a step whose row its transition writes in
+//! that row, in a longer mark a version-4 build cannot read. Files of versions 1 to 4 are
+//! migrated at open ([`crate::migrate`]).
 
 use floxy_core::model::{
     DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
@@ -41,7 +42,7 @@ pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
 /// `instances`: instance id → [`InstanceRecord`].
 pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("floxy_instances");
 /// `steps`: (instance id, step name) → [`StepRow`]: the step's run, its queue items (leases
-/// included) and its claim marks, encoded by [`crate::row::encode_step_row`]. One row per
+/// included) and its step marks, encoded by [`crate::row::encode_step_row`]. One row per
 /// step, so a claim or a completion writes one row where version 1 wrote a step row and a
 /// queue row.
 pub(crate) const STEPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("floxy_steps");
@@ -54,8 +55,8 @@ pub(crate) const QUEUE_V1: TableDefinition<(u128, &str, u8), &[u8]> =
     TableDefinition::new("floxy_queue");
 /// `events`: (instance id, sequence of the row's first event) → the
 /// [`Event`](floxy_core::model::Event)s one transition wrote, in sequence order (consecutive
-/// numbers), encoded by [`crate::row::encode_events`]. The `step_started` events of claims
-/// are claim marks in the step rows instead (format version 4).
+/// numbers), encoded by [`crate::row::encode_events`]. The events a step row keeps
+/// (step marks, format versions 4 and 5) are not here.
 pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
 /// `dlq`: DLQ id → [`DlqRecord`].
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("floxy_dlq");
@@ -95,8 +96,8 @@ pub(crate) struct Counters {
 }
 
 /// A row of `steps`: the step run (absent when only queue items exist for the step, which
-/// the store contract allows), the step's queue items in kind order, and the `step_started`
-/// events claims of the step wrote (version 4; see [`crate::row`]). Rows are encoded by
+/// the store contract allows), the step's queue items in kind order, and the events the row
+/// keeps (step marks, versions 4 and 5; see [`crate::row`]). Rows are encoded by
 /// [`crate::row`]; this type's own serde form is version 2's, read only by its migration.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub(crate) struct StepRow {
@@ -105,8 +106,7 @@ pub(crate) struct StepRow {
     /// Queue items of the step, in [`WorkKind`](floxy_core::model::WorkKind) order (at most
     /// one per kind).
     pub(crate) items: Vec<QueueItem>,
-    /// The `step_started` events of the step's claims, in sequence order (none in versions 2
-    /// and 3).
+    /// The events the row keeps, in sequence order (none in versions 2 and 3).
     #[serde(default)]
     pub(crate) marks: Vec<crate::row::StepMark>,
 }

@@ -107,9 +107,9 @@
 //! | `floxy_meta` | `"format_version"`, `"counters"`, `"wal_lsn"`, `"wal_id"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count; last log record checkpointed (`u64` BE); the log id its records carry (`u64` BE) |
 //! | `floxy_definitions` | workflow id | definition (JSON) |
 //! | `floxy_instances` | instance id (`u128`) | instance record |
-//! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run), the step's queue items, each with its lease (owner, fencing token, expiry), and the claim marks: the `step_started` events of the step's claims |
+//! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run), the step's queue items, each with its lease (owner, fencing token, expiry), and the step marks: the events of the step written with the row (its claims' `step_started`, its transitions' events about it) |
 //! | `floxy_live` | instance id | — (instances with at least one queue item) |
-//! | `floxy_events` | (instance id, sequence of the row's first event) | the events one transition wrote (consecutive global sequence numbers) |
+//! | `floxy_events` | (instance id, sequence of the row's first event) | the events one transition wrote that no step row keeps (increasing global sequence numbers) |
 //! | `floxy_dlq` | DLQ id | DLQ record |
 //! | `floxy_dlq_by_instance` | (instance id, DLQ id) | — |
 //! | `floxy_idempotency` | (workflow id, key) | instance id |
@@ -132,23 +132,27 @@
 //! events a transition writes share one row too. With both, a three-step saga wrote 19 rows
 //! in version 3 instead of version 1's 27 (4 instance rows, 7 step rows, 5 event rows, 2
 //! `floxy_live` entries, 1 `floxy_terminal` entry). Version 4 keeps the `step_started` event
-//! of a claim in the claimed step's row as a *claim mark* (`[seq, at, attempt]`; kind, step
-//! and instance are implied), every mark of the step for good, and `list_events` merges the
-//! marks with the event rows by sequence number: a claim writes one row per item instead of
-//! two. The price: a heartbeat rewrites the step row, run and marks
-//! included, where version 1 rewrote only the item.
+//! of a claim in the claimed step's row as a *step mark* (`[seq, at, attempt]`; kind, step
+//! and instance are implied): a claim writes one row per item instead of two. Version 5 does
+//! the same for any event of a step whose row its transition writes (a completion's
+//! `step_completed`, a failure's `step_failed`), as `[seq, at, attempt, kind, detail]`: a
+//! completion writes no event row unless it also ends the instance. A step row keeps its marks
+//! for good, and `list_events` merges them with the event rows by sequence number. The price:
+//! a heartbeat rewrites the step row, run and marks included, where version 1 rewrote only
+//! the item.
 //!
 //! Next to the file lives its write-ahead log, `<path>-wal` (format version 4 added it):
 //! keep the two together, and copy the file only while the store is closed (a clean close
 //! leaves the log empty).
 //!
-//! Opening a file checks `format_version`. Files of versions 1 to 3 are migrated in place,
+//! Opening a file checks `format_version`. Files of versions 1 to 4 are migrated in place,
 //! each in one write transaction (a failure leaves the file as it was): version 1 gets each
 //! step row rewritten with its items, `floxy_live` filled, each event rewritten as a row of
 //! one and its `floxy_queue` table deleted; version 2 gets its step rows and event rows
 //! re-encoded without the ids their keys hold (a row holding another step's run is refused
-//! as corrupt); version 3 only gets the new version number (it has no log, and its rows
-//! are valid version-4 rows without claim marks). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
+//! as corrupt); versions 3 and 4 only get the new version number (their rows are valid
+//! version-5 rows: version 3's without marks, version 4's with claims' short marks; a
+//! version-3 file has no log and gets an empty one). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
 //! floxy's meta table, or a file that is not a redb file, is [`OpenError::NotFloxyDatabase`].
 //!
 //! ## The claim index lives in memory
@@ -187,8 +191,8 @@
 //! them and syncs the file, and the committing thread, the store's bottleneck, can do nothing
 //! else meanwhile. So with [`Durability::Immediate`] each batch is appended to the log instead
 //! — its table writes as prepared, a few hundred bytes per request, in one record with a
-//! CRC-32C — and a helper thread writes and syncs that record *while* the committing thread
-//! applies the batch to redb. The redb transaction then commits without `fsync` (redb keeps
+//! CRC-32C — and a helper thread encodes, checksums, writes and syncs that record *while* the
+//! committing thread applies the batch to redb. The redb transaction then commits without `fsync` (redb keeps
 //! the pages in memory, visible to readers), and only after the record is durable; then the
 //! callers are answered. Every [`RedbOptions::checkpoint_bytes`] of log (default
 //! [`DEFAULT_CHECKPOINT_BYTES`]) one batch commits durably in redb instead — a

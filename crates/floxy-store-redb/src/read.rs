@@ -114,7 +114,7 @@ where
     D: ReadableTable<u64, &'static [u8]>,
 {
     /// Reads the snapshot of an instance (record, step runs in name order, DLQ records in id
-    /// order) and the claim events its step rows hold.
+    /// order) and the step marks its step rows hold.
     pub(crate) fn snapshot_and_marks(
         &self,
         id: InstanceId,
@@ -162,7 +162,7 @@ pub(crate) fn snapshot_in(
     Ok(snapshot_and_marks_in(rtx, id)?.map(|(s, _)| s))
 }
 
-/// Reads the snapshot of an instance and the claim events its step rows hold, in a read
+/// Reads the snapshot of an instance and the step marks its step rows hold, in a read
 /// transaction.
 pub(crate) fn snapshot_and_marks_in(
     rtx: &redb::ReadTransaction,
@@ -191,7 +191,7 @@ where
 }
 
 /// Reads events of an instance after `after_seq`, at most `limit`: the rows of `events`
-/// (`t`) merged, in sequence order, with the claim events the instance's step rows hold
+/// (`t`) merged, in sequence order, with the step marks the instance's step rows hold
 /// (`steps`).
 pub(crate) fn events<T, S>(
     t: &T,
@@ -204,7 +204,7 @@ where
     T: ReadableTable<(u128, u64), &'static [u8]>,
     S: ReadableTable<(u128, &'static str), &'static [u8]>,
 {
-    // The claim events: a few per step, all read (a step row is read whole anyway).
+    // The marked events: a few per step, all read (a step row is read whole anyway).
     // Only the marks are decoded: runs and items are skipped.
     let k = inst_key(id);
     let mut claimed: Vec<Event> = Vec::new();

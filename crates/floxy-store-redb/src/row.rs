@@ -1,5 +1,5 @@
-//! The codecs of step rows and event rows (format version 4): the model types minus what the
-//! row's key already holds, and the claim marks.
+//! The codecs of step rows and event rows (format version 5): the model types minus what the
+//! row's key already holds, and the step marks.
 //!
 //! A step row's key is `(instance id, step name)` and an event row's key starts with the
 //! instance id, yet version 2 stored the model's [`StepRun`], [`QueueItem`] and [`Event`]
@@ -8,14 +8,18 @@
 //! writes, and the committing thread's cost grows with the bytes it writes, so version 3
 //! stores them without: a step row is about a quarter smaller, an event a third.
 //!
-//! **Claim marks (version 4).** A claim that starts a run writes the step's row (the lease,
+//! **Step marks (versions 4 and 5).** A claim that starts a run writes the step's row (the lease,
 //! the run now `running`) and a `step_started` event; versions up to 3 wrote that event as a
 //! row of `floxy_events` of its own, a third of the rows a claim-and-complete cycle writes.
 //! Version 4 keeps it in the step row the claim writes anyway, as a [`StepMark`] (`[seq, at,
 //! attempt]`: kind, step, instance and detail are implied), and keeps every mark of the step
 //! there for good (one per attempt). `list_events` merges the marks of an instance's step rows
 //! with its event rows by sequence number. A row without marks is encoded as in version 3
-//! (`[run, items]`), one with marks as `[run, items, marks]`.
+//! (`[run, items]`), one with marks as `[run, items, marks]`. Version 5 keeps any event of a
+//! step whose row its transition writes there too (a completion's `step_completed`, a
+//! failure's `step_failed`), as `[seq, at, attempt, kind, detail]`: a completion then writes
+//! its step row and its instance row, no event row. Claims keep the short form, so version-4
+//! rows are valid version-5 rows.
 //!
 //! Values stay MessagePack arrays (`rmp-serde`). Decoding takes the key and puts the instance
 //! id and step name back. The structs list every field of the model types by name, so a new
