@@ -405,6 +405,7 @@ struct Mark {
     stats: WriterStats,
     at: Instant,
     cpu: BTreeMap<String, f64>,
+    process_cpu: f64,
 }
 
 impl Mark {
@@ -413,6 +414,7 @@ impl Mark {
             stats: store.writer_stats(),
             at: Instant::now(),
             cpu: thread_cpu(),
+            process_cpu: process_cpu(),
         }
     }
 }
@@ -445,13 +447,27 @@ fn thread_cpu() -> BTreeMap<String, f64> {
     out
 }
 
+/// CPU seconds (user + system) of this whole process, threads that exited included (the
+/// write-ahead log's helper thread lives for one batch: `thread_cpu` never sees it).
+fn process_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// What the writer and the process did during the measured part of a run (`start`: its
 /// beginning; `None`: the store's whole life).
 fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Mark>) {
     let s = store.writer_stats();
-    let (b, wall, cpu_before) = match start {
-        Some(m) => (m.stats, m.at.elapsed(), m.cpu),
-        None => (WriterStats::default(), Duration::ZERO, BTreeMap::new()),
+    let (b, wall, cpu_before, process_before) = match start {
+        Some(m) => (m.stats, m.at.elapsed(), m.cpu, m.process_cpu),
+        None => (WriterStats::default(), Duration::ZERO, BTreeMap::new(), 0.0),
     };
     let batches = s.batches - b.batches;
     let requests = s.requests - b.requests;
@@ -473,14 +489,17 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
             "; of {wall:.2} s the committing thread was busy {:.0} %",
             100.0 * applying / wall
         ));
-        let cpu: Vec<(String, f64)> = thread_cpu()
+        let mut cpu: Vec<(String, f64)> = thread_cpu()
             .into_iter()
             .map(|(k, v)| {
                 let d = v - cpu_before.get(&k).copied().unwrap_or(0.0);
                 (k, d.max(0.0))
             })
             .collect();
-        let total: f64 = cpu.iter().map(|(_, v)| v).sum();
+        let live: f64 = cpu.iter().map(|(_, v)| v).sum();
+        // Threads that exited meanwhile (the log's helper threads) count in the total.
+        let total = (process_cpu() - process_before).max(live);
+        cpu.push(("exited".to_owned(), total - live));
         if total > 0.0 {
             line.push_str(&format!(
                 "; CPU {total:.2} s ({:.0} % of the cores, {:.1} µs per request):",
