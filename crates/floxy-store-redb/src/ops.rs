@@ -101,17 +101,17 @@ impl Ops {
         self.ops.push(Op::Instance(k, None));
     }
 
-    /// Writes the step row of `run`, `items` (in kind order) and `started` (the events claims
-    /// of the step wrote).
+    /// Writes the step row of `run`, `items` (in kind order) and `marks` (the events the row
+    /// keeps, see [`crate::row`]).
     pub(crate) fn step(
         &mut self,
         k: u128,
         step: &Arc<str>,
         run: Option<&StepRun>,
         items: &[&QueueItem],
-        started: &[crate::row::StepMark],
+        marks: &[crate::row::StepMark],
     ) -> Result<(), StoreError> {
-        let r = crate::row::encode_step_row(&mut self.arena, run, items, started)?;
+        let r = crate::row::encode_step_row(&mut self.arena, run, items, marks)?;
         self.ops.push(Op::Step(k, step.clone(), Some(r)));
         Ok(())
     }

@@ -123,13 +123,13 @@ where
             return Ok(None);
         };
         let mut steps = Vec::new();
-        let mut started = Marks::new();
+        let mut marks = Marks::new();
         for (name, row) in named_rows(self.steps, id)? {
             if let Some(run) = row.run {
                 steps.push(run);
             }
             if !row.marks.is_empty() {
-                started.push((name, row.marks));
+                marks.push((name, row.marks));
             }
         }
         let mut records = Vec::new();
@@ -149,7 +149,7 @@ where
                 steps,
                 dlq: records,
             },
-            started,
+            marks,
         )))
     }
 }
@@ -207,7 +207,7 @@ where
     // The marked events: a few per step, all read (a step row is read whole anyway).
     // Only the marks are decoded: runs and items are skipped.
     let k = inst_key(id);
-    let mut claimed: Vec<Event> = Vec::new();
+    let mut marked: Vec<Event> = Vec::new();
     for row in steps.range((k, "")..).map_err(redb_err)? {
         let (key, value) = row.map_err(redb_err)?;
         let (rk, step) = key.value();
@@ -220,11 +220,11 @@ where
         }
         let step = StepName::from(step);
         for m in marks.iter().filter(|m| after_seq.is_none_or(|s| m.seq > s)) {
-            claimed.push(m.event(id, &step));
+            marked.push(m.event(id, &step));
         }
     }
-    claimed.sort_by_key(|e| e.seq);
-    let mut claimed = claimed.into_iter().peekable();
+    marked.sort_by_key(|e| e.seq);
+    let mut marked = marked.into_iter().peekable();
     // The first wanted event is in the last row that starts at or before it.
     let start = match after_seq {
         None => 0,
@@ -245,7 +245,7 @@ where
             if after_seq.is_some_and(|s| e.seq <= s) {
                 continue;
             }
-            while let Some(c) = claimed.next_if(|c| c.seq < e.seq) {
+            while let Some(c) = marked.next_if(|c| c.seq < e.seq) {
                 if out.len() >= limit {
                     break 'rows;
                 }
@@ -257,7 +257,7 @@ where
             out.push(e);
         }
     }
-    for c in claimed {
+    for c in marked {
         if out.len() >= limit {
             break;
         }

@@ -255,20 +255,20 @@ impl<'a, T, O: Serialize, F: Fn(&'a T) -> O> Serialize for Seq<'a, T, F> {
     }
 }
 
-/// Encodes the step row of `run`, `items` (in kind order) and `started` (the claim marks, in
-/// sequence order) at the end of `arena`: `[run, items]` as in version 3 when `started` is
-/// empty, else `[run, items, started]`.
+/// Encodes the step row of `run`, `items` (in kind order) and `marks` (the step marks, in
+/// sequence order) at the end of `arena`: `[run, items]` as in version 3 when `marks` is
+/// empty, else `[run, items, marks]`.
 pub(crate) fn encode_step_row(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
     items: &[&QueueItem],
-    started: &[StepMark],
+    marks: &[StepMark],
 ) -> Result<Range<usize>, StoreError> {
-    if started.is_empty() {
+    if marks.is_empty() {
         let row = (run.map(run_out), Seq(items, item_ref_out));
         encode_into(arena, "step row", &row)
     } else {
-        let row = (run.map(run_out), Seq(items, item_ref_out), started);
+        let row = (run.map(run_out), Seq(items, item_ref_out), marks);
         encode_into(arena, "step row", &row)
     }
 }

@@ -31,8 +31,8 @@ impl Writer {
         id: InstanceId,
     ) -> Result<Option<InstanceSnapshot>, StoreError> {
         match read::snapshot_and_marks_in(self.view.txn(self.committed_seq)?, id)? {
-            Some((snap, started)) => {
-                self.cache.set_marks(id, started);
+            Some((snap, marks)) => {
+                self.cache.set_marks(id, marks);
                 Ok(Some(snap))
             }
             None => Ok(None),
@@ -129,8 +129,8 @@ impl Writer {
             // The run: from the snapshot (every instance a batch wrote is pinned in the
             // cache), else — a heartbeat only touched the item — from the last commit.
             let read_row;
-            let (run, started) = match self.cache.get_with_marks(*id, step) {
-                (Cached::Live(s), marks) => (s.steps.iter().find(|r| r.step == *step), marks),
+            let (run, marks) = match self.cache.get_with_marks(*id, step) {
+                (Cached::Live(s), m) => (s.steps.iter().find(|r| r.step == *step), m),
                 (Cached::Gone, _) => continue,
                 (Cached::Miss, _) => {
                     let rtx = self.view.txn(self.committed_seq)?;
@@ -158,7 +158,7 @@ impl Writer {
             if run.is_none() && items.is_empty() {
                 b.ops.remove_step(k, step);
             } else {
-                b.ops.step(k, step, run, &items, started)?;
+                b.ops.step(k, step, run, &items, marks)?;
             }
         }
         instances.dedup();
