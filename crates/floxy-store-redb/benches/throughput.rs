@@ -390,6 +390,12 @@ fn redb() -> Redb {
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok())
                     .map_or(floxy_store_redb::DEFAULT_CHECKPOINT_BYTES, |mb| mb << 20),
+            )
+            .snapshot_cache_instances(
+                std::env::var("FLOXY_BENCH_SNAPSHOT_CACHE")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(floxy_store_redb::DEFAULT_SNAPSHOT_CACHE_INSTANCES),
             ),
     )
     .expect("open");

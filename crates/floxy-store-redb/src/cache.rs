@@ -250,3 +250,76 @@ fn marks_of<'a>(marks: &'a Marks, step: &str) -> &'a [StepMark] {
         .find(|(n, _)| &**n == step)
         .map_or(&[], |(_, m)| m.as_slice())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use floxy_core::conformance::fixtures::{instance, wf};
+    use floxy_core::model::{InstanceStatus, Timestamp};
+
+    fn snap(n: u128) -> InstanceSnapshot {
+        InstanceSnapshot {
+            instance: instance(
+                InstanceId::from_u128(n),
+                &wf(),
+                InstanceStatus::Running,
+                Timestamp(0),
+            ),
+            steps: Vec::new(),
+            dlq: Vec::new(),
+        }
+    }
+
+    fn cached(c: &SnapshotCache, n: u128) -> bool {
+        matches!(c.get(InstanceId::from_u128(n)), Cached::Live(_))
+    }
+
+    #[test]
+    fn eviction_keeps_pinned_and_taken_slots() {
+        let mut c = SnapshotCache::new(4);
+        c.put(snap(1), 5);
+        c.put(snap(2), 0);
+        let (taken, pin) = c.take(InstanceId::from_u128(2)).unwrap();
+        c.put(snap(3), 0);
+        c.put(snap(4), 0);
+        // Full: a new instance evicts the unpinned slots.
+        c.put(snap(5), 0);
+        assert!(cached(&c, 1), "a pinned slot stays");
+        assert!(
+            c.map.contains_key(&InstanceId::from_u128(2)),
+            "a taken slot stays"
+        );
+        assert!(!cached(&c, 3) && !cached(&c, 4), "unpinned slots go");
+        assert!(cached(&c, 5));
+        c.put(taken.unwrap(), pin);
+        assert!(cached(&c, 2));
+        // Once batch 5 is committed, the pinned slot is a plain entry.
+        c.unpin(InstanceId::from_u128(1), 5);
+        c.put(snap(6), 0);
+        c.put(snap(7), 0);
+        assert!(!cached(&c, 1), "unpinned, it is evicted like the others");
+    }
+
+    #[test]
+    fn marks_live_and_leave_with_their_slot() {
+        let mut c = SnapshotCache::new(8);
+        let id = InstanceId::from_u128(2);
+        c.put(snap(2), 3);
+        let step: StepName = "s".into();
+        let mark = StepMark {
+            seq: 1,
+            at: Timestamp(1),
+            kind: floxy_core::model::EventKind::StepStarted,
+            attempt: Some(1),
+            detail: None,
+        };
+        let (s, pin) = c.take(id).unwrap();
+        c.push_mark(id, &step, mark.clone());
+        c.put(s.unwrap(), pin);
+        assert_eq!(c.get_with_marks(id, "s").1, [mark]);
+        assert!(c.get_with_marks(id, "t").1.is_empty());
+        c.clear();
+        assert!(c.get_with_marks(id, "s").1.is_empty());
+    }
+}
