@@ -283,7 +283,7 @@ pub const DEFAULT_CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 /// Default number of live instance snapshots the writer keeps decoded in memory. A claim or
 /// transition of an instance outside the cache reads and decodes it from the file, which
 /// more than doubles the writer's time per request: with 100 000 live instances, a 20 000
-/// cache ran completions at a third of the speed of a 120 000 one (see the crate README).
+/// cache ran completions at less than half the speed of a 100 000 one (see the crate README).
 /// Memory is spent only on live instances (terminal ones leave the cache): about 1.2 KB
 /// each with small payloads, more with large ones; the claim index already holds every
 /// live instance's queue items in memory.
