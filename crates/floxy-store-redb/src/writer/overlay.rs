@@ -122,6 +122,8 @@ impl Writer {
     pub(super) fn write_rows(&mut self, b: &mut Batch) -> Result<(), StoreError> {
         let rows = std::mem::take(&mut b.rows);
         let mut instances: Vec<InstanceId> = Vec::new();
+        // A step row's items, reused from row to row.
+        let mut items: Vec<&floxy_core::model::QueueItem> = Vec::with_capacity(3);
         for (id, step) in &rows {
             if instances.last() != Some(id) {
                 instances.push(*id);
@@ -142,14 +144,16 @@ impl Writer {
                     }
                 }
             };
-            // In `WorkKind` order, as `StepRow` keeps them.
-            let mut items = Vec::with_capacity(1);
+            // In `WorkKind` order, as `StepRow` keeps them (one key, its kind changed: this
+            // runs for every row a batch writes).
+            items.clear();
+            let mut key = QueueKey {
+                instance_id: *id,
+                step: step.clone(),
+                kind: WorkKind::Execute,
+            };
             for kind in [WorkKind::Execute, WorkKind::Compensate, WorkKind::Timer] {
-                let key = QueueKey {
-                    instance_id: *id,
-                    step: step.clone(),
-                    kind,
-                };
+                key.kind = kind;
                 if let Some(item) = self.index.get(&key) {
                     items.push(item);
                 }

@@ -266,7 +266,8 @@ impl Writer {
         // that row as a mark (format version 5: most transitions write one row fewer); the
         // others go to one row of `events`, keyed by the first one's sequence.
         if !tr.events.is_empty() {
-            let mut events = Vec::with_capacity(tr.events.len());
+            // Allocated only for events no step row keeps (most transitions have none).
+            let mut events = Vec::new();
             for ev in &tr.events {
                 self.counters.last_seq += 1;
                 let e = Event {
