@@ -7,10 +7,8 @@
 
 mod common;
 
-use floxy_core::conformance::fixtures::{
-    claim, create, event, execute, next, start, stored_step, update, write,
-};
-use floxy_core::model::{EventKind, InstanceId, QueueOp, StepStatus, Timestamp};
+use floxy_core::conformance::fixtures::{claim, create, event, next, start, update};
+use floxy_core::model::{EventKind, InstanceId, Timestamp};
 use floxy_core::store::Store;
 use floxy_store_redb::Durability;
 
@@ -160,15 +158,8 @@ fn step_events_in_step_rows_page_with_the_others() {
         // Claims of a/s1 and b/s1: their events go to the step rows.
         assert_eq!(claim(&store, "w", &["h1"], 10, T0).await.len(), 2);
         // a/s1 fails and is retried.
-        update(&store, a, move |s| {
-            let mut t = next(s, T0.add_ms(1));
-            let mut run = stored_step(s, "s1");
-            run.status = StepStatus::Retrying;
-            t.steps.push(write(run, Some(StepStatus::Running)));
-            t.queue
-                .push(QueueOp::Upsert(execute(a, "s1", "h1", T0.add_ms(2))));
-            t.events.push(event(EventKind::StepFailed, Some("s1")));
-            t
+        update(&store, a, |s| {
+            common::retry(s, "s1", "h1", T0.add_ms(1), T0.add_ms(2))
         })
         .await
         .unwrap();

@@ -6,10 +6,8 @@
 
 mod common;
 
-use floxy_core::conformance::fixtures::{
-    claim, create, event, execute, next, start, stored_step, update, write,
-};
-use floxy_core::model::{EventKind, InstanceId, QueueOp, StepStatus, Timestamp};
+use floxy_core::conformance::fixtures::{claim, create, event, next, start, update};
+use floxy_core::model::{EventKind, InstanceId, Timestamp};
 use floxy_core::store::Store;
 use floxy_store_redb::{Durability, FORMAT_VERSION};
 use redb::{ReadableDatabase, TableDefinition};
@@ -80,15 +78,8 @@ fn a_version_4_file_is_migrated_by_recording_the_version() {
         let store = common::open(&db.path, Durability::Immediate);
         assert_eq!(kinds(&store, a).await, before, "every event survives");
         // A failure that rewrites s1's row: its event is a long mark in that row.
-        update(&store, a, move |s| {
-            let mut t = next(s, T0.add_ms(2));
-            let mut run = stored_step(s, "s1");
-            run.status = StepStatus::Retrying;
-            t.steps.push(write(run, Some(StepStatus::Running)));
-            t.queue
-                .push(QueueOp::Upsert(execute(a, "s1", "h1", T0.add_ms(3))));
-            t.events.push(event(EventKind::StepFailed, Some("s1")));
-            t
+        update(&store, a, |s| {
+            common::retry(s, "s1", "h1", T0.add_ms(2), T0.add_ms(3))
         })
         .await
         .unwrap();

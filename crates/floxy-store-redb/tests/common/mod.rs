@@ -100,3 +100,29 @@ pub fn write_legacy_common(
 pub fn rmp<T: serde::Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec(v).expect("encode")
 }
+
+/// The transition of an attempt of `step` (leased for `handler`) that failed and is retried at
+/// `retry_at`: the run `retrying`, its item queued again, a `step_failed` event. The
+/// transition rewrites the step's row, so its event is kept there (a step mark).
+pub fn retry(
+    s: &floxy_core::model::InstanceSnapshot,
+    step: &str,
+    handler: &str,
+    now: floxy_core::model::Timestamp,
+    retry_at: floxy_core::model::Timestamp,
+) -> floxy_core::model::Transition {
+    use floxy_core::conformance::fixtures::{event, execute, next, stored_step, write};
+    use floxy_core::model::{EventKind, QueueOp, StepStatus};
+    let mut t = next(s, now);
+    let mut run = stored_step(s, step);
+    run.status = StepStatus::Retrying;
+    t.steps.push(write(run, Some(StepStatus::Running)));
+    t.queue.push(QueueOp::Upsert(execute(
+        s.instance.id,
+        step,
+        handler,
+        retry_at,
+    )));
+    t.events.push(event(EventKind::StepFailed, Some(step)));
+    t
+}
