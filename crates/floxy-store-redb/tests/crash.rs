@@ -61,6 +61,7 @@ fn register(engine: &Engine) {
 
 /// The child process: runs until killed.
 #[test]
+#[ignore = "the child process of the crash tests, which run it"]
 fn child_runs_workflows() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;

@@ -149,6 +149,7 @@ const HOLD_ENV: &str = "FLOXY_REDB_TEST_HOLD";
 /// Not a test of its own: the child process of `already_open_in_another_process` (runs only
 /// with the environment variable set). Opens the file, says so, waits for stdin to close.
 #[test]
+#[ignore = "the child process of already_open_in_another_process, which runs it"]
 fn child_holds_the_file() {
     let Some(path) = std::env::var_os(HOLD_ENV) else {
         return;

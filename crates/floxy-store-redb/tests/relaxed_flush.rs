@@ -19,6 +19,7 @@ const INTERVAL_MS: u64 = 100;
 
 /// The child: one acknowledged (unsynced) create, then idle until killed.
 #[test]
+#[ignore = "the child process of relaxed_commits_are_synced_after_the_interval_without_more_requests, which runs it"]
 fn child_creates_then_idles() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;

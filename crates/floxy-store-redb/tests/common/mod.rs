@@ -19,11 +19,18 @@ impl TempDb {
 }
 
 /// A command that runs test `name` of this test binary alone, in a child process (the
-/// crash-style tests re-execute themselves; the child test does its part when an environment
-/// variable the caller sets tells it to). Add the environment and the stdio.
+/// crash-style tests re-execute themselves; the child test is `#[ignore]`d, so a plain run
+/// reports it skipped instead of passing it, and does its part when an environment variable
+/// the caller sets tells it to). Add the environment and the stdio.
 pub fn child_test(name: &str) -> std::process::Command {
     let mut c = std::process::Command::new(std::env::current_exe().expect("test binary"));
-    c.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    c.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     c
 }
 
