@@ -59,6 +59,16 @@ struct Slot {
 }
 
 impl Slot {
+    /// What it tells of its instance (a snapshot taken out reads as a miss: nothing looks
+    /// while it is out).
+    fn cached(&self) -> Cached<'_> {
+        match &self.state {
+            State::Live(s) => Cached::Live(s),
+            State::Gone => Cached::Gone,
+            State::Out => Cached::Miss,
+        }
+    }
+
     /// Whether eviction must keep it: pinned, or taken out and not back yet.
     fn held(&self) -> bool {
         self.pin != 0 || matches!(self.state, State::Out)
@@ -98,25 +108,16 @@ impl SnapshotCache {
 
     /// What the cache knows of `id`, left in the cache.
     pub(crate) fn get(&self, id: InstanceId) -> Cached<'_> {
-        match self.map.get(&id).map(|s| &s.state) {
-            Some(State::Live(s)) => Cached::Live(s),
-            Some(State::Gone) => Cached::Gone,
-            Some(State::Out) | None => Cached::Miss,
-        }
+        self.map.get(&id).map_or(Cached::Miss, Slot::cached)
     }
 
     /// What the cache knows of `id`, and the marks of its step `step`'s row (one lookup: this
     /// runs for every step row a batch writes).
     pub(crate) fn get_with_marks(&self, id: InstanceId, step: &str) -> (Cached<'_>, &[StepMark]) {
-        let Some(slot) = self.map.get(&id) else {
-            return (Cached::Miss, &[]);
-        };
-        let cached = match &slot.state {
-            State::Live(s) => Cached::Live(s),
-            State::Gone => Cached::Gone,
-            State::Out => Cached::Miss,
-        };
-        (cached, marks_of(&slot.marks, step))
+        match self.map.get(&id) {
+            Some(slot) => (slot.cached(), marks_of(&slot.marks, step)),
+            None => (Cached::Miss, &[]),
+        }
     }
 
     /// Takes the snapshot of `id` out: `Some((snapshot or None if removed, pin))`, or `None`

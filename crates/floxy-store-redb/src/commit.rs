@@ -10,7 +10,7 @@
 //! transactions on the file.
 
 use crate::Durability;
-use crate::layout::{META, META_WAL_LSN, redb_err};
+use crate::layout::{META_WAL_LSN, redb_err};
 use crate::ops::Ops;
 use crate::wal::Wal;
 use crate::writer::{Delivery, Published, Request};
@@ -276,11 +276,7 @@ impl Committer {
         };
         if wal.behind() {
             let txn = self.db.begin_write().map_err(redb_err)?;
-            {
-                let mut meta = txn.open_table(META).map_err(redb_err)?;
-                meta.insert(META_WAL_LSN, wal.last_lsn().to_be_bytes().as_slice())
-                    .map_err(redb_err)?;
-            }
+            crate::wal::record_checkpoint(&txn, wal.last_lsn())?;
             txn.commit().map_err(redb_err)?;
         }
         wal.clear().map_err(|e| log_error("cannot empty it", &e))

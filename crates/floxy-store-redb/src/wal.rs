@@ -275,11 +275,7 @@ pub(crate) fn recover(
             last = *lsn;
             recovered.replayed += 1;
         }
-        {
-            let mut meta = txn.open_table(META).map_err(redb_err)?;
-            meta.insert(META_WAL_LSN, last.to_be_bytes().as_slice())
-                .map_err(redb_err)?;
-        }
+        record_checkpoint(&txn, last)?;
         txn.commit().map_err(redb_err)?;
     }
     let mut wal = Wal {
@@ -292,6 +288,14 @@ pub(crate) fn recover(
     };
     wal.clear().map_err(|e| io_err("cannot empty it", e))?;
     Ok((wal, recovered))
+}
+
+/// Records in `txn` (a durable one) that redb holds every log record up to `lsn`.
+pub(crate) fn record_checkpoint(txn: &redb::WriteTransaction, lsn: u64) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(redb_err)?;
+    meta.insert(META_WAL_LSN, lsn.to_be_bytes().as_slice())
+        .map_err(redb_err)?;
+    Ok(())
 }
 
 /// The number of the last log record redb holds durably (0 for a file never checkpointed)

@@ -28,14 +28,11 @@ async fn increasing_seqs(store: &floxy_store_redb::RedbStore, id: InstanceId) ->
 }
 
 async fn check_pages(store: &floxy_store_redb::RedbStore, id: InstanceId, all: &[u64]) {
-    let listed: Vec<u64> = store
-        .list_events(id, None, 0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
-    assert_eq!(listed, all, "every event, in order");
+    assert_eq!(
+        increasing_seqs(store, id).await,
+        all,
+        "every event, in order"
+    );
     let first = *all.first().unwrap();
     let last = *all.last().unwrap();
     for after in (first - 1)..=(last + 1) {
