@@ -96,34 +96,19 @@ impl Wal {
     }
 
     /// Encodes `ops` as record `r` in `buf` (the caller's, reused from batch to batch), writes
-    /// it at its place and makes it durable. Takes `&self`: the committing thread runs it on a
-    /// helper thread while it applies the batch, so encoding the batch, checksumming it,
-    /// writing and syncing all stay off the committing thread.
+    /// it at its place and makes it durable (see [`Appender::append`]).
     pub(crate) fn append(&self, r: &mut Record, ops: &Ops, buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.clear();
-        buf.resize(HEADER, 0);
-        ops.encode_log(buf);
-        let payload = buf.get(HEADER..).unwrap_or_default();
-        let len = u32::try_from(payload.len())
-            .map_err(|_| io::Error::other("a batch too large for one log record"))?;
-        let crc = checksum(self.id, r.lsn, len, payload);
-        let mut header = [0_u8; HEADER];
-        header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        header[4..8].copy_from_slice(&len.to_le_bytes());
-        header[8..16].copy_from_slice(&r.lsn.to_le_bytes());
-        header[16..24].copy_from_slice(&self.id.to_le_bytes());
-        header[24..28].copy_from_slice(&crc.to_le_bytes());
-        if let Some(h) = buf.get_mut(..HEADER) {
-            h.copy_from_slice(&header);
-        }
-        r.len = buf.len() as u64;
-        self.file.write_all_at(buf, r.at)?;
-        // `return` fails the sync (after the record was written, so it is on the file).
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("floxy-redb::wal-sync", |_| Err(io::Error::other(
-            "injected by failpoint floxy-redb::wal-sync"
-        )));
-        self.file.sync_data()
+        append_to(&self.file, self.id, r, ops, buf)
+    }
+
+    /// A writer of this log's records for another thread (the log thread, see
+    /// [`crate::commit`]), on its own handle of the file.
+    pub(crate) fn appender(&self) -> io::Result<Appender> {
+        Ok(Appender {
+            file: self.file.try_clone()?,
+            id: self.id,
+            buf: Vec::new(),
+        })
     }
 
     /// The batch of `r` failed: its record must never be replayed. The next record is written
@@ -172,6 +157,53 @@ impl Wal {
         self.file.set_len(0)?;
         self.file.sync_all()
     }
+}
+
+/// Writes records of a log from the log thread, which encodes, checksums, writes and syncs
+/// each batch's record while the committing thread applies the batch.
+#[derive(Debug)]
+pub(crate) struct Appender {
+    file: File,
+    id: u64,
+    /// The buffer records are encoded in, reused from batch to batch.
+    buf: Vec<u8>,
+}
+
+impl Appender {
+    /// Encodes `ops` as record `r`, writes it at its place and makes it durable. Only one
+    /// record is written at a time: the committing thread waits for each before it commits.
+    pub(crate) fn append(&mut self, r: &mut Record, ops: &Ops) -> io::Result<()> {
+        append_to(&self.file, self.id, r, ops, &mut self.buf)
+    }
+}
+
+/// Encodes `ops` as record `r` of log `id` in `buf`, writes it at its place in `file` and
+/// syncs the file.
+fn append_to(file: &File, id: u64, r: &mut Record, ops: &Ops, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    buf.resize(HEADER, 0);
+    ops.encode_log(buf);
+    let payload = buf.get(HEADER..).unwrap_or_default();
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::other("a batch too large for one log record"))?;
+    let crc = checksum(id, r.lsn, len, payload);
+    let mut header = [0_u8; HEADER];
+    header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header[8..16].copy_from_slice(&r.lsn.to_le_bytes());
+    header[16..24].copy_from_slice(&id.to_le_bytes());
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    if let Some(h) = buf.get_mut(..HEADER) {
+        h.copy_from_slice(&header);
+    }
+    r.len = buf.len() as u64;
+    file.write_all_at(buf, r.at)?;
+    // `return` fails the sync (after the record was written, so it is on the file).
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("floxy-redb::wal-sync", |_| Err(io::Error::other(
+        "injected by failpoint floxy-redb::wal-sync"
+    )));
+    file.sync_data()
 }
 
 fn checksum(id: u64, lsn: u64, len: u32, payload: &[u8]) -> u32 {

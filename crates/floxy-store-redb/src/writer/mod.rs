@@ -339,6 +339,7 @@ pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
 }
 
 /// Reads of the last committed transaction (see the module docs for when they are valid).
+/// Its read transaction is dropped as soon as a later batch commits (see [`Writer::settle`]).
 struct View {
     db: Arc<Database>,
     rtx: Option<ReadTransaction>,
@@ -439,6 +440,7 @@ impl Writer {
         let committer = Committer {
             db: db.clone(),
             wal: Some(wal),
+            log: None,
             log_buf: Vec::new(),
             broken: None,
             durability: options.durability,
@@ -669,6 +671,14 @@ impl Writer {
         match &err {
             None => {
                 self.committed_seq = seq;
+                // The read snapshot is stale now: release it at once rather than at the next
+                // read, which may be many commits away (a run of completions reads nothing).
+                // While a snapshot lives, redb cannot free the pages later commits replace, so
+                // they stay in its write buffer until it overflows and writes them out one
+                // `pwrite` each: with the snapshot of the last create kept through a run of
+                // completions, 16 workers made 23 600 `pwrite`s instead of 5 500 and durable
+                // completions ran at 37.1 k/s against 47.7 k/s (medians of 5 alternating runs).
+                self.view.rtx = None;
                 for id in touched.instances {
                     self.cache.unpin(id, seq);
                 }
