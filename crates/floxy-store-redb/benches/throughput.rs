@@ -444,6 +444,7 @@ fn thread_cpu() -> BTreeMap<String, f64> {
             n if n.starts_with("floxy-redb-writ") => "preparing",
             n if n.starts_with("floxy-redb-comm") => "committing",
             n if n.starts_with("floxy-redb-noti") => "replies",
+            n if n.starts_with("floxy-redb-log") => "log",
             _ => "other",
         };
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
@@ -453,8 +454,8 @@ fn thread_cpu() -> BTreeMap<String, f64> {
     out
 }
 
-/// CPU seconds (user + system) of this whole process, threads that exited included (the
-/// write-ahead log's helper thread lives for one batch: `thread_cpu` never sees it).
+/// CPU seconds (user + system) of this whole process, threads that exited included (which
+/// `thread_cpu` never sees).
 fn process_cpu() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
@@ -503,7 +504,7 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
             })
             .collect();
         let live: f64 = cpu.iter().map(|(_, v)| v).sum();
-        // Threads that exited meanwhile (the log's helper threads) count in the total.
+        // Threads that exited meanwhile count in the total.
         let total = (process_cpu() - process_before).max(live);
         cpu.push(("exited".to_owned(), total - live));
         if total > 0.0 {
