@@ -311,10 +311,13 @@ impl Committer {
 
     /// Commits a staged transaction.
     fn finish(&mut self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
-        // `return` fails this commit; `return(MS)` fails it after MS milliseconds, so a test
-        // can queue work behind a commit that is going to fail.
+        // `floxy-redb::committing` tells a test (through `fail::cfg_callback`) that a batch
+        // is committing, so the requests it sends next are prepared on top of that batch.
+        // On `floxy-redb::commit`, `return` fails this commit; `return(MS)` fails it after MS
+        // milliseconds, so a test can queue work behind a commit that is going to fail.
         #[cfg(feature = "failpoints")]
         {
+            fail::fail_point!("floxy-redb::committing");
             let injected: Option<Option<String>> = (|| {
                 fail::fail_point!("floxy-redb::commit", Some);
                 None

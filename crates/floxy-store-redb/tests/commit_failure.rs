@@ -47,6 +47,7 @@ async fn a_failed_commit_writes_nothing_and_the_store_recovers() {
     let token_before = before[0].item.lease.as_ref().unwrap().token;
 
     // The next commit fails, 300 ms after it started.
+    let started = common::arm_committing();
     fail::cfg("floxy-redb::commit", "1*return(300)").unwrap();
     let b = id();
     let create_b = tokio::spawn({
@@ -55,7 +56,7 @@ async fn a_failed_commit_writes_nothing_and_the_store_recovers() {
     });
     // While it commits, an update of the instance it creates and a claim of its item are
     // prepared on top of it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::committing(&started).await;
     let update_b = tokio::spawn({
         let store = store.clone();
         async move {

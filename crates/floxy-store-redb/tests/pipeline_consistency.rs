@@ -1330,6 +1330,7 @@ fn refusals_prepared_on_a_failed_commit_get_the_commit_error() {
         let lease = held(&claimed[0]);
 
         // The next commit (finishing `a`) fails, 300 ms after it started.
+        let started = common::arm_committing();
         fail::cfg("floxy-redb::commit", "1*return(300)").unwrap();
         let finishing = tokio::spawn({
             let store = store.clone();
@@ -1339,7 +1340,7 @@ fn refusals_prepared_on_a_failed_commit_get_the_commit_error() {
                     .await
             }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        common::committing(&started).await;
         // Prepared while that commit is in flight, on top of it.
         let again = tokio::spawn({
             let store = store.clone();

@@ -133,3 +133,24 @@ pub fn retry(
     t.events.push(event(EventKind::StepFailed, Some(step)));
     t
 }
+
+/// Arms failpoint `floxy-redb::committing` (feature `failpoints`): the returned `Notify` gets
+/// a permit when a batch starts its commit. A test that makes the next commit fail slowly
+/// waits for it ([`committing`]) before it sends the requests it wants prepared on top of
+/// that batch, instead of sleeping and hoping the batch got that far.
+#[cfg(feature = "failpoints")]
+pub fn arm_committing() -> std::sync::Arc<tokio::sync::Notify> {
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = started.clone();
+    fail::cfg_callback("floxy-redb::committing", move || signal.notify_one()).unwrap();
+    started
+}
+
+/// Waits until the batch [`arm_committing`] watches is committing (at most 10 s).
+#[cfg(feature = "failpoints")]
+pub async fn committing(started: &tokio::sync::Notify) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), started.notified())
+        .await
+        .expect("a batch started committing within 10 s");
+    fail::remove("floxy-redb::committing");
+}
