@@ -54,7 +54,11 @@
 //! The reads a preparation needs come from memory (the claim index, the snapshot cache) or
 //! from a read transaction of the last committed batch; everything a not-yet-committed batch
 //! wrote — instance snapshots, idempotency keys, DLQ ids — is kept pinned in memory until it
-//! is committed, so no preparation reads a stale row. A definition write and a retention
+//! is committed, so no preparation reads a stale row. That read transaction is dropped as soon
+//! as a later batch commits: a live redb snapshot keeps redb from freeing the pages later
+//! commits replace, and those then fill redb's write buffer and are written out one by one
+//! (a run of completions after a burst of creates made four times the page writes while the
+//! writer held the last create's snapshot). A definition write and a retention
 //! chunk wait for the committing batch and run in a batch of their own.
 //!
 //! If applying or committing a batch fails (I/O error, disk full), every request of the batch
@@ -193,10 +197,10 @@
 //! them and syncs the file, and the committing thread, the store's bottleneck, can do nothing
 //! else meanwhile. So with [`Durability::Immediate`] each batch is appended to the log instead
 //! — its table writes as prepared, a few hundred bytes per request, in one record with a
-//! CRC-32C — and a helper thread encodes, checksums, writes and syncs that record *while* the
-//! committing thread applies the batch to redb. The redb transaction then commits without `fsync` (redb keeps
-//! the pages in memory, visible to readers), and only after the record is durable; then the
-//! callers are answered. Every [`RedbOptions::checkpoint_bytes`] of log (default
+//! CRC-32C — and the log thread (`floxy-redb-log`, one for the store's life) encodes,
+//! checksums, writes and syncs that record *while* the committing thread applies the batch to
+//! redb. The redb transaction then commits without `fsync` (redb keeps the pages in memory,
+//! visible to readers), and only after the record is durable; then the callers are answered. Every [`RedbOptions::checkpoint_bytes`] of log (default
 //! [`DEFAULT_CHECKPOINT_BYTES`]) one batch commits durably in redb instead — a
 //! **checkpoint**, which writes each page the batches since the previous one dirtied once,
 //! however often they dirtied it, and records its log record's number in `floxy_meta` — and
@@ -215,9 +219,9 @@
 //! is refused at open as [`StoreError::Corrupt`]
 //! rather than replayed.
 //!
-//! What it bought (throughput bench, 64 workers, alternating runs on 2 shared cores): the
-//! committing thread's time per request fell by about a tenth, and durable step completions
-//! rose by 5–10 % (see the crate README for the figures).
+//! What it bought when it came (throughput bench, 64 workers, alternating runs on 2 shared
+//! cores): the committing thread's time per request fell by about a tenth, and durable step
+//! completions rose by 5–10 % (the crate README has the current figures).
 //!
 //! # Choices where the contract is silent
 //!
