@@ -58,8 +58,8 @@
 //! as a later batch commits: a live redb snapshot keeps redb from freeing the pages later
 //! commits replace, and those then fill redb's write buffer and are written out one by one
 //! (a run of completions after a burst of creates made four times the page writes while the
-//! writer held the last create's snapshot). A definition write and a retention
-//! chunk wait for the committing batch and run in a batch of their own.
+//! writer held the last create's snapshot). A definition write and a retention chunk wait for
+//! the committing batch and run in a batch of their own.
 //!
 //! If applying or committing a batch fails (I/O error, disk full), every request of the batch
 //! gets that (retryable) error — refusals too, since they may rest on an earlier request of
@@ -200,7 +200,8 @@
 //! CRC-32C — and the log thread (`floxy-redb-log`, one for the store's life) encodes,
 //! checksums, writes and syncs that record *while* the committing thread applies the batch to
 //! redb. The redb transaction then commits without `fsync` (redb keeps the pages in memory,
-//! visible to readers), and only after the record is durable; then the callers are answered. Every [`RedbOptions::checkpoint_bytes`] of log (default
+//! visible to readers), and only after the record is durable; then the callers are answered.
+//! Every [`RedbOptions::checkpoint_bytes`] of log (default
 //! [`DEFAULT_CHECKPOINT_BYTES`]) one batch commits durably in redb instead — a
 //! **checkpoint**, which writes each page the batches since the previous one dirtied once,
 //! however often they dirtied it, and records its log record's number in `floxy_meta` — and
