@@ -461,3 +461,52 @@ impl LogThread {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::layout::LIVE;
+    use redb::{ReadableDatabase, ReadableTable};
+
+    #[test]
+    fn the_log_thread_writes_each_record_in_turn_and_lets_go_of_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let db = crate::open::open_database(&path, 1 << 20).unwrap();
+        let (mut wal, _) = crate::wal::recover(&db, &path, 1 << 20).unwrap();
+        let log = LogThread::start(wal.appender().unwrap()).unwrap();
+        for keys in [&[1_u128, 2][..], &[3]] {
+            let mut ops = Ops::default();
+            for k in keys {
+                ops.live(*k, true);
+            }
+            let batch = Arc::new(ops);
+            let rec = wal.next_record();
+            assert!(log.send(rec, &batch));
+            let (written, r) = log.outcome().unwrap();
+            r.unwrap();
+            assert_eq!(written.lsn, rec.lsn);
+            assert!(
+                Arc::try_unwrap(batch).is_ok(),
+                "the log thread let go of the batch before it reported"
+            );
+            wal.applied(&written, false);
+        }
+        log.stop();
+        drop((wal, db));
+        // Both records are on the file, one after the other: the next open replays them.
+        let db = crate::open::open_database(&path, 1 << 20).unwrap();
+        let (_, r) = crate::wal::recover(&db, &path, 1 << 20).unwrap();
+        assert_eq!(r.replayed, 2);
+        let rtx = db.begin_read().unwrap();
+        let live: Vec<u128> = rtx
+            .open_table(LIVE)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value())
+            .collect();
+        assert_eq!(live, vec![1, 2, 3]);
+    }
+}
