@@ -5,6 +5,11 @@
 //!   every claimed step with its own `update_instance` (fencing check, step CAS, queue
 //!   delete, event, the next step queued), all of a worker's completions in flight at once;
 //!   a completion counts when it is acknowledged, i.e. durable (redb: `Durability::Immediate`);
+//! * **durable completions in eager chains/s**: the same, but the way the engine completes
+//!   steps (its default): each completion leases the step it queues to the completing worker
+//!   in the same commit (`update_instance_eager`), and the worker completes that one next, so
+//!   only an instance's first step is claimed (the memory store has no eager claims: its
+//!   workers claim every step);
 //! * **3-step sagas/s end to end**: the `floxy` engine with its worker pool (1 024 workers,
 //!   claim batches of 256) runs `N` instances of a three-step workflow with no-op handlers,
 //!   from the first start to the last completion.
@@ -26,6 +31,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use floxy::{Builder, Engine, InstanceStatus, Payload};
+use floxy_core::eager::EagerClaim;
 use floxy_core::model::{
     EventKind, InstanceId, InstanceRecord, InstanceSnapshot, InstanceStatus as Status, LeaseCheck,
     NewEvent, QueueItem, QueueKey, QueueOp, StepRun, StepStatus, StepWrite, Timestamp, Transition,
@@ -250,12 +256,15 @@ async fn claims<S: Store + ?Sized + 'static>(
 }
 
 /// Step completions/s: `workers` tasks claim batches and complete every claimed step
-/// concurrently, until `n` instances ran their three steps.
+/// concurrently, until `n` instances ran their three steps. With `eager`, each completion
+/// leases the next step of its instance to the worker (as the engine does), which completes
+/// it in turn.
 async fn completions<S: Store + ?Sized + 'static>(
     store: Arc<S>,
     n: usize,
     workers: usize,
     batch: usize,
+    eager: bool,
     started: impl FnOnce(),
 ) -> f64 {
     prefill(&store, n).await;
@@ -282,25 +291,42 @@ async fn completions<S: Store + ?Sized + 'static>(
                         continue;
                     }
                     idle = 0;
+                    let owner: Arc<str> = format!("w{w}").into();
                     let results = futures::future::join_all(claimed.into_iter().map(|c| {
                         let store = store.clone();
-                        let key = c.item.key.clone();
-                        let token = c.item.lease.as_ref().map(|l| l.token).expect("lease");
-                        let id = key.instance_id;
+                        let owner = owner.clone();
                         async move {
-                            store
-                                .update_instance(
-                                    id,
-                                    Box::new(move |s| Ok(complete(s, &key, token, now))),
-                                )
-                                .await
+                            let mut next = Some(c);
+                            let mut done = 0_usize;
+                            while let Some(c) = next.take() {
+                                let key = c.item.key.clone();
+                                let token = c.item.lease.as_ref().map(|l| l.token).expect("lease");
+                                let id = key.instance_id;
+                                let f: floxy_core::store::TransitionFn =
+                                    Box::new(move |s| Ok(complete(s, &key, token, now)));
+                                if eager {
+                                    // The engine's path: the completion leases the step it
+                                    // queues to this worker in the same commit.
+                                    let claim = EagerClaim {
+                                        owner: owner.clone(),
+                                        handlers: vec![HANDLER.into()],
+                                        limit: 1,
+                                    };
+                                    let (_, items) = store
+                                        .update_instance_eager(id, f, &claim)
+                                        .await
+                                        .expect("completion");
+                                    next = items.into_iter().next();
+                                } else {
+                                    store.update_instance(id, f).await.expect("completion");
+                                }
+                                done += 1;
+                            }
+                            done
                         }
                     }))
                     .await;
-                    for r in results {
-                        r.expect("completion");
-                        done += 1;
-                    }
+                    done += results.into_iter().sum::<usize>();
                     now = now.add_ms(1);
                 }
             })
@@ -315,7 +341,7 @@ async fn completions<S: Store + ?Sized + 'static>(
 }
 
 /// 3-step sagas/s through the engine.
-async fn sagas(store: Arc<dyn Store>, n: usize) -> f64 {
+async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
     // `FLOXY_BENCH_SAGA_WORKERS` / `FLOXY_BENCH_SAGA_BATCH` override the pool (1 024
     // workers, claim batches of 256). Each saga waits for five commits in turn (start, claim,
     // three completions), so sagas/s is in-flight sagas over that latency: with 512 workers
@@ -355,6 +381,24 @@ async fn sagas(store: Arc<dyn Store>, n: usize) -> f64 {
         .await;
         started.extend(ids.into_iter().map(|r| r.expect("start")));
     }
+    // The clock stops when the store counts every saga completed (its published counters:
+    // no read transaction), polled every 2 ms; each saga is then checked one by one, outside
+    // the measured time. Reading the 10 000 snapshots back inside it (one `wait_for` each, as
+    // this bench did before) cost about a fifth of the run's CPU, taken from the engine.
+    let completed = |stats: &floxy_core::store::StoreStats| {
+        stats
+            .instances_by_status
+            .iter()
+            .find(|(s, _)| s == InstanceStatus::Completed.as_str())
+            .map_or(0, |(_, c)| *c)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while completed(&engine.stats().await.expect("stats")) < n as u64 {
+        assert!(Instant::now() < deadline, "sagas did not complete in 120 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stopped();
     for id in started {
         let r = engine
             .wait_for(id, Duration::from_secs(120))
@@ -362,7 +406,6 @@ async fn sagas(store: Arc<dyn Store>, n: usize) -> f64 {
             .expect("wait");
         assert_eq!(r.status, InstanceStatus::Completed);
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
     engine.shutdown(Duration::from_secs(10)).await;
     rate
 }
@@ -566,7 +609,9 @@ fn main() {
         let named: Vec<&String> = args
             .iter()
             .skip(1)
-            .filter(|a| ["claims", "completions", "sagas", "redb-only"].contains(&a.as_str()))
+            .filter(|a| {
+                ["claims", "completions", "chains", "sagas", "redb-only"].contains(&a.as_str())
+            })
             .filter(|a| *a != "redb-only")
             .collect();
         named.is_empty() || named.iter().any(|a| *a == what)
@@ -633,10 +678,23 @@ fn main() {
                 &mut notes,
                 &format!("completions, {w} workers"),
                 redb_only,
-                |st, started| completions(st, n_steps, w, batch, started),
+                |st, started| completions(st, n_steps, w, batch, false, started),
             )
             .await;
             row("durable step completions", &w.to_string(), m, d);
+        }
+        for &w in &workers {
+            if !only("chains") {
+                break;
+            }
+            let (m, d) = compare(
+                &mut notes,
+                &format!("chained completions, {w} workers"),
+                redb_only,
+                |st, started| completions(st, n_steps, w, batch, true, started),
+            )
+            .await;
+            row("durable completions, eager chains", &w.to_string(), m, d);
         }
         if !only("sagas") {
             return notes;
@@ -644,12 +702,14 @@ fn main() {
         let m = if redb_only {
             0.0
         } else {
-            sagas(Arc::new(MemoryStore::new()), n_sagas).await
+            sagas(Arc::new(MemoryStore::new()), n_sagas, || ()).await
         };
         let r = redb();
         let start = Mark::now(&r.store);
-        let d = sagas(r.store.clone(), n_sagas).await;
-        note(&mut notes, "sagas", &r.store, Some(start));
+        let d = sagas(r.store.clone(), n_sagas, || {
+            note(&mut notes, "sagas", &r.store, Some(start));
+        })
+        .await;
         r.store.close().await.expect("close");
         row(
             "3-step sagas (engine, end to end)",
