@@ -94,14 +94,7 @@ pub(crate) struct SnapshotCache {
     /// Size at which unpinned slots are dropped: the capacity, or twice what was pinned at
     /// the last eviction (so a cache full of pinned slots is not scanned on every insert).
     evict_at: usize,
-    /// Slots that left at [`SnapshotCache::unpin`], not freed yet (see
-    /// [`SnapshotCache::free_released`]).
-    released: Vec<Slot>,
 }
-
-/// Released slots kept for [`SnapshotCache::free_released`] at most: beyond it they are freed
-/// at once, so a writer that is never idle does not hoard them.
-const MAX_RELEASED: usize = 8192;
 
 impl SnapshotCache {
     /// An empty cache holding at most `capacity` unpinned instances (0: only pinned ones).
@@ -110,7 +103,6 @@ impl SnapshotCache {
             map: FastMap::default(),
             capacity,
             evict_at: capacity.max(1),
-            released: Vec::new(),
         }
     }
 
@@ -195,31 +187,14 @@ impl SnapshotCache {
             && matches!(&slot.state, State::Live(s) if !s.instance.status.is_terminal());
         if keep {
             slot.pin = 0;
-        } else if let Some(slot) = self.map.remove(&id)
-            && self.released.len() < MAX_RELEASED
-        {
-            self.released.push(slot);
+        } else {
+            self.map.remove(&id);
         }
-    }
-
-    /// Frees the slots [`SnapshotCache::unpin`] let go of. The writer calls it when it has
-    /// nothing queued: freeing a finished instance's snapshot (its record, step runs and
-    /// their payloads, dozens of allocations) was about a tenth of the preparing thread's
-    /// samples in `perf` during a run of completions, and the preparing thread is the one a
-    /// wave of requests waits on.
-    pub(crate) fn free_released(&mut self) {
-        self.released.clear();
-    }
-
-    /// Whether [`SnapshotCache::free_released`] has anything to free.
-    pub(crate) fn has_released(&self) -> bool {
-        !self.released.is_empty()
     }
 
     /// Forgets everything (after a failed commit).
     pub(crate) fn clear(&mut self) {
         self.map.clear();
-        self.released.clear();
     }
 
     /// Records the marks an instance's step rows hold (read with its snapshot, which the
@@ -322,33 +297,9 @@ mod tests {
         assert!(cached(&c, 2));
         // Once batch 5 is committed, the pinned slot is a plain entry.
         c.unpin(InstanceId::from_u128(1), 5);
-        assert!(cached(&c, 1) && !c.has_released(), "a live slot stays");
         c.put(snap(6), 0);
         c.put(snap(7), 0);
         assert!(!cached(&c, 1), "unpinned, it is evicted like the others");
-    }
-
-    #[test]
-    fn a_finished_instance_leaves_at_its_commit_and_is_freed_later() {
-        let mut c = SnapshotCache::new(4);
-        let mut done = snap(1);
-        done.instance.status = InstanceStatus::Completed;
-        c.put(done, 3);
-        c.unpin(InstanceId::from_u128(1), 2);
-        assert!(cached(&c, 1), "a later batch's pin is not released");
-        c.unpin(InstanceId::from_u128(1), 3);
-        assert!(!cached(&c, 1), "terminal: it leaves the cache");
-        assert!(c.has_released());
-        c.free_released();
-        assert!(!c.has_released());
-        // Bounded: past the bound, released slots are freed at once.
-        for n in 0..(MAX_RELEASED as u128 + 10) {
-            let mut s = snap(100 + n);
-            s.instance.status = InstanceStatus::Completed;
-            c.put(s, 7);
-            c.unpin(InstanceId::from_u128(100 + n), 7);
-        }
-        assert_eq!(c.released.len(), MAX_RELEASED);
     }
 
     #[test]

@@ -518,17 +518,6 @@ impl Writer {
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                 }
-            } else if self.cache.has_released() {
-                // Free what the last commits released while nothing is queued, not while a
-                // wave of requests waits (see `SnapshotCache::free_released`).
-                match rx.try_recv() {
-                    Ok(m) => Some(m),
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        self.cache.free_released();
-                        rx.blocking_recv()
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                }
             } else {
                 rx.blocking_recv()
             };
