@@ -707,6 +707,7 @@ impl Shared {
             }
             let wait = end.since(self.clock.now());
             let permit = tokio::select! {
+                biased;
                 p = Arc::clone(&permits).acquire_owned() => p,
                 () = tokio::time::sleep(Duration::from_millis(wait)) => break,
             };
@@ -842,6 +843,7 @@ impl Shared {
                 }
             }
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(poll) => {}
             }
@@ -945,6 +947,7 @@ impl Shared {
                 ));
             }
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
@@ -966,6 +969,7 @@ impl Shared {
         let every = Duration::from_millis(self.scenario.stats_interval_ms.max(100));
         loop {
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
@@ -985,6 +989,7 @@ impl Shared {
         loop {
             let wait = between(&mut rng, range.0, range.1);
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(wait)) => {}
             }
@@ -1033,11 +1038,13 @@ impl Shared {
             }
             let wait = between(&mut rng, lo, hi);
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(wait)) => {}
             }
             count += 1;
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 r = d.disrupt(&mut rng, &self.counters) => {
                     if let Err(e) = r {

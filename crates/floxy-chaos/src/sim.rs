@@ -2,7 +2,11 @@
 //! store, on a single-threaded tokio runtime with paused (virtual) time and the engines on a
 //! [`floxy::TokioClock`]. Timeouts, retry delays, lease expiries, injected sleeps and hangs
 //! take no real time, so a run of many virtual seconds takes milliseconds, and thousands of
-//! seeds run in seconds. Every decision comes from the seed, so a failing seed replays:
+//! seeds run in seconds. Every decision comes from the seed, so a failing seed replays. That
+//! holds only while nothing else decides: every `tokio::select!` on the path of a run (the
+//! engine's loops, this crate's drivers) is `biased`, because an unbiased one polls its
+//! branches in a random order that no seed controls, and two branches ready at the same
+//! virtual instant then made replays of one seed diverge now and then:
 //!
 //! ```
 //! use floxy_chaos::sim;

@@ -157,7 +157,10 @@ pub(crate) async fn run(
     loop {
         let changed = table.changed.notified();
         let wait = table.earliest_beat().map(|t| until(clock.now(), t));
+        // `biased`: polled in order, so a run on a paused clock (the chaos simulation) replays
+        // exactly; an unbiased `select!` polls its branches in a random order of its own.
         tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             () = changed => continue,
             () = sleep_opt(wait) => {}

@@ -102,7 +102,10 @@ impl Engine {
             if done(&snapshot) {
                 return Ok(snapshot.instance);
             }
+            // `biased`: polled in order, so a run on a paused clock (the chaos simulation) replays
+            // exactly; an unbiased `select!` polls its branches in a random order of its own.
             tokio::select! {
+                biased;
                 changed = commits.rx.changed() => {
                     if changed.is_err() {
                         // The sender lives as long as the engine; poll if it is ever gone.

@@ -274,7 +274,10 @@ impl Engine {
                 _ => std::future::pending::<()>().await,
             }
         };
+        // `biased`: polled in order, so a run on a paused clock (the chaos simulation) replays
+        // exactly; an unbiased `select!` polls its branches in a random order of its own.
         tokio::select! {
+            biased;
             () = inner.lifecycle.stopping.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
             () = remote => tracing::trace!("woken by the store: work queued elsewhere"),
