@@ -24,6 +24,10 @@
 //! * **Queue items** live in a second slab; a `HashMap<QueueKey, item id>` resolves the keys
 //!   that transitions and heartbeats name. The item remembers its instance's slot and the
 //!   index of its step run, so a claim touches no hash map.
+//! * **Eager claims** ([`Store::update_instance_eager`]): the transition's upserts are stored
+//!   unleased except the ones [`floxy_core::eager::lease_eagerly`] leases to the committing
+//!   worker, with tokens from the claim counter, in the same critical section; such an item
+//!   is indexed at its lease expiry, as a claimed one is.
 //!
 //! # Why claims are fast
 //!
@@ -87,6 +91,7 @@ mod state;
 mod sync;
 
 use async_trait::async_trait;
+use floxy_core::eager::EagerClaim;
 use floxy_core::model::{
     DlqId, DlqRecord, Event, InstanceId, InstanceRecord, InstanceSnapshot, QueueItem, StepRun,
     Timestamp, Transition, WorkflowDefinition, WorkflowId,
@@ -203,6 +208,20 @@ impl Store for MemoryStore {
             return r(self, id, f);
         }
         self.inner.lock().update_instance(id, f)
+    }
+
+    async fn update_instance_eager(
+        &self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: &EagerClaim,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
+        #[cfg(feature = "failpoints")]
+        if let Some(r) = Self::inside_commit_failpoint() {
+            // An injected fault applies the plain update (or nothing) and leases nothing.
+            return r(self, id, f).map(|t| (t, Vec::new()));
+        }
+        self.inner.lock().update_instance_eager(id, f, Some(eager))
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {

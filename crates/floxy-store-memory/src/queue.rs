@@ -280,17 +280,22 @@ impl Queue {
         self.index_insert(id);
     }
 
-    /// Inserts or replaces the item with `item.key` (dropping any lease). `step_idx` is the
+    /// Inserts or replaces the item with `item.key`, with the lease it carries (callers drop
+    /// every lease but an eager claim's, see [`floxy_core::eager::unlease_upserts`]). `step_idx` is the
     /// index of its step run in the instance, if known. Returns its id and whether it is new.
     pub(crate) fn upsert(
         &mut self,
-        mut item: QueueItem,
+        item: QueueItem,
         inst: InstSlot,
         step_idx: Option<u32>,
     ) -> (ItemId, bool) {
-        item.lease = None;
         let handler = self.intern(&item.handler);
-        let due = item.run_at;
+        // Claimable once it runs and, when leased (an eager claim), once the lease expires.
+        let due = match &item.lease {
+            Some(l) => item.run_at.max(l.expires_at),
+            None => item.run_at,
+        };
+        let leased = item.lease.is_some();
         if let Some(&id) = self.by_key.get(&item.key) {
             self.index_remove(id);
             if let Some(s) = self.slot_mut(id) {
@@ -304,8 +309,14 @@ impl Queue {
                     self.leased -= 1;
                 }
             }
+            if leased {
+                self.leased += 1;
+            }
             self.index_insert(id);
             return (id, false);
+        }
+        if leased {
+            self.leased += 1;
         }
         let slot = Slot {
             item,
@@ -473,6 +484,12 @@ impl Queue {
             due: s.item.run_at.max(expires_at),
             was_leased: s.item.lease.is_some(),
         })
+    }
+
+    /// A fresh fencing token, greater than every token issued before (an eager claim's).
+    pub(crate) fn next_token(&mut self) -> FencingToken {
+        self.last_token += 1;
+        FencingToken(self.last_token)
     }
 
     /// First half of a new lease on a planned candidate: takes it out of the ready set,

@@ -2,6 +2,7 @@
 
 use crate::queue::{InstSlot, ItemId, LeasePlan, Queue};
 use floxy_core::checks;
+use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
 use floxy_core::model::{
     DlqId, DlqRecord, Event, EventKind, FencingToken, InstanceId, InstanceRecord, InstanceSnapshot,
     InstanceStatus, QueueItem, QueueOp, StepName, StepRun, Timestamp, Transition,
@@ -120,7 +121,10 @@ impl State {
 
     // ----- transitions -----
 
-    pub(crate) fn create_instance(&mut self, t: Transition) -> Result<CreateOutcome, StoreError> {
+    pub(crate) fn create_instance(
+        &mut self,
+        mut t: Transition,
+    ) -> Result<CreateOutcome, StoreError> {
         let id = t.instance.id;
         if !t.create {
             return Err(StoreError::Conflict(format!(
@@ -138,6 +142,7 @@ impl State {
             )));
         }
         self.check(None, &t)?;
+        unlease_upserts(&mut t);
         let entry = InstanceEntry {
             snap: InstanceSnapshot {
                 instance: t.instance.clone(),
@@ -171,6 +176,16 @@ impl State {
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError> {
+        self.update_instance_eager(id, f, None).map(|(t, _)| t)
+    }
+
+    /// [`floxy_core::store::Store::update_instance_eager`] (`eager: None`: a plain update).
+    pub(crate) fn update_instance_eager(
+        &mut self,
+        id: InstanceId,
+        f: TransitionFn,
+        eager: Option<&EagerClaim>,
+    ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
         let slot = *self
             .by_id
             .get(&id)
@@ -178,7 +193,7 @@ impl State {
         let entry = self
             .entry(slot)
             .ok_or_else(|| StoreError::NotFound(format!("instance {id}")))?;
-        let t = f(&entry.snap)?;
+        let mut t = f(&entry.snap)?;
         if t.instance.id != id {
             return Err(StoreError::Conflict(format!(
                 "transition for instance {} applied to {id}",
@@ -186,6 +201,13 @@ impl State {
             )));
         }
         self.check(Some((slot, entry)), &t)?;
+        // Checked: upserts are stored unleased, but for the caller's share of the queued
+        // work, leased in this same commit with tokens from the claim counter.
+        unlease_upserts(&mut t);
+        let claimed = match eager {
+            Some(e) => lease_eagerly(&mut t, e, || self.queue.next_token()),
+            None => Vec::new(),
+        };
         let Some(entry) = self.insts.get_mut(slot as usize).and_then(Option::as_mut) else {
             return Err(StoreError::NotFound(format!("instance {id}")));
         };
@@ -195,7 +217,7 @@ impl State {
         self.unindex_record(&old, idem_changed);
         self.index_record(&t.instance, idem_changed);
         self.apply_rest(slot, &t);
-        Ok(t)
+        Ok((t, claimed))
     }
 
     /// Every check of a transition, before anything is written. `current` is the stored

@@ -12,6 +12,7 @@ mod common;
 use floxy_core::conformance::fixtures::{
     Observation, at, dlq_record, event, execute, iid, key, next, observe, start, step_run, write,
 };
+use floxy_core::eager::EagerClaim;
 use floxy_core::machine::TransitionError;
 use floxy_core::model::{
     DlqId, EventKind, FencingToken, InstanceSnapshot, InstanceStatus, LeaseCheck, QueueKey,
@@ -68,6 +69,8 @@ enum Op {
     Update {
         inst: u128,
         change: Change,
+        /// An eager claim (`update_instance_eager`): the worker's handlers and its limit.
+        eager: Option<(Vec<usize>, usize)>,
     },
     Claim {
         handlers: Vec<usize>,
@@ -89,7 +92,8 @@ fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         4 => (0..3_usize, prop::bool::weighted(0.2)).prop_map(|(step, stale)| Change::Complete { step, stale }),
         2 => (0..3_usize, 0..5_000_i64).prop_map(|(step, delay_ms)| Change::Retry { step, delay_ms }),
-        2 => (0..3_usize, 0..2_usize, 0..3_000_i64, 0..=100_u8).prop_map(|(step, handler, delay_ms, priority)| Change::AddStep { step, handler, delay_ms, priority }),
+        // Half the added steps are due at once, so eager updates have work to lease.
+        2 => (0..3_usize, 0..2_usize, prop_oneof![Just(0_i64), 0..3_000_i64], 0..=100_u8).prop_map(|(step, handler, delay_ms, priority)| Change::AddStep { step, handler, delay_ms, priority }),
         2 => (0..InstanceStatus::ALL.len()).prop_map(Change::Status),
         1 => Just(Change::BadVersion),
         1 => Just(Change::Refuse),
@@ -104,7 +108,20 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (1..=INSTANCES, prop::collection::vec((0..3_usize, 0..2_usize), 0..3), prop::option::of(0..3_u8))
             .prop_map(|(inst, steps, idem)| Op::Create { inst, steps, idem }),
-        8 => (1..=INSTANCES, change()).prop_map(|(inst, change)| Op::Update { inst, change }),
+        8 => (
+            1..=INSTANCES,
+            change(),
+            prop::option::weighted(0.4, (prop::collection::vec(0..3_usize, 1..3), 0..3_usize)),
+        )
+            .prop_map(|(inst, change, eager)| Op::Update { inst, change, eager }),
+        // A step queued due now with the worker's handler among the eager claim's: the
+        // engine's chain, so that eager leases are frequent.
+        3 => (1..=INSTANCES, 0..3_usize, 0..2_usize, 0..=100_u8, 1..3_usize)
+            .prop_map(|(inst, step, h, priority, limit)| Op::Update {
+                inst,
+                change: Change::AddStep { step, handler: h, delay_ms: 0, priority },
+                eager: Some((vec![h, 2], limit)),
+            }),
         4 => (prop::collection::vec(0..3_usize, 0..3), 0..5_usize, prop_oneof![3 => Just(0_i64), 1 => 1..20_000_i64])
             .prop_map(|(handlers, limit, lag_ms)| Op::Claim { handlers, limit, lag_ms }),
         2 => (prop::collection::vec(0..8_usize, 0..3), prop::bool::weighted(0.2))
@@ -273,7 +290,11 @@ impl Harness {
                 let r = self.redb.create_instance(t).await;
                 prop_assert_eq!(outcome(&m), outcome(&r), "create {:?}", op);
             }
-            Op::Update { inst, change } => {
+            Op::Update {
+                inst,
+                change,
+                eager: None,
+            } => {
                 let (c1, c2) = (change.clone(), change.clone());
                 let (now, t1, t2) = (self.now, self.tokens.clone(), self.tokens.clone());
                 let m = self
@@ -285,6 +306,43 @@ impl Harness {
                     .update_instance(iid(*inst), Box::new(move |s| transition(s, &c2, now, &t2)))
                     .await;
                 prop_assert_eq!(outcome(&m), outcome(&r), "update {:?}", op);
+            }
+            Op::Update {
+                inst,
+                change,
+                eager: Some((handlers, limit)),
+            } => {
+                let (c1, c2) = (change.clone(), change.clone());
+                let (now, t1, t2) = (self.now, self.tokens.clone(), self.tokens.clone());
+                let claim = EagerClaim {
+                    owner: Arc::from("w"),
+                    handlers: handlers.iter().map(|h| handler(*h)).collect(),
+                    limit: *limit,
+                };
+                let m = self
+                    .memory
+                    .update_instance_eager(
+                        iid(*inst),
+                        Box::new(move |s| transition(s, &c1, now, &t1)),
+                        &claim,
+                    )
+                    .await;
+                let r = self
+                    .redb
+                    .update_instance_eager(
+                        iid(*inst),
+                        Box::new(move |s| transition(s, &c2, now, &t2)),
+                        &claim,
+                    )
+                    .await;
+                prop_assert_eq!(outcome(&m), outcome(&r), "eager update {:?}", op);
+                if let Ok((_, items)) = m {
+                    for c in items {
+                        if let Some(l) = &c.item.lease {
+                            self.tokens.insert(c.item.key.clone(), l.token);
+                        }
+                    }
+                }
             }
             Op::Claim {
                 handlers,
