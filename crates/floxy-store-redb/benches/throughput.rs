@@ -8,8 +8,7 @@
 //! * **durable completions in eager chains/s**: the same, but the way the engine completes
 //!   steps (its default): each completion leases the step it queues to the completing worker
 //!   in the same commit (`update_instance_eager`), and the worker completes that one next, so
-//!   only an instance's first step is claimed (the memory store has no eager claims: its
-//!   workers claim every step);
+//!   only an instance's first step is claimed;
 //! * **3-step sagas/s end to end**: the `floxy` engine with its worker pool (1 024 workers,
 //!   claim batches of 256) runs `N` instances of a three-step workflow with no-op handlers,
 //!   from the first start to the last completion.
