@@ -139,6 +139,22 @@ impl Wal {
         self.end >= self.checkpoint_bytes
     }
 
+    /// Whether the log holds enough for a checkpoint while the store is idle: a sixteenth of
+    /// [`Wal::checkpoint_due`]'s size (4 MiB by default), so a checkpoint then costs a few
+    /// milliseconds and an idle store is not synced after every small batch.
+    pub(crate) fn idle_checkpoint_due(&self) -> bool {
+        self.behind() && self.end >= (self.checkpoint_bytes / 16).max(1)
+    }
+
+    /// A checkpoint without a batch of its own (see [`Wal::idle_checkpoint_due`]) made every
+    /// record applied so far durable in redb: the log starts over at its beginning. What it
+    /// held stays in the file until overwritten; its numbers are at or below the checkpoint,
+    /// so it is never replayed.
+    pub(crate) fn checkpointed(&mut self) {
+        self.checkpointed = self.last_lsn();
+        self.end = 0;
+    }
+
     /// Whether batches committed since the last checkpoint exist only in the log (and in
     /// redb's memory).
     pub(crate) fn behind(&self) -> bool {
