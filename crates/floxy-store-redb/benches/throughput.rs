@@ -669,31 +669,34 @@ fn main() {
             .await;
             row("claims", &w.to_string(), m, d);
         }
-        for &w in &workers {
-            if !only("completions") {
-                break;
+        // The plain part, then the eager chains (see the module docs).
+        for (part, eager, note, label) in [
+            (
+                "completions",
+                false,
+                "completions",
+                "durable step completions",
+            ),
+            (
+                "chains",
+                true,
+                "chained completions",
+                "durable completions, eager chains",
+            ),
+        ] {
+            for &w in &workers {
+                if !only(part) {
+                    break;
+                }
+                let (m, d) = compare(
+                    &mut notes,
+                    &format!("{note}, {w} workers"),
+                    redb_only,
+                    |st, started| completions(st, n_steps, w, batch, eager, started),
+                )
+                .await;
+                row(label, &w.to_string(), m, d);
             }
-            let (m, d) = compare(
-                &mut notes,
-                &format!("completions, {w} workers"),
-                redb_only,
-                |st, started| completions(st, n_steps, w, batch, false, started),
-            )
-            .await;
-            row("durable step completions", &w.to_string(), m, d);
-        }
-        for &w in &workers {
-            if !only("chains") {
-                break;
-            }
-            let (m, d) = compare(
-                &mut notes,
-                &format!("chained completions, {w} workers"),
-                redb_only,
-                |st, started| completions(st, n_steps, w, batch, true, started),
-            )
-            .await;
-            row("durable completions, eager chains", &w.to_string(), m, d);
         }
         if !only("sagas") {
             return notes;

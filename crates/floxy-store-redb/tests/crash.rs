@@ -70,12 +70,7 @@ fn child_runs_workflows() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    common::child_runtime().block_on(async move {
         // Odd rounds checkpoint every 4 KiB of write-ahead log, so kills also land during
         // checkpoints and in logs that started over; even rounds keep the default, so their
         // acknowledged commits live in the log until the next open replays it.

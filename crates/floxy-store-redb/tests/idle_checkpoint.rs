@@ -30,12 +30,7 @@ fn idle_checkpoint_child() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    common::child_runtime().block_on(async move {
         let store = RedbStore::open(&path, options()).expect("open");
         // Concurrent creates, so the writer groups them into a few batches.
         futures::future::join_all(

@@ -34,6 +34,15 @@ pub fn child_test(name: &str) -> std::process::Command {
     c
 }
 
+/// The runtime of a child process: two worker threads, like a small service.
+pub fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Opens `path` with `durability`.
 pub fn open(path: &Path, durability: Durability) -> RedbStore {
     RedbStore::open(path, RedbOptions::default().durability(durability)).expect("open store")
