@@ -77,6 +77,10 @@ pub(crate) struct Committer {
     /// Checkpoints made, and the time their commits took.
     pub(crate) checkpoints: u64,
     pub(crate) checkpointing: Duration,
+    /// The last log record applied when an idle checkpoint failed: no idle checkpoint is
+    /// tried again before a later batch commits (an idle store would otherwise retry, and
+    /// log the failure, every [`IDLE_CHECKPOINT_AFTER`]).
+    pub(crate) idle_checkpoint_failed_at: Option<u64>,
 }
 
 impl Committer {
@@ -369,7 +373,10 @@ impl Committer {
 
     /// Whether an idle store should checkpoint (see [`IDLE_CHECKPOINT_AFTER`]).
     fn idle_checkpoint_due(&self) -> bool {
-        self.broken.is_none() && self.wal.as_ref().is_some_and(Wal::idle_checkpoint_due)
+        self.broken.is_none()
+            && self.wal.as_ref().is_some_and(|wal| {
+                wal.idle_checkpoint_due() && self.idle_checkpoint_failed_at != Some(wal.last_lsn())
+            })
     }
 
     /// A checkpoint while no batch waits: one durable redb commit that records the last log
@@ -381,6 +388,14 @@ impl Committer {
         };
         let started = Instant::now();
         let r = (|| {
+            // `floxy-redb::idle-checkpoint`: `return` fails the idle checkpoint before it
+            // writes anything.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("floxy-redb::idle-checkpoint", |_| Err(
+                StoreError::Unavailable(
+                    "injected by failpoint floxy-redb::idle-checkpoint".to_owned()
+                )
+            ));
             let mut txn = self.db.begin_write().map_err(redb_err)?;
             txn.set_durability(redb::Durability::Immediate)
                 .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
@@ -400,6 +415,7 @@ impl Committer {
                 published.stats.committing = self.committing;
             }
             Err(e) => {
+                self.idle_checkpoint_failed_at = Some(wal.last_lsn());
                 tracing::warn!(error = %e, "floxy-store-redb: idle checkpoint failed; the next one covers its records");
             }
         }

@@ -453,6 +453,7 @@ impl Writer {
             committing: Duration::ZERO,
             checkpoints: 0,
             checkpointing: Duration::ZERO,
+            idle_checkpoint_failed_at: None,
         };
         let handle = std::thread::Builder::new()
             .name("floxy-redb-commit".to_owned())
