@@ -409,36 +409,70 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
     rate
 }
 
+/// Bursts of creates with pauses between them: each create's latency (from the call to its
+/// durable acknowledgement), and the store's checkpoints. 256 creates in flight at a time.
+async fn bursts(store: &RedbStore, bursts: usize, per_burst: usize, pause: Duration) -> Vec<f64> {
+    let mut latencies = Vec::with_capacity(bursts * per_burst);
+    let all = ids(bursts * per_burst);
+    for burst in all.chunks(per_burst) {
+        for chunk in burst.chunks(256) {
+            let done = futures::future::join_all(chunk.iter().map(|id| async move {
+                let t = Instant::now();
+                store.create_instance(start(*id, T0)).await.expect("create");
+                t.elapsed().as_secs_f64() * 1e3
+            }))
+            .await;
+            latencies.extend(done);
+        }
+        tokio::time::sleep(pause).await;
+    }
+    latencies
+}
+
+/// The `q` quantile of `v` (sorted in place).
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or(0.0)
+}
+
 struct Redb {
     _dir: tempfile::TempDir,
     store: Arc<RedbStore>,
 }
 
 fn redb() -> Redb {
+    redb_with(|o| o)
+}
+
+/// A store on a fresh file with the bench's options, then `adjust`'s.
+fn redb_with(adjust: impl FnOnce(RedbOptions) -> RedbOptions) -> Redb {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = RedbStore::open(
         dir.path().join("bench.redb"),
-        RedbOptions::default()
-            .durability(Durability::Immediate)
-            .cache_size_bytes(
-                std::env::var("BENCH_CACHE_MB")
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(64)
-                    << 20,
-            )
-            .checkpoint_bytes(
-                std::env::var("FLOXY_BENCH_CHECKPOINT_MB")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map_or(floxy_store_redb::DEFAULT_CHECKPOINT_BYTES, |mb| mb << 20),
-            )
-            .snapshot_cache_instances(
-                std::env::var("FLOXY_BENCH_SNAPSHOT_CACHE")
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(floxy_store_redb::DEFAULT_SNAPSHOT_CACHE_INSTANCES),
-            ),
+        adjust(
+            RedbOptions::default()
+                .durability(Durability::Immediate)
+                .cache_size_bytes(
+                    std::env::var("BENCH_CACHE_MB")
+                        .ok()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(64)
+                        << 20,
+                )
+                .checkpoint_bytes(
+                    std::env::var("FLOXY_BENCH_CHECKPOINT_MB")
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map_or(floxy_store_redb::DEFAULT_CHECKPOINT_BYTES, |mb| mb << 20),
+                )
+                .snapshot_cache_instances(
+                    std::env::var("FLOXY_BENCH_SNAPSHOT_CACHE")
+                        .ok()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(floxy_store_redb::DEFAULT_SNAPSHOT_CACHE_INSTANCES),
+                ),
+        ),
     )
     .expect("open");
     Redb {
@@ -609,7 +643,15 @@ fn main() {
             .iter()
             .skip(1)
             .filter(|a| {
-                ["claims", "completions", "chains", "sagas", "redb-only"].contains(&a.as_str())
+                [
+                    "claims",
+                    "completions",
+                    "chains",
+                    "bursts",
+                    "sagas",
+                    "redb-only",
+                ]
+                .contains(&a.as_str())
             })
             .filter(|a| *a != "redb-only")
             .collect();
@@ -696,6 +738,31 @@ fn main() {
                 )
                 .await;
                 row(label, &w.to_string(), m, d);
+            }
+        }
+        if only("bursts") {
+            // 12 bursts of 8 000 creates with 400 ms pauses, checkpoints every 8 MiB of log
+            // (`FLOXY_BENCH_CHECKPOINT_MB` overrides): with idle checkpoints (the default)
+            // and without, alternating.
+            let mb = std::env::var("FLOXY_BENCH_CHECKPOINT_MB")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(8);
+            for idle_ms in [floxy_store_redb::DEFAULT_IDLE_CHECKPOINT_MS, 0] {
+                let r = redb_with(|o| o.checkpoint_bytes(mb << 20).idle_checkpoint_ms(idle_ms));
+                let mut l = bursts(&r.store, 12, 8_000, Duration::from_millis(400)).await;
+                let stats = r.store.writer_stats();
+                notes.push(format!(
+                    "bursts, idle checkpoints {}: create latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; {} checkpoints, {:.2} s in them",
+                    if idle_ms > 0 { "on" } else { "off" },
+                    quantile(&mut l, 0.5),
+                    quantile(&mut l, 0.99),
+                    quantile(&mut l, 0.999),
+                    quantile(&mut l, 1.0),
+                    stats.checkpoints,
+                    stats.checkpointing.as_secs_f64(),
+                ));
+                r.store.close().await.expect("close");
             }
         }
         if !only("sagas") {

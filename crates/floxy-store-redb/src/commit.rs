@@ -21,14 +21,6 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
-/// How long the committing thread waits with nothing to commit before it checkpoints a log
-/// that holds a sixteenth of [`crate::RedbOptions::checkpoint_bytes`] or more
-/// ([`Durability::Immediate`]). A checkpoint stalls every commit behind it (about 80 ms per
-/// 16 MiB of log here); taken in a lull of a bursty load, the checkpoint a busy spell would
-/// otherwise reach is smaller or never due. Under a steady load the committing thread is never
-/// idle this long, and checkpoints come at `checkpoint_bytes` as before.
-pub(crate) const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_millis(250);
-
 /// A batch ready to commit.
 pub(crate) struct Prepared {
     /// The batch's writes.
@@ -79,8 +71,14 @@ pub(crate) struct Committer {
     pub(crate) checkpointing: Duration,
     /// The last log record applied when an idle checkpoint failed: no idle checkpoint is
     /// tried again before a later batch commits (an idle store would otherwise retry, and
-    /// log the failure, every [`IDLE_CHECKPOINT_AFTER`]).
+    /// log the failure, after every idle spell).
     pub(crate) idle_checkpoint_failed_at: Option<u64>,
+    /// [`crate::RedbOptions::idle_checkpoint_ms`] (`None`: 0, no idle checkpoints). A
+    /// checkpoint stalls every commit behind it (about 80 ms per 16 MiB of log here); taken
+    /// in a lull of a bursty load, the checkpoint a busy spell would otherwise reach is
+    /// smaller or never due. Under a steady load the committing thread is never idle this
+    /// long, and checkpoints come at `checkpoint_bytes` as before.
+    pub(crate) idle_checkpoint_after: Option<Duration>,
 }
 
 impl Committer {
@@ -108,8 +106,8 @@ impl Committer {
             // In relaxed mode, commits left unsynced are synced after their interval even
             // when no further request comes.
             let msg = match self.flush_wait() {
-                None if self.idle_checkpoint_due() => {
-                    match rx.recv_timeout(IDLE_CHECKPOINT_AFTER) {
+                None if let Some(after) = self.idle_checkpoint_due() => {
+                    match rx.recv_timeout(after) {
                         Ok(m) => m,
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                             self.checkpoint_idle();
@@ -371,12 +369,14 @@ impl Committer {
         Ok(())
     }
 
-    /// Whether an idle store should checkpoint (see [`IDLE_CHECKPOINT_AFTER`]).
-    fn idle_checkpoint_due(&self) -> bool {
-        self.broken.is_none()
+    /// After how long without a batch the store should checkpoint, if it should (see
+    /// [`Committer::idle_checkpoint_after`]).
+    fn idle_checkpoint_due(&self) -> Option<Duration> {
+        let due = self.broken.is_none()
             && self.wal.as_ref().is_some_and(|wal| {
                 wal.idle_checkpoint_due() && self.idle_checkpoint_failed_at != Some(wal.last_lsn())
-            })
+            });
+        self.idle_checkpoint_after.filter(|_| due)
     }
 
     /// A checkpoint while no batch waits: one durable redb commit that records the last log

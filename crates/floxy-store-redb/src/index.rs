@@ -53,7 +53,7 @@ impl HandlerIndex {
     }
 
     /// Moves every item due in `(watermark, now]` into `ready`.
-    fn promote(&mut self, items: &FastMap<QueueKey, Entry>, now: Timestamp) {
+    fn promote(&mut self, items: &FastMap<QueueKey, Box<Entry>>, now: Timestamp) {
         if now <= self.watermark {
             return;
         }
@@ -92,7 +92,9 @@ fn due_of(item: &QueueItem) -> Timestamp {
 /// Every queue item, indexed for claims (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct QueueIndex {
-    items: FastMap<QueueKey, Entry>,
+    /// Boxed entries, so that growing the table moves a pointer per item, not the item (see
+    /// the snapshot cache's map, which grows at the same sizes).
+    items: FastMap<QueueKey, Box<Entry>>,
     handler_ids: FastMap<Arc<str>, u32>,
     handlers: Vec<HandlerIndex>,
     leased: u64,
@@ -173,7 +175,8 @@ impl QueueIndex {
             self.leased += 1;
         }
         *self.per_instance.entry(key.instance_id).or_insert(0) += 1;
-        self.items.insert(key.clone(), Entry { item, handler, due });
+        self.items
+            .insert(key.clone(), Box::new(Entry { item, handler, due }));
         self.index_insert(&key);
     }
 

@@ -207,7 +207,8 @@
 //! however often they dirtied it, and records its log record's number in `floxy_meta` — and
 //! the log starts over. A checkpoint stalls the commits behind it (about 80 ms per 16 MiB of
 //! log here), so the committing thread also checkpoints when it has had nothing to commit for
-//! 250 ms and the log holds a sixteenth of `checkpoint_bytes` or more: a bursty load pays for
+//! [`RedbOptions::idle_checkpoint_ms`] (250 ms) and the log holds a sixteenth of
+//! `checkpoint_bytes` or more: a bursty load pays for
 //! its checkpoints in its lulls, and an idle store is not synced after every small batch. Under
 //! a steady load it is never idle that long. [`WriterStats`] counts checkpoints and their time.
 //!
@@ -341,10 +342,18 @@ pub struct RedbOptions {
     pub snapshot_cache_instances: usize,
     /// Bytes of write-ahead log after which a batch checkpoints (default
     /// [`DEFAULT_CHECKPOINT_BYTES`]). Smaller: shorter recovery and less memory held by redb
-    /// between checkpoints; larger: fewer page writes. An idle store (nothing to commit for
-    /// 250 ms) checkpoints once its log holds a sixteenth of this.
+    /// between checkpoints; larger: fewer page writes. An idle store checkpoints once its log
+    /// holds a sixteenth of this (see `idle_checkpoint_ms`).
     pub checkpoint_bytes: u64,
+    /// Milliseconds without a batch to commit after which the store checkpoints a log that
+    /// holds a sixteenth of `checkpoint_bytes` or more (default
+    /// [`DEFAULT_IDLE_CHECKPOINT_MS`]; 0: only at `checkpoint_bytes`). A checkpoint stalls
+    /// the commits behind it; taken in a lull, it is not taken during the next busy spell.
+    pub idle_checkpoint_ms: u64,
 }
+
+/// Default [`RedbOptions::idle_checkpoint_ms`]: 250 ms.
+pub const DEFAULT_IDLE_CHECKPOINT_MS: u64 = 250;
 
 impl Default for RedbOptions {
     fn default() -> Self {
@@ -353,6 +362,7 @@ impl Default for RedbOptions {
             cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
             snapshot_cache_instances: DEFAULT_SNAPSHOT_CACHE_INSTANCES,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            idle_checkpoint_ms: DEFAULT_IDLE_CHECKPOINT_MS,
         }
     }
 }
@@ -383,6 +393,13 @@ impl RedbOptions {
     #[must_use]
     pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// Sets how long the store must be idle before it checkpoints (0: never when idle).
+    #[must_use]
+    pub fn idle_checkpoint_ms(mut self, ms: u64) -> Self {
+        self.idle_checkpoint_ms = ms;
         self
     }
 }

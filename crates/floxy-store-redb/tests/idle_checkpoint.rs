@@ -88,3 +88,19 @@ fn idle_checkpoint_then_abort_loses_nothing() {
         store.close().await.expect("close");
     });
 }
+
+#[test]
+fn no_idle_checkpoints_when_turned_off() {
+    let db = common::TempDb::new();
+    common::child_runtime().block_on(async {
+        let store = RedbStore::open(&db.path, options().idle_checkpoint_ms(0)).expect("open store");
+        futures::future::join_all(
+            (1..=BEFORE).map(|n| create(&store, start(iid(n), at(0), &[("a", "h")]))),
+        )
+        .await;
+        // Four times the default idle wait.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(store.writer_stats().checkpoints, 0);
+        store.close().await.expect("close");
+    });
+}

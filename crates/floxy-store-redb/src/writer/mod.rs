@@ -454,6 +454,8 @@ impl Writer {
             checkpoints: 0,
             checkpointing: Duration::ZERO,
             idle_checkpoint_failed_at: None,
+            idle_checkpoint_after: (options.idle_checkpoint_ms > 0)
+                .then(|| Duration::from_millis(options.idle_checkpoint_ms)),
         };
         let handle = std::thread::Builder::new()
             .name("floxy-redb-commit".to_owned())
