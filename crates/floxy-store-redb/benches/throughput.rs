@@ -740,6 +740,28 @@ fn main() {
                 row(label, &w.to_string(), m, d);
             }
         }
+        if only("sagas") {
+            let m = if redb_only {
+                0.0
+            } else {
+                sagas(Arc::new(MemoryStore::new()), n_sagas, || ()).await
+            };
+            let r = redb();
+            let start = Mark::now(&r.store);
+            let d = sagas(r.store.clone(), n_sagas, || {
+                note(&mut notes, "sagas", &r.store, Some(start));
+            })
+            .await;
+            r.store.close().await.expect("close");
+            row(
+                "3-step sagas (engine, end to end)",
+                &std::env::var("FLOXY_BENCH_SAGA_WORKERS").unwrap_or_else(|_| "1024".to_owned()),
+                m,
+                d,
+            );
+        }
+        // Last: the kernel is still writing back its files for a while, and the sagas part
+        // right after it once ran at a third of its usual rate.
         if only("bursts") {
             // 12 bursts of 8 000 creates with 400 ms pauses, checkpoints every 8 MiB of log
             // (`FLOXY_BENCH_CHECKPOINT_MB` overrides): with idle checkpoints (the default)
@@ -765,27 +787,6 @@ fn main() {
                 r.store.close().await.expect("close");
             }
         }
-        if !only("sagas") {
-            return notes;
-        }
-        let m = if redb_only {
-            0.0
-        } else {
-            sagas(Arc::new(MemoryStore::new()), n_sagas, || ()).await
-        };
-        let r = redb();
-        let start = Mark::now(&r.store);
-        let d = sagas(r.store.clone(), n_sagas, || {
-            note(&mut notes, "sagas", &r.store, Some(start));
-        })
-        .await;
-        r.store.close().await.expect("close");
-        row(
-            "3-step sagas (engine, end to end)",
-            &std::env::var("FLOXY_BENCH_SAGA_WORKERS").unwrap_or_else(|_| "1024".to_owned()),
-            m,
-            d,
-        );
         notes
     });
     println!();
