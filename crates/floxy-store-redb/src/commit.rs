@@ -316,9 +316,7 @@ impl Committer {
             return Ok(());
         };
         if wal.behind() {
-            let txn = self.db.begin_write().map_err(redb_err)?;
-            crate::wal::record_checkpoint(&txn, wal.last_lsn())?;
-            txn.commit().map_err(redb_err)?;
+            crate::wal::checkpoint(&self.db, wal.last_lsn())?;
         }
         wal.clear().map_err(|e| log_error("cannot empty it", &e))
     }
@@ -396,11 +394,7 @@ impl Committer {
                     "injected by failpoint floxy-redb::idle-checkpoint".to_owned()
                 )
             ));
-            let mut txn = self.db.begin_write().map_err(redb_err)?;
-            txn.set_durability(redb::Durability::Immediate)
-                .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
-            crate::wal::record_checkpoint(&txn, wal.last_lsn())?;
-            txn.commit().map_err(redb_err)
+            crate::wal::checkpoint(&self.db, wal.last_lsn())
         })();
         match r {
             Ok(()) => {

@@ -168,8 +168,7 @@ impl Wal {
 
     /// A checkpoint covered every record: empties the file.
     pub(crate) fn clear(&mut self) -> io::Result<()> {
-        self.checkpointed = self.last_lsn();
-        self.end = 0;
+        self.checkpointed();
         self.file.set_len(0)?;
         self.file.sync_all()
     }
@@ -336,6 +335,16 @@ pub(crate) fn recover(
     };
     wal.clear().map_err(|e| io_err("cannot empty it", e))?;
     Ok((wal, recovered))
+}
+
+/// A checkpoint without a batch: one durable write transaction that records `lsn`, the last
+/// log record applied, as checkpointed (a clean close, an idle store).
+pub(crate) fn checkpoint(db: &Database, lsn: u64) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(redb_err)?;
+    txn.set_durability(redb::Durability::Immediate)
+        .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
+    record_checkpoint(&txn, lsn)?;
+    txn.commit().map_err(redb_err)
 }
 
 /// Records in `txn` (a durable one) that redb holds every log record up to `lsn`.

@@ -9,7 +9,7 @@ mod common;
 
 use floxy_core::conformance::fixtures::{at, create, iid, next, ok, snapshot, start, update};
 use floxy_store_redb::{RedbOptions, RedbStore};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHILD_ENV: &str = "FLOXY_REDB_IDLE_CHECKPOINT_CHILD";
 /// Instances written before the idle checkpoint, and after it.
@@ -42,11 +42,7 @@ fn idle_checkpoint_child() {
             0,
             "no batch reached checkpoint_bytes"
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.writer_stats().checkpoints == 0 {
-            assert!(Instant::now() < deadline, "no idle checkpoint within 10 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_for_checkpoints(&store, 1).await;
         // Into the log that started over: new instances, and updates of checkpointed ones.
         futures::future::join_all(
             (BEFORE + 1..=BEFORE + AFTER).map(|n| create(&store, start(iid(n), at(1), &[]))),

@@ -9,18 +9,10 @@ mod common;
 
 use floxy_core::conformance::fixtures::{at, create, iid, next, ok, snapshot, start, update};
 use floxy_store_redb::{RedbOptions, RedbStore};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longer than the idle wait (250 ms), with room for a loaded machine.
 const IDLE: Duration = Duration::from_millis(1_000);
-
-async fn wait_for_checkpoints(store: &RedbStore, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.writer_stats().checkpoints < n {
-        assert!(Instant::now() < deadline, "no idle checkpoint within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_idle_checkpoint_waits_for_the_next_batch() {
@@ -44,7 +36,7 @@ async fn a_failed_idle_checkpoint_waits_for_the_next_batch() {
         update(&store, iid(1), |s| next(s, at(1))).await,
         "a later batch",
     );
-    wait_for_checkpoints(&store, 1).await;
+    common::wait_for_checkpoints(&store, 1).await;
     // Everything is there, before and after a reopen.
     for n in 1..=150 {
         let v = if n == 1 { 2 } else { 1 };

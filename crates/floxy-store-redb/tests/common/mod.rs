@@ -43,6 +43,19 @@ pub fn child_runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Waits until `store` has made `n` checkpoints (at most 10 s): the idle ones come from the
+/// committing thread on its own, with nothing to wait on but the counter.
+pub async fn wait_for_checkpoints(store: &RedbStore, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.writer_stats().checkpoints < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} checkpoints within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Opens `path` with `durability`.
 pub fn open(path: &Path, durability: Durability) -> RedbStore {
     RedbStore::open(path, RedbOptions::default().durability(durability)).expect("open store")
