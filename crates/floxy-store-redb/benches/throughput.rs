@@ -295,6 +295,12 @@ async fn completions<S: Store + ?Sized + 'static>(
                         let store = store.clone();
                         let owner = owner.clone();
                         async move {
+                            // Built once per chain, as the engine does.
+                            let claim = EagerClaim {
+                                owner,
+                                handlers: vec![HANDLER.into()],
+                                limit: 1,
+                            };
                             let mut next = Some(c);
                             let mut done = 0_usize;
                             while let Some(c) = next.take() {
@@ -306,11 +312,6 @@ async fn completions<S: Store + ?Sized + 'static>(
                                 if eager {
                                     // The engine's path: the completion leases the step it
                                     // queues to this worker in the same commit.
-                                    let claim = EagerClaim {
-                                        owner: owner.clone(),
-                                        handlers: vec![HANDLER.into()],
-                                        limit: 1,
-                                    };
                                     let (_, items) = store
                                         .update_instance_eager(id, f, &claim)
                                         .await
@@ -345,15 +346,9 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
     // workers, claim batches of 256). Each saga waits for five commits in turn (start, claim,
     // three completions), so sagas/s is in-flight sagas over that latency: with 512 workers
     // and batches of 128 both stores ran 10-20 % fewer sagas/s in alternating runs.
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let engine = Engine::builder(store)
-        .workers(env("FLOXY_BENCH_SAGA_WORKERS", 1024))
-        .batch_size(env("FLOXY_BENCH_SAGA_BATCH", 256))
+        .workers(env("FLOXY_BENCH_SAGA_WORKERS").unwrap_or(1024))
+        .batch_size(env("FLOXY_BENCH_SAGA_BATCH").unwrap_or(256))
         // Eager claims are the engine default; `FLOXY_BENCH_EAGER=0` turns them off.
         .eager_claims(std::env::var("FLOXY_BENCH_EAGER").map_or(true, |v| v != "0"))
         .poll_interval_ms(50)
@@ -429,11 +424,15 @@ async fn bursts(store: &RedbStore, bursts: usize, per_burst: usize, pause: Durat
     latencies
 }
 
-/// The `q` quantile of `v` (sorted in place).
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v.get(i).copied().unwrap_or(0.0)
+/// The `q` quantile of `sorted`.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(i).copied().unwrap_or(0.0)
+}
+
+/// Environment variable `name` parsed, if set and valid.
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 struct Redb {
@@ -453,23 +452,13 @@ fn redb_with(adjust: impl FnOnce(RedbOptions) -> RedbOptions) -> Redb {
         adjust(
             RedbOptions::default()
                 .durability(Durability::Immediate)
-                .cache_size_bytes(
-                    std::env::var("BENCH_CACHE_MB")
-                        .ok()
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(64)
-                        << 20,
-                )
+                .cache_size_bytes(env::<usize>("BENCH_CACHE_MB").unwrap_or(64) << 20)
                 .checkpoint_bytes(
-                    std::env::var("FLOXY_BENCH_CHECKPOINT_MB")
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok())
+                    env::<u64>("FLOXY_BENCH_CHECKPOINT_MB")
                         .map_or(floxy_store_redb::DEFAULT_CHECKPOINT_BYTES, |mb| mb << 20),
                 )
                 .snapshot_cache_instances(
-                    std::env::var("FLOXY_BENCH_SNAPSHOT_CACHE")
-                        .ok()
-                        .and_then(|v| v.parse::<usize>().ok())
+                    env("FLOXY_BENCH_SNAPSHOT_CACHE")
                         .unwrap_or(floxy_store_redb::DEFAULT_SNAPSHOT_CACHE_INSTANCES),
                 ),
         ),
@@ -670,10 +659,7 @@ fn main() {
     };
     // `FLOXY_BENCH_STEP_INSTANCES=N` runs the completions part on N instances (3 N
     // completions): long enough runs include write-ahead log checkpoints.
-    let n_steps = std::env::var("FLOXY_BENCH_STEP_INSTANCES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(n_steps);
+    let n_steps = env("FLOXY_BENCH_STEP_INSTANCES").unwrap_or(n_steps);
     let batch = 64;
     // `FLOXY_BENCH_WORKERS=1,64` overrides the worker counts of claims and completions.
     let workers: Vec<usize> = std::env::var("FLOXY_BENCH_WORKERS")
@@ -766,21 +752,19 @@ fn main() {
             // 12 bursts of 8 000 creates with 400 ms pauses, checkpoints every 8 MiB of log
             // (`FLOXY_BENCH_CHECKPOINT_MB` overrides): with idle checkpoints (the default)
             // and without, alternating.
-            let mb = std::env::var("FLOXY_BENCH_CHECKPOINT_MB")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(8);
+            let mb = env::<u64>("FLOXY_BENCH_CHECKPOINT_MB").unwrap_or(8);
             for idle_ms in [floxy_store_redb::DEFAULT_IDLE_CHECKPOINT_MS, 0] {
                 let r = redb_with(|o| o.checkpoint_bytes(mb << 20).idle_checkpoint_ms(idle_ms));
                 let mut l = bursts(&r.store, 12, 8_000, Duration::from_millis(400)).await;
+                l.sort_by(f64::total_cmp);
                 let stats = r.store.writer_stats();
                 notes.push(format!(
                     "bursts, idle checkpoints {}: create latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; {} checkpoints, {:.2} s in them",
                     if idle_ms > 0 { "on" } else { "off" },
-                    quantile(&mut l, 0.5),
-                    quantile(&mut l, 0.99),
-                    quantile(&mut l, 0.999),
-                    quantile(&mut l, 1.0),
+                    quantile(&l, 0.5),
+                    quantile(&l, 0.99),
+                    quantile(&l, 0.999),
+                    quantile(&l, 1.0),
                     stats.checkpoints,
                     stats.checkpointing.as_secs_f64(),
                 ));
