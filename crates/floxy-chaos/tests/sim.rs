@@ -52,16 +52,21 @@ fn full_scenario_over_8_seeds() {
     );
 }
 
+/// Runs the full scenario of `seed` twice and asserts both runs end alike.
+fn assert_replays(seed: u64) {
+    let mut a = sim::scenario(seed);
+    lenient(&mut a);
+    let b = a.clone();
+    let ra = sim::run(a).unwrap();
+    let rb = sim::run(b).unwrap();
+    assert_eq!(ra.digest, rb.digest, "seed {seed} did not replay");
+    assert_eq!(ra.stats, rb.stats, "seed {seed} did not replay");
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [3, 77] {
-        let mut a = sim::scenario(seed);
-        lenient(&mut a);
-        let b = a.clone();
-        let ra = sim::run(a).unwrap();
-        let rb = sim::run(b).unwrap();
-        assert_eq!(ra.digest, rb.digest, "seed {seed} did not replay");
-        assert_eq!(ra.stats, rb.stats, "seed {seed} did not replay");
+        assert_replays(seed);
     }
     let other = sim::run_seed(4).unwrap();
     let this = sim::run_seed(3).unwrap();
@@ -74,12 +79,7 @@ fn a_seed_replays_exactly() {
 #[test]
 fn full_seeds_replay_exactly() {
     for seed in 2_001..=2_012 {
-        let mut a = sim::scenario(seed);
-        lenient(&mut a);
-        let b = a.clone();
-        let (ra, rb) = (sim::run(a).unwrap(), sim::run(b).unwrap());
-        assert_eq!(ra.digest, rb.digest, "seed {seed} did not replay");
-        assert_eq!(ra.stats, rb.stats, "seed {seed} did not replay");
+        assert_replays(seed);
     }
 }
 
