@@ -385,17 +385,8 @@ impl Committer {
             return;
         };
         let started = Instant::now();
-        let r = (|| {
-            // `floxy-redb::idle-checkpoint`: `return` fails the idle checkpoint before it
-            // writes anything.
-            #[cfg(feature = "failpoints")]
-            fail::fail_point!("floxy-redb::idle-checkpoint", |_| Err(
-                StoreError::Unavailable(
-                    "injected by failpoint floxy-redb::idle-checkpoint".to_owned()
-                )
-            ));
-            crate::wal::checkpoint(&self.db, wal.last_lsn())
-        })();
+        let r = idle_checkpoint_failpoint()
+            .and_then(|()| crate::wal::checkpoint(&self.db, wal.last_lsn()));
         match r {
             Ok(()) => {
                 wal.checkpointed();
@@ -471,6 +462,16 @@ fn stage(
 /// A write-ahead log failure: the batch is not committed ([`StoreError::Unavailable`]).
 fn log_error(what: &str, e: &std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("floxy-store-redb: write-ahead log: {what}: {e}"))
+}
+
+/// Failpoint `floxy-redb::idle-checkpoint` (feature `failpoints`): `return` fails an idle
+/// checkpoint before it writes anything.
+fn idle_checkpoint_failpoint() -> Result<(), StoreError> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("floxy-redb::idle-checkpoint", |_| Err(
+        StoreError::Unavailable("injected by failpoint floxy-redb::idle-checkpoint".to_owned())
+    ));
+    Ok(())
 }
 
 /// The log thread (`floxy-redb-log`): appends the record of each batch it is sent
