@@ -140,16 +140,25 @@ fn complete(
     run.output = Some(output());
     run.completed_seq = Some(instance.completion_seq);
     run.finished_at = Some(now);
+    // Room for the next step's writes (or the completion's event): growing a one-element
+    // vector is a `realloc` on the store's preparing thread, which runs this function; it
+    // was a twelfth of that thread's time in `perf`.
+    let mut steps = Vec::with_capacity(2);
+    steps.push(StepWrite {
+        run: run.clone(),
+        expect: Some(StepStatus::Running),
+    });
+    let mut queue = Vec::with_capacity(2);
+    queue.push(QueueOp::Delete(key.clone()));
+    let mut events = Vec::with_capacity(2);
+    events.push(event(EventKind::StepCompleted, Some(&key.step)));
     let mut t = Transition {
         now,
         create: false,
         instance,
-        steps: vec![StepWrite {
-            run: run.clone(),
-            expect: Some(StepStatus::Running),
-        }],
-        queue: vec![QueueOp::Delete(key.clone())],
-        events: vec![event(EventKind::StepCompleted, Some(&key.step))],
+        steps,
+        queue,
+        events,
         dlq_insert: Vec::new(),
         dlq_delete: Vec::new(),
         lease_check: Some(LeaseCheck {

@@ -119,14 +119,30 @@ impl Writer {
     /// Writes the step rows the last request changed, once each, from the state it leads to
     /// (the run from the instance's snapshot, the items from the claim index), and the `live`
     /// entries of the instances whose items came or went.
+    ///
+    /// Runs for every request, so it allocates nothing: the list of rows goes back into the
+    /// batch for the next request, and a row's items are collected on the stack.
     pub(super) fn write_rows(&mut self, b: &mut Batch) -> Result<(), StoreError> {
-        let rows = std::mem::take(&mut b.rows);
-        let mut instances: Vec<InstanceId> = Vec::new();
-        // A step row's items, reused from row to row.
-        let mut items: Vec<&floxy_core::model::QueueItem> = Vec::with_capacity(3);
-        for (id, step) in &rows {
-            if instances.last() != Some(id) {
-                instances.push(*id);
+        let mut rows = std::mem::take(&mut b.rows);
+        let written = self.write_row_list(b, &rows);
+        rows.clear();
+        b.rows = rows;
+        b.row_set.clear();
+        written
+    }
+
+    fn write_row_list(
+        &mut self,
+        b: &mut Batch,
+        rows: &[(InstanceId, Arc<str>)],
+    ) -> Result<(), StoreError> {
+        let mut previous: Option<InstanceId> = None;
+        for (id, step) in rows {
+            // The `live` entry of each instance once (its rows are listed together; checking
+            // one twice would find nothing left to change).
+            if previous != Some(*id) {
+                previous = Some(*id);
+                self.write_live(b, *id);
             }
             // The run: from the snapshot (every instance a batch wrote is pinned in the
             // cache), else — a heartbeat only touched the item — from the last commit.
@@ -144,41 +160,56 @@ impl Writer {
                     }
                 }
             };
-            // In `WorkKind` order, as `StepRow` keeps them (one key, its kind changed: this
-            // runs for every row a batch writes).
-            items.clear();
+            // In `WorkKind` order, as `StepRow` keeps them (one key, its kind changed).
             let mut key = QueueKey {
                 instance_id: *id,
                 step: step.clone(),
                 kind: WorkKind::Execute,
             };
-            for kind in [WorkKind::Execute, WorkKind::Compensate, WorkKind::Timer] {
+            let mut found: [Option<&floxy_core::model::QueueItem>; 3] = [None; 3];
+            for (slot, kind) in
+                found
+                    .iter_mut()
+                    .zip([WorkKind::Execute, WorkKind::Compensate, WorkKind::Timer])
+            {
                 key.kind = kind;
-                if let Some(item) = self.index.get(&key) {
-                    items.push(item);
-                }
+                *slot = self.index.get(&key);
             }
             let k = inst_key(*id);
-            if run.is_none() && items.is_empty() {
-                b.ops.remove_step(k, step);
-            } else {
-                b.ops.step(k, step, run, &items, marks)?;
-            }
-        }
-        instances.dedup();
-        for id in instances {
-            let k = inst_key(id);
-            let has = self.index.has_items(id);
-            if has != self.live.contains(&k) {
-                b.ops.live(k, has);
-                if has {
-                    self.live.insert(k);
-                } else {
-                    self.live.remove(&k);
+            let mut present = found.iter().flatten();
+            match present.next() {
+                None if run.is_none() => b.ops.remove_step(k, step),
+                None => b.ops.step(k, step, run, &[], marks)?,
+                Some(&first) => {
+                    // The found items, packed at the front (the tail repeats the first and is
+                    // not passed on).
+                    let mut items = [first; 3];
+                    let mut n = 1;
+                    for &item in present {
+                        if let Some(slot) = items.get_mut(n) {
+                            *slot = item;
+                        }
+                        n += 1;
+                    }
+                    b.ops
+                        .step(k, step, run, items.get(..n).unwrap_or(&items), marks)?;
                 }
             }
         }
-        b.row_set.clear();
         Ok(())
+    }
+
+    /// Updates the `live` entry of `id` to whether it has queue items.
+    fn write_live(&mut self, b: &mut Batch, id: InstanceId) {
+        let k = inst_key(id);
+        let has = self.index.has_items(id);
+        if has != self.live.contains(&k) {
+            b.ops.live(k, has);
+            if has {
+                self.live.insert(k);
+            } else {
+                self.live.remove(&k);
+            }
+        }
     }
 }
