@@ -455,14 +455,6 @@ impl RedbStore {
             reason: e.to_string(),
         })?;
         let published = Arc::new(Mutex::new(Published::default()));
-        let (notify_tx, notify_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("floxy-redb-notify".to_owned())
-            .spawn(move || writer::notify(notify_rx))
-            .map_err(|e| OpenError::Other {
-                path: path.clone(),
-                reason: format!("cannot start the notifier thread: {e}"),
-            })?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let w = Writer::new(
             db.clone(),
@@ -470,12 +462,11 @@ impl RedbStore {
             &options,
             state,
             published.clone(),
-            notify_tx,
             tx.downgrade(),
         )
         .map_err(|e| OpenError::Other {
             path: path.clone(),
-            reason: format!("cannot start the committing thread: {e}"),
+            reason: format!("cannot start the notifier or the committing thread: {e}"),
         })?;
         std::thread::Builder::new()
             .name("floxy-redb-writer".to_owned())

@@ -15,12 +15,27 @@ impl Writer {
             return Ok(Vec::new());
         }
         let now = req.now;
-        let cands = self.index.candidates(&req.handlers, limit, now);
+        let mut cands = std::mem::take(&mut self.claim_buf);
+        self.index.candidates(&req.handlers, limit, now, &mut cands);
+        let claimed = self.claim_candidates(b, req, &cands);
+        cands.clear();
+        self.claim_buf = cands;
+        claimed
+    }
+
+    /// Leases the candidates `cands` of `req` (see [`Writer::claim`]).
+    fn claim_candidates(
+        &mut self,
+        b: &mut Batch,
+        req: &ClaimRequest,
+        cands: &[QueueKey],
+    ) -> Result<Vec<ClaimedItem>, Fail> {
+        let now = req.now;
         // Every candidate must have its step run before anything changes.
         // A cached snapshot is only looked at here (taking it out and putting it back costs
         // two map updates per candidate); an uncached one is read once and cached for the
         // loop below.
-        for key in &cands {
+        for key in cands {
             let has_run = |s: &InstanceSnapshot| s.steps.iter().any(|r| r.step == key.step);
             let exists = match self.cache.get(key.instance_id) {
                 Cached::Live(s) => has_run(s),
@@ -54,7 +69,7 @@ impl Writer {
             self.counters_dirty = true;
             let token = floxy_core::model::FencingToken(self.counters.last_token);
             let Some((item, previous_lease_expired)) =
-                self.index.lease(&key, &req.owner, token, now)
+                self.index.lease(key, &req.owner, token, now)
             else {
                 self.cache.put(snap, pin);
                 continue;

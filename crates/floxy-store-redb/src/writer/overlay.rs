@@ -131,11 +131,7 @@ impl Writer {
         written
     }
 
-    fn write_row_list(
-        &mut self,
-        b: &mut Batch,
-        rows: &[(InstanceId, Arc<str>)],
-    ) -> Result<(), StoreError> {
+    fn write_row_list(&mut self, b: &mut Batch, rows: &[RowKey]) -> Result<(), StoreError> {
         let mut previous: Option<InstanceId> = None;
         for (id, step) in rows {
             // The `live` entry of each instance once (its rows are listed together; checking
