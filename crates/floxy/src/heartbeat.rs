@@ -37,10 +37,30 @@ struct Entry {
     lost: CancellationToken,
 }
 
+/// The held leases, and when the heartbeat loop means to wake up next.
+struct Leases {
+    map: HashMap<u64, Entry>,
+    /// The earliest beat the heartbeat loop waits for (`i64::MAX`: none). A lease registered
+    /// due before it wakes the loop; any other waits for that wake-up. Finding the earliest
+    /// beat scans every lease, so it is done when the loop wakes, not at every registration:
+    /// with the scan at each of them, an engine running 1 024 handlers at once spent 7 % of
+    /// its runtime threads' time in that scan (`perf`, the redb throughput bench's sagas).
+    wake_at: Timestamp,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            wake_at: Timestamp(i64::MAX),
+        }
+    }
+}
+
 /// The leases this engine currently holds.
 #[derive(Default)]
 pub(crate) struct LeaseTable {
-    entries: Mutex<HashMap<u64, Entry>>,
+    entries: Mutex<Leases>,
     next_id: AtomicU64,
     changed: Notify,
     /// Cancel requests that found no local lease, with their time (see
@@ -60,7 +80,7 @@ pub(crate) struct LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.table.entries.lock().remove(&self.id);
+        self.table.entries.lock().map.remove(&self.id);
     }
 }
 
@@ -102,8 +122,19 @@ impl LeaseTable {
             cancel: cancel.clone(),
             lost: lost.clone(),
         };
-        self.entries.lock().insert(id, entry);
-        self.changed.notify_one();
+        let due_sooner = {
+            let mut leases = self.entries.lock();
+            let next_beat = entry.next_beat;
+            leases.map.insert(id, entry);
+            let sooner = next_beat < leases.wake_at;
+            if sooner {
+                leases.wake_at = next_beat;
+            }
+            sooner
+        };
+        if due_sooner {
+            self.changed.notify_one();
+        }
         LeaseGuard {
             table: Arc::clone(self),
             id,
@@ -118,7 +149,7 @@ impl LeaseTable {
     /// (a claim of it may be in flight).
     pub(crate) fn request_cancel(&self, key: &QueueKey, now: Timestamp) {
         let mut found = false;
-        for e in self.entries.lock().values() {
+        for e in self.entries.lock().map.values() {
             if &e.lease.key == key {
                 e.cancel.cancel();
                 found = true;
@@ -133,13 +164,19 @@ impl LeaseTable {
         }
     }
 
-    fn earliest_beat(&self) -> Option<Timestamp> {
-        self.entries.lock().values().map(|e| e.next_beat).min()
+    /// The earliest beat of the held leases, which the heartbeat loop now waits for (see
+    /// [`Leases::wake_at`]).
+    fn schedule_earliest_beat(&self) -> Option<Timestamp> {
+        let mut leases = self.entries.lock();
+        let earliest = leases.map.values().map(|e| e.next_beat).min();
+        leases.wake_at = earliest.unwrap_or(Timestamp(i64::MAX));
+        earliest
     }
 
     fn snapshot(&self) -> Vec<(u64, LeaseRef)> {
         self.entries
             .lock()
+            .map
             .iter()
             .map(|(id, e)| (*id, e.lease.clone()))
             .collect()
@@ -156,7 +193,11 @@ pub(crate) async fn run(
 ) {
     loop {
         let changed = table.changed.notified();
-        let wait = table.earliest_beat().map(|t| until(clock.now(), t));
+        // Registered before the scan below: a lease registered after it, due sooner than
+        // what the scan found, wakes this loop through `changed`.
+        let wait = table
+            .schedule_earliest_beat()
+            .map(|t| until(clock.now(), t));
         // `biased`: polled in order, so a run on a paused clock (the chaos simulation) replays
         // exactly; an unbiased `select!` polls its branches in a random order of its own.
         tokio::select! {
@@ -195,7 +236,8 @@ pub(crate) async fn beat_once(
             "heartbeat skipped by failpoint".to_owned(),
         )),
     };
-    let mut entries = table.entries.lock();
+    let mut leases = table.entries.lock();
+    let entries = &mut leases.map;
     match result {
         Ok(states) => {
             if states.len() != batch.len() {
@@ -304,6 +346,47 @@ mod tests {
         table.request_cancel(&key(1), t0.add_ms(5));
         assert!(g3.cancel.is_cancelled());
         assert!(table.pending_cancels.lock().is_empty());
+    }
+
+    /// Whether the heartbeat loop was woken since the last call (consumes the wake-up).
+    fn woken(table: &LeaseTable) -> bool {
+        use futures::FutureExt;
+        table.changed.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn only_a_lease_due_before_the_scheduled_beat_wakes_the_heartbeat_loop() {
+        let table = Arc::new(LeaseTable::default());
+        let t0 = Timestamp(1_000_000);
+        let register = |n: u128, ttl_ms: u64, at: Timestamp| {
+            table.register(
+                key(n),
+                FencingToken(1),
+                ttl_ms,
+                at,
+                CancellationToken::new(),
+            )
+        };
+        // The first lease of an idle table wakes the loop; the loop then waits for its beat.
+        let a = register(1, 30_000, t0);
+        assert!(woken(&table), "first lease");
+        assert_eq!(table.schedule_earliest_beat(), Some(t0.add_ms(10_000)));
+        // Same TTL, registered later: due after the scheduled beat, no wake-up.
+        let b = register(2, 30_000, t0.add_ms(5));
+        assert!(!woken(&table), "a lease due after the scheduled beat");
+        // A shorter TTL: due before it, wakes the loop, which finds it on its next scan.
+        let c = register(3, 300, t0.add_ms(5));
+        assert!(woken(&table), "a lease due before the scheduled beat");
+        assert_eq!(table.schedule_earliest_beat(), Some(t0.add_ms(105)));
+        // A lease going away does not wake the loop; the next scan skips it.
+        drop(c);
+        assert!(!woken(&table));
+        assert_eq!(table.schedule_earliest_beat(), Some(t0.add_ms(10_000)));
+        drop((a, b));
+        assert_eq!(table.schedule_earliest_beat(), None);
+        // Empty again: the next lease wakes the loop.
+        let _d = register(4, 30_000, t0.add_ms(20_000));
+        assert!(woken(&table), "first lease of an empty table");
     }
 
     #[test]
