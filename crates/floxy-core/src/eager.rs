@@ -109,6 +109,12 @@ pub fn lease_eagerly(
             attempt: Some(leased.attempt),
             detail: None,
         });
+        if out.is_empty() {
+            // Room for one: most transitions lease one item (the next step of a chain), and
+            // the default first growth (four items, over a kilobyte) costs the store's
+            // writer thread a merge of glibc's free chunks (`malloc_consolidate`) per commit.
+            out.reserve_exact(1);
+        }
         out.push(ClaimedItem {
             item: leased,
             previous_lease_expired: false,
