@@ -281,8 +281,9 @@ impl Queue {
     }
 
     /// Inserts or replaces the item with `item.key`, with the lease it carries (callers drop
-    /// every lease but an eager claim's, see [`floxy_core::eager::unlease_upserts`]). `step_idx` is the
-    /// index of its step run in the instance, if known. Returns its id and whether it is new.
+    /// every lease but an eager claim's, see [`floxy_core::eager::unlease_upserts`]).
+    /// `step_idx` is the index of its step run in the instance, if known. Returns its id and
+    /// whether it is new.
     pub(crate) fn upsert(
         &mut self,
         item: QueueItem,
