@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Raw PostgreSQL queue limits, measured with pgbench on a given server, for comparison with
-# floxy's Postgres store (crates/floxy-store-postgres/benches/pg_throughput.rs runs this
+# floxy's Postgres store (floxy-store-postgres/benches/pg_throughput.rs runs this
 # script against its own server so both columns come from the same run).
 #
 #   scripts/pgbench-raw.sh <database-url> [seconds-per-run] [clients...]

@@ -353,7 +353,7 @@ async fn latency(url: &str, max_queue: u64) -> Vec<(u64, f64, f64, f64)> {
 }
 
 fn pgbench(url: &str, secs: u64, clients: &[u64]) -> Vec<(String, u64, f64)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pgbench-raw.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pgbench-raw.sh");
     let out = std::process::Command::new("bash")
         .arg(script)
         .arg(url)

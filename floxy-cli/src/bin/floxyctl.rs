@@ -1,0 +1,3 @@
+//! `floxyctl`: run a YAML flow on an embedded store, operate instances in a database.
+
+fn main() {}

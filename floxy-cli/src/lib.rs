@@ -1,0 +1,1 @@
+//! The library behind the `floxyctl` and `floxyd` binaries.

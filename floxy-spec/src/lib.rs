@@ -1,0 +1,1 @@
+//! The YAML and JSON flow-file format of floxy.
