@@ -14,6 +14,14 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FlowError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read the flow file: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The file is invalid: every error, one per line, each with its line and column.
     #[error("{path}: invalid flow file:\n{errors}")]
     Invalid {
@@ -343,9 +351,9 @@ mod backend {
     fn check_readable(path: &Path) -> Result<(), FlowError> {
         std::fs::metadata(path)
             .map(|_| ())
-            .map_err(|e| FlowError::Invalid {
+            .map_err(|e| FlowError::Read {
                 path: path.to_owned(),
-                errors: format!("cannot read the file: {e}"),
+                reason: e.to_string(),
             })
     }
 }

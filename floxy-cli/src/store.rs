@@ -187,16 +187,15 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// How a store is opened.
+/// How a redb file is opened (PostgreSQL is only connected to: migrate with
+/// [`OpenStore::migrate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OpenMode {
-    /// Create what is missing: a new redb file, the PostgreSQL schema (migrations).
+    /// Create the file if it does not exist.
     Create,
-    /// Only an existing redb file; PostgreSQL is migrated (Floxy migrates on connection).
+    /// Only an existing file.
     Existing,
-    /// Only an existing redb file; PostgreSQL is used as it is, never migrated.
-    NoMigrate,
 }
 
 /// An open store and its backend, to close it properly.
@@ -225,8 +224,8 @@ impl OpenStore {
     ///
     /// # Errors
     /// Exit 2 for a redb file that does not exist in [`OpenMode::Existing`] or is not a
-    /// floxy database; exit 1 when the file is locked by another process, PostgreSQL
-    /// cannot be reached, or its migration fails.
+    /// floxy database; exit 1 when the file is locked by another process or PostgreSQL
+    /// cannot be reached.
     pub async fn open(spec: &StoreSpec, mode: OpenMode) -> CliResult<Self> {
         let (store, backend): (Arc<dyn Store>, Backend) = match spec {
             StoreSpec::Memory => (Arc::new(MemoryStore::new()), Backend::Memory),
@@ -235,7 +234,7 @@ impl OpenStore {
                 (Arc::new(s.clone()), Backend::Redb(s))
             }
             StoreSpec::Postgres { url, schema } => {
-                let s = open_postgres(url, schema, mode).await?;
+                let s = open_postgres(url, schema).await?;
                 (Arc::new(s.clone()), Backend::Postgres(s))
             }
         };
@@ -299,7 +298,7 @@ impl OpenStore {
 }
 
 fn open_redb(path: &Path, mode: OpenMode) -> CliResult<RedbStore> {
-    if mode != OpenMode::Create && !path.exists() {
+    if mode == OpenMode::Existing && !path.exists() {
         return Err(CliError::bad_input(format!(
             "redb file {} does not exist",
             path.display()
@@ -316,15 +315,11 @@ fn open_redb(path: &Path, mode: OpenMode) -> CliResult<RedbStore> {
     })
 }
 
-async fn open_postgres(url: &str, schema: &str, mode: OpenMode) -> CliResult<PostgresStore> {
+async fn open_postgres(url: &str, schema: &str) -> CliResult<PostgresStore> {
     let config = PostgresConfig::default().schema(schema);
-    let store = PostgresStore::connect(url, config)
+    PostgresStore::connect(url, config)
         .await
-        .map_err(|e| pg_error(&e, url))?;
-    if mode != OpenMode::NoMigrate {
-        migrate_postgres(&store, PostgresLayout::Plain).await?;
-    }
-    Ok(store)
+        .map_err(|e| pg_error(&e, url))
 }
 
 /// Migrates keeping the layout already in the schema; `layout` for a new schema.
