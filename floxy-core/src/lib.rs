@@ -10,7 +10,7 @@
 //!
 //! The result is a decision as data: a [`Transition`](model::Transition), every write of
 //! one atomic commit for one instance. A [`Store`](store::Store) only checks and applies
-//! transitions, so every backend (memory, redb, PostgreSQL, or yours) makes the same
+//! transitions, so every backend (the bundled ones, or yours) makes the same
 //! decisions for the same inputs, and the behaviour can be tested without any of them.
 //!
 //! Most users want the `floxy` crate, the async runtime built on this one. This crate is for

@@ -111,8 +111,8 @@ impl EngineBuilder {
     /// commit of the current one ([`floxy_core::store::Store::update_instance_eager`];
     /// default **on**) and runs that step in the same task, without a claim in between:
     /// lower latency from one step to the next, and less work for the store. Every bundled
-    /// store (memory, redb, PostgreSQL) offers eager claims; a store that does not leases
-    /// nothing and the step goes through a claim. Turn it off to send every step through a
+    /// store offers eager claims; with a store that does not, nothing is leased and the
+    /// step goes through a claim. Turn it off to send every step through a
     /// claim (e.g. to spread the steps of one instance over many processes). How much it
     /// gains per backend: `benches/RESULTS.md` and `docs/perf-notes.md`.
     pub fn eager_claims(mut self, on: bool) -> Self {
