@@ -387,6 +387,9 @@ pub struct StepSpec {
     pub(crate) handler_loc: (Loc, String),
     #[serde(skip)]
     pub(crate) on_failure_loc: (Loc, String),
+    /// `type:` had an unknown value (already reported): kind checks are skipped.
+    #[serde(skip)]
+    pub(crate) bad_type: bool,
 }
 
 impl StepSpec {

@@ -518,10 +518,10 @@ fn step(node: &Node, path: &str, sink: &mut Sink) -> Option<StepSpec> {
     let mut m = MapReader::new(node, path, "a step (a name or a mapping)", sink)?;
     let kind = m
         .get("type")
-        .and_then(|n| enumeration(n, &m.path("type"), &StepType::ALL, sink))
-        .unwrap_or_default();
+        .map(|n| enumeration(n, &m.path("type"), &StepType::ALL, sink));
     let mut s = StepSpec {
-        kind,
+        kind: kind.flatten().unwrap_or_default(),
+        bad_type: matches!(kind, Some(None)),
         loc: node.loc,
         path: path.to_owned(),
         ..StepSpec::default()
@@ -659,7 +659,8 @@ fn step(node: &Node, path: &str, sink: &mut Sink) -> Option<StepSpec> {
         .copied()
         .collect();
     for key in all_step_keys() {
-        if !allowed.contains(&key)
+        if !s.bad_type
+            && !allowed.contains(&key)
             && let Some(loc) = m.key_loc(key)
         {
             sink.push(
@@ -674,10 +675,14 @@ fn step(node: &Node, path: &str, sink: &mut Sink) -> Option<StepSpec> {
             );
         }
     }
-    let mut expected: Vec<&str> = allowed.clone();
-    expected.dedup();
+    let expected: Vec<&str> = if s.bad_type {
+        all_step_keys().collect()
+    } else {
+        allowed.clone()
+    };
     let step_loc = s.loc;
     match s.kind {
+        _ if s.bad_type => {}
         StepType::Parallel if s.tasks.len() < 2 => sink.push(
             K::Semantic,
             m.key_loc("tasks").unwrap_or(step_loc),
@@ -816,7 +821,7 @@ fn check_handlers(s: &StepSpec, handlers: &HashMap<&str, &HandlerSpec>, sink: &m
             );
         }
     };
-    if s.kind == StepType::Task && !s.name.is_empty() {
+    if s.kind == StepType::Task && !s.name.is_empty() && !s.bad_type {
         unknown(s.effective_handler(), "handler", s.handler_loc.0, &s.handler_loc.1, sink);
         if let Some(h) = &s.on_failure {
             unknown(h, "compensation handler", s.on_failure_loc.0, &s.on_failure_loc.1, sink);
