@@ -4,10 +4,12 @@
 mod convert;
 mod error;
 pub mod graph;
+mod schema;
 mod spec;
 mod tree;
 mod walk;
 
+pub use schema::json_schema;
 pub use error::{SpecError, SpecErrorKind, SpecErrors};
 pub use spec::{
     CompensationSpec, Exec, FlowFile, FlowSpec, Format, HandlerSpec, JoinSpec, RejectSpec,
