@@ -137,7 +137,8 @@ impl<'a> Graph<'a> {
             self.order.push(i);
             let s = &self.def.steps[i];
             if compensation(s).is_some() {
-                self.edges.push((i, Target::Compensation(i), EdgeKind::Compensate));
+                self.edges
+                    .push((i, Target::Compensation(i), EdgeKind::Compensate));
             }
             let next = s.next.as_deref().and_then(|n| self.find(n));
             match &s.kind {
@@ -166,7 +167,11 @@ impl<'a> Graph<'a> {
                 // A fork's join is reached through its branches.
                 Some(n) if is_fork => cur = Some(n),
                 Some(n) => {
-                    let kind = if is_cond { EdgeKind::True } else { EdgeKind::Next };
+                    let kind = if is_cond {
+                        EdgeKind::True
+                    } else {
+                        EdgeKind::Next
+                    };
                     self.edges.push((i, Target::Step(n), kind));
                     cur = Some(n);
                 }

@@ -60,7 +60,11 @@ fn object(keys: &[&str], required: &[&str]) -> Value {
 pub fn json_schema() -> Value {
     let mut step_variants = Vec::new();
     for (kind, keys) in KIND_KEYS {
-        let all: Vec<&str> = COMMON_STEP_KEYS.iter().chain(keys.iter()).copied().collect();
+        let all: Vec<&str> = COMMON_STEP_KEYS
+            .iter()
+            .chain(keys.iter())
+            .copied()
+            .collect();
         let mut required = vec!["name"];
         match kind {
             StepType::Parallel => required.push("tasks"),

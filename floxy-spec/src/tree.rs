@@ -77,7 +77,12 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
                     line: u32::try_from(m.line()).unwrap_or(u32::MAX),
                     column: u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
                 };
-                sink.push(SpecErrorKind::Syntax, loc, "", format!("invalid YAML: {}", e.info()));
+                sink.push(
+                    SpecErrorKind::Syntax,
+                    loc,
+                    "",
+                    format!("invalid YAML: {}", e.info()),
+                );
                 return None;
             }
         };
@@ -169,8 +174,7 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
 /// Applies YAML merge keys (`<<: *base` or `<<: [*a, *b]`): entries of the merged maps
 /// that the map does not set itself are added.
 fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
-    let is_merge =
-        |k: &Node| matches!(&k.kind, Kind::Scalar { text, plain: true } if text == "<<");
+    let is_merge = |k: &Node| matches!(&k.kind, Kind::Scalar { text, plain: true } if text == "<<");
     if !entries.iter().any(|(k, _)| is_merge(k)) {
         return entries;
     }
@@ -219,8 +223,15 @@ pub(crate) fn parse_json(text: &str, sink: &mut Sink) -> Option<Node> {
         };
         let msg = e.to_string();
         // serde_json appends " at line L column C": the location is reported separately.
-        let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
-        sink.push(SpecErrorKind::Syntax, loc, "", format!("invalid JSON: {msg}"));
+        let msg = msg
+            .rsplit_once(" at line ")
+            .map_or(msg.as_str(), |(m, _)| m);
+        sink.push(
+            SpecErrorKind::Syntax,
+            loc,
+            "",
+            format!("invalid JSON: {msg}"),
+        );
         return None;
     }
     parse_yaml(text, sink)

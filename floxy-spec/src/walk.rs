@@ -44,7 +44,10 @@ pub(crate) const KIND_KEYS: &[(StepType, &[&str])] = &[
         &["branches", "join", "join_step", "join_name"],
     ),
     (StepType::SavePoint, &[]),
-    (StepType::Human, &["on_reject", "decision_timeout", "on_timeout"]),
+    (
+        StepType::Human,
+        &["on_reject", "decision_timeout", "on_timeout"],
+    ),
 ];
 
 pub(crate) const RETRY_STRATEGIES: &[(RetryStrategySpec, &str)] = &[
@@ -53,8 +56,10 @@ pub(crate) const RETRY_STRATEGIES: &[(RetryStrategySpec, &str)] = &[
     (RetryStrategySpec::Exponential, "exponential"),
 ];
 pub(crate) const JOINS: &[(JoinSpec, &str)] = &[(JoinSpec::All, "all"), (JoinSpec::Any, "any")];
-pub(crate) const REJECTS: &[(RejectSpec, &str)] =
-    &[(RejectSpec::Abort, "abort"), (RejectSpec::Rollback, "rollback")];
+pub(crate) const REJECTS: &[(RejectSpec, &str)] = &[
+    (RejectSpec::Abort, "abort"),
+    (RejectSpec::Rollback, "rollback"),
+];
 pub(crate) const TIMEOUTS: &[(TimeoutSpec, &str)] = &[
     (TimeoutSpec::Reject, "reject"),
     (TimeoutSpec::Confirm, "confirm"),
@@ -166,7 +171,10 @@ impl<'a> MapReader<'a> {
                     K::UnknownKey,
                     kn.loc,
                     &join_path(&self.path, k),
-                    format!("unknown key {k:?}, expected one of: {}", expected.join(", ")),
+                    format!(
+                        "unknown key {k:?}, expected one of: {}",
+                        expected.join(", ")
+                    ),
                 );
             }
         }
@@ -181,7 +189,12 @@ fn string(node: &Node, path: &str, sink: &mut Sink) -> Option<String> {
     match &node.kind {
         Kind::Scalar { text, .. } if !node.is_null() => Some(text.clone()),
         _ => {
-            invalid(sink, node, path, format!("expected a string, found {}", node.describe()));
+            invalid(
+                sink,
+                node,
+                path,
+                format!("expected a string, found {}", node.describe()),
+            );
             None
         }
     }
@@ -199,7 +212,12 @@ fn boolean(node: &Node, path: &str, sink: &mut Sink) -> Option<bool> {
         Some("true" | "True" | "TRUE") => Some(true),
         Some("false" | "False" | "FALSE") => Some(false),
         _ => {
-            invalid(sink, node, path, format!("expected true or false, found {}", node.describe()));
+            invalid(
+                sink,
+                node,
+                path,
+                format!("expected true or false, found {}", node.describe()),
+            );
             None
         }
     }
@@ -217,7 +235,12 @@ fn uint(node: &Node, path: &str, max: u64, sink: &mut Sink) -> Option<u64> {
     match parsed {
         Some(v) if v <= max => Some(v),
         Some(v) => {
-            invalid(sink, node, path, format!("{v} is too large, the most is {max}"));
+            invalid(
+                sink,
+                node,
+                path,
+                format!("{v} is too large, the most is {max}"),
+            );
             None
         }
         None => {
@@ -291,7 +314,10 @@ fn duration(node: &Node, path: &str, sink: &mut Sink) -> Option<u64> {
                 sink,
                 node,
                 path,
-                format!("expected a duration (milliseconds or \"3s\"), found {}", node.describe()),
+                format!(
+                    "expected a duration (milliseconds or \"3s\"), found {}",
+                    node.describe()
+                ),
             );
             None
         }
@@ -336,7 +362,12 @@ fn list<'a>(node: &'a Node, path: &str, sink: &mut Sink) -> Option<&'a [Node]> {
         Kind::Seq(items) => Some(items),
         _ if node.is_null() => Some(&[]),
         _ => {
-            invalid(sink, node, path, format!("expected a list, found {}", node.describe()));
+            invalid(
+                sink,
+                node,
+                path,
+                format!("expected a list, found {}", node.describe()),
+            );
             None
         }
     }
@@ -410,12 +441,22 @@ fn handler(node: &Node, path: &str, sink: &mut Sink) -> Option<HandlerSpec> {
     if let Some(e) = &exec
         && e.trim().is_empty()
     {
-        sink.push(K::InvalidValue, node.loc, &join_path(path, "exec"), "exec is empty");
+        sink.push(
+            K::InvalidValue,
+            node.loc,
+            &join_path(path, "exec"),
+            "exec is empty",
+        );
     }
     let name = name?;
     let exec_text = exec?;
     if name.is_empty() {
-        sink.push(K::InvalidValue, node.loc, &join_path(path, "name"), "name is empty");
+        sink.push(
+            K::InvalidValue,
+            node.loc,
+            &join_path(path, "name"),
+            "name is empty",
+        );
     }
     Some(HandlerSpec {
         name,
@@ -456,13 +497,23 @@ fn flow(node: &Node, path: &str, sink: &mut Sink) -> Option<FlowSpec> {
             sink.push(K::MissingKey, node.loc, path, "a flow needs a name");
         }
         Some(n) if n.is_empty() => {
-            sink.push(K::InvalidValue, node.loc, &join_path(path, "name"), "name is empty");
+            sink.push(
+                K::InvalidValue,
+                node.loc,
+                &join_path(path, "name"),
+                "name is empty",
+            );
         }
         _ => {}
     }
     if steps.is_empty() {
         let loc = steps_node.map_or(node.loc, |n| n.loc);
-        sink.push(K::MissingKey, loc, &join_path(path, "steps"), "a flow needs at least one step");
+        sink.push(
+            K::MissingKey,
+            loc,
+            &join_path(path, "steps"),
+            "a flow needs at least one step",
+        );
     }
     if let Some(first) = steps.first()
         && first.kind == StepType::Condition
@@ -583,7 +634,10 @@ fn step(node: &Node, path: &str, sink: &mut Sink) -> Option<StepSpec> {
                         K::Semantic,
                         t.loc,
                         &t.path,
-                        format!("the tasks of a parallel step are tasks, not {}", t.kind.as_str()),
+                        format!(
+                            "the tasks of a parallel step are tasks, not {}",
+                            t.kind.as_str()
+                        ),
                     );
                 }
             }
@@ -687,7 +741,10 @@ fn step(node: &Node, path: &str, sink: &mut Sink) -> Option<StepSpec> {
             K::Semantic,
             m.key_loc("tasks").unwrap_or(step_loc),
             &m.path("tasks"),
-            format!("a parallel step needs two or more tasks, has {}", s.tasks.len()),
+            format!(
+                "a parallel step needs two or more tasks, has {}",
+                s.tasks.len()
+            ),
         ),
         StepType::Condition if s.expr.is_none() && !m.has("expr") && !m.has("condition") => {
             sink.push(K::MissingKey, step_loc, path, "a condition needs expr");
@@ -822,9 +879,21 @@ fn check_handlers(s: &StepSpec, handlers: &HashMap<&str, &HandlerSpec>, sink: &m
         }
     };
     if s.kind == StepType::Task && !s.name.is_empty() && !s.bad_type {
-        unknown(s.effective_handler(), "handler", s.handler_loc.0, &s.handler_loc.1, sink);
+        unknown(
+            s.effective_handler(),
+            "handler",
+            s.handler_loc.0,
+            &s.handler_loc.1,
+            sink,
+        );
         if let Some(h) = &s.on_failure {
-            unknown(h, "compensation handler", s.on_failure_loc.0, &s.on_failure_loc.1, sink);
+            unknown(
+                h,
+                "compensation handler",
+                s.on_failure_loc.0,
+                &s.on_failure_loc.1,
+                sink,
+            );
         }
         if let Some(c) = &s.compensation
             && let Some(h) = &c.handler

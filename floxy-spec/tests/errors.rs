@@ -11,7 +11,11 @@ fn errors(src: &str, format: Format) -> SpecErrors {
 }
 
 fn lines(src: &str, format: Format) -> Vec<String> {
-    errors(src, format).errors().iter().map(ToString::to_string).collect()
+    errors(src, format)
+        .errors()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -94,7 +98,10 @@ fn display_prints_one_error_per_line() {
 #[test]
 fn handler_without_name_or_exec() {
     assert_eq!(
-        lines("handlers:\n  - exec: ./x.sh\n  - name: b\nflows: []\n", Format::Yaml),
+        lines(
+            "handlers:\n  - exec: ./x.sh\n  - name: b\nflows: []\n",
+            Format::Yaml
+        ),
         [
             "flow.yaml:2:5: handlers[0]: a handler needs a name",
             "flow.yaml:3:5: handlers[1]: a handler needs exec",
@@ -245,14 +252,20 @@ flows:
     let e = errors(src, Format::Yaml);
     assert_eq!(e.len(), 1, "{e}");
     let e = &e.errors()[0];
-    assert_eq!((e.line, e.column, e.path.as_str()), (6, 9, "flows[0].steps[1]"));
+    assert_eq!(
+        (e.line, e.column, e.path.as_str()),
+        (6, 9, "flows[0].steps[1]")
+    );
     assert_eq!(e.kind, SpecErrorKind::Definition);
     assert!(e.message.starts_with("condition \"c\": "), "{e}");
 }
 
 #[test]
 fn empty_and_non_mapping_documents() {
-    assert_eq!(lines("", Format::Yaml), ["flow.yaml:1:1: the file is empty"]);
+    assert_eq!(
+        lines("", Format::Yaml),
+        ["flow.yaml:1:1: the file is empty"]
+    );
     assert_eq!(
         lines("- a\n", Format::Yaml),
         ["flow.yaml:1:1: expected a flow file (a mapping), found a list"]
@@ -305,11 +318,17 @@ fn missing_script_file_is_named_at_its_handler() {
     assert_eq!(e.len(), 1, "{e}");
     let e = &e.errors()[0];
     assert_eq!(e.kind, SpecErrorKind::MissingScript);
-    assert_eq!((e.line, e.column, e.path.as_str()), (4, 5, "handlers[1].exec"));
+    assert_eq!(
+        (e.line, e.column, e.path.as_str()),
+        (4, 5, "handlers[1].exec")
+    );
     let expected = dir.path().join("./scripts/gone.sh");
     assert_eq!(
         e.message,
-        format!("handler \"gone\": script {} does not exist", expected.display())
+        format!(
+            "handler \"gone\": script {} does not exist",
+            expected.display()
+        )
     );
     // With the script in place the file loads and the path is resolved against its folder.
     std::fs::write(dir.path().join("scripts/gone.sh"), "echo '{}'\n").unwrap();
@@ -332,7 +351,11 @@ fn missing_script_is_reported_alongside_other_errors() {
     .unwrap();
     let e = load(&path).unwrap_err();
     let kinds: Vec<SpecErrorKind> = e.errors().iter().map(|x| x.kind).collect();
-    assert_eq!(kinds, [SpecErrorKind::MissingScript, SpecErrorKind::UnknownKey], "{e}");
+    assert_eq!(
+        kinds,
+        [SpecErrorKind::MissingScript, SpecErrorKind::UnknownKey],
+        "{e}"
+    );
 }
 
 #[test]
@@ -341,5 +364,9 @@ fn load_refuses_unknown_extensions_and_unreadable_files() {
     assert_eq!(e.errors()[0].kind, SpecErrorKind::Io);
     let e = load(std::path::Path::new("/nonexistent/flow.yaml")).unwrap_err();
     assert_eq!(e.errors()[0].kind, SpecErrorKind::Io);
-    assert!(e.to_string().starts_with("/nonexistent/flow.yaml: cannot read: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/flow.yaml: cannot read: "),
+        "{e}"
+    );
 }

@@ -20,7 +20,10 @@ fn example_files() -> Vec<PathBuf> {
 #[test]
 fn every_example_loads_and_converts() {
     let files = example_files();
-    assert!(files.len() >= 10, "expected the example flows, found {files:?}");
+    assert!(
+        files.len() >= 10,
+        "expected the example flows, found {files:?}"
+    );
     for path in files {
         let file = floxy_spec::load(&path).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
         let defs = file

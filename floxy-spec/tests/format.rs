@@ -53,7 +53,10 @@ fn floxy_pro_readme_example_parses_unchanged() {
         Exec::Script("./scripts/process.sh".into())
     );
     let http = f.handler("http_handler").unwrap();
-    assert_eq!(http.exec, Exec::Http("https://api.example.com/process".into()));
+    assert_eq!(
+        http.exec,
+        Exec::Http("https://api.example.com/process".into())
+    );
     assert!(http.effective_tls(f.tls.as_ref()).unwrap().skip_verify);
     let defs = f.definitions().unwrap();
     assert_eq!(defs.len(), 1);
@@ -71,7 +74,10 @@ fn floxy_pro_readme_example_parses_unchanged() {
 
 #[test]
 fn the_compat_example_file_is_the_readme_verbatim() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/flows/floxy-pro-compat.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/flows/floxy-pro-compat.yaml"
+    );
     assert_eq!(std::fs::read_to_string(path).unwrap(), FLOXY_PRO);
 }
 
@@ -123,7 +129,16 @@ flows:
     let names: Vec<&str> = d.steps.iter().map(|s| s.name.as_ref()).collect();
     assert_eq!(
         names,
-        ["validate", "reserve", "fanout", "email", "sms", "fanout_join", "big", "small_order"]
+        [
+            "validate",
+            "reserve",
+            "fanout",
+            "email",
+            "sms",
+            "fanout_join",
+            "big",
+            "small_order"
+        ]
     );
     let reserve = &d.steps[1];
     assert_eq!(reserve.options.retry.max_retries, Some(3));
@@ -132,11 +147,31 @@ flows:
     assert_eq!(reserve.options.retry.strategy, RetryStrategy::Exponential);
     assert_eq!(reserve.options.timeout_ms, Some(4500));
     assert_eq!(reserve.options.metadata["team"], "shop");
-    assert_eq!(reserve.options.metadata["exec"], "echo \"$INPUT\" | jq '.reserved = true'\n");
-    let StepKind::Task { on_failure: Some(c), .. } = &reserve.kind else { panic!() };
-    assert_eq!((c.name.as_str(), c.handler.as_str()), ("release", "release"));
-    assert!(matches!(&d.steps[5].kind, StepKind::Join { strategy: JoinStrategy::All, .. }));
-    let StepKind::Condition { expr, else_first } = &d.steps[6].kind else { panic!() };
+    assert_eq!(
+        reserve.options.metadata["exec"],
+        "echo \"$INPUT\" | jq '.reserved = true'\n"
+    );
+    let StepKind::Task {
+        on_failure: Some(c),
+        ..
+    } = &reserve.kind
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (c.name.as_str(), c.handler.as_str()),
+        ("release", "release")
+    );
+    assert!(matches!(
+        &d.steps[5].kind,
+        StepKind::Join {
+            strategy: JoinStrategy::All,
+            ..
+        }
+    ));
+    let StepKind::Condition { expr, else_first } = &d.steps[6].kind else {
+        panic!()
+    };
     assert_eq!(expr, "{{ gt .amount 100 }}");
     assert_eq!(else_first.as_deref(), Some("small_order"));
     assert_eq!(f.flow("order").unwrap().steps[3].kind, StepType::Condition);
@@ -207,31 +242,70 @@ fn every_extension() {
     assert_eq!(first.options.timeout_ms, Some(3000));
     assert_eq!(first.options.retry.strategy, RetryStrategy::Linear);
     assert!(first.options.no_idempotent);
-    let StepKind::Task { on_failure: Some(c), .. } = &first.kind else { panic!() };
+    let StepKind::Task {
+        on_failure: Some(c),
+        ..
+    } = &first.kind
+    else {
+        panic!()
+    };
     assert_eq!(c.handler, "undo");
     assert_eq!(c.retry.max_retries, Some(7));
     assert_eq!(c.retry.delay_ms, 250);
     assert_eq!(c.timeout_ms, Some(1000));
     assert!(matches!(step(&d, "sp").kind, StepKind::SavePoint));
-    let StepKind::Task { on_failure: Some(c), .. } = &step(&d, "a1").kind else { panic!() };
-    assert_eq!((c.handler.as_str(), c.retry.max_retries), ("undo", Some(1)));
-    let StepKind::Join { fork, strategy, wait_for } = &step(&d, "joined").kind else {
+    let StepKind::Task {
+        on_failure: Some(c),
+        ..
+    } = &step(&d, "a1").kind
+    else {
         panic!()
     };
-    assert_eq!((fork.as_ref(), *strategy, wait_for), ("split", JoinStrategy::Any, &None));
-    let StepKind::Join { strategy, wait_for, .. } = &step(&d, "split2_join").kind else {
+    assert_eq!((c.handler.as_str(), c.retry.max_retries), ("undo", Some(1)));
+    let StepKind::Join {
+        fork,
+        strategy,
+        wait_for,
+    } = &step(&d, "joined").kind
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (fork.as_ref(), *strategy, wait_for),
+        ("split", JoinStrategy::Any, &None)
+    );
+    let StepKind::Join {
+        strategy, wait_for, ..
+    } = &step(&d, "split2_join").kind
+    else {
         panic!()
     };
     assert_eq!(*strategy, JoinStrategy::All);
     assert_eq!(wait_for.as_ref().unwrap().len(), 1);
     let approve = step(&d, "approve");
-    let StepKind::Human { on_reject, timeout_ms, on_timeout } = &approve.kind else { panic!() };
+    let StepKind::Human {
+        on_reject,
+        timeout_ms,
+        on_timeout,
+    } = &approve.kind
+    else {
+        panic!()
+    };
     assert_eq!(
         (*on_reject, *timeout_ms, *on_timeout),
-        (RejectPolicy::RollBack, Some(3_600_000), TimeoutPolicy::Confirm)
+        (
+            RejectPolicy::RollBack,
+            Some(3_600_000),
+            TimeoutPolicy::Confirm
+        )
     );
     assert_eq!(approve.options.metadata["who"], "ops");
-    let StepKind::Human { on_reject, timeout_ms, .. } = &step(&d, "approve2").kind else {
+    let StepKind::Human {
+        on_reject,
+        timeout_ms,
+        ..
+    } = &step(&d, "approve2").kind
+    else {
         panic!()
     };
     assert_eq!((*on_reject, *timeout_ms), (RejectPolicy::Abort, None));
@@ -243,10 +317,12 @@ fn json_yaml_round_trip_gives_the_same_definitions() {
         let yaml = parse_str(src, Format::Yaml, "a.yaml").unwrap();
         let defs = yaml.definitions().unwrap();
         let json_text = serde_json::to_string_pretty(&yaml).unwrap();
-        let json = parse_str(&json_text, Format::Json, "a.json").unwrap_or_else(|e| panic!("{e}\n{json_text}"));
+        let json = parse_str(&json_text, Format::Json, "a.json")
+            .unwrap_or_else(|e| panic!("{e}\n{json_text}"));
         assert_eq!(json.definitions().unwrap(), defs);
         let yaml_text = serde_saphyr::to_string(&json).unwrap();
-        let back = parse_str(&yaml_text, Format::Yaml, "b.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml_text}"));
+        let back = parse_str(&yaml_text, Format::Yaml, "b.yaml")
+            .unwrap_or_else(|e| panic!("{e}\n{yaml_text}"));
         assert_eq!(back.definitions().unwrap(), defs);
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
@@ -277,7 +353,11 @@ flows:
       - &d { name: a, handler: h, max_retries: 9 }
       - { <<: *d, name: b }
 ";
-    let d = parse_str(src, Format::Yaml, "f.yaml").unwrap().definitions().unwrap().remove(0);
+    let d = parse_str(src, Format::Yaml, "f.yaml")
+        .unwrap()
+        .definitions()
+        .unwrap()
+        .remove(0);
     assert_eq!(step(&d, "b").options.retry.max_retries, Some(9));
 }
 

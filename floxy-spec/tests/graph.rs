@@ -35,7 +35,9 @@ fn def() -> floxy_core::model::WorkflowDefinition {
 #[test]
 fn text() {
     let got = render(&def(), GraphFormat::Text);
-    assert_eq!(got, r#"workflow order-v1
+    assert_eq!(
+        got,
+        r#"workflow order-v1
   reserve [task: reserve] (on failure: release)
   notify [fork]
     branch 1:
@@ -47,13 +49,16 @@ fn text() {
     else:
       small [task: small]
   done [save point]
-"#);
+"#
+    );
 }
 
 #[test]
 fn mermaid() {
     let got = render(&def(), GraphFormat::Mermaid);
-    assert_eq!(got, r#"flowchart TD
+    assert_eq!(
+        got,
+        r#"flowchart TD
     s0["reserve<br/>task: reserve"]
     c0(["release<br/>compensation"])
     s1{{"notify<br/>fork"}}
@@ -72,13 +77,16 @@ fn mermaid() {
     s4 --> s5
     s5 -->|false| s6
     s5 -->|true| s7
-"#);
+"#
+    );
 }
 
 #[test]
 fn dot() {
     let got = render(&def(), GraphFormat::Dot);
-    assert_eq!(got, r#"digraph "order-v1" {
+    assert_eq!(
+        got,
+        r#"digraph "order-v1" {
     rankdir=TB;
     node [shape=box, fontname="Helvetica"];
     s0 [label="reserve\ntask: reserve", shape=box];
@@ -100,7 +108,8 @@ fn dot() {
     s5 -> s6 [label="false"];
     s5 -> s7 [label="true"];
 }
-"#);
+"#
+    );
 }
 
 #[test]
@@ -128,5 +137,8 @@ flows:
         "workflow f-v1\n  a [task: h]\n  split [fork]\n    branch 1:\n      b1 [task: h]\n      b2 [task: h]\n    branch 2:\n      c1 [task: h]\n  split_join [join any of b2]\n"
     );
     let m = render(&d, GraphFormat::Mermaid);
-    assert!(m.contains("    s3 --> s5\n") && m.contains("    s4 --> s5\n"), "{m}");
+    assert!(
+        m.contains("    s3 --> s5\n") && m.contains("    s4 --> s5\n"),
+        "{m}"
+    );
 }
