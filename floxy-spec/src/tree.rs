@@ -62,6 +62,7 @@ enum Frame {
 
 /// Parses `text` as one YAML document. A syntax error is reported with its place and
 /// `None` returned. An empty document gives `None` without error (the caller reports it).
+#[allow(clippy::too_many_lines)]
 pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
@@ -114,13 +115,13 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
                     anchor,
                 ))
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some(n) => Some((n.clone(), 0)),
-                None => {
+            Event::Alias(id) => {
+                let Some(n) = anchors.get(&id) else {
                     sink.push(SpecErrorKind::Syntax, loc, "", "alias to an unknown anchor");
                     return None;
-                }
-            },
+                };
+                Some((n.clone(), 0))
+            }
             Event::SequenceStart(_, anchor, _) => {
                 stack.push(Frame::Seq(Vec::new(), loc, anchor));
                 None
@@ -213,7 +214,7 @@ fn scalar_text(n: &Node) -> Option<&str> {
     }
 }
 
-/// Parses `text` as JSON: serde_json checks the syntax (its errors have line and column),
+/// Parses `text` as JSON: `serde_json` checks the syntax (its errors have line and column),
 /// then the YAML parser (JSON is a subset of YAML 1.2) builds the located tree.
 pub(crate) fn parse_json(text: &str, sink: &mut Sink) -> Option<Node> {
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {

@@ -37,7 +37,7 @@ fn text() {
     let got = render(&def(), GraphFormat::Text);
     assert_eq!(
         got,
-        r#"workflow order-v1
+        r"workflow order-v1
   reserve [task: reserve] (on failure: release)
   notify [fork]
     branch 1:
@@ -49,7 +49,7 @@ fn text() {
     else:
       small [task: small]
   done [save point]
-"#
+"
     );
 }
 
@@ -114,7 +114,7 @@ fn dot() {
 
 #[test]
 fn deterministic_and_fork_with_nested_chain() {
-    let src = r#"
+    let src = r"
 handlers: [ { name: h, exec: ./h.sh } ]
 flows:
   - name: f
@@ -127,7 +127,7 @@ flows:
         branches:
           - [ { name: b1, handler: h }, { name: b2, handler: h } ]
           - [ { name: c1, handler: h } ]
-"#;
+";
     let f = parse_str(src, Format::Yaml, "f.yaml").unwrap();
     let d = f.definitions().unwrap().remove(0);
     let a = render(&d, GraphFormat::Text);
