@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian machine: installs what the tests need
-# (PostgreSQL 15 server binaries and pg_partman, jq, promtool, Chromium and chromedriver), then runs unit, integration, property,
-# conformance, simulation, loom and chaos tests. Test harnesses start their own throwaway
+# (PostgreSQL 15 server binaries and pg_partman, jq, promtool, Chromium and chromedriver),
+# then runs unit, integration, property, conformance, simulation, loom and chaos tests. Test harnesses start their own throwaway
 # PostgreSQL clusters and proxies; nothing has to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 export PATH="$pg_bin:$PATH"
 
