@@ -299,15 +299,11 @@ pub fn load(path: &Path, options: LoadOptions) -> Result<Flows, FlowError> {
 /// # Errors
 /// As [`load`].
 pub fn validate(path: &Path) -> Result<Validation, FlowError> {
-    let flows = load(path, LoadOptions::default())?;
+    let (file, defs) = backend::check(path)?;
     Ok(Validation {
         path: path.to_owned(),
-        flows: flows
-            .definitions
-            .iter()
-            .map(|d| d.id().to_string())
-            .collect(),
-        handlers: flows.handler_names().map(str::to_owned).collect(),
+        flows: defs.iter().map(|d| d.id().to_string()).collect(),
+        handlers: file.handlers.iter().map(|h| h.name.clone()).collect(),
     })
 }
 
@@ -319,42 +315,92 @@ pub fn graph(path: &Path, name: Option<&str>, format: GraphFormat) -> Result<Str
     backend::graph(path, name, format)
 }
 
-/// The flow-file format is provided by `floxy-spec` and the handlers by
-/// `floxy_cli::handlers`; until both are part of this build, loading reports that it is
-/// unavailable.
+/// The flow-file format (`floxy-spec`) and the handlers built from it.
 mod backend {
     use super::{FlowError, Flows, GraphFormat, LoadOptions};
+    use floxy::{Handler, WorkflowDefinition};
+    use floxy_spec::{FlowFile, SpecErrorKind, SpecErrors};
     use std::path::Path;
+    use std::sync::Arc;
 
-    const PENDING: &str = "the flow-file format (floxy-spec) and the bash/HTTP handlers are not part of this build yet";
+    /// Why handlers cannot be built yet.
+    const HANDLERS_PENDING: &str =
+        "the bash and HTTP handlers (floxy_cli::handlers) are not part of this build yet";
 
-    pub(super) fn load(path: &Path, _options: LoadOptions) -> Result<Flows, FlowError> {
-        check_readable(path)?;
+    fn spec_error(path: &Path, e: &SpecErrors) -> FlowError {
+        if let [one] = e.errors()
+            && one.kind == SpecErrorKind::Io
+        {
+            return FlowError::Read {
+                path: path.to_owned(),
+                reason: one
+                    .message
+                    .strip_prefix("cannot read: ")
+                    .unwrap_or(&one.message)
+                    .to_owned(),
+            };
+        }
+        FlowError::Invalid {
+            path: path.to_owned(),
+            errors: e.to_string(),
+        }
+    }
+
+    /// The parsed file and its definitions.
+    pub(super) fn parse(path: &Path) -> Result<(FlowFile, Vec<WorkflowDefinition>), FlowError> {
+        let file = floxy_spec::load(path).map_err(|e| spec_error(path, &e))?;
+        let defs = file.definitions().map_err(|e| spec_error(path, &e))?;
+        Ok((file, defs))
+    }
+
+    pub(super) fn load(path: &Path, options: LoadOptions) -> Result<Flows, FlowError> {
+        let (file, definitions) = parse(path)?;
+        let handlers = build_handlers(path, &file, &definitions, options)?;
+        Ok(Flows {
+            path: path.to_owned(),
+            definitions,
+            handlers,
+        })
+    }
+
+    /// Checks the file and the handlers' setup (scripts, TLS files) without running
+    /// anything.
+    pub(super) fn check(path: &Path) -> Result<(FlowFile, Vec<WorkflowDefinition>), FlowError> {
+        let (file, defs) = parse(path)?;
+        match build_handlers(path, &file, &defs, LoadOptions::default()) {
+            Ok(_) | Err(FlowError::Unavailable { .. }) => Ok((file, defs)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn build_handlers(
+        path: &Path,
+        file: &FlowFile,
+        _definitions: &[WorkflowDefinition],
+        _options: LoadOptions,
+    ) -> Result<Vec<(String, Arc<dyn Handler>)>, FlowError> {
+        if file.handlers.is_empty() {
+            return Ok(Vec::new());
+        }
         Err(FlowError::Unavailable {
             path: path.to_owned(),
-            reason: PENDING,
+            reason: HANDLERS_PENDING,
         })
     }
 
     pub(super) fn graph(
         path: &Path,
-        _name: Option<&str>,
-        _format: GraphFormat,
+        name: Option<&str>,
+        format: GraphFormat,
     ) -> Result<String, FlowError> {
-        check_readable(path)?;
-        Err(FlowError::Unavailable {
-            path: path.to_owned(),
-            reason: PENDING,
-        })
-    }
-
-    fn check_readable(path: &Path) -> Result<(), FlowError> {
-        std::fs::metadata(path)
-            .map(|_| ())
-            .map_err(|e| FlowError::Read {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })
+        let (_, defs) = parse(path)?;
+        let def = super::select(path, &defs, name)?;
+        let format = match format {
+            GraphFormat::Text => floxy_spec::graph::GraphFormat::Text,
+            GraphFormat::Mermaid => floxy_spec::graph::GraphFormat::Mermaid,
+            GraphFormat::Dot => floxy_spec::graph::GraphFormat::Dot,
+        };
+        Ok(floxy_spec::graph::render(def, format))
     }
 }
 
