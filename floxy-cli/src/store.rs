@@ -12,6 +12,10 @@ use std::sync::Arc;
 
 /// The default PostgreSQL schema (the store's own default).
 pub const DEFAULT_SCHEMA: &str = "floxy";
+/// How long connecting to PostgreSQL may take before the binaries give up.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections of the binaries' PostgreSQL pool.
+pub const POOL_SIZE: u32 = 16;
 /// The default PostgreSQL port.
 pub const DEFAULT_PG_PORT: u16 = 5432;
 
@@ -316,10 +320,36 @@ fn open_redb(path: &Path, mode: OpenMode) -> CliResult<RedbStore> {
 }
 
 async fn open_postgres(url: &str, schema: &str) -> CliResult<PostgresStore> {
-    let config = PostgresConfig::default().schema(schema);
-    PostgresStore::connect(url, config)
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+        CliError::bad_input(format!(
+            "invalid PostgreSQL URL {}: {}",
+            redact_url(url),
+            scrub(&one_line(&e.to_string()), url)
+        ))
+    })?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(opts)
         .await
-        .map_err(|e| pg_error(&e, url))
+        .map_err(|e| {
+            CliError::error(format!(
+                "PostgreSQL at {}: cannot connect within {} s: {}",
+                redact_url(url),
+                CONNECT_TIMEOUT.as_secs(),
+                scrub(&one_line(&e.to_string()), url)
+            ))
+        })?;
+    PostgresStore::with_config(pool, PostgresConfig::default().schema(schema))
+        .map_err(|e| CliError::bad_input(one_line(&e.to_string())))
+}
+
+/// `msg` without the password of `url`.
+fn scrub(msg: &str, url: &str) -> String {
+    match url_password(url) {
+        Some(pw) => msg.replace(&pw, "***"),
+        None => msg.to_owned(),
+    }
 }
 
 /// Migrates keeping the layout already in the schema; `layout` for a new schema.
@@ -340,10 +370,7 @@ async fn migrate_postgres(
 fn pg_error(e: &StoreError, url: &str) -> CliError {
     let mut msg = one_line(&e.to_string());
     if !url.is_empty() {
-        if let Some(pw) = url_password(url) {
-            msg = msg.replace(&pw, "***");
-        }
-        msg = format!("PostgreSQL at {}: {msg}", redact_url(url));
+        msg = format!("PostgreSQL at {}: {}", redact_url(url), scrub(&msg, url));
     }
     CliError::error(msg)
 }
