@@ -327,7 +327,6 @@ impl RedbOptions {
         self.snapshot_cache_instances = n;
         self
     }
-
 }
 
 /// The redb store. Cloning is cheap and shares the file (an inner `Arc`).

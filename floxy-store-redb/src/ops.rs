@@ -8,8 +8,8 @@
 //! same tables as writing in place would have.
 
 use crate::layout::{
-    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, STEPS,
-    TERMINAL, encode_into, redb_err,
+    DEFINITIONS, DLQ, DLQ_BY_INSTANCE, EVENTS, IDEMPOTENCY, INSTANCES, LIVE, META, STEPS, TERMINAL,
+    encode_into, redb_err,
 };
 use floxy_core::model::{QueueItem, StepRun};
 use floxy_core::store::StoreError;

@@ -6,7 +6,9 @@ use floxy_core::conformance::fixtures::{
     Observation, at, claim, create, definition, dlq_record, event, iid, key, next, observe, ok,
     start, stored_step, update, wf, write,
 };
-use floxy_core::model::{EventKind, InstanceStatus, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind};
+use floxy_core::model::{
+    EventKind, InstanceStatus, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind,
+};
 use floxy_core::store::{DlqQuery, InstanceQuery, Store, StoreStats};
 use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::path::{Path, PathBuf};
