@@ -105,8 +105,8 @@ fn child_runs_workflows() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
     child_runtime().block_on(async move {
-        let store = RedbStore::open(std::path::Path::new(&path), RedbOptions::default())
-            .expect("open");
+        let store =
+            RedbStore::open(std::path::Path::new(&path), RedbOptions::default()).expect("open");
         let engine = Engine::builder(Arc::new(store.clone()))
             .workers(64)
             .batch_size(16)
