@@ -360,6 +360,10 @@ impl RedbStore {
     /// [`OpenError::NotFloxyDatabase`], [`OpenError::UnsupportedFormatVersion`],
     /// [`OpenError::AlreadyOpen`], or [`OpenError::Other`] for I/O and redb failures. Each
     /// names the path. `StoreError: From<OpenError>` for callers that want one error type.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "options by value, as built; a later option need not be `Copy`"
+    )]
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_owned();
         let db = open::open_database(&path, options.cache_size_bytes)?;
@@ -373,6 +377,10 @@ impl RedbStore {
     ///
     /// # Errors
     /// As [`RedbStore::open`], less the path checks.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "options by value, as built; a later option need not be `Copy`"
+    )]
     pub fn open_with_backend(
         backend: impl redb::StorageBackend,
         options: RedbOptions,

@@ -107,7 +107,8 @@ impl StorageBackend for CrashingBackend {
     fn sync_data(&self) -> Result<(), Error> {
         let mut images = self.0.lock().unwrap();
         Self::step(&mut images)?;
-        images.synced = images.live.clone();
+        let Images { live, synced, .. } = &mut *images;
+        synced.clone_from(live);
         images.syncs += 1;
         Ok(())
     }
@@ -182,13 +183,11 @@ async fn run_round(store: &RedbStore, round: u64, acks: &Arc<Mutex<Acks>>) {
                 )
                 .await;
                 for (id, r) in ids.iter().zip(results) {
-                    match r {
-                        Ok(_) => drop(acks.lock().unwrap().created.insert(*id)),
-                        Err(_) => {
-                            stopped.store(true, Ordering::SeqCst);
-                            return;
-                        }
+                    if r.is_err() {
+                        stopped.store(true, Ordering::SeqCst);
+                        return;
                     }
+                    acks.lock().unwrap().created.insert(*id);
                 }
             }
         })
@@ -224,75 +223,91 @@ async fn run_round(store: &RedbStore, round: u64, acks: &Arc<Mutex<Acks>>) {
             }
         })
     };
-    let workers = (0..4).map(|w| {
-        let (store, acks, stopped) = (store.clone(), acks.clone(), stopped.clone());
-        tokio::spawn(async move {
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
             let owner = format!("w{round}-{w}");
-            loop {
-                let Ok(claimed) = store.claim(&request(&owner, &["h"], 8, at)).await else {
-                    return;
-                };
-                {
-                    let mut a = acks.lock().unwrap();
-                    for c in &claimed {
-                        let token = c.item.lease.as_ref().map_or(0, |l| l.token.0);
-                        a.max_token = a.max_token.max(token);
-                    }
-                }
-                if claimed.is_empty() {
-                    if stopped.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                let done = futures::future::join_all(claimed.iter().map(|c| {
-                    let key = c.item.key.clone();
-                    let token = c.item.lease.as_ref().map_or(0, |l| l.token.0);
-                    let id = key.instance_id;
-                    let store = store.clone();
-                    async move {
-                        let r = store
-                            .update_instance(
-                                id,
-                                Box::new(move |s| {
-                                    let mut t = next(s, at);
-                                    t.lease_check = Some(LeaseCheck {
-                                        key: key.clone(),
-                                        token: floxy_core::model::FencingToken(token),
-                                    });
-                                    let mut run = stored_step(s, "s1");
-                                    run.status = StepStatus::Completed;
-                                    t.steps.push(write(run, Some(StepStatus::Running)));
-                                    t.queue.push(QueueOp::Delete(key));
-                                    t.events.push(NewEvent {
-                                        kind: EventKind::StepCompleted,
-                                        step: Some("s1".into()),
-                                        attempt: None,
-                                        detail: None,
-                                    });
-                                    Ok(t)
-                                }),
-                            )
-                            .await;
-                        (id, r)
-                    }
-                }))
-                .await;
-                for (id, r) in done {
-                    match r {
-                        Ok(_) => drop(acks.lock().unwrap().completed.insert(id)),
-                        Err(_) => return,
-                    }
-                }
-            }
+            tokio::spawn(work(
+                store.clone(),
+                owner,
+                at,
+                acks.clone(),
+                stopped.clone(),
+            ))
         })
-    });
-    let workers: Vec<_> = workers.collect();
+        .collect();
     creates.await.unwrap();
     bumps.await.unwrap();
     for w in workers {
         w.await.unwrap();
+    }
+}
+
+/// A worker: claims `s1` items of the handler `h` and completes each, until a write fails
+/// (or, with nothing to claim, until `stopped`).
+async fn work(
+    store: RedbStore,
+    owner: String,
+    at: Timestamp,
+    acks: Arc<Mutex<Acks>>,
+    stopped: Arc<AtomicBool>,
+) {
+    loop {
+        let Ok(claimed) = store.claim(&request(&owner, &["h"], 8, at)).await else {
+            return;
+        };
+        {
+            let mut a = acks.lock().unwrap();
+            for c in &claimed {
+                let token = c.item.lease.as_ref().map_or(0, |l| l.token.0);
+                a.max_token = a.max_token.max(token);
+            }
+        }
+        if claimed.is_empty() {
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let done = futures::future::join_all(claimed.iter().map(|c| {
+            let key = c.item.key.clone();
+            let token = c.item.lease.as_ref().map_or(0, |l| l.token.0);
+            let id = key.instance_id;
+            let store = store.clone();
+            async move {
+                let r = store
+                    .update_instance(
+                        id,
+                        Box::new(move |s| {
+                            let mut t = next(s, at);
+                            t.lease_check = Some(LeaseCheck {
+                                key: key.clone(),
+                                token: floxy_core::model::FencingToken(token),
+                            });
+                            let mut run = stored_step(s, "s1");
+                            run.status = StepStatus::Completed;
+                            t.steps.push(write(run, Some(StepStatus::Running)));
+                            t.queue.push(QueueOp::Delete(key));
+                            t.events.push(NewEvent {
+                                kind: EventKind::StepCompleted,
+                                step: Some("s1".into()),
+                                attempt: None,
+                                detail: None,
+                            });
+                            Ok(t)
+                        }),
+                    )
+                    .await;
+                (id, r)
+            }
+        }))
+        .await;
+        for (id, r) in done {
+            if r.is_err() {
+                return;
+            }
+            acks.lock().unwrap().completed.insert(id);
+        }
     }
 }
 
@@ -396,8 +411,9 @@ async fn check(store: &RedbStore, acks: &Acks, round: u64) -> usize {
 fn a_crash_loses_no_acknowledged_commit() {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
+        .map_or(1, |d| {
+            u64::try_from(d.as_nanos() % u128::from(u64::MAX)).unwrap_or(1)
+        })
         | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);

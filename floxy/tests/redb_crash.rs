@@ -3,7 +3,7 @@
 //! ledger task bumps one instance with direct `update_instance` calls. It prints every
 //! acknowledged start and ledger version to stdout *after* the acknowledgement. The parent
 //! kills it with SIGKILL after a random number of acknowledgements, several times on the same
-//! file, and after each kill reopens the file (replaying its write-ahead log) and checks that
+//! file, and after each kill reopens the file and checks that
 //! every acknowledged commit is there and that no instance is lost or corrupted. Finally an
 //! engine whose clock is past every lease expiry reclaims the leases the dead children held
 //! and runs every instance to completion.

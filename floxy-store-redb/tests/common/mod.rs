@@ -149,6 +149,7 @@ pub async fn everything(store: &RedbStore) -> Everything {
 
 /// Writes a varied history: definitions, instances (one with an idempotency key), claims,
 /// completions, retries, DLQ records, terminal instances, a cleanup.
+#[allow(clippy::too_many_lines)]
 pub async fn populate(store: &RedbStore) {
     ok(
         store
