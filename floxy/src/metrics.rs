@@ -32,7 +32,7 @@
 //! | `floxy_stale_results_dropped_total` | counter | `kind`, `outcome` | Results this process dropped because the lease was no longer its own: `stale_lease` (the commit was refused for a stale fencing token), `lease_lost` (the heartbeat lost the lease before the commit). |
 //! | `floxy_dlq_records_written_total` | counter | `workflow`, `step`, `kind` | DLQ records written: `kind="execute"` (a final failure in DLQ mode), `kind="compensate"` (a compensation failed finally). |
 //! | `floxy_dlq_requeued_total` | counter | `workflow` | DLQ records requeued (`dlq_requeued` events). |
-//! | `floxy_claims_total` | counter | `outcome` | Claims by result: `items` (leased at least one item), `empty`, `error` (failed after the store retries). |
+//! | `floxy_claims_total` | counter | `outcome` | Claims by result: `items` (leased at least one item), `empty`, `error` (failed after the store retries). Eager leases (the next step of a chain leased in the commit of the previous one, [`crate::EngineBuilder::eager_claims`]) are not claims. |
 //! | `floxy_claim_latency_seconds` | histogram | — | Duration of a claim that returned, including store retries. |
 //! | `floxy_claim_batch_size` | histogram | — | Items leased by a claim that leased any. |
 //! | `floxy_commit_latency_seconds` | histogram | `outcome` | Duration of committing a worker's result (the transition, including store retries): `committed`, `stale_lease`, `rejected` (refused by the state machine, or the instance is gone), `error`. |
