@@ -90,7 +90,7 @@ async fn serve(
                         let bytes = body
                             .collect()
                             .await
-                            .map(|b| b.to_bytes())
+                            .map(http_body_util::Collected::to_bytes)
                             .unwrap_or_default();
                         let s = Seen {
                             method: parts.method.to_string(),

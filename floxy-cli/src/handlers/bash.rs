@@ -308,7 +308,7 @@ impl BashHandler {
         // and stop waiting for the pipes at `give_up`.
         let mut leftover: Option<Instant> = None;
         let mut give_up: Option<Instant> = None;
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let far = Instant::now() + Duration::from_hours(24 * 365);
         while out.is_none() || err.is_none() || status.is_none() {
             tokio::select! {
                 biased;
@@ -357,7 +357,9 @@ impl BashHandler {
                 }
             }
         }
-        group.finish();
+        // What bash left behind got SIGTERM when it exited; the pipes may close before those
+        // processes are fully gone: make sure none runs on when the call returns.
+        group.terminate().await;
         let (Some(out), Some(err), Some(status)) = (out, err, status) else {
             return Err(HandlerError::retryable(
                 "internal: process state incomplete",

@@ -54,6 +54,7 @@ pub struct HttpHandler {
     max_payload_bytes: usize,
     timeout: Duration,
     step_timeouts: Arc<HashMap<String, Duration>>,
+    tls: HttpTls,
 }
 
 impl HttpHandler {
@@ -100,6 +101,7 @@ impl HttpHandler {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             timeout: DEFAULT_HTTP_TIMEOUT,
             step_timeouts: Arc::new(HashMap::new()),
+            tls,
         })
     }
 
@@ -146,6 +148,12 @@ impl HttpHandler {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The TLS settings it was built with.
+    #[must_use]
+    pub fn tls(&self) -> &HttpTls {
+        &self.tls
     }
 
     /// The URL it posts to.

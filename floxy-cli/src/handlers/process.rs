@@ -100,7 +100,7 @@ fn signal_group(pgid: Pid, sig: Signal) {
     match kill_process_group(pgid, sig) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => {}
         Err(e) => {
-            tracing::warn!(pgid = pgid.as_raw_nonzero().get(), error = %e, "cannot signal the process group")
+            tracing::warn!(pgid = pgid.as_raw_nonzero().get(), error = %e, "cannot signal the process group");
         }
     }
 }
@@ -168,13 +168,13 @@ pub(crate) fn group_alive(pgid: Pid) -> bool {
     };
     dir.filter_map(Result::ok).any(|e| {
         let name = e.file_name();
-        let Some(pid) = name
+        let Some(number) = name
             .to_str()
             .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
         else {
             return false;
         };
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        std::fs::read_to_string(format!("/proc/{number}/stat"))
             .ok()
             .and_then(|stat| parse_stat(&stat))
             .is_some_and(|(state, pgrp)| pgrp == want && state != 'Z' && state != 'X')
