@@ -161,6 +161,10 @@ async fn wait_group_gone(
 /// is reaped, members that outlived it belong to init, which reaps them (or not: some
 /// container inits never do; such a zombie runs nothing and holds no pipe).
 pub(crate) fn group_alive(pgid: Pid) -> bool {
+    // Fast path: no process at all (zombies included) in the group.
+    if rustix::process::test_kill_process_group(pgid) == Err(rustix::io::Errno::SRCH) {
+        return false;
+    }
     let want = pgid.as_raw_nonzero().get();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         // No /proc: ask the kernel (zombies count there).
