@@ -1,1 +1,3 @@
 //! The library behind the `floxyctl` and `floxyd` binaries.
+
+pub mod handlers;
