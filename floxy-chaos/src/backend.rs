@@ -288,8 +288,10 @@ impl Backend {
         drop(engine_store);
         drop(store);
         #[cfg(feature = "redb")]
-        if let Some(r) = cleanup.redb.take() {
-            let _ = r.close().await;
+        if let Some(r) = cleanup.redb.take()
+            && let Err(e) = r.close().await
+        {
+            tracing::warn!(error = %e, "closing the redb store failed");
         }
         if let Some(p) = cleanup.proxy.take() {
             p.shutdown().await;
@@ -306,8 +308,10 @@ impl Backend {
     /// Closes the redb file now (so another process can open it) without removing it.
     pub async fn release_file(&mut self) {
         #[cfg(feature = "redb")]
-        if let Some(r) = self.cleanup.redb.take() {
-            let _ = r.close().await;
+        if let Some(r) = self.cleanup.redb.take()
+            && let Err(e) = r.close().await
+        {
+            tracing::warn!(error = %e, "closing the redb store failed");
         }
     }
 }

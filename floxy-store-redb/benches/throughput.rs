@@ -414,7 +414,7 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
 }
 
 /// Bursts of creates with pauses between them: each create's latency (from the call to its
-/// durable acknowledgement), and the store's checkpoints. 256 creates in flight at a time.
+/// durable acknowledgement). 256 creates in flight at a time.
 async fn bursts(store: &RedbStore, bursts: usize, per_burst: usize, pause: Duration) -> Vec<f64> {
     let mut latencies = Vec::with_capacity(bursts * per_burst);
     let all = ids(bursts * per_burst);
@@ -462,10 +462,6 @@ fn redb_with(adjust: impl FnOnce(RedbOptions) -> RedbOptions) -> Redb {
             RedbOptions::default()
                 .durability(Durability::Immediate)
                 .cache_size_bytes(env::<usize>("BENCH_CACHE_MB").unwrap_or(64) << 20)
-                .checkpoint_bytes(
-                    env::<u64>("FLOXY_BENCH_CHECKPOINT_MB")
-                        .map_or(floxy_store_redb::DEFAULT_CHECKPOINT_BYTES, |mb| mb << 20),
-                )
                 .snapshot_cache_instances(
                     env("FLOXY_BENCH_SNAPSHOT_CACHE")
                         .unwrap_or(floxy_store_redb::DEFAULT_SNAPSHOT_CACHE_INSTANCES),
@@ -555,11 +551,9 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
     let preparing = (s.preparing - b.preparing).as_secs_f64();
     let applying = ((s.busy - s.preparing) - (b.busy - b.preparing)).as_secs_f64();
     let committing = (s.committing - b.committing).as_secs_f64();
-    let checkpoints = s.checkpoints - b.checkpoints;
-    let checkpointing = (s.checkpointing - b.checkpointing).as_secs_f64();
     let wall = wall.as_secs_f64();
     let mut line = format!(
-        "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commits, of which {checkpointing:.2} s in {checkpoints} checkpoints)",
+        "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commits)",
         requests as f64 / batches.max(1) as f64,
         s.largest_batch,
         1e6 * preparing / requests.max(1) as f64,
@@ -667,7 +661,7 @@ fn main() {
         (50_000, 20_000, 10_000)
     };
     // `FLOXY_BENCH_STEP_INSTANCES=N` runs the completions part on N instances (3 N
-    // completions): long enough runs include write-ahead log checkpoints.
+    // completions).
     let n_steps = env("FLOXY_BENCH_STEP_INSTANCES").unwrap_or(n_steps);
     let batch = 64;
     // `FLOXY_BENCH_WORKERS=1,64` overrides the worker counts of claims and completions.
@@ -758,24 +752,17 @@ fn main() {
         // Last: the kernel is still writing back its files for a while, and the sagas part
         // right after it once ran at a third of its usual rate.
         if only("bursts") {
-            // 12 bursts of 8 000 creates with 400 ms pauses, checkpoints every 8 MiB of log
-            // (`FLOXY_BENCH_CHECKPOINT_MB` overrides): with idle checkpoints (the default)
-            // and without, alternating.
-            let mb = env::<u64>("FLOXY_BENCH_CHECKPOINT_MB").unwrap_or(8);
-            for idle_ms in [floxy_store_redb::DEFAULT_IDLE_CHECKPOINT_MS, 0] {
-                let r = redb_with(|o| o.checkpoint_bytes(mb << 20).idle_checkpoint_ms(idle_ms));
+            // 12 bursts of 8 000 creates with 400 ms pauses.
+            {
+                let r = redb();
                 let mut l = bursts(&r.store, 12, 8_000, Duration::from_millis(400)).await;
                 l.sort_by(f64::total_cmp);
-                let stats = r.store.writer_stats();
                 notes.push(format!(
-                    "bursts, idle checkpoints {}: create latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms; {} checkpoints, {:.2} s in them",
-                    if idle_ms > 0 { "on" } else { "off" },
+                    "bursts: create latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
                     quantile(&l, 0.5),
                     quantile(&l, 0.99),
                     quantile(&l, 0.999),
                     quantile(&l, 1.0),
-                    stats.checkpoints,
-                    stats.checkpointing.as_secs_f64(),
                 ));
                 r.store.close().await.expect("close");
             }

@@ -10,15 +10,8 @@
 //! payloads are embedded as MessagePack values. Any change to a key, a value type or a model
 //! type's serde shape is a new format version.
 //!
-//! Versions: 1 kept queue items in a table of their own and one event per row; 2 moved the
-//! items into their step rows and wrote the events of a transition in one row; 3 dropped the
-//! instance id and step name from the values of step rows and event rows; 4 keeps the
-//! `step_started` event of a claim in the claimed step's row (a step mark, see
-//! [`crate::row`]) and a write-ahead log next to the file ([`crate::wal`]) holding the batches
-//! committed since the last checkpoint (`meta`'s `"wal_lsn"`), which a build reading version
-//! 3 would ignore; 5 (this one) keeps any event of a step whose row its transition writes in
-//! that row, in a longer mark a version-4 build cannot read. Files of versions 1 to 4 are
-//! migrated at open ([`crate::migrate`]).
+//! The format has one version, [`FORMAT_VERSION`]; `tests/format.rs` reads a checked-in
+//! file of it back, so a change that breaks it fails there.
 
 use floxy_core::model::{
     DlqRecord, InstanceId, InstanceRecord, QueueItem, StepRun, WorkflowDefinition,
@@ -30,11 +23,9 @@ use serde::de::DeserializeOwned;
 
 /// The on-disk format this version of the crate reads and writes. A file with another
 /// version is refused at open.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 1;
 
-/// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`],
-/// `"wal_lsn"` → `u64` (big endian, the last log record checkpointed), `"wal_id"` → `u64`
-/// (big endian, the id the log's records carry).
+/// `meta`: `"format_version"` → `u32` (big endian), `"counters"` → [`Counters`].
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("floxy_meta");
 /// `definitions`: workflow id → [`WorkflowDefinition`] (JSON).
 pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
@@ -43,20 +34,15 @@ pub(crate) const DEFINITIONS: TableDefinition<&str, &[u8]> =
 pub(crate) const INSTANCES: TableDefinition<u128, &[u8]> = TableDefinition::new("floxy_instances");
 /// `steps`: (instance id, step name) → [`StepRow`]: the step's run, its queue items (leases
 /// included) and its step marks, encoded by [`crate::row::encode_step_row`]. One row per
-/// step, so a claim or a completion writes one row where version 1 wrote a step row and a
-/// queue row.
+/// step, so a claim or a completion writes one row.
 pub(crate) const STEPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("floxy_steps");
 /// `live`: instance id → `()`, the instances with at least one queue item (the claim index
 /// is rebuilt from their step rows at open).
 pub(crate) const LIVE: TableDefinition<u128, ()> = TableDefinition::new("floxy_live");
-/// Version 1's `queue`: (instance id, step name, kind code) → [`QueueItem`]; read once by
-/// the migration to version 2, then deleted.
-pub(crate) const QUEUE_V1: TableDefinition<(u128, &str, u8), &[u8]> =
-    TableDefinition::new("floxy_queue");
 /// `events`: (instance id, sequence of the row's first event) → the
 /// [`Event`](floxy_core::model::Event)s one transition wrote, in sequence order (consecutive
 /// numbers), encoded by [`crate::row::encode_events`]. The events a step row keeps
-/// (step marks, format versions 4 and 5) are not here.
+/// (step marks) are not here.
 pub(crate) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("floxy_events");
 /// `dlq`: DLQ id → [`DlqRecord`].
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("floxy_dlq");
@@ -74,12 +60,6 @@ pub(crate) const TERMINAL: TableDefinition<(i64, u128), ()> =
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 /// Meta key of the counters.
 pub(crate) const META_COUNTERS: &str = "counters";
-/// Meta key of the number (`u64`, big endian) of the last write-ahead log record the file
-/// holds durably (see [`crate::wal`]); absent until the first checkpoint.
-pub(crate) const META_WAL_LSN: &str = "wal_lsn";
-/// Meta key of the database's write-ahead log id (`u64`, big endian; see [`crate::wal`]).
-pub(crate) const META_WAL_ID: &str = "wal_id";
-
 /// Store-wide counters, persisted in `meta` by every write transaction that changes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Counters {
@@ -97,17 +77,15 @@ pub(crate) struct Counters {
 
 /// A row of `steps`: the step run (absent when only queue items exist for the step, which
 /// the store contract allows), the step's queue items in kind order, and the events the row
-/// keeps (step marks, versions 4 and 5; see [`crate::row`]). Rows are encoded by
-/// [`crate::row`]; this type's own serde form is version 2's, read only by its migration.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+/// keeps (step marks; see [`crate::row`]). Rows are encoded and decoded by [`crate::row`].
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StepRow {
     /// The step run.
     pub(crate) run: Option<StepRun>,
     /// Queue items of the step, in [`WorkKind`](floxy_core::model::WorkKind) order (at most
     /// one per kind).
     pub(crate) items: Vec<QueueItem>,
-    /// The events the row keeps, in sequence order (none in versions 2 and 3).
-    #[serde(default)]
+    /// The events the row keeps, in sequence order.
     pub(crate) marks: Vec<crate::row::StepMark>,
 }
 
@@ -144,10 +122,6 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 /// Typed wrappers so call sites name what they decode.
 pub(crate) fn decode_instance(b: &[u8]) -> Result<InstanceRecord, StoreError> {
     decode("instance record", b)
-}
-/// Decodes a queue item.
-pub(crate) fn decode_item(b: &[u8]) -> Result<QueueItem, StoreError> {
-    decode("queue item", b)
 }
 /// Decodes a DLQ record.
 pub(crate) fn decode_dlq(b: &[u8]) -> Result<DlqRecord, StoreError> {

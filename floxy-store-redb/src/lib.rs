@@ -6,7 +6,7 @@
 //! use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 //! let store = RedbStore::open("/var/lib/myapp/floxy.redb", RedbOptions::default())?;
 //! // ... hand `std::sync::Arc::new(store.clone())` to `floxy::Engine::new` ...
-//! store.close().await?; // releases the file
+//! store.close().await?; // the final flush's error, if any; releases the file
 //! # Ok(()) }
 //! ```
 //!
@@ -39,27 +39,28 @@
 //!   closure error, a stale lease, a failed compare-and-set) writes nothing and does not
 //!   disturb the others in its batch.
 //!
-//! A second thread (`floxy-redb-commit`) applies each prepared batch in **one** write
-//! transaction and commits it, and only then is every caller of the batch answered. **A
-//! caller is acknowledged only once its write is durable**: with [`Durability::Immediate`]
-//! the batch is first written to the write-ahead log and synced (see
-//! [below](#durability-the-write-ahead-log)). The answers are sent by a third thread
-//! (`floxy-redb-notify`), so waking the callers' tasks overlaps with the next batch.
+//! A second thread (`floxy-redb-commit`) applies each prepared batch in **one** redb write
+//! transaction and commits it, and only then is every caller of the batch answered: **a
+//! caller is acknowledged only once its write is durable** (with [`Durability::Immediate`],
+//! the default, the commit is a durable redb commit). A third thread (`floxy-redb-notify`)
+//! sends the answers, so waking the callers' tasks overlaps with the next commit.
 //!
 //! The two stages overlap: while batch `N` commits, the writer prepares the requests that
 //! arrive into batch `N + 1`, and hands it over the moment `N` is durable (when nothing is
-//! committing, a batch goes once it holds 512 requests even if more are queued, so a burst of
-//! requests is committed while its rest is prepared), so a request waits
-//! for at most one commit before its own. At most one batch commits while one is prepared.
-//! The reads a preparation needs come from memory (the claim index, the snapshot cache) or
-//! from a read transaction of the last committed batch; everything a not-yet-committed batch
-//! wrote — instance snapshots, idempotency keys, DLQ ids — is kept pinned in memory until it
-//! is committed, so no preparation reads a stale row. That read transaction is dropped as soon
+//! committing, a batch goes once it holds 512 requests even if more are queued, so the rest
+//! of a burst is prepared while its start commits). At most one batch commits while one is
+//! prepared, so a request waits for at most one commit before its own. The reads a
+//! preparation needs come from memory (the claim index, the snapshot cache) or from a read
+//! transaction of the last committed batch; everything a not-yet-committed batch wrote —
+//! instance snapshots, idempotency keys, DLQ ids — is kept pinned in memory until it is
+//! committed, so no preparation reads a stale row. That read transaction is dropped as soon
 //! as a later batch commits: a live redb snapshot keeps redb from freeing the pages later
-//! commits replace, and those then fill redb's write buffer and are written out one by one
-//! (a run of completions after a burst of creates made four times the page writes while the
-//! writer held the last create's snapshot). A definition write and a retention chunk wait for
-//! the committing batch and run in a batch of their own.
+//! commits replace. A definition write and a retention chunk wait for the committing batch
+//! and run in a batch of their own.
+//!
+//! Under load the batches grow on their own: while one commit waits for the disk, the next
+//! requests queue up and share the next `fsync`, which is what turns a few thousand durable
+//! commits per second into tens of thousands of acknowledged step completions per second.
 //!
 //! If applying or committing a batch fails (I/O error, disk full), every request of the batch
 //! gets that (retryable) error — refusals too, since they may rest on an earlier request of
@@ -75,14 +76,8 @@
 //! [`DEFAULT_SNAPSHOT_CACHE_INSTANCES`]: keep it above the number of live instances, or
 //! claims and transitions read and decode their instances from the file), updated in step
 //! with what it writes, so a transition does not re-read and re-decode its instance; the
-//! cache is cleared after a failed commit. [`RedbStore::writer_stats`] reports group commits, requests per commit and the time
-//! spent preparing and committing.
-//!
-//! Under load the batches grow on their own: while one commit waits for the disk, the next
-//! requests queue up and share the next `fsync`. One `fsync` costs a few hundred
-//! microseconds to milliseconds here whatever it covers, so group commit is what turns a few
-//! thousand commits per second into tens of thousands of acknowledged step completions per
-//! second (see `benches/throughput.rs`).
+//! cache is cleared after a failed commit. [`RedbStore::writer_stats`] reports group
+//! commits, requests per commit and the time spent preparing and committing.
 //!
 //! A transition function that panics does not stop the writer: the panic is caught there and
 //! resumed on the caller's task, as with a store that runs the function in place. Because it
@@ -101,16 +96,37 @@
 //! Reads ([`Store::load_instance`], listings, lookups) open a redb read transaction on the
 //! calling task and read directly: redb readers never wait for the writer (MVCC snapshots of
 //! the last commit), every read is bounded (point lookups and pages of at most
-//! [`MAX_PAGE_SIZE`] records), and the store then works
-//! under any executor (the conformance suite uses `futures::executor::block_on`, where
-//! `spawn_blocking` does not exist). [`Store::next_due`] and [`Store::stats`] read numbers the
-//! writer publishes after every commit and touch no transaction.
+//! [`MAX_PAGE_SIZE`] records), and the store then works under any executor (the conformance
+//! suite uses `futures::executor::block_on`, where `spawn_blocking` does not exist).
+//! [`Store::next_due`] and [`Store::stats`] read numbers the writer publishes after every
+//! commit and touch no transaction.
+//!
+//! # Durability
+//!
+//! * [`Durability::Immediate`] (the default): every batch is one durable redb commit
+//!   (`redb::Durability::Immediate`: its pages are written and the file is synced) before
+//!   any of its callers is answered. A crash loses nothing that was acknowledged.
+//! * [`Durability::Relaxed`]: commits are not synced one by one
+//!   (`redb::Durability::None`); one commit every `flush_interval_ms` is, and commits left
+//!   unsynced are synced once their interval is over even if no request follows, and by
+//!   [`RedbStore::close`]. A crash can lose the commits of the last interval — acknowledged
+//!   work may run again or an acknowledged start may vanish — but never corrupts the file:
+//!   redb reopens at the last durable commit. Use it when re-running recent steps is
+//!   acceptable and throughput with few concurrent writers matters more.
+//!
+//! Crash safety rests on redb's own: its commits are atomic, and after a crash it reopens
+//! at the last durable commit (repairing its allocator state if the process died). The
+//! store adds nothing on top — no log of its own — and rebuilds its in-memory state (claim
+//! index, counters) from the file at open. The tests check it two ways: through a redb
+//! storage backend that loses every write not yet synced when it "crashes"
+//! (`tests/crash_backend.rs`), and by killing processes running the engine with `SIGKILL`
+//! (`floxy/tests/redb_crash.rs`).
 //!
 //! # On-disk layout (format version [`FORMAT_VERSION`])
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `floxy_meta` | `"format_version"`, `"counters"`, `"wal_lsn"`, `"wal_id"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count; last log record checkpointed (`u64` BE); the log id its records carry (`u64` BE) |
+//! | `floxy_meta` | `"format_version"`, `"counters"` | `u32` BE; last fencing token, last event sequence, last DLQ id, instances per status, DLQ count |
 //! | `floxy_definitions` | workflow id | definition (JSON) |
 //! | `floxy_instances` | instance id (`u128`) | instance record |
 //! | `floxy_steps` | (instance id, step name) | step row: the step run (absent for an item whose step has no run), the step's queue items, each with its lease (owner, fencing token, expiry), and the step marks: the events of the step written with the row (its claims' `step_started`, its transitions' events about it) |
@@ -124,42 +140,28 @@
 //! Records are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types,
 //! JSON payloads embedded as MessagePack values; definitions are JSON. Step rows and event
 //! rows leave out what their key already holds (the instance id, and the step name of a run
-//! or an item), which makes a step row about a quarter smaller and an event a third: the
-//! committing thread's cost grows with the bytes a commit writes. Keys are redb tuples,
-//! so a table's order is the order its readers need (UUIDv7 instance ids keep one instance's
-//! rows together and recent instances at the end of each table, which keeps the pages a
-//! commit dirties few). The fencing-token counter, the event sequence and the DLQ id counter
-//! are persisted by every transaction that advances them, so they never go back after a
-//! restart.
+//! or an item): the committing thread's cost grows with the bytes a commit writes. Keys are
+//! redb tuples, so a table's order is the order its readers need (UUIDv7 instance ids keep
+//! one instance's rows together and recent instances at the end of each table, which keeps
+//! the pages a commit dirties few). The fencing-token counter, the event sequence and the
+//! DLQ id counter are persisted by every transaction that advances them, so they never go
+//! back after a restart.
 //!
 //! A step's queue items share its row because they change together: a claim leases the item
 //! and marks the run `running`, a completion finishes the run and deletes the item, so each
-//! is one row write (version 1 kept items in a table of their own: two row writes). The
-//! events a transition writes share one row too. With both, a three-step saga wrote 19 rows
-//! in version 3 instead of version 1's 27 (4 instance rows, 7 step rows, 5 event rows, 2
-//! `floxy_live` entries, 1 `floxy_terminal` entry). Version 4 keeps the `step_started` event
-//! of a claim in the claimed step's row as a *step mark* (`[seq, at, attempt]`; kind, step
-//! and instance are implied): a claim writes one row per item instead of two. Version 5 does
-//! the same for any event of a step whose row its transition writes (a completion's
-//! `step_completed`, a failure's `step_failed`), as `[seq, at, attempt, kind, detail]`: a
-//! completion writes no event row unless it also ends the instance. A step row keeps its marks
-//! for good, and `list_events` merges them with the event rows by sequence number. The price:
-//! a heartbeat rewrites the step row, run and marks included, where version 1 rewrote only
-//! the item.
+//! is one row write. A step row also keeps the events of the step that its transitions write
+//! with it, as *step marks*: a claim's `step_started` as `[seq, at, attempt]` (kind, step and
+//! instance are implied), any other event of the step (a completion's `step_completed`, a
+//! failure's `step_failed`) as `[seq, at, attempt, kind, detail]`; so a claim writes one row
+//! per item, and a completion writes no event row unless it also ends the instance. A step
+//! row keeps its marks for good, and `list_events` merges them with the event rows by
+//! sequence number. The price: a heartbeat rewrites the step row, run and marks included.
 //!
-//! Next to the file lives its write-ahead log, `<path>-wal` (format version 4 added it):
-//! keep the two together, and copy the file only while the store is closed (a clean close
-//! leaves the log empty).
-//!
-//! Opening a file checks `format_version`. Files of versions 1 to 4 are migrated in place,
-//! each in one write transaction (a failure leaves the file as it was): version 1 gets each
-//! step row rewritten with its items, `floxy_live` filled, each event rewritten as a row of
-//! one and its `floxy_queue` table deleted; version 2 gets its step rows and event rows
-//! re-encoded without the ids their keys hold (a row holding another step's run is refused
-//! as corrupt); versions 3 and 4 only get the new version number (their rows are valid
-//! version-5 rows: version 3's without marks, version 4's with claims' short marks; a
-//! version-3 file has no log and gets an empty one). Any other version is refused with [`OpenError::UnsupportedFormatVersion`]. A redb file without
-//! floxy's meta table, or a file that is not a redb file, is [`OpenError::NotFloxyDatabase`].
+//! Opening a file checks `format_version`: a file of another version is refused with
+//! [`OpenError::UnsupportedFormatVersion`]; a redb file without floxy's meta table, or a file
+//! that is not a redb file, is [`OpenError::NotFloxyDatabase`]. Any change to the layout
+//! is a new format version; `tests/format.rs` opens a checked-in file of this version and
+//! fails if it no longer reads back.
 //!
 //! ## The claim index lives in memory
 //!
@@ -171,63 +173,10 @@
 //! `floxy_live` lists (live work only, never finished instances), and after a failed commit.
 //! This is sound because redb's file lock makes the opening process the only one that can
 //! write the file, and it keeps the rows a step writes down: a claim rewrites one step row
-//! instead of also moving an entry from an on-disk ready index to an on-disk lease-expiry
-//! index (and back on every retry, heartbeat and completion), which at one `fsync` per group
-//! commit is what the writer's time goes to. Leases themselves are durable (inside the step
-//! row), so after a crash every lease that was held is still there and is reclaimed when it
-//! expires, counting as an attempt. The algorithm is the memory store's,
+//! instead of also moving an entry between on-disk indexes. Leases themselves are durable
+//! (inside the step row), so after a crash every lease that was held is still there and is
+//! reclaimed when it expires, counting as an attempt. The algorithm is the memory store's,
 //! so both backends claim in the same order (the differential test checks it).
-//!
-//! # Durability modes
-//!
-//! * [`Durability::Immediate`] (the default): every batch is durable (`fsync` of its
-//!   write-ahead log record) before any of its callers is answered. A crash loses nothing
-//!   that was acknowledged.
-//! * [`Durability::Relaxed`]: commits are not synced one by one; one commit every
-//!   `flush_interval_ms` is, and commits left unsynced are synced once their interval is
-//!   over even if no request follows (and on [`RedbStore::close`]). A crash can lose the
-//!   commits of the last interval — acknowledged work may run again or an acknowledged start
-//!   may vanish — but never corrupts the file: redb reopens at the last durable commit. Use it
-//!   when re-running recent steps is acceptable and throughput with few concurrent writers
-//!   matters more. Relaxed mode writes no log.
-//!
-//! ## Durability: the write-ahead log
-//!
-//! A durable redb commit writes every page its batch dirtied (one `pwrite` each), checksums
-//! them and syncs the file, and the committing thread, the store's bottleneck, can do nothing
-//! else meanwhile. So with [`Durability::Immediate`] each batch is appended to the log instead
-//! — its table writes as prepared, a few hundred bytes per request, in one record with a
-//! CRC-32C — and the log thread (`floxy-redb-log`, one for the store's life) encodes,
-//! checksums, writes and syncs that record *while* the committing thread applies the batch to
-//! redb. The redb transaction then commits without `fsync` (redb keeps the pages in memory,
-//! visible to readers), and only after the record is durable; then the callers are answered.
-//! Every [`RedbOptions::checkpoint_bytes`] of log (default
-//! [`DEFAULT_CHECKPOINT_BYTES`]) one batch commits durably in redb instead — a
-//! **checkpoint**, which writes each page the batches since the previous one dirtied once,
-//! however often they dirtied it, and records its log record's number in `floxy_meta` — and
-//! the log starts over. A checkpoint stalls the commits behind it (about 80 ms per 16 MiB of
-//! log here), so the committing thread also checkpoints when it has had nothing to commit for
-//! [`RedbOptions::idle_checkpoint_ms`] (250 ms) and the log holds a sixteenth of
-//! `checkpoint_bytes` or more: a bursty load pays for
-//! its checkpoints in its lulls, and an idle store is not synced after every small batch. Under
-//! a steady load it is never idle that long. [`WriterStats`] counts checkpoints and their time.
-//!
-//! **Recovery.** After a crash redb opens at its last durable commit, the last checkpoint.
-//! [`RedbStore::open`] reads the log, replays every record after the checkpoint's number in
-//! one durable transaction, and empties the log; a clean [`RedbStore::close`] checkpoints and
-//! empties it too. Reading stops at the first record that is torn, fails its checksum, is out
-//! of sequence or carries another database's log id (a log left behind by a deleted
-//! database): such bytes are leftovers, never data. A batch that fails after its record was
-//! written (a failed redb commit, a failed sync) has the record's header zeroed before it is
-//! answered, so a crash cannot resurrect it, and the next batch takes its place; if even that
-//! write fails, the store refuses every later write until it is reopened. A log that
-//! continues *past* a gap after the checkpoint (an old copy of the file next to a newer log)
-//! is refused at open as [`StoreError::Corrupt`]
-//! rather than replayed.
-//!
-//! What it bought when it came (throughput bench, 64 workers, alternating runs on 2 shared
-//! cores): the committing thread's time per request fell by about a tenth, and durable step
-//! completions rose by 5–10 % (the crate README has the current figures).
 //!
 //! # Choices where the contract is silent
 //!
@@ -242,20 +191,27 @@
 //! * [`Store::cleanup`] removes instances in chunks of [`CLEANUP_CHUNK`] per write
 //!   transaction, so it is not atomic as a whole (each removed instance is removed whole).
 //! * [`RedbStore::close`] releases the file deterministically. Dropping the last clone of a
-//!   store also stops the writer and releases the file, but asynchronously: reopen the same
-//!   path in the same process only after `close` returned.
+//!   store also stops the writer and releases the file, but asynchronously (and a relaxed
+//!   store's final flush error is then only logged): reopen the same path in the same
+//!   process only after `close` returned.
+//!
+//! # Feature `failpoints`
+//!
+//! [fail](https://docs.rs/fail) failpoints for fault-injection tests:
+//! `floxy-redb::committing` (a callback when a batch starts its commit),
+//! `floxy-redb::commit` before each write transaction's commit (`return` fails the commit,
+//! `return(MS)` fails it after MS ms) and `floxy-redb::flush` (`return` fails a relaxed
+//! store's flush, the periodic one and the final one of [`RedbStore::close`]).
 
 mod cache;
 mod commit;
 mod fast_hash;
 mod index;
 mod layout;
-mod migrate;
 mod open;
 mod ops;
 mod read;
 mod row;
-mod wal;
 mod writer;
 
 pub use layout::FORMAT_VERSION;
@@ -292,19 +248,17 @@ pub const CLEANUP_CHUNK: usize = 1_000;
 pub const DEFAULT_CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 /// Default number of live instance snapshots the writer keeps decoded in memory. A claim or
 /// transition of an instance outside the cache reads and decodes it from the file, which
-/// more than doubles the writer's time per request: with 100 000 live instances, a 20 000
-/// cache ran completions at less than half the speed of a 100 000 one (see the crate README).
-/// Memory is spent only on live instances (terminal ones leave the cache): about 1.2 KB
-/// each with small payloads, more with large ones; the claim index already holds every
-/// live instance's queue items in memory.
+/// more than doubles the writer's time per request. Memory is spent only on live instances
+/// (terminal ones leave the cache): about 1.2 KB each with small payloads, more with large
+/// ones; the claim index already holds every live instance's queue items in memory.
 pub const DEFAULT_SNAPSHOT_CACHE_INSTANCES: usize = 100_000;
-/// Default bytes of write-ahead log after which a batch checkpoints (commits durably in redb,
-/// and the log starts over); see the [crate docs](crate#durability-modes).
-pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// The path of a store opened with [`RedbStore::open_with_backend`], in its errors and
+/// [`RedbStore::path`].
+pub const BACKEND_PATH: &str = "<redb storage backend>";
 /// Default interval between durable commits in [`Durability::Relaxed`] mode.
 pub const DEFAULT_RELAXED_FLUSH_INTERVAL_MS: u64 = 100;
 
-/// When a commit is durable. See the [crate docs](crate#durability-modes).
+/// When a commit is durable. See the [crate docs](crate#durability).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Durability {
@@ -340,20 +294,7 @@ pub struct RedbOptions {
     /// Live instances whose decoded snapshots the writer keeps in memory (default
     /// [`DEFAULT_SNAPSHOT_CACHE_INSTANCES`]; 0 disables the cache).
     pub snapshot_cache_instances: usize,
-    /// Bytes of write-ahead log after which a batch checkpoints (default
-    /// [`DEFAULT_CHECKPOINT_BYTES`]). Smaller: shorter recovery and less memory held by redb
-    /// between checkpoints; larger: fewer page writes. An idle store checkpoints once its log
-    /// holds a sixteenth of this (see `idle_checkpoint_ms`).
-    pub checkpoint_bytes: u64,
-    /// Milliseconds without a batch to commit after which the store checkpoints a log that
-    /// holds a sixteenth of `checkpoint_bytes` or more (default
-    /// [`DEFAULT_IDLE_CHECKPOINT_MS`]; 0: only at `checkpoint_bytes`). A checkpoint stalls
-    /// the commits behind it; taken in a lull, it is not taken during the next busy spell.
-    pub idle_checkpoint_ms: u64,
 }
-
-/// Default [`RedbOptions::idle_checkpoint_ms`]: 250 ms.
-pub const DEFAULT_IDLE_CHECKPOINT_MS: u64 = 250;
 
 impl Default for RedbOptions {
     fn default() -> Self {
@@ -361,8 +302,6 @@ impl Default for RedbOptions {
             durability: Durability::Immediate,
             cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
             snapshot_cache_instances: DEFAULT_SNAPSHOT_CACHE_INSTANCES,
-            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
-            idle_checkpoint_ms: DEFAULT_IDLE_CHECKPOINT_MS,
         }
     }
 }
@@ -386,20 +325,6 @@ impl RedbOptions {
     #[must_use]
     pub fn snapshot_cache_instances(mut self, n: usize) -> Self {
         self.snapshot_cache_instances = n;
-        self
-    }
-
-    /// Sets the bytes of write-ahead log after which a batch checkpoints.
-    #[must_use]
-    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
-        self.checkpoint_bytes = bytes;
-        self
-    }
-
-    /// Sets how long the store must be idle before it checkpoints (0: never when idle).
-    #[must_use]
-    pub fn idle_checkpoint_ms(mut self, ms: u64) -> Self {
-        self.idle_checkpoint_ms = ms;
         self
     }
 }
@@ -435,21 +360,39 @@ impl RedbStore {
     /// [`OpenError::NotFloxyDatabase`], [`OpenError::UnsupportedFormatVersion`],
     /// [`OpenError::AlreadyOpen`], or [`OpenError::Other`] for I/O and redb failures. Each
     /// names the path. `StoreError: From<OpenError>` for callers that want one error type.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "options by value, as built; a later option need not be `Copy`"
+    )]
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_owned();
-        let db = Arc::new(open::open_database(&path, options.cache_size_bytes)?);
-        let (wal, recovered) =
-            wal::recover(&db, &path, options.checkpoint_bytes).map_err(|e| OpenError::Other {
-                path: path.clone(),
-                reason: format!("cannot recover from the write-ahead log: {e}"),
-            })?;
-        if recovered.replayed > 0 {
-            tracing::info!(
-                path = %path.display(),
-                batches = recovered.replayed,
-                "floxy-store-redb: replayed the write-ahead log"
-            );
-        }
+        let db = open::open_database(&path, options.cache_size_bytes)?;
+        Self::start(path, db, &options)
+    }
+
+    /// Opens the floxy database held by a redb storage backend (an in-memory one such as
+    /// `redb::backends::InMemoryBackend`, or a wrapper around a file that injects faults),
+    /// initialising it if it is empty, and starts its writer threads. Errors name the path
+    /// [`BACKEND_PATH`]; [`RedbStore::path`] returns it too.
+    ///
+    /// # Errors
+    /// As [`RedbStore::open`], less the path checks.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "options by value, as built; a later option need not be `Copy`"
+    )]
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: RedbOptions,
+    ) -> Result<Self, OpenError> {
+        let path = PathBuf::from(BACKEND_PATH);
+        let db = open::open_backend(&path, backend, options.cache_size_bytes)?;
+        Self::start(path, db, &options)
+    }
+
+    /// Loads the writer's state from `db` and starts the writer threads.
+    fn start(path: PathBuf, db: Database, options: &RedbOptions) -> Result<Self, OpenError> {
+        let db = Arc::new(db);
         let state = writer::load_state(&db).map_err(|e| OpenError::Other {
             path: path.clone(),
             reason: e.to_string(),
@@ -458,8 +401,7 @@ impl RedbStore {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let w = Writer::new(
             db.clone(),
-            wal,
-            &options,
+            options,
             state,
             published.clone(),
             tx.downgrade(),
@@ -495,17 +437,28 @@ impl RedbStore {
     /// the file (and its lock). Every clone of the store is closed: later calls fail with
     /// [`StoreError::Closed`]. Closing twice is a no-op.
     ///
+    /// The file is released whatever the outcome.
+    ///
     /// # Errors
-    /// None today; the `Result` leaves room for flush failures.
+    /// The error of the final flush: with [`Durability::Relaxed`], commits not yet synced
+    /// are synced here, and if that fails they may be lost (as after a crash; the file stays
+    /// consistent). [`StoreError::Backend`] if the committing thread panicked.
     pub async fn close(&self) -> Result<(), StoreError> {
         let db = self.inner.db.write().take();
         let (reply, done) = oneshot::channel();
-        if self.inner.tx.send(Request::Close { reply }).await.is_ok() {
+        let r = if self.inner.tx.send(Request::Close { reply }).await.is_ok() {
             // The writer answers after dropping its handle of the database.
-            drop(done.await);
-        }
+            done.await.unwrap_or_else(|_| {
+                Err(StoreError::Backend(
+                    "floxy-store-redb: the writer thread stopped before it closed the store"
+                        .to_owned(),
+                ))
+            })
+        } else {
+            Ok(())
+        };
         drop(db);
-        Ok(())
+        r
     }
 
     /// Counters of the writer threads since the store was opened (group commits, requests,

@@ -41,7 +41,7 @@ pub enum OpenError {
     },
     /// The file is a floxy database in a format version this build does not read.
     #[error(
-        "floxy database {path} has format version {found}; this build reads version {supported} (and migrates versions 1 to 3)"
+        "floxy database {path} has format version {found}; this build reads version {supported}"
     )]
     UnsupportedFormatVersion {
         /// The database path.
@@ -181,6 +181,21 @@ pub(crate) fn open_database(path: &Path, cache_size_bytes: usize) -> Result<Data
     Ok(db)
 }
 
+/// Opens (or initialises) the database held by `backend`, checks or writes the format
+/// version and creates every table; `path` only names it in errors.
+pub(crate) fn open_backend(
+    path: &Path,
+    backend: impl redb::StorageBackend,
+    cache_size_bytes: usize,
+) -> Result<Database, OpenError> {
+    let db = Database::builder()
+        .set_cache_size(cache_size_bytes)
+        .create_with_backend(backend)
+        .map_err(|e| from_db(path, e))?;
+    check_or_init(path, &db)?;
+    Ok(db)
+}
+
 fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
     let rtx = db.begin_read().map_err(|e| other(path, e))?;
     let names: Vec<String> = rtx
@@ -203,23 +218,6 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
                 path: path.to_owned(),
                 reason: "its format version is not a 32-bit number".to_owned(),
             })?;
-        if (1..=4).contains(&found) {
-            drop(version);
-            drop(meta);
-            drop(rtx);
-            let migrated = match found {
-                1 => crate::migrate::from_v1(db),
-                2 => crate::migrate::from_v2(db),
-                _ => crate::migrate::from_v3_or_v4(db),
-            };
-            migrated.map_err(|e| {
-                other(
-                    path,
-                    format!("cannot migrate it from format version {found}: {e}"),
-                )
-            })?;
-            return init_tables(path, db, false);
-        }
         if found != FORMAT_VERSION {
             return Err(OpenError::UnsupportedFormatVersion {
                 path: path.to_owned(),
@@ -227,12 +225,7 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
                 supported: FORMAT_VERSION,
             });
         }
-        drop(version);
-        drop(meta);
-        drop(rtx);
-        // Tables added by this version of the layout are created if missing (a no-op for a
-        // file this build wrote).
-        return init_tables(path, db, false);
+        return Ok(());
     }
     if !names.is_empty() {
         return Err(OpenError::NotFloxyDatabase {
@@ -244,7 +237,7 @@ fn check_or_init(path: &Path, db: &Database) -> Result<(), OpenError> {
         });
     }
     drop(rtx);
-    init_tables(path, db, true)
+    init_tables(path, db)
 }
 
 fn not_floxy(path: &Path, e: impl std::fmt::Display) -> OpenError {
@@ -254,21 +247,20 @@ fn not_floxy(path: &Path, e: impl std::fmt::Display) -> OpenError {
     }
 }
 
-fn init_tables(path: &Path, db: &Database, new: bool) -> Result<(), OpenError> {
+/// Creates every table of a new file and writes its format version and counters.
+fn init_tables(path: &Path, db: &Database) -> Result<(), OpenError> {
     let txn = db.begin_write().map_err(|e| other(path, e))?;
     {
         let mut meta = txn.open_table(META).map_err(|e| other(path, e))?;
-        if new {
-            meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes().as_slice())
-                .map_err(|e| other(path, e))?;
-            let mut counters = Counters::default();
-            counters
-                .status_counts
-                .resize(floxy_core::model::InstanceStatus::ALL.len(), 0);
-            let bytes = encode("counters", &counters).map_err(|e| other(path, e))?;
-            meta.insert(META_COUNTERS, bytes.as_slice())
-                .map_err(|e| other(path, e))?;
-        }
+        meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes().as_slice())
+            .map_err(|e| other(path, e))?;
+        let mut counters = Counters::default();
+        counters
+            .status_counts
+            .resize(floxy_core::model::InstanceStatus::ALL.len(), 0);
+        let bytes = encode("counters", &counters).map_err(|e| other(path, e))?;
+        meta.insert(META_COUNTERS, bytes.as_slice())
+            .map_err(|e| other(path, e))?;
         txn.open_table(DEFINITIONS).map_err(|e| other(path, e))?;
         txn.open_table(INSTANCES).map_err(|e| other(path, e))?;
         txn.open_table(STEPS).map_err(|e| other(path, e))?;

@@ -1,25 +1,21 @@
-//! The codecs of step rows and event rows (format version 5): the model types minus what the
-//! row's key already holds, and the step marks.
+//! The codecs of step rows and event rows: the model types minus what the row's key already
+//! holds, and the step marks.
 //!
 //! A step row's key is `(instance id, step name)` and an event row's key starts with the
-//! instance id, yet version 2 stored the model's [`StepRun`], [`QueueItem`] and [`Event`]
-//! whole: every run and item repeated the instance id (18 bytes in MessagePack) and the step
-//! name, every event the instance id. Those rows are most of what a claim or a completion
-//! writes, and the committing thread's cost grows with the bytes it writes, so version 3
-//! stores them without: a step row is about a quarter smaller, an event a third.
+//! instance id, so the runs and items a step row holds leave out the instance id (18 bytes
+//! in MessagePack) and the step name, and events leave out the instance id. Those rows are
+//! most of what a claim or a completion writes, and the committing thread's cost grows with
+//! the bytes it writes: a step row is about a quarter smaller, an event a third.
 //!
-//! **Step marks (versions 4 and 5).** A claim that starts a run writes the step's row (the lease,
-//! the run now `running`) and a `step_started` event; versions up to 3 wrote that event as a
-//! row of `floxy_events` of its own, a third of the rows a claim-and-complete cycle writes.
-//! Version 4 keeps it in the step row the claim writes anyway, as a [`StepMark`] (`[seq, at,
-//! attempt]`: kind, step, instance and detail are implied), and keeps every mark of the step
-//! there for good (one per attempt). `list_events` merges the marks of an instance's step rows
-//! with its event rows by sequence number. A row without marks is encoded as in version 3
-//! (`[run, items]`), one with marks as `[run, items, marks]`. Version 5 keeps any event of a
-//! step whose row its transition writes there too (a completion's `step_completed`, a
-//! failure's `step_failed`), as `[seq, at, attempt, kind, detail]`: a completion then writes
-//! its step row and its instance row, no event row. Claims keep the short form, so version-4
-//! rows are valid version-5 rows.
+//! **Step marks.** A claim that starts a run writes the step's row (the lease, the run now
+//! `running`) and a `step_started` event. The event is kept in the step row the claim writes
+//! anyway, as a [`StepMark`] (`[seq, at, attempt]`: kind, step, instance and detail are
+//! implied), and every mark of the step stays there for good (one per attempt). Any other
+//! event of a step whose row its transition writes is kept there too (a completion's
+//! `step_completed`, a failure's `step_failed`), as `[seq, at, attempt, kind, detail]`: a
+//! completion then writes its step row and its instance row, no event row. `list_events`
+//! merges the marks of an instance's step rows with its event rows by sequence number. A row
+//! without marks is encoded as `[run, items]`, one with marks as `[run, items, marks]`.
 //!
 //! Values stay MessagePack arrays (`rmp-serde`). Decoding takes the key and puts the instance
 //! id and step name back. The structs list every field of the model types by name, so a new
@@ -256,8 +252,8 @@ impl<'a, T, O: Serialize, F: Fn(&'a T) -> O> Serialize for Seq<'a, T, F> {
 }
 
 /// Encodes the step row of `run`, `items` (in kind order) and `marks` (the step marks, in
-/// sequence order) at the end of `arena`: `[run, items]` as in version 3 when `marks` is
-/// empty, else `[run, items, marks]`.
+/// sequence order) at the end of `arena`: `[run, items]` when `marks` is empty, else
+/// `[run, items, marks]`.
 pub(crate) fn encode_step_row(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
@@ -273,11 +269,10 @@ pub(crate) fn encode_step_row(
     }
 }
 
-/// An event of a step kept in that step's row (format version 4 for the `step_started`
-/// events of claims, version 5 for every event of a step whose row its transition writes):
-/// the step (the row's) and the instance (the key's) are implied. A claim's `step_started`
-/// event without detail is stored as `[seq, at, attempt]` (kind implied; all version 4 had),
-/// any other as `[seq, at, attempt, kind, detail]`.
+/// An event of a step kept in that step's row (the `step_started` events of claims, and
+/// every event of a step whose row its transition writes): the step (the row's) and the
+/// instance (the key's) are implied. A claim's `step_started` event without detail is stored
+/// as `[seq, at, attempt]` (kind implied), any other as `[seq, at, attempt, kind, detail]`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StepMark {
     /// The event's sequence number.
@@ -376,7 +371,7 @@ impl<'de> Deserialize<'de> for StepMark {
     }
 }
 
-/// A step row as stored: two elements (version 3, or no claim marks) or three.
+/// A step row as stored: two elements (no marks) or three.
 #[derive(Deserialize)]
 struct RowIn {
     run: Option<RunIn>,
@@ -519,7 +514,7 @@ mod tests {
         assert_eq!(back.items, vec![item.clone()]);
         assert_eq!(back.marks, marks.to_vec());
         assert_eq!(marks[1].event(id, &Arc::from("charge")), ev);
-        // A claim's mark keeps version 4's short form, `[seq, at, attempt]`; the others
+        // A claim's mark has the short form, `[seq, at, attempt]`; the others
         // carry their kind and detail.
         assert_eq!(
             rmp_serde::to_vec(&marks[0]).unwrap(),

@@ -1,11 +1,12 @@
 //! A write transaction whose commit fails (failpoint `floxy-redb::commit`, feature
 //! `failpoints`): its callers get the error, nothing of it is visible, the batch the writer
 //! prepared on top of it while it was committing fails too, and the store goes on from the
-//! last committed state — also after a reopen, and after a crash right after the failure
-//! (the failed batch's write-ahead log record is discarded, so it is never replayed).
+//! last committed state — also after a reopen, and after a crash right after the failure.
+//! And [`RedbStore::close`](floxy_store_redb::RedbStore::close) returns the error of its final
+//! flush (failpoint `floxy-redb::flush`).
 //!
-//! Failpoints are process-wide: one test uses them in this process, the other in a child
-//! process it kills.
+//! Failpoints are process-wide: the tests in this process hold a `FailScenario` (which
+//! serialises them), the crash test runs its failure in a child process it kills.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -174,7 +175,7 @@ fn child_fails_a_commit_then_waits() {
             .await;
         unavailable(&r, "the update whose commit failed");
         println!("COMMIT-FAILED-AS-INJECTED");
-        // The parent kills this process: no close, no checkpoint.
+        // The parent kills this process: no close.
         std::thread::sleep(Duration::from_secs(120));
     });
     scenario.teardown();
@@ -230,4 +231,30 @@ fn a_failed_commit_is_not_replayed_after_a_crash() {
         );
         store.close().await.unwrap();
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_returns_the_error_of_its_final_flush() {
+    let scenario = fail::FailScenario::setup();
+    let db = common::TempDb::new();
+    // A flush interval far longer than the test: only close syncs.
+    let relaxed = Durability::Relaxed {
+        flush_interval_ms: 3_600_000,
+    };
+    let store = common::open(&db.path, relaxed);
+    create(&store, start(id(), T0, &[("s1", "h")])).await;
+    fail::cfg("floxy-redb::flush", "1*return").unwrap();
+    let r = store.close().await;
+    assert!(
+        matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("floxy-redb::flush")),
+        "close reports the failed flush: {r:?}"
+    );
+    assert!(
+        matches!(store.get_instance(id()).await, Err(StoreError::Closed)),
+        "the store is closed all the same"
+    );
+    // The file was released: it opens again, and a close that flushes nothing succeeds.
+    let store = common::open(&db.path, relaxed);
+    store.close().await.unwrap();
+    scenario.teardown();
 }

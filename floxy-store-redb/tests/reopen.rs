@@ -5,156 +5,13 @@
 
 mod common;
 
-use common::TempDb;
+use common::{TempDb, everything, populate};
 use floxy_core::conformance::fixtures::{
-    Observation, TTL_MS, at, claim, create, definition, dlq_record, event, iid, key, next, observe,
-    ok, start, stored_step, update, wf, write,
+    TTL_MS, at, claim, create, dlq_record, event, iid, next, ok, start, update, wf,
 };
-use floxy_core::model::{
-    DlqId, EventKind, InstanceStatus, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind,
-};
-use floxy_core::store::{DlqQuery, InstanceQuery, Store, StoreStats};
+use floxy_core::model::{DlqId, EventKind};
+use floxy_core::store::{DlqQuery, Store};
 use floxy_store_redb::{Durability, RedbOptions, RedbStore};
-use std::sync::Arc;
-
-const N: u128 = 30;
-
-#[derive(Debug, PartialEq)]
-struct Everything {
-    instances: Vec<Observation>,
-    definitions: Vec<floxy_core::model::WorkflowDefinition>,
-    listed: Vec<floxy_core::model::InstanceRecord>,
-    dlq: Vec<floxy_core::model::DlqRecord>,
-    stats: StoreStats,
-    next_due: Option<Timestamp>,
-    idem: Option<floxy_core::model::InstanceId>,
-}
-
-async fn everything(store: &RedbStore) -> Everything {
-    let mut instances = Vec::new();
-    for n in 1..=N {
-        instances.push(observe(store, iid(n)).await);
-    }
-    Everything {
-        instances,
-        definitions: ok(store.list_definitions().await, "list_definitions"),
-        listed: ok(
-            store.list_instances(&InstanceQuery::default()).await,
-            "list",
-        )
-        .items,
-        dlq: ok(store.list_dlq(&DlqQuery::default()).await, "list_dlq").items,
-        stats: ok(store.stats().await, "stats"),
-        next_due: ok(store.next_due(&[Arc::from("h")]).await, "next_due"),
-        idem: ok(store.find_by_idempotency_key(&wf(), "key-7").await, "find"),
-    }
-}
-
-/// Writes a varied history: definitions, instances (one with an idempotency key), claims,
-/// completions, retries, DLQ records, terminal instances, a cleanup.
-async fn populate(store: &RedbStore) {
-    ok(
-        store
-            .put_definition(&definition("orders", 1, "charge"))
-            .await,
-        "def",
-    );
-    ok(
-        store.put_definition(&definition("audit", 3, "log")).await,
-        "def",
-    );
-    for n in 1..=N {
-        let mut t = start(iid(n), at(n as i64), &[("a", "h"), ("b", "h")]);
-        if n == 7 {
-            t.instance.idempotency_key = Some("key-7".into());
-        }
-        create(store, t).await;
-    }
-    // Claim a batch, complete some, retry some, park some in the DLQ.
-    let claimed = claim(store, "w1", &["h"], 100, at(100)).await;
-    assert_eq!(claimed.len(), 2 * N as usize, "every item leased");
-    for (i, c) in claimed.iter().enumerate() {
-        let id = c.item.key.instance_id;
-        let step = c.item.key.step.clone();
-        let token = c.item.lease.as_ref().map(|l| l.token).expect("lease");
-        let k = c.item.key.clone();
-        match i % 4 {
-            0 => {
-                ok(
-                    update(store, id, move |s| {
-                        let mut t = next(s, at(200));
-                        t.lease_check = Some(LeaseCheck {
-                            key: k.clone(),
-                            token,
-                        });
-                        let mut r = stored_step(s, &step);
-                        r.status = StepStatus::Completed;
-                        t.steps.push(write(r, Some(StepStatus::Running)));
-                        t.queue.push(QueueOp::Delete(k));
-                        t.events.push(event(EventKind::StepCompleted, Some(&step)));
-                        t
-                    })
-                    .await,
-                    "complete",
-                );
-            }
-            1 => {
-                ok(
-                    update(store, id, move |s| {
-                        let mut t = next(s, at(200));
-                        t.lease_check = Some(LeaseCheck {
-                            key: k.clone(),
-                            token,
-                        });
-                        let mut r = stored_step(s, &step);
-                        r.status = StepStatus::Retrying;
-                        t.steps.push(write(r, Some(StepStatus::Running)));
-                        let mut item =
-                            floxy_core::conformance::fixtures::execute(id, &step, "h", at(5_000));
-                        item.attempt = 1;
-                        t.queue.push(QueueOp::Upsert(item));
-                        t.events.push(event(EventKind::StepRetry, Some(&step)));
-                        t
-                    })
-                    .await,
-                    "retry",
-                );
-            }
-            2 if step.as_ref() == "a" => {
-                ok(
-                    update(store, id, move |s| {
-                        let mut t = next(s, at(300));
-                        t.instance.status = InstanceStatus::Dlq;
-                        t.dlq_insert.push(dlq_record(id, &wf(), &step));
-                        t.queue.push(QueueOp::RequestCancel(k));
-                        t
-                    })
-                    .await,
-                    "dlq",
-                );
-            }
-            _ => {} // stays leased
-        }
-    }
-    // Two terminal instances, one removed by cleanup.
-    for (n, at_ms) in [(N - 1, 400), (N, 5_000)] {
-        ok(
-            update(store, iid(n), move |s| {
-                let mut t = next(s, at(at_ms));
-                t.instance.status = InstanceStatus::Completed;
-                t.queue
-                    .push(QueueOp::Delete(key(iid(n), "a", WorkKind::Execute)));
-                t.queue
-                    .push(QueueOp::Delete(key(iid(n), "b", WorkKind::Execute)));
-                t.events.push(event(EventKind::WorkflowCompleted, None));
-                t
-            })
-            .await,
-            "terminal",
-        );
-    }
-    assert_eq!(ok(store.cleanup(at(1_000)).await, "cleanup"), 1);
-}
 
 fn reopen_roundtrip(options: RedbOptions) {
     let db = TempDb::new();
@@ -162,18 +19,6 @@ fn reopen_roundtrip(options: RedbOptions) {
     futures::executor::block_on(async {
         let store = open();
         populate(&store).await;
-        let stats = store.writer_stats();
-        if options.durability == Durability::Immediate {
-            if options.checkpoint_bytes == 1 {
-                // Each batch after one that left log bytes checkpoints: every other one.
-                assert!(
-                    stats.checkpoints >= 10 && stats.checkpoints * 2 <= stats.batches + 1,
-                    "checkpoints: {stats:?}"
-                );
-            } else {
-                assert_eq!(stats.checkpoints, 0, "no batch checkpoints: {stats:?}");
-            }
-        }
         let before = everything(&store).await;
         let last_event = before
             .instances
@@ -266,13 +111,7 @@ fn reopen_roundtrip(options: RedbOptions) {
 
 #[test]
 fn everything_survives_reopen() {
-    // Every batch lives in the write-ahead log until the close checkpoints.
     reopen_roundtrip(RedbOptions::default());
-}
-
-#[test]
-fn everything_survives_reopen_checkpointing_every_batch() {
-    reopen_roundtrip(RedbOptions::default().checkpoint_bytes(1));
 }
 
 #[test]

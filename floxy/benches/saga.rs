@@ -2,6 +2,10 @@
 //! workers (claims, handler calls, transitions, commits; no-op handlers).
 //!
 //! `cargo bench -p floxy --bench saga`
+//!
+//! `FLOXY_BENCH_RECORDER=prometheus` installs a Prometheus recorder (the exporter floxyd
+//! uses, histograms with the suggested buckets) so that every metric the engine records is
+//! stored; without it the facade's no-op recorder runs (the library's default cost).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -56,7 +60,27 @@ async fn run(workers: usize, n: u64) -> Duration {
     took
 }
 
+fn install_recorder() {
+    if std::env::var("FLOXY_BENCH_RECORDER").as_deref() == Ok("prometheus") {
+        let mut b = metrics_exporter_prometheus::PrometheusBuilder::new();
+        for m in floxy::metrics::METRICS {
+            if let Some(buckets) = m.buckets {
+                b = b
+                    .set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(m.name.to_owned()),
+                        buckets,
+                    )
+                    .unwrap();
+            }
+        }
+        metrics::set_global_recorder(b.build_recorder()).unwrap();
+        floxy::metrics::describe();
+        eprintln!("saga bench: Prometheus recorder installed");
+    }
+}
+
 fn bench(c: &mut Criterion) {
+    install_recorder();
     let mut g = c.benchmark_group("saga_3_steps_memory");
     g.throughput(Throughput::Elements(SAGAS));
     g.sample_size(10);

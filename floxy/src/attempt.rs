@@ -3,13 +3,16 @@
 
 use crate::engine::Engine;
 use crate::failpoints::{self, Hit};
-use crate::handler::{CompensationInfo, StepContext};
+use crate::handler::{CompensationInfo, HandlerError, StepContext};
 use crate::heartbeat::LeaseGuard;
+use crate::metrics;
 use floxy_core::eager::EagerClaim;
 use floxy_core::failpoints as fp;
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{Input, TransitionError, WorkOutcome};
-use floxy_core::model::{CompensationReason, FencingToken, QueueItem, StepKind, StepRun, WorkKind};
+use floxy_core::model::{
+    CompensationReason, FencingToken, Payload, QueueItem, StepDef, StepKind, StepRun, WorkKind,
+};
 use floxy_core::store::{ClaimedItem, StoreError};
 use futures::FutureExt;
 use std::any::Any;
@@ -131,6 +134,7 @@ impl Engine {
             }
         };
         if guard.lost.is_cancelled() {
+            metrics::stale_result(item.key.kind, metrics::LEASE_LOST);
             tracing::debug!("lease lost while working; result dropped");
             return Vec::new();
         }
@@ -153,6 +157,7 @@ impl Engine {
         eager: Option<&EagerClaim>,
     ) -> Vec<ClaimedItem> {
         let id = item.key.instance_id;
+        let started = tokio::time::Instant::now();
         let committed = match eager {
             Some(e) => self.inner.commit_input_eager(wf, id, input, e).await,
             None => self
@@ -161,6 +166,7 @@ impl Engine {
                 .await
                 .map(|t| (t, Vec::new())),
         };
+        metrics::commit(started, &committed);
         match committed {
             Ok((t, next)) => {
                 if failpoints::hit(fp::AFTER_COMMIT).await == Hit::Abandon {
@@ -176,6 +182,7 @@ impl Engine {
                 return next;
             }
             Err(StoreError::StaleLease { .. }) => {
+                metrics::stale_result(item.key.kind, metrics::STALE_LEASE);
                 tracing::debug!(token = token.0, "stale lease; result dropped");
             }
             Err(StoreError::Rejected(TransitionError::Corrupt(msg))) => {
@@ -203,22 +210,14 @@ impl Engine {
         guard: &LeaseGuard,
     ) -> Option<WorkOutcome> {
         let Some(handler) = self.inner.handlers.get(&item.handler) else {
+            metrics::no_handler(item);
             return Some(WorkOutcome::Failed {
                 error: format!("no handler named {:?} is registered", item.handler),
                 retryable: true,
             });
         };
         let step_def = wf.find(&item.key.step).map(|n| wf.step_def(n));
-        let timeout_ms = step_def.and_then(|d| match item.key.kind {
-            WorkKind::Compensate => match &d.kind {
-                StepKind::Task {
-                    on_failure: Some(c),
-                    ..
-                } => c.timeout_ms,
-                _ => None,
-            },
-            _ => d.options.timeout_ms,
-        });
+        let timeout_ms = step_def.and_then(|d| timeout_of(d, item.key.kind));
         let compensation = (item.key.kind == WorkKind::Compensate).then(|| {
             Arc::new(CompensationInfo {
                 reason: run.compensate.unwrap_or(CompensationReason::Failure),
@@ -241,6 +240,7 @@ impl Engine {
             compensation,
             cancel: guard.cancel.clone(),
         };
+        let call_metrics = metrics::HandlerCall::start();
         let call = AssertUnwindSafe(handler.execute(ctx, run.input.clone())).catch_unwind();
         let timed = async {
             match timeout_ms {
@@ -255,14 +255,17 @@ impl Engine {
             biased;
             r = timed => r,
             () = guard.lost.cancelled() => {
+                call_metrics.end(item, metrics::LEASE_LOST);
                 tracing::debug!("lease lost while the handler ran; abandoning it");
                 return None;
             }
             () = hard_stop.cancelled() => {
+                call_metrics.end(item, metrics::ABANDONED);
                 tracing::debug!("shutdown: abandoning the handler; its lease will expire");
                 return None;
             }
         };
+        let label = attempt_label(&result, guard.cancel.is_cancelled());
         let outcome = match result {
             Err(ms) => {
                 guard.cancel.cancel();
@@ -298,7 +301,34 @@ impl Engine {
                 }
             }
         };
+        call_metrics.end(item, metrics::settle(label, &outcome));
         Some(outcome)
+    }
+}
+
+/// The timeout of one call of `d`'s handler (`kind` execute) or compensation (compensate).
+fn timeout_of(d: &StepDef, kind: WorkKind) -> Option<u64> {
+    match kind {
+        WorkKind::Compensate => match &d.kind {
+            StepKind::Task {
+                on_failure: Some(c),
+                ..
+            } => c.timeout_ms,
+            _ => None,
+        },
+        _ => d.options.timeout_ms,
+    }
+}
+
+/// The `outcome` label of a handler call that ended (see [`crate::metrics`]).
+type CallResult = Result<std::thread::Result<Result<Payload, HandlerError>>, u64>;
+fn attempt_label(result: &CallResult, cancelled: bool) -> &'static str {
+    match result {
+        Err(_) => metrics::TIMEOUT,
+        Ok(Err(_)) => metrics::PANICKED,
+        Ok(Ok(Err(_))) if cancelled => metrics::CANCELLED,
+        Ok(Ok(Err(_))) => metrics::FAILED,
+        Ok(Ok(Ok(_))) => metrics::COMPLETED,
     }
 }
 

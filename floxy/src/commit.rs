@@ -102,6 +102,7 @@ impl Inner {
     /// Wakes local waiters and idle workers after a commit, and fires the tokens of local
     /// handlers the transition asked to stop.
     pub(crate) fn after_commit(&self, t: &Transition) {
+        crate::metrics::transition(t);
         for op in &t.queue {
             if let QueueOp::RequestCancel(key) = op {
                 self.leases.request_cancel(key, self.config.clock.now());

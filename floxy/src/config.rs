@@ -30,6 +30,7 @@ pub(crate) struct EngineConfig {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) id_seed: Option<u64>,
     pub(crate) eager_claims: bool,
+    pub(crate) metrics_sample_interval_ms: u64,
 }
 
 /// Builds an [`Engine`]. Out-of-range values are clamped to their bounds (documented on each
@@ -61,6 +62,7 @@ impl EngineBuilder {
                 clock: Arc::new(SystemClock),
                 id_seed: None,
                 eager_claims: true,
+                metrics_sample_interval_ms: crate::metrics::DEFAULT_SAMPLE_INTERVAL_MS,
             },
         }
     }
@@ -117,6 +119,15 @@ impl EngineBuilder {
     /// gains per backend: `benches/RESULTS.md` and `docs/perf-notes.md`.
     pub fn eager_claims(mut self, on: bool) -> Self {
         self.config.eager_claims = on;
+        self
+    }
+
+    /// Period of the sampler of the store gauges ([`crate::metrics`]: queue depth, oldest
+    /// pending age, instances per status, DLQ records) that runs with the worker pool
+    /// (default [`crate::metrics::DEFAULT_SAMPLE_INTERVAL_MS`]; 0: no sampler, e.g. when the
+    /// process exports no metrics, or an exporter calls [`Engine::sample_metrics`] itself).
+    pub fn metrics_sample_interval_ms(mut self, ms: u64) -> Self {
+        self.config.metrics_sample_interval_ms = ms;
         self
     }
 

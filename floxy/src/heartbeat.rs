@@ -282,6 +282,7 @@ pub(crate) async fn beat_once(
         }
         Err(err) => {
             tracing::warn!(error = %err, leases = batch.len(), "heartbeat failed; retrying");
+            crate::metrics::heartbeat_failed();
             for (id, _) in &batch {
                 if let Some(e) = entries.get_mut(id) {
                     e.next_beat = now.add_ms((e.period_ms / 2).max(MIN_HEARTBEAT_PERIOD_MS));

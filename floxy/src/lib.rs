@@ -100,6 +100,12 @@
 //!   crash points (after a claim, before a commit, after a commit, in heartbeats), named in
 //!   [`floxy_core::failpoints`]. For fault-injection tests only; off by default (and then the
 //!   points compile to nothing).
+//!
+//! # Metrics
+//!
+//! The engine records counters, gauges and histograms through the `metrics` facade (no
+//! exporter here; labels are bounded, never instance ids): the list of names, types, labels
+//! and meanings is in [`metrics`], with [`metrics::describe`] to register their descriptions.
 
 mod attempt;
 mod clock;
@@ -110,6 +116,7 @@ mod error;
 mod failpoints;
 mod handler;
 mod heartbeat;
+pub mod metrics;
 mod wait;
 mod waiters;
 mod worker;

@@ -86,6 +86,7 @@ impl Engine {
             return Err(EngineError::WorkersAlreadyStarted);
         }
         self.ensure_heartbeat();
+        crate::metrics::spawn_sampler(self, self.inner.config.metrics_sample_interval_ms);
         let engine = self.clone();
         *dispatcher = Some(tokio::spawn(async move { engine.dispatch_loop().await }));
         Ok(())
@@ -200,7 +201,10 @@ impl Engine {
             limit,
             now: inner.config.clock.now(),
         };
-        with_store_retry("claim", || inner.store.claim(&req)).await
+        let started = tokio::time::Instant::now();
+        let claimed = with_store_retry("claim", || inner.store.claim(&req)).await;
+        crate::metrics::claim(started, &claimed);
+        claimed
     }
 
     async fn dispatch_loop(self) {

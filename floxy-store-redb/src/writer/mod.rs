@@ -119,8 +119,11 @@ pub(crate) enum Request {
         limit: usize,
         reply: Reply<u64>,
     },
-    /// Flush (a durable commit in relaxed mode), stop and release the file.
-    Close { reply: oneshot::Sender<()> },
+    /// Flush (a durable commit in relaxed mode), stop and release the file; the reply is
+    /// the flush's outcome.
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Sent by the committing thread after each commit: the next batch may go.
     Wake,
 }
@@ -198,7 +201,8 @@ impl Delivery {
             Request::Heartbeat { reply, .. } => Self::Heartbeat(reply, Err(e.clone())),
             Request::Cleanup { reply, .. } => Self::Cleanup(reply, Err(e.clone())),
             Request::Close { reply } => {
-                let _ = reply.send(());
+                // A second close while the first one runs: closing twice is a no-op.
+                let _ = reply.send(Ok(()));
                 return None;
             }
             Request::Wake => return None,
@@ -235,16 +239,9 @@ pub struct WriterStats {
     pub busy: Duration,
     /// Of `busy`, the time spent preparing batches.
     pub preparing: Duration,
-    /// Of `busy`, the time spent in redb's commits: with [`Durability::Immediate`] the commits
-    /// without `fsync` and the checkpoints (page writes and `fsync`).
-    ///
-    /// [`Durability::Immediate`]: crate::Durability::Immediate
+    /// Of `busy`, the time spent in redb's commits (page writes, and the `fsync` of durable
+    /// commits).
     pub committing: Duration,
-    /// Checkpoints: batches committed durably in redb, after which the write-ahead log starts
-    /// over (see [`RedbOptions::checkpoint_bytes`](crate::RedbOptions::checkpoint_bytes)).
-    pub checkpoints: u64,
-    /// Of `committing`, the time spent in checkpoints.
-    pub checkpointing: Duration,
 }
 
 impl WriterStats {
@@ -441,7 +438,7 @@ pub(crate) struct Writer {
     spare_deliveries: std::sync::mpsc::Receiver<Vec<Delivery>>,
     to_commit: std::sync::mpsc::Sender<ToCommit>,
     outcomes: std::sync::mpsc::Receiver<Option<StoreError>>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    committer: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     /// For the replies of batches that never reach the committing thread.
     notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
     published: Arc<Mutex<Published>>,
@@ -455,7 +452,6 @@ impl Writer {
     /// committing thread.
     pub(crate) fn new(
         db: Arc<Database>,
-        wal: crate::wal::Wal,
         options: &RedbOptions,
         (counters, index, live): State,
         published: Arc<Mutex<Published>>,
@@ -471,10 +467,6 @@ impl Writer {
         let (spare, spare_ops) = std::sync::mpsc::channel();
         let committer = Committer {
             db: db.clone(),
-            wal: Some(wal),
-            log: None,
-            log_buf: Vec::new(),
-            broken: None,
             durability: options.durability,
             last_flush: Instant::now(),
             unflushed: false,
@@ -483,15 +475,10 @@ impl Writer {
             spare,
             busy: Duration::ZERO,
             committing: Duration::ZERO,
-            checkpoints: 0,
-            checkpointing: Duration::ZERO,
-            idle_checkpoint_failed_at: None,
-            idle_checkpoint_after: (options.idle_checkpoint_ms > 0)
-                .then(|| Duration::from_millis(options.idle_checkpoint_ms)),
         };
         let handle = std::thread::Builder::new()
             .name("floxy-redb-commit".to_owned())
-            .spawn(move || committer.run(commit_rx, outcome_tx, wake))?;
+            .spawn(move || committer.run(&commit_rx, &outcome_tx, &wake))?;
         let w = Self {
             view: View {
                 db,
@@ -546,7 +533,7 @@ impl Writer {
     /// hands that over as soon as the committing thread reports (a [`Request::Wake`]), so a
     /// request waits for at most one commit before its own.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut close: Option<oneshot::Sender<()>> = None;
+        let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         let mut batch = self.begin();
         loop {
             let msg = if batch.requests > 0 && self.in_flight.is_none() {
@@ -606,15 +593,20 @@ impl Writer {
         }
         self.settle_in_flight();
         let _ = self.to_commit.send(ToCommit::Close);
-        if let Some(h) = self.committer.take()
-            && h.join().is_err()
-        {
-            tracing::error!("floxy-store-redb: the committing thread panicked");
+        let flushed = match self.committer.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(StoreError::Backend(
+                "floxy-store-redb: the committing thread panicked".to_owned(),
+            )),
+            None => Ok(()),
+        };
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "floxy-store-redb: final flush failed");
         }
         let Self { view, .. } = self;
         drop(view);
         if let Some(reply) = close {
-            let _ = reply.send(());
+            let _ = reply.send(flushed);
         }
     }
 
@@ -848,8 +840,6 @@ impl Writer {
         // The committing thread's share of the time, as it last published it.
         p.stats.busy = published.stats.busy.max(p.stats.busy);
         p.stats.committing = published.stats.committing;
-        p.stats.checkpoints = published.stats.checkpoints;
-        p.stats.checkpointing = published.stats.checkpointing;
         *published = p;
     }
 
@@ -910,7 +900,7 @@ impl Writer {
             }
             Request::Close { reply } => {
                 // `run` takes close requests out first; answer anyway.
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
                 (None, None)
             }
             Request::Wake => (None, None),

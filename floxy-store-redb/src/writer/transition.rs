@@ -263,7 +263,7 @@ impl Writer {
             }
         }
         // Events. One of a step whose row this transition writes (with its run) is kept in
-        // that row as a mark (format version 5: most transitions write one row fewer); the
+        // that row as a mark (most transitions then write one row fewer); the
         // others go to one row of `events`, keyed by the first one's sequence.
         if !tr.events.is_empty() {
             // Allocated only for events no step row keeps (most transitions have none).

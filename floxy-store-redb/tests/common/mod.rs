@@ -1,8 +1,18 @@
-//! Helpers shared by the integration tests: stores on fresh files in temporary directories.
+//! Helpers shared by the integration tests: stores on fresh files in temporary directories,
+//! and a varied history to write and read back whole.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use floxy_core::conformance::fixtures::{
+    Observation, at, claim, create, definition, dlq_record, event, iid, key, next, observe, ok,
+    start, stored_step, update, wf, write,
+};
+use floxy_core::model::{
+    EventKind, InstanceStatus, LeaseCheck, QueueOp, StepStatus, Timestamp, WorkKind,
+};
+use floxy_core::store::{DlqQuery, InstanceQuery, Store, StoreStats};
 use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A temporary directory and a database path inside it.
 pub struct TempDb {
@@ -43,19 +53,6 @@ pub fn child_runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Waits until `store` has made `n` checkpoints (at most 10 s): the idle ones come from the
-/// committing thread on its own, with nothing to wait on but the counter.
-pub async fn wait_for_checkpoints(store: &RedbStore, n: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.writer_stats().checkpoints < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fewer than {n} checkpoints within 10 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// Opens `path` with `durability`.
 pub fn open(path: &Path, durability: Durability) -> RedbStore {
     RedbStore::open(path, RedbOptions::default().durability(durability)).expect("open store")
@@ -67,67 +64,6 @@ pub fn fresh(durability: Durability) -> (RedbStore, TempDb) {
     let db = TempDb::new();
     let store = open(&db.path, durability);
     (store, db)
-}
-
-/// Writes, in `txn`, what files of every older format version hold alike: the meta table
-/// (format `version`; counters: last fencing token `last_token`, last event sequence
-/// `last_seq`, one `running` and one completed instance, no DLQ), the two instance records,
-/// the terminal entry of the completed one, and the tables that stay empty.
-pub fn write_legacy_common(
-    txn: &redb::WriteTransaction,
-    version: u32,
-    (last_token, last_seq): (u64, u64),
-    running: floxy_core::model::InstanceId,
-    done: floxy_core::model::InstanceId,
-    at: floxy_core::model::Timestamp,
-) {
-    use floxy_core::conformance::fixtures::{instance, wf};
-    use floxy_core::model::InstanceStatus;
-    use redb::TableDefinition;
-    let mut status_counts = vec![0_u64; InstanceStatus::ALL.len()];
-    for s in [InstanceStatus::Running, InstanceStatus::Completed] {
-        let i = InstanceStatus::ALL.iter().position(|x| *x == s).unwrap();
-        status_counts[i] = 1;
-    }
-    let mut meta = txn
-        .open_table(TableDefinition::<&str, &[u8]>::new("floxy_meta"))
-        .unwrap();
-    meta.insert("format_version", version.to_be_bytes().as_slice())
-        .unwrap();
-    // last token, last event sequence, last DLQ id, instances per status, DLQ count.
-    let counters = (last_token, last_seq, 0_u64, status_counts, 0_u64);
-    meta.insert("counters", rmp(&counters).as_slice()).unwrap();
-    let mut inst = txn
-        .open_table(TableDefinition::<u128, &[u8]>::new("floxy_instances"))
-        .unwrap();
-    let r = instance(running, &wf(), InstanceStatus::Running, at);
-    inst.insert(running.0.as_u128(), rmp(&r).as_slice())
-        .unwrap();
-    let d = instance(done, &wf(), InstanceStatus::Completed, at);
-    inst.insert(done.0.as_u128(), rmp(&d).as_slice()).unwrap();
-    let mut terminal = txn
-        .open_table(TableDefinition::<(i64, u128), ()>::new("floxy_terminal"))
-        .unwrap();
-    terminal
-        .insert((at.as_millis(), done.0.as_u128()), ())
-        .unwrap();
-    txn.open_table(TableDefinition::<&str, &[u8]>::new("floxy_definitions"))
-        .unwrap();
-    txn.open_table(TableDefinition::<u64, &[u8]>::new("floxy_dlq"))
-        .unwrap();
-    txn.open_table(TableDefinition::<(u128, u64), ()>::new(
-        "floxy_dlq_by_instance",
-    ))
-    .unwrap();
-    txn.open_table(TableDefinition::<(&str, &str), u128>::new(
-        "floxy_idempotency",
-    ))
-    .unwrap();
-}
-
-/// MessagePack as every format version wrote it (structs as arrays).
-pub fn rmp<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    rmp_serde::to_vec(v).expect("encode")
 }
 
 /// The transition of an attempt of `step` (leased for `handler`) that failed and is retried at
@@ -175,4 +111,145 @@ pub async fn committing(started: &tokio::sync::Notify) {
         .await
         .expect("a batch started committing within 10 s");
     fail::remove("floxy-redb::committing");
+}
+
+/// The instances [`populate`] creates: `iid(1)` to `iid(N)`.
+pub const N: u128 = 30;
+
+#[derive(Debug, PartialEq)]
+pub struct Everything {
+    pub instances: Vec<Observation>,
+    pub definitions: Vec<floxy_core::model::WorkflowDefinition>,
+    pub listed: Vec<floxy_core::model::InstanceRecord>,
+    pub dlq: Vec<floxy_core::model::DlqRecord>,
+    pub stats: StoreStats,
+    pub next_due: Option<Timestamp>,
+    pub idem: Option<floxy_core::model::InstanceId>,
+}
+
+pub async fn everything(store: &RedbStore) -> Everything {
+    let mut instances = Vec::new();
+    for n in 1..=N {
+        instances.push(observe(store, iid(n)).await);
+    }
+    Everything {
+        instances,
+        definitions: ok(store.list_definitions().await, "list_definitions"),
+        listed: ok(
+            store.list_instances(&InstanceQuery::default()).await,
+            "list",
+        )
+        .items,
+        dlq: ok(store.list_dlq(&DlqQuery::default()).await, "list_dlq").items,
+        stats: ok(store.stats().await, "stats"),
+        next_due: ok(store.next_due(&[Arc::from("h")]).await, "next_due"),
+        idem: ok(store.find_by_idempotency_key(&wf(), "key-7").await, "find"),
+    }
+}
+
+/// Writes a varied history: definitions, instances (one with an idempotency key), claims,
+/// completions, retries, DLQ records, terminal instances, a cleanup.
+#[allow(clippy::too_many_lines)]
+pub async fn populate(store: &RedbStore) {
+    ok(
+        store
+            .put_definition(&definition("orders", 1, "charge"))
+            .await,
+        "def",
+    );
+    ok(
+        store.put_definition(&definition("audit", 3, "log")).await,
+        "def",
+    );
+    for n in 1..=N {
+        let mut t = start(iid(n), at(n as i64), &[("a", "h"), ("b", "h")]);
+        if n == 7 {
+            t.instance.idempotency_key = Some("key-7".into());
+        }
+        create(store, t).await;
+    }
+    // Claim a batch, complete some, retry some, park some in the DLQ.
+    let claimed = claim(store, "w1", &["h"], 100, at(100)).await;
+    assert_eq!(claimed.len(), 2 * N as usize, "every item leased");
+    for (i, c) in claimed.iter().enumerate() {
+        let id = c.item.key.instance_id;
+        let step = c.item.key.step.clone();
+        let token = c.item.lease.as_ref().map(|l| l.token).expect("lease");
+        let k = c.item.key.clone();
+        match i % 4 {
+            0 => {
+                ok(
+                    update(store, id, move |s| {
+                        let mut t = next(s, at(200));
+                        t.lease_check = Some(LeaseCheck {
+                            key: k.clone(),
+                            token,
+                        });
+                        let mut r = stored_step(s, &step);
+                        r.status = StepStatus::Completed;
+                        t.steps.push(write(r, Some(StepStatus::Running)));
+                        t.queue.push(QueueOp::Delete(k));
+                        t.events.push(event(EventKind::StepCompleted, Some(&step)));
+                        t
+                    })
+                    .await,
+                    "complete",
+                );
+            }
+            1 => {
+                ok(
+                    update(store, id, move |s| {
+                        let mut t = next(s, at(200));
+                        t.lease_check = Some(LeaseCheck {
+                            key: k.clone(),
+                            token,
+                        });
+                        let mut r = stored_step(s, &step);
+                        r.status = StepStatus::Retrying;
+                        t.steps.push(write(r, Some(StepStatus::Running)));
+                        let mut item =
+                            floxy_core::conformance::fixtures::execute(id, &step, "h", at(5_000));
+                        item.attempt = 1;
+                        t.queue.push(QueueOp::Upsert(item));
+                        t.events.push(event(EventKind::StepRetry, Some(&step)));
+                        t
+                    })
+                    .await,
+                    "retry",
+                );
+            }
+            2 if step.as_ref() == "a" => {
+                ok(
+                    update(store, id, move |s| {
+                        let mut t = next(s, at(300));
+                        t.instance.status = InstanceStatus::Dlq;
+                        t.dlq_insert.push(dlq_record(id, &wf(), &step));
+                        t.queue.push(QueueOp::RequestCancel(k));
+                        t
+                    })
+                    .await,
+                    "dlq",
+                );
+            }
+            _ => {} // stays leased
+        }
+    }
+    // Two terminal instances, one removed by cleanup.
+    for (n, at_ms) in [(N - 1, 400), (N, 5_000)] {
+        ok(
+            update(store, iid(n), move |s| {
+                let mut t = next(s, at(at_ms));
+                t.instance.status = InstanceStatus::Completed;
+                t.queue
+                    .push(QueueOp::Delete(key(iid(n), "a", WorkKind::Execute)));
+                t.queue
+                    .push(QueueOp::Delete(key(iid(n), "b", WorkKind::Execute)));
+                t.events.push(event(EventKind::WorkflowCompleted, None));
+                t
+            })
+            .await,
+            "terminal",
+        );
+    }
+    assert_eq!(ok(store.cleanup(at(1_000)).await, "cleanup"), 1);
 }

@@ -29,6 +29,7 @@ pub(crate) fn install_metrics() -> CliResult<Metrics> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| CliError::error(format!("cannot install the metrics recorder: {e}")))?;
+    floxy::metrics::describe();
     metrics::describe_gauge!(
         "floxyd_instances",
         "Instances in the store by status (sampled by the statistics loop)."

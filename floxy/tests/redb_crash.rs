@@ -3,21 +3,22 @@
 //! ledger task bumps one instance with direct `update_instance` calls. It prints every
 //! acknowledged start and ledger version to stdout *after* the acknowledgement. The parent
 //! kills it with SIGKILL after a random number of acknowledgements, several times on the same
-//! file, and after each kill reopens the file (replaying its write-ahead log) and checks that
-//! every acknowledged commit is there and that no instance is lost or corrupted. Half the
-//! children checkpoint every 4 KiB of log, so kills also hit checkpoints. Finally an engine whose clock is past
-//! every lease expiry reclaims the leases the dead children held and runs every instance to
-//! completion.
+//! file, and after each kill reopens the file and checks that
+//! every acknowledged commit is there and that no instance is lost or corrupted. Finally an
+//! engine whose clock is past every lease expiry reclaims the leases the dead children held
+//! and runs every instance to completion.
+//!
+//! (The redb store's own crash test, `floxy-store-redb/tests/crash_backend.rs`, cuts power
+//! under redb through a storage backend; this one kills real processes running the engine.)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::TempDb;
-use floxy::{Builder, Clock, Engine, InstanceStatus, Payload, SystemClock};
+use floxy::{
+    Builder, Clock, Engine, InstanceStatus, Payload, RedbDurability, RedbOptions, RedbStore,
+    SystemClock,
+};
 use floxy_core::conformance::fixtures::{iid, next, start};
 use floxy_core::model::{EventKind, InstanceId, Timestamp};
 use floxy_core::store::{InstanceQuery, Store};
-use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -29,6 +30,39 @@ const ROUND_ENV: &str = "FLOXY_REDB_CRASH_ROUND";
 const ROUNDS: u64 = 8;
 const LEASE_TTL_MS: u64 = 5_000;
 const STEPS: [&str; 3] = ["reserve", "charge", "ship"];
+
+/// Opens `path` with immediate durability (the default, spelled out).
+fn open(path: &std::path::Path) -> RedbStore {
+    RedbStore::open(
+        path,
+        RedbOptions::default().durability(RedbDurability::Immediate),
+    )
+    .expect("open store")
+}
+
+/// A command that runs test `name` of this test binary alone, in a child process (the child
+/// test is `#[ignore]`d, so a plain run reports it skipped instead of passing it, and does its
+/// part when the environment variable the caller sets tells it to).
+fn child_test(name: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    c.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    c
+}
+
+/// The runtime of a child process: two worker threads, like a small service.
+fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
 
 fn ledger_id(round: u64) -> InstanceId {
     iid(u128::from(1_000_000 + round))
@@ -70,16 +104,9 @@ fn child_runs_workflows() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
-    common::child_runtime().block_on(async move {
-        // Odd rounds checkpoint every 4 KiB of write-ahead log, so kills also land during
-        // checkpoints and in logs that started over; even rounds keep the default, so their
-        // acknowledged commits live in the log until the next open replays it.
-        let options = if round % 2 == 1 {
-            RedbOptions::default().checkpoint_bytes(4096)
-        } else {
-            RedbOptions::default()
-        };
-        let store = RedbStore::open(std::path::Path::new(&path), options).expect("open");
+    child_runtime().block_on(async move {
+        let store =
+            RedbStore::open(std::path::Path::new(&path), RedbOptions::default()).expect("open");
         let engine = Engine::builder(Arc::new(store.clone()))
             .workers(64)
             .batch_size(16)
@@ -194,7 +221,7 @@ impl Acks {
 /// Runs one child until `kill_after` acknowledgements, kills it with SIGKILL and returns
 /// every acknowledgement it printed.
 fn run_child(path: &std::path::Path, round: u64, kill_after: u64, acks: &mut Acks) {
-    let mut child = common::child_test("child_runs_workflows")
+    let mut child = child_test("child_runs_workflows")
         .env(CHILD_ENV, path)
         .env(ROUND_ENV, round.to_string())
         .stdout(Stdio::piped())
@@ -306,7 +333,8 @@ async fn check_after_crash(store: &RedbStore, acks: &Acks, round: u64) -> usize 
 
 #[test]
 fn sigkill_loses_no_acknowledged_commit() {
-    let db = TempDb::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("floxy.redb");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -322,9 +350,9 @@ fn sigkill_loses_no_acknowledged_commit() {
         .expect("runtime");
     for round in 0..ROUNDS {
         let kill_after = 20 + rng.below(400);
-        run_child(&db.path, round, kill_after, &mut acks);
+        run_child(&path, round, kill_after, &mut acks);
         rt.block_on(async {
-            let store = common::open(&db.path, Durability::Immediate);
+            let store = open(&path);
             let n = check_after_crash(&store, &acks, round).await;
             println!(
                 "round {round}: killed after {kill_after} acks; {n} instances, {} acknowledged starts",
@@ -335,7 +363,7 @@ fn sigkill_loses_no_acknowledged_commit() {
     }
     // Recovery: an engine past every lease expiry finishes everything.
     rt.block_on(async {
-        let store = common::open(&db.path, Durability::Immediate);
+        let store = open(&path);
         let leased_before = store.stats().await.expect("stats").queue_leased;
         assert!(leased_before > 0, "the kills left leases held");
         let engine = Engine::builder(Arc::new(store.clone()))
