@@ -40,14 +40,6 @@ pub enum FlowError {
         /// What is wrong.
         reason: String,
     },
-    /// This build cannot read flow files.
-    #[error("{path}: reading flow files is not available in this build: {reason}")]
-    Unavailable {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: &'static str,
-    },
     /// `--flow` names no flow of the file.
     #[error("{path}: no flow named {name:?}; the file has: {available}")]
     UnknownFlow {
@@ -315,17 +307,16 @@ pub fn graph(path: &Path, name: Option<&str>, format: GraphFormat) -> Result<Str
     backend::graph(path, name, format)
 }
 
-/// The flow-file format (`floxy-spec`) and the handlers built from it.
+/// The flow-file format (`floxy-spec`) and the handlers built from it (`crate::handlers`).
 mod backend {
     use super::{FlowError, Flows, GraphFormat, LoadOptions};
-    use floxy::{Handler, WorkflowDefinition};
-    use floxy_spec::{FlowFile, SpecErrorKind, SpecErrors};
+    use crate::handlers::{BashHandler, HandlerSetupError, HttpHandler, HttpTls};
+    use floxy::floxy_core::model::DEFAULT_MAX_PAYLOAD_BYTES;
+    use floxy::{Handler, StepKind, WorkflowDefinition};
+    use floxy_spec::{Exec, FlowFile, SpecErrorKind, SpecErrors};
     use std::path::Path;
     use std::sync::Arc;
-
-    /// Why handlers cannot be built yet.
-    const HANDLERS_PENDING: &str =
-        "the bash and HTTP handlers (floxy_cli::handlers) are not part of this build yet";
+    use std::time::Duration;
 
     fn spec_error(path: &Path, e: &SpecErrors) -> FlowError {
         if let [one] = e.errors()
@@ -367,25 +358,97 @@ mod backend {
     /// anything.
     pub(super) fn check(path: &Path) -> Result<(FlowFile, Vec<WorkflowDefinition>), FlowError> {
         let (file, defs) = parse(path)?;
-        match build_handlers(path, &file, &defs, LoadOptions::default()) {
-            Ok(_) | Err(FlowError::Unavailable { .. }) => Ok((file, defs)),
-            Err(e) => Err(e),
-        }
+        build_handlers(path, &file, &defs, LoadOptions::default())?;
+        Ok((file, defs))
     }
 
     fn build_handlers(
         path: &Path,
         file: &FlowFile,
-        _definitions: &[WorkflowDefinition],
-        _options: LoadOptions,
+        definitions: &[WorkflowDefinition],
+        options: LoadOptions,
     ) -> Result<Vec<(String, Arc<dyn Handler>)>, FlowError> {
-        if file.handlers.is_empty() {
-            return Ok(Vec::new());
-        }
-        Err(FlowError::Unavailable {
+        let max_payload = definitions
+            .iter()
+            .map(|d| d.options.max_payload_bytes)
+            .max()
+            .unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES);
+        let setup = |name: &str, e: &HandlerSetupError| FlowError::Handler {
             path: path.to_owned(),
-            reason: HANDLERS_PENDING,
-        })
+            name: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let mut out: Vec<(String, Arc<dyn Handler>)> = Vec::with_capacity(file.handlers.len());
+        for h in &file.handlers {
+            let handler: Arc<dyn Handler> = match &h.exec {
+                Exec::Inline(script) => Arc::new(
+                    BashHandler::inline(&h.name, script)
+                        .debug(options.debug)
+                        .max_payload_bytes(max_payload),
+                ),
+                Exec::Script(script) => Arc::new(
+                    BashHandler::script(&h.name, script)
+                        .map_err(|e| setup(&h.name, &e))?
+                        .debug(options.debug)
+                        .max_payload_bytes(max_payload),
+                ),
+                Exec::Http(url) => {
+                    let tls = h
+                        .effective_tls(file.tls.as_ref())
+                        .map(|t| HttpTls {
+                            ca_file: t.ca_file.clone(),
+                            cert_file: t.cert_file.clone(),
+                            key_file: t.key_file.clone(),
+                            skip_verify: t.skip_verify,
+                        })
+                        .unwrap_or_default();
+                    let mut http = HttpHandler::new(&h.name, url, tls)
+                        .map_err(|e| setup(&h.name, &e))?
+                        .debug(options.debug)
+                        .max_payload_bytes(max_payload);
+                    for (step, ms) in step_timeouts(definitions, &h.name) {
+                        http = http.step_timeout(step, Duration::from_millis(ms));
+                    }
+                    Arc::new(http)
+                }
+                other => {
+                    return Err(FlowError::Handler {
+                        path: path.to_owned(),
+                        name: h.name.clone(),
+                        reason: format!("unsupported exec {:?}", other.to_text()),
+                    });
+                }
+            };
+            out.push((h.name.clone(), handler));
+        }
+        Ok(out)
+    }
+
+    /// The timeouts of the steps (and compensations) that run `handler`, by step name.
+    fn step_timeouts(definitions: &[WorkflowDefinition], handler: &str) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for def in definitions {
+            for step in &def.steps {
+                if let StepKind::Task {
+                    handler: h,
+                    on_failure,
+                } = &step.kind
+                {
+                    if h == handler
+                        && let Some(ms) = step.options.timeout_ms
+                    {
+                        out.push((step.name.to_string(), ms));
+                    }
+                    if let Some(c) = on_failure
+                        && c.handler == handler
+                        && let Some(ms) = c.timeout_ms
+                    {
+                        out.push((step.name.to_string(), ms));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub(super) fn graph(

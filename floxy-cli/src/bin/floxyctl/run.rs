@@ -416,12 +416,19 @@ async fn finish_instance(
         .find(|s| s.status == StepStatus::WaitingDecision)
         && rec.status == InstanceStatus::Running
     {
-        eprintln!(
-            "floxyctl: step {} waits for a decision: floxyctl decide -o {id} --step {} --confirm|--reject --store {}",
-            waiting.step,
-            waiting.step,
-            store.spec()
-        );
+        if store.is_durable() {
+            eprintln!(
+                "floxyctl: step {} waits for a decision: floxyctl decide -o {id} --step {} --confirm|--reject --store {}, then floxyctl resume",
+                waiting.step,
+                waiting.step,
+                store.spec()
+            );
+        } else {
+            eprintln!(
+                "floxyctl: step {} waits for a decision; the memory store ends with this process: run with --store redb:PATH to decide later (floxyctl decide) and continue (floxyctl resume)",
+                waiting.step
+            );
+        }
     }
     Ok(Exit::for_status(rec.status))
 }
