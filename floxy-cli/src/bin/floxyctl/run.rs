@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// How long a finished run waits for its workers to stop.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a run that timed out or was interrupted waits for running handlers.
+const ABANDON_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Options shared by `run` and `resume`.
 #[derive(Debug, Clone, Args)]
@@ -125,8 +127,15 @@ pub(crate) async fn run(args: RunArgs, out: OutputFormat) -> CliResult<Exit> {
         progress.line(&format!("started instance {id} of {wf}"));
         let outcome = follow_interruptible(&engine, id, deadline, &mut progress).await;
         progress.finish();
+        // A settled instance has nothing in flight; after a timeout or an interrupt the
+        // running handlers are abandoned quickly (their leases expire: `resume` reruns them).
+        let grace = if matches!(outcome, Followed::Settled) {
+            SHUTDOWN_TIMEOUT
+        } else {
+            ABANDON_TIMEOUT
+        };
         let report = finish_instance(&engine, id, outcome, out, &store).await;
-        engine.shutdown(SHUTDOWN_TIMEOUT).await;
+        engine.shutdown(grace).await;
         report
     }
     .await;
@@ -173,7 +182,7 @@ pub(crate) async fn resume(args: ResumeArgs, out: OutputFormat) -> CliResult<Exi
             progress.finish();
             match outcome {
                 Followed::Interrupted => {
-                    engine.shutdown(SHUTDOWN_TIMEOUT).await;
+                    engine.shutdown(ABANDON_TIMEOUT).await;
                     return Err(CliError::new(
                         Exit::Interrupted,
                         "interrupted; unfinished instances stay in the store",
@@ -216,7 +225,12 @@ pub(crate) async fn resume(args: ResumeArgs, out: OutputFormat) -> CliResult<Exi
                 }
             }
         }
-        engine.shutdown(SHUTDOWN_TIMEOUT).await;
+        let grace = if exits.contains(&Exit::Timeout) {
+            ABANDON_TIMEOUT
+        } else {
+            SHUTDOWN_TIMEOUT
+        };
+        engine.shutdown(grace).await;
         Ok(combined_exit(&exits))
     }
     .await;
