@@ -223,3 +223,173 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
 }
+
+/// A running `floxyd` with its log lines collected.
+pub struct Daemon {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub log: Vec<String>,
+    pub addr: Option<String>,
+}
+
+impl Daemon {
+    /// Starts `floxyd flows` with JSON logs, the tech server on a free loopback port and
+    /// the statistics every 200 ms, plus `env`.
+    pub fn start(flows: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(DAEMON);
+        cmd.arg(flows)
+            .env_remove("FLOXY_DATABASE_URL")
+            .env_remove("FLOXY_DB_HOST")
+            .env_remove("FLOXY_DB_PORT")
+            .env_remove("FLOXY_DB_USER")
+            .env_remove("FLOXY_DB_PASSWORD")
+            .env_remove("FLOXY_DB_NAME")
+            .env_remove("FLOXY_DB_SCHEMA")
+            .env_remove("FLOXY_STORE")
+            .env("FLOXY_LOG_FORMAT", "json")
+            .env("FLOXY_TECH_ADDR", "127.0.0.1:0")
+            .env("FLOXY_STATS_INTERVAL", "200ms")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn floxyd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines: rx,
+            log: Vec::new(),
+            addr: None,
+        }
+    }
+
+    /// Waits for a log line satisfying `pred` (JSON lines are parsed); panics with the log
+    /// so far after `timeout` or when the process ends first.
+    #[track_caller]
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "floxyd: no {what} within {timeout:?}; log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits until the tech server listens; returns its address.
+    #[track_caller]
+    pub fn ready(&mut self) -> String {
+        let v = self.wait_for("tech server", Duration::from_secs(60), |v| {
+            v["message"] == "tech server listening"
+        });
+        let addr = v["addr"].as_str().expect("addr").to_owned();
+        self.wait_for("ready line", Duration::from_secs(10), |v| {
+            v["message"] == "floxyd ready"
+        });
+        self.addr = Some(addr.clone());
+        addr
+    }
+
+    /// GET `path` on the tech server: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr.as_deref().expect("not ready"), path)
+    }
+
+    /// Sends `sig` (`TERM`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the exit (at most `timeout`) and returns the code; the remaining log
+    /// lines are collected into `log`.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + timeout;
+        let code = loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                break st.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "floxyd still running after {timeout:?}; log:\n{}",
+                self.log.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.log.push(line);
+        }
+        code
+    }
+
+    /// The whole log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the tech server");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -11,6 +11,7 @@ use floxy_cli::duration::{HumanDuration, parse_duration};
 use floxy_cli::exit::{CliError, CliResult, Exit, one_line};
 use floxy_cli::flows::{FlowError, LoadOptions};
 use floxy_cli::store::{DEFAULT_SCHEMA, OpenMode, OpenStore, PgParts, StoreSpec};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,7 +191,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Pretty => builder.init(),

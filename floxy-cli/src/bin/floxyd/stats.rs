@@ -81,7 +81,6 @@ pub(crate) async fn run(engine: Engine, period: Duration, json: bool, stop: Canc
 
 async fn print_once(engine: &Engine, json: bool) -> Result<(), floxy::EngineError> {
     let stats = engine.stats().await?;
-    record_gauges(&stats);
     let c = counts(&stats);
     let active = active_instances(engine).await?;
     if json {
@@ -106,24 +105,6 @@ async fn print_once(engine: &Engine, json: bool) -> Result<(), floxy::EngineErro
         println!("{}", block(&c, &active));
     }
     Ok(())
-}
-
-fn record_gauges(stats: &StoreStats) {
-    for status in InstanceStatus::ALL {
-        let n = stats
-            .instances_by_status
-            .iter()
-            .find(|(k, _)| k == status.as_str())
-            .map_or(0, |(_, n)| *n);
-        #[allow(clippy::cast_precision_loss)]
-        metrics::gauge!("floxyd_instances", "status" => status.as_str()).set(n as f64);
-    }
-    #[allow(clippy::cast_precision_loss)]
-    {
-        metrics::gauge!("floxyd_queue_items", "state" => "ready").set(stats.queue_ready as f64);
-        metrics::gauge!("floxyd_queue_items", "state" => "leased").set(stats.queue_leased as f64);
-        metrics::gauge!("floxyd_dlq_records").set(stats.dlq as f64);
-    }
 }
 
 async fn active_instances(engine: &Engine) -> Result<Vec<Active>, floxy::EngineError> {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use floxy::{CancellationToken, InstanceId, Store};
 use floxy_cli::exit::{CliError, CliResult};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,19 +26,20 @@ pub(crate) struct Metrics {
 /// Installs the process-wide Prometheus recorder; the engine records into it through the
 /// `metrics` facade.
 pub(crate) fn install_metrics() -> CliResult<Metrics> {
-    let handle = PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new();
+    // Histograms as Prometheus histograms with the engine's suggested buckets (without
+    // buckets the exporter would render summaries, which cannot be aggregated).
+    for m in floxy::metrics::METRICS {
+        if let Some(buckets) = m.buckets {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(m.name.to_owned()), buckets)
+                .map_err(|e| CliError::error(format!("metric {}: {e}", m.name)))?;
+        }
+    }
+    let handle = builder
         .install_recorder()
         .map_err(|e| CliError::error(format!("cannot install the metrics recorder: {e}")))?;
     floxy::metrics::describe();
-    metrics::describe_gauge!(
-        "floxyd_instances",
-        "Instances in the store by status (sampled by the statistics loop)."
-    );
-    metrics::describe_gauge!(
-        "floxyd_queue_items",
-        "Queue items by state (ready, leased), sampled by the statistics loop."
-    );
-    metrics::describe_gauge!("floxyd_dlq_records", "DLQ records in the store.");
     metrics::describe_gauge!(
         "floxyd_build_info",
         "Always 1; the version label names the build."
