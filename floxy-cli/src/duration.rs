@@ -6,6 +6,7 @@
 //! mean seconds or milliseconds, so it is refused instead of guessed.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Why a duration did not parse.
@@ -102,6 +103,7 @@ fn scaled(num: &str, unit: u128) -> Option<u128> {
 pub struct HumanDuration(pub Duration);
 
 impl fmt::Display for HumanDuration {
+    #[allow(clippy::many_single_char_names)] // days, hours, minutes, seconds
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         if ms == 0 {
@@ -112,7 +114,7 @@ impl fmt::Display for HumanDuration {
         }
         if ms < 60_000 {
             let tenths = ms / 100;
-            return if tenths % 10 == 0 {
+            return if tenths.is_multiple_of(10) {
                 write!(f, "{}s", tenths / 10)
             } else {
                 write!(f, "{}.{}s", tenths / 10, tenths % 10)
@@ -128,7 +130,7 @@ impl fmt::Display for HumanDuration {
         let mut out = String::new();
         for (v, u) in [(d, "d"), (h, "h"), (m, "m"), (s, "s")] {
             if v > 0 {
-                out.push_str(&format!("{v}{u}"));
+                let _ = write!(out, "{v}{u}");
             }
         }
         f.write_str(&out)
@@ -143,10 +145,10 @@ mod tests {
     fn parses_units_and_sums() -> Result<(), DurationError> {
         assert_eq!(parse_duration("500ms")?, Duration::from_millis(500));
         assert_eq!(parse_duration("10s")?, Duration::from_secs(10));
-        assert_eq!(parse_duration("10m")?, Duration::from_secs(600));
-        assert_eq!(parse_duration("1h30m")?, Duration::from_secs(5_400));
-        assert_eq!(parse_duration("30d")?, Duration::from_secs(30 * 86_400));
-        assert_eq!(parse_duration("2w")?, Duration::from_secs(14 * 86_400));
+        assert_eq!(parse_duration("10m")?.as_secs(), 600);
+        assert_eq!(parse_duration("1h30m")?.as_secs(), 5_400);
+        assert_eq!(parse_duration("30d")?.as_secs(), 30 * 86_400);
+        assert_eq!(parse_duration("2w")?.as_secs(), 14 * 86_400);
         assert_eq!(parse_duration("1.5s")?, Duration::from_millis(1_500));
         assert_eq!(parse_duration("250us")?, Duration::from_micros(250));
         assert_eq!(parse_duration("0")?, Duration::ZERO);

@@ -110,11 +110,14 @@ impl LoadOptions {
     }
 }
 
+/// A handler with the name it is registered under.
+pub type NamedHandler = (String, Arc<dyn Handler>);
+
 /// A loaded flow file: its definitions and its handlers, ready for an engine.
 pub struct Flows {
     path: PathBuf,
     definitions: Vec<WorkflowDefinition>,
-    handlers: Vec<(String, Arc<dyn Handler>)>,
+    handlers: Vec<NamedHandler>,
 }
 
 impl fmt::Debug for Flows {
@@ -143,7 +146,7 @@ impl Flows {
     pub fn from_parts(
         path: impl Into<PathBuf>,
         definitions: Vec<WorkflowDefinition>,
-        handlers: Vec<(String, Arc<dyn Handler>)>,
+        handlers: Vec<NamedHandler>,
     ) -> Self {
         Self {
             path: path.into(),
@@ -309,7 +312,7 @@ pub fn graph(path: &Path, name: Option<&str>, format: GraphFormat) -> Result<Str
 
 /// The flow-file format (`floxy-spec`) and the handlers built from it (`crate::handlers`).
 mod backend {
-    use super::{FlowError, Flows, GraphFormat, LoadOptions};
+    use super::{FlowError, Flows, GraphFormat, LoadOptions, NamedHandler};
     use crate::handlers::{BashHandler, HandlerSetupError, HttpHandler, HttpTls};
     use floxy::floxy_core::model::DEFAULT_MAX_PAYLOAD_BYTES;
     use floxy::{Handler, StepKind, WorkflowDefinition};
@@ -367,7 +370,7 @@ mod backend {
         file: &FlowFile,
         definitions: &[WorkflowDefinition],
         options: LoadOptions,
-    ) -> Result<Vec<(String, Arc<dyn Handler>)>, FlowError> {
+    ) -> Result<Vec<NamedHandler>, FlowError> {
         let max_payload = definitions
             .iter()
             .map(|d| d.options.max_payload_bytes)
@@ -378,7 +381,7 @@ mod backend {
             name: name.to_owned(),
             reason: e.to_string(),
         };
-        let mut out: Vec<(String, Arc<dyn Handler>)> = Vec::with_capacity(file.handlers.len());
+        let mut out: Vec<NamedHandler> = Vec::with_capacity(file.handlers.len());
         for h in &file.handlers {
             let handler: Arc<dyn Handler> = match &h.exec {
                 Exec::Inline(script) => Arc::new(

@@ -130,6 +130,7 @@ pub fn to_json_line<T: Serialize + ?Sized>(value: &T) -> String {
 
 /// A timestamp as UTC RFC 3339 with milliseconds (`2025-01-31T12:00:00.123Z`).
 #[must_use]
+#[allow(clippy::many_single_char_names)] // year, month, day
 pub fn format_time(t: Timestamp) -> String {
     let ms = t.as_millis();
     let secs = ms.div_euclid(1_000);

@@ -1,4 +1,4 @@
-//! Opening the store the binaries work on: memory, a redb file, or PostgreSQL (a URL or
+//! Opening the store the binaries work on: memory, a redb file, or `PostgreSQL` (a URL or
 //! Floxy's host/port/user/database parts), and showing it without its password.
 
 use crate::exit::{CliError, CliResult, Exit, one_line};
@@ -6,17 +6,18 @@ use floxy::{MemoryStore, PostgresConfig, PostgresLayout, PostgresStore, RedbOpti
 use floxy::{Store, StoreError};
 use floxy_store_redb::OpenError;
 use std::fmt;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// The default PostgreSQL schema (the store's own default).
+/// The default `PostgreSQL` schema (the store's own default).
 pub const DEFAULT_SCHEMA: &str = "floxy";
-/// How long connecting to PostgreSQL may take before the binaries give up.
+/// How long connecting to `PostgreSQL` may take before the binaries give up.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Connections of the binaries' PostgreSQL pool.
+/// Connections of the binaries' `PostgreSQL` pool.
 pub const POOL_SIZE: u32 = 16;
-/// The default PostgreSQL port.
+/// The default `PostgreSQL` port.
 pub const DEFAULT_PG_PORT: u16 = 5432;
 
 /// Which store to open.
@@ -27,7 +28,7 @@ pub enum StoreSpec {
     Memory,
     /// A redb file.
     Redb(PathBuf),
-    /// A PostgreSQL database.
+    /// A `PostgreSQL` database.
     Postgres {
         /// Connection URL (may hold a password: show it with [`redact_url`]).
         url: String,
@@ -85,7 +86,7 @@ impl FromStr for StoreSpec {
     }
 }
 
-/// Floxy's PostgreSQL connection parts (`--host --port --user --database`, or
+/// Floxy's `PostgreSQL` connection parts (`--host --port --user --database`, or
 /// `FLOXY_DB_*`).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PgParts {
@@ -151,7 +152,7 @@ fn percent_encode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -191,7 +192,7 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// How a redb file is opened (PostgreSQL is only connected to: migrate with
+/// How a redb file is opened (`PostgreSQL` is only connected to: migrate with
 /// [`OpenStore::migrate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -228,7 +229,7 @@ impl OpenStore {
     ///
     /// # Errors
     /// Exit 2 for a redb file that does not exist in [`OpenMode::Existing`] or is not a
-    /// floxy database; exit 1 when the file is locked by another process or PostgreSQL
+    /// floxy database; exit 1 when the file is locked by another process or `PostgreSQL`
     /// cannot be reached.
     pub async fn open(spec: &StoreSpec, mode: OpenMode) -> CliResult<Self> {
         let (store, backend): (Arc<dyn Store>, Backend) = match spec {
@@ -267,7 +268,7 @@ impl OpenStore {
         !matches!(self.backend, Backend::Memory)
     }
 
-    /// Runs the PostgreSQL migrations (the layout already in the schema, or `layout`
+    /// Runs the `PostgreSQL` migrations (the layout already in the schema, or `layout`
     /// for a new schema). A no-op for memory and redb (a redb file migrates itself when
     /// opened). Returns what was done, for people.
     ///
@@ -366,7 +367,7 @@ async fn migrate_postgres(
     Ok(layout)
 }
 
-/// A PostgreSQL error for people, with the URL's password never shown.
+/// A `PostgreSQL` error for people, with the URL's password never shown.
 fn pg_error(e: &StoreError, url: &str) -> CliError {
     let mut msg = one_line(&e.to_string());
     if !url.is_empty() {

@@ -1,6 +1,13 @@
 //! `floxyctl` database mode on a redb file, as a process: every command, `--output json`,
 //! exit codes, and bad input.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    clippy::doc_markdown
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! `floxyctl run` and `resume` as processes: the example flows to their documented ends,
 //! progress lines, exit codes, timeouts, and a crash (SIGKILL) resumed from a redb file.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    clippy::doc_markdown
+)]
 
 mod common;
 

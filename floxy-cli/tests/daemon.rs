@@ -1,6 +1,13 @@
 //! `floxyd` as a process: the tech server, the statistics, flow registration, graceful
 //! shutdown on a redb file and on PostgreSQL, bad configuration.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    clippy::doc_markdown
+)]
 
 mod common;
 

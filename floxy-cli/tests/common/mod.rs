@@ -8,31 +8,31 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const CTL: &str = env!("CARGO_BIN_EXE_floxyctl");
-pub const DAEMON: &str = env!("CARGO_BIN_EXE_floxyd");
+pub(crate) const CTL: &str = env!("CARGO_BIN_EXE_floxyctl");
+pub(crate) const DAEMON: &str = env!("CARGO_BIN_EXE_floxyd");
 
 /// Exit codes (floxy_cli::exit::Exit).
-pub const OK: i32 = 0;
-pub const ERROR: i32 = 1;
-pub const BAD_INPUT: i32 = 2;
-pub const FAILED: i32 = 3;
-pub const CANCELLED: i32 = 4;
-pub const ABORTED: i32 = 5;
-pub const DLQ: i32 = 6;
-pub const TIMEOUT: i32 = 7;
-pub const WAITING: i32 = 8;
-pub const REFUSED: i32 = 9;
+pub(crate) const OK: i32 = 0;
+pub(crate) const ERROR: i32 = 1;
+pub(crate) const BAD_INPUT: i32 = 2;
+pub(crate) const FAILED: i32 = 3;
+pub(crate) const CANCELLED: i32 = 4;
+pub(crate) const ABORTED: i32 = 5;
+pub(crate) const DLQ: i32 = 6;
+pub(crate) const TIMEOUT: i32 = 7;
+pub(crate) const WAITING: i32 = 8;
+pub(crate) const REFUSED: i32 = 9;
 
 /// The result of one `floxyctl` call.
 #[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn from(out: Output) -> Self {
+    fn from(out: &Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -42,7 +42,7 @@ impl Run {
 
     /// Asserts the exit code, showing both streams when it differs.
     #[track_caller]
-    pub fn expect(self, code: i32) -> Self {
+    pub(crate) fn expect(self, code: i32) -> Self {
         assert_eq!(
             self.code, code,
             "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -53,7 +53,7 @@ impl Run {
 
     /// Stdout as JSON.
     #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
                 "stdout is not JSON ({e}):\n{}\n--- stderr\n{}",
@@ -65,7 +65,7 @@ impl Run {
     /// Asserts that stderr holds a one-line reason containing `needle`, and no panic or
     /// backtrace.
     #[track_caller]
-    pub fn reason_contains(&self, needle: &str) -> &Self {
+    pub(crate) fn reason_contains(&self, needle: &str) -> &Self {
         assert!(
             self.stderr.contains(needle),
             "stderr lacks {needle:?}:\n{}",
@@ -81,7 +81,7 @@ impl Run {
 }
 
 /// Runs `floxyctl args` with stdin closed.
-pub fn ctl<I, S>(args: I) -> Run
+pub(crate) fn ctl<I, S>(args: I) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -91,7 +91,7 @@ where
 
 /// Runs `floxyctl args` with `stdin` as standard input (closed when `None`) and extra
 /// environment variables.
-pub fn ctl_in<I, S>(args: I, stdin: Option<&str>, env: &[(&str, &str)]) -> Run
+pub(crate) fn ctl_in<I, S>(args: I, stdin: Option<&str>, env: &[(&str, &str)]) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -117,26 +117,26 @@ where
         let mut pipe = child.stdin.take().expect("stdin");
         pipe.write_all(text.as_bytes()).expect("write stdin");
     }
-    Run::from(child.wait_with_output().expect("wait floxyctl"))
+    Run::from(&child.wait_with_output().expect("wait floxyctl"))
 }
 
 /// The instances of the test scenario, with the state each was driven to.
 #[derive(Debug, Clone, Copy)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     /// `ok-v1`, completed.
-    pub completed: InstanceId,
+    pub(crate) completed: InstanceId,
     /// `bad-v1` (DLQ mode), parked in the DLQ.
-    pub dlq: InstanceId,
+    pub(crate) dlq: InstanceId,
     /// `human-v1`, running with `approve` waiting for a decision.
-    pub waiting: InstanceId,
+    pub(crate) waiting: InstanceId,
     /// `stuck-v1` (its handler is registered nowhere), running.
-    pub stuck_a: InstanceId,
+    pub(crate) stuck_a: InstanceId,
     /// Same.
-    pub stuck_b: InstanceId,
+    pub(crate) stuck_b: InstanceId,
 }
 
 /// Registers four workflows on `store` and drives five instances to known states.
-pub async fn scenario(store: Arc<dyn Store>) -> Scenario {
+pub(crate) async fn scenario(store: Arc<dyn Store>) -> Scenario {
     let engine = Engine::builder(store).poll_interval_ms(20).build();
     engine.register_fn("ok", |_ctx, input: Payload| async move {
         let mut v = input.value().clone();
@@ -218,24 +218,24 @@ pub async fn scenario(store: Arc<dyn Store>) -> Scenario {
 }
 
 /// Writes `text` to `dir/name` and returns the path as a string.
-pub fn write(dir: &Path, name: &str, text: &str) -> String {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
 }
 
 /// A running `floxyd` with its log lines collected.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
-    pub log: Vec<String>,
-    pub addr: Option<String>,
+    pub(crate) log: Vec<String>,
+    pub(crate) addr: Option<String>,
 }
 
 impl Daemon {
     /// Starts `floxyd flows` with JSON logs, the tech server on a free loopback port and
     /// the statistics every 200 ms, plus `env`.
-    pub fn start(flows: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(flows: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(DAEMON);
         cmd.arg(flows)
             .env_remove("FLOXY_DATABASE_URL")
@@ -279,7 +279,7 @@ impl Daemon {
     /// Waits for a log line satisfying `pred` (JSON lines are parsed); panics with the log
     /// so far after `timeout` or when the process ends first.
     #[track_caller]
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         &mut self,
         what: &str,
         timeout: Duration,
@@ -296,8 +296,8 @@ impl Daemon {
                         return v;
                     }
                 }
-                Err(_) => panic!(
-                    "floxyd: no {what} within {timeout:?}; log:\n{}",
+                Err(e) => panic!(
+                    "floxyd: no {what} within {timeout:?} ({e}); log:\n{}",
                     self.log.join("\n")
                 ),
             }
@@ -306,8 +306,8 @@ impl Daemon {
 
     /// Waits until the tech server listens; returns its address.
     #[track_caller]
-    pub fn ready(&mut self) -> String {
-        let v = self.wait_for("tech server", Duration::from_secs(60), |v| {
+    pub(crate) fn ready(&mut self) -> String {
+        let v = self.wait_for("tech server", Duration::from_mins(1), |v| {
             v["message"] == "tech server listening"
         });
         let addr = v["addr"].as_str().expect("addr").to_owned();
@@ -319,12 +319,12 @@ impl Daemon {
     }
 
     /// GET `path` on the tech server: (status, body).
-    pub fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr.as_deref().expect("not ready"), path)
     }
 
     /// Sends `sig` (`TERM`, `INT`).
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([format!("-{sig}"), self.child.id().to_string()])
             .status()
@@ -336,7 +336,7 @@ impl Daemon {
     /// Waits for the exit (at most `timeout`) and returns the code; the remaining log
     /// lines are collected into `log`.
     #[track_caller]
-    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> i32 {
         let deadline = std::time::Instant::now() + timeout;
         let code = loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
@@ -356,7 +356,7 @@ impl Daemon {
     }
 
     /// The whole log so far, one string.
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.log.join("\n")
     }
 }
@@ -371,7 +371,7 @@ impl Drop for Daemon {
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the tech server");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -1,4 +1,4 @@
-//! Database mode: commands on the instances of a PostgreSQL database or a redb file.
+//! Database mode: commands on the instances of a `PostgreSQL` database or a redb file.
 
 use crate::DbArgs;
 use crate::input::{self, read_input};
@@ -96,12 +96,13 @@ pub(crate) async fn start(args: StartArgs, out: OutputFormat) -> CliResult<Exit>
             opts = opts.idempotency_key(k);
         }
         let id = engine.start_with(&wf, Payload::new(input), opts).await?;
-        match out {
-            OutputFormat::Json => print_json(&serde_json::json!({
+        if out == OutputFormat::Json {
+            print_json(&serde_json::json!({
                 "id": id,
                 "workflow_id": wf,
-            })),
-            _ => println!("started instance {id} of {wf}"),
+            }));
+        } else {
+            println!("started instance {id} of {wf}");
         }
         Ok(Exit::Ok)
     })
@@ -144,15 +145,14 @@ pub(crate) async fn stop(args: StopArgs, out: OutputFormat, kind: StopKind) -> C
             StopKind::Cancel => engine.cancel(id, reason.as_deref()).await?,
             StopKind::Abort => engine.abort(id, reason.as_deref()).await?,
         };
-        match out {
-            OutputFormat::Json => print_json(&rec),
-            _ => {
-                let what = match kind {
-                    StopKind::Cancel => "cancel",
-                    StopKind::Abort => "abort",
-                };
-                println!("{what} requested: instance {id} is now {}", rec.status);
-            }
+        if out == OutputFormat::Json {
+            print_json(&rec);
+        } else {
+            let what = match kind {
+                StopKind::Cancel => "cancel",
+                StopKind::Abort => "abort",
+            };
+            println!("{what} requested: instance {id} is now {}", rec.status);
         }
         Ok(Exit::Ok)
     })
@@ -204,16 +204,17 @@ pub(crate) async fn decide(args: DecideArgs, out: OutputFormat) -> CliResult<Exi
         let rec = engine
             .decide(id, &step, &who, decision, comment.as_deref())
             .await?;
-        match out {
-            OutputFormat::Json => print_json(&rec),
-            _ => println!(
+        if out == OutputFormat::Json {
+            print_json(&rec);
+        } else {
+            println!(
                 "{} step {step} of instance {id}: instance is now {}",
                 match decision {
                     Decision::Confirm => "confirmed",
                     Decision::Reject => "rejected",
                 },
                 rec.status
-            ),
+            );
         }
         Ok(Exit::Ok)
     })
@@ -245,12 +246,13 @@ pub(crate) async fn requeue(args: RequeueArgs, out: OutputFormat) -> CliResult<E
     let dlq = DlqId(args.dlq_id);
     with_engine(&args.db, OpenMode::Existing, |engine, _| async move {
         let rec = engine.requeue(dlq, new_input).await?;
-        match out {
-            OutputFormat::Json => print_json(&rec),
-            _ => println!(
+        if out == OutputFormat::Json {
+            print_json(&rec);
+        } else {
+            println!(
                 "requeued DLQ record {dlq}: instance {} is now {}",
                 rec.id, rec.status
-            ),
+            );
         }
         Ok(Exit::Ok)
     })
@@ -286,20 +288,19 @@ pub(crate) async fn list(args: ListArgs, out: OutputFormat) -> CliResult<Exit> {
     };
     with_engine(&args.db, OpenMode::Existing, |engine, _| async move {
         let page = engine.instances(&q).await?;
-        match out {
-            OutputFormat::Json => print_json(&serde_json::json!({
+        if out == OutputFormat::Json {
+            print_json(&serde_json::json!({
                 "items": page.items,
                 "next": page.next,
-            })),
-            _ => {
-                if page.items.is_empty() {
-                    println!("no instances");
-                } else {
-                    print!("{}", render::instances_table(&page.items));
-                }
-                if let Some(next) = page.next {
-                    println!("more: --after {next}");
-                }
+            }));
+        } else {
+            if page.items.is_empty() {
+                println!("no instances");
+            } else {
+                print!("{}", render::instances_table(&page.items));
+            }
+            if let Some(next) = page.next {
+                println!("more: --after {next}");
             }
         }
         Ok(Exit::Ok)
@@ -334,24 +335,23 @@ pub(crate) async fn show(args: ShowArgs, out: OutputFormat) -> CliResult<Exit> {
             })
             .await?
             .items;
-        match out {
-            OutputFormat::Json => print_json(&render::ShowReport {
+        if out == OutputFormat::Json {
+            print_json(&render::ShowReport {
                 instance: &rec,
                 steps: &steps,
                 events: &events,
                 dlq: &dlq,
-            }),
-            _ => {
-                print!("{}", render::instance_header(&rec, engine.clock().now()));
+            });
+        } else {
+            print!("{}", render::instance_header(&rec, engine.clock().now()));
+            println!();
+            print!("{}", render::steps_table(&steps));
+            if !dlq.is_empty() {
                 println!();
-                print!("{}", render::steps_table(&steps));
-                if !dlq.is_empty() {
-                    println!();
-                    print!("{}", render::dlq_table(&dlq));
-                }
-                println!();
-                print!("{}", render::events_table(&events));
+                print!("{}", render::dlq_table(&dlq));
             }
+            println!();
+            print!("{}", render::events_table(&events));
         }
         Ok(Exit::Ok)
     })
@@ -387,20 +387,19 @@ pub(crate) async fn dlq(args: DlqArgs, out: OutputFormat) -> CliResult<Exit> {
     };
     with_engine(&args.db, OpenMode::Existing, |engine, _| async move {
         let page = engine.dlq(&q).await?;
-        match out {
-            OutputFormat::Json => print_json(&serde_json::json!({
+        if out == OutputFormat::Json {
+            print_json(&serde_json::json!({
                 "items": page.items,
                 "next": page.next,
-            })),
-            _ => {
-                if page.items.is_empty() {
-                    println!("the DLQ is empty");
-                } else {
-                    print!("{}", render::dlq_table(&page.items));
-                }
-                if let Some(next) = page.next {
-                    println!("more: --after {next}");
-                }
+            }));
+        } else {
+            if page.items.is_empty() {
+                println!("the DLQ is empty");
+            } else {
+                print!("{}", render::dlq_table(&page.items));
+            }
+            if let Some(next) = page.next {
+                println!("more: --after {next}");
             }
         }
         Ok(Exit::Ok)
@@ -423,24 +422,23 @@ pub(crate) async fn workflows(args: PlainArgs, out: OutputFormat) -> CliResult<E
             .list_definitions()
             .await
             .map_err(floxy::EngineError::from)?;
-        match out {
-            OutputFormat::Json => print_json(&defs),
-            _ => {
-                if defs.is_empty() {
-                    println!("no workflows registered");
-                } else {
-                    let mut t = Table::new(["ID", "NAME", "VERSION", "STEPS", "DLQ MODE"]);
-                    for d in &defs {
-                        t.row([
-                            d.id().to_string(),
-                            d.name.clone(),
-                            d.version.to_string(),
-                            d.steps.len().to_string(),
-                            if d.options.dlq_enabled { "yes" } else { "no" }.to_owned(),
-                        ]);
-                    }
-                    print!("{}", t.render());
+        if out == OutputFormat::Json {
+            print_json(&defs);
+        } else if defs.is_empty() {
+            println!("no workflows registered");
+        } else {
+            {
+                let mut t = Table::new(["ID", "NAME", "VERSION", "STEPS", "DLQ MODE"]);
+                for d in &defs {
+                    t.row([
+                        d.id().to_string(),
+                        d.name.clone(),
+                        d.version.to_string(),
+                        d.steps.len().to_string(),
+                        if d.options.dlq_enabled { "yes" } else { "no" }.to_owned(),
+                    ]);
                 }
+                print!("{}", t.render());
             }
         }
         Ok(Exit::Ok)
@@ -451,38 +449,35 @@ pub(crate) async fn workflows(args: PlainArgs, out: OutputFormat) -> CliResult<E
 pub(crate) async fn stats(args: PlainArgs, out: OutputFormat) -> CliResult<Exit> {
     with_engine(&args.db, OpenMode::Existing, |engine, _| async move {
         let s = engine.stats().await?;
-        match out {
-            OutputFormat::Json => {
-                let by_status: serde_json::Map<String, serde_json::Value> = s
+        if out == OutputFormat::Json {
+            let by_status: serde_json::Map<String, serde_json::Value> = s
+                .instances_by_status
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
+                .collect();
+            print_json(&serde_json::json!({
+                "instances_by_status": by_status,
+                "instances_total": s.instances_by_status.iter().map(|(_, n)| n).sum::<u64>(),
+                "queue_ready": s.queue_ready,
+                "queue_leased": s.queue_leased,
+                "dlq": s.dlq,
+            }));
+        } else {
+            let mut t = Table::new(["STATUS", "INSTANCES"]);
+            for status in InstanceStatus::ALL {
+                let n = s
                     .instances_by_status
                     .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
-                    .collect();
-                print_json(&serde_json::json!({
-                    "instances_by_status": by_status,
-                    "instances_total": s.instances_by_status.iter().map(|(_, n)| n).sum::<u64>(),
-                    "queue_ready": s.queue_ready,
-                    "queue_leased": s.queue_leased,
-                    "dlq": s.dlq,
-                }));
+                    .find(|(k, _)| k == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                t.row([status.as_str().to_owned(), n.to_string()]);
             }
-            _ => {
-                let mut t = Table::new(["STATUS", "INSTANCES"]);
-                for status in InstanceStatus::ALL {
-                    let n = s
-                        .instances_by_status
-                        .iter()
-                        .find(|(k, _)| k == status.as_str())
-                        .map_or(0, |(_, n)| *n);
-                    t.row([status.as_str().to_owned(), n.to_string()]);
-                }
-                let total: u64 = s.instances_by_status.iter().map(|(_, n)| n).sum();
-                t.row(["total".to_owned(), total.to_string()]);
-                print!("{}", t.render());
-                println!();
-                println!("queue: {} ready, {} leased", s.queue_ready, s.queue_leased);
-                println!("dlq: {} record(s)", s.dlq);
-            }
+            let total: u64 = s.instances_by_status.iter().map(|(_, n)| n).sum();
+            t.row(["total".to_owned(), total.to_string()]);
+            print!("{}", t.render());
+            println!();
+            println!("queue: {} ready, {} leased", s.queue_ready, s.queue_leased);
+            println!("dlq: {} record(s)", s.dlq);
         }
         Ok(Exit::Ok)
     })
@@ -504,12 +499,13 @@ pub(crate) async fn cleanup(args: CleanupArgs, out: OutputFormat) -> CliResult<E
     let older = args.older_than;
     with_engine(&args.db, OpenMode::Existing, |engine, _| async move {
         let n = engine.cleanup(older).await?;
-        match out {
-            OutputFormat::Json => print_json(&serde_json::json!({ "removed": n })),
-            _ => println!(
+        if out == OutputFormat::Json {
+            print_json(&serde_json::json!({ "removed": n }));
+        } else {
+            println!(
                 "removed {n} terminal instance(s) older than {}",
                 floxy_cli::duration::HumanDuration(older)
-            ),
+            );
         }
         Ok(Exit::Ok)
     })
@@ -518,7 +514,8 @@ pub(crate) async fn cleanup(args: CleanupArgs, out: OutputFormat) -> CliResult<E
 
 #[derive(Debug, Args)]
 pub(crate) struct MigrateArgs {
-    /// PostgreSQL: create a new schema with the partitioned layout (pg_partman).
+    /// PostgreSQL only: create a new schema with the partitioned layout (needs pg_partman).
+    #[allow(clippy::doc_markdown)] // --help text
     #[arg(long)]
     partitioned: bool,
     #[command(flatten)]
@@ -541,11 +538,10 @@ pub(crate) async fn migrate(args: MigrateArgs, out: OutputFormat) -> CliResult<E
     let result = store.migrate(layout).await;
     store.close().await;
     let msg = result?;
-    match out {
-        OutputFormat::Json => {
-            print_json(&serde_json::json!({ "store": spec.to_string(), "message": msg }))
-        }
-        _ => println!("{msg}"),
+    if out == OutputFormat::Json {
+        print_json(&serde_json::json!({ "store": spec.to_string(), "message": msg }));
+    } else {
+        println!("{msg}");
     }
     Ok(Exit::Ok)
 }

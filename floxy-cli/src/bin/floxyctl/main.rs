@@ -1,5 +1,8 @@
 //! `floxyctl`: run a YAML flow on an embedded store, operate instances in a database
 //! (PostgreSQL or a redb file), validate and draw flow files.
+// Doc comments of the clap types are the `--help` text, where backticks would print as
+// they are: product names stay plain.
+#![allow(clippy::doc_markdown)]
 
 mod db;
 mod input;
@@ -323,8 +326,8 @@ async fn dispatch(cli: Cli) -> CliResult<Exit> {
 fn validate(args: &ValidateArgs, out: OutputFormat) -> Exit {
     match floxy_cli::flows::validate(&args.file) {
         Ok(v) => {
-            match out {
-                OutputFormat::Json => println!(
+            if out == OutputFormat::Json {
+                println!(
                     "{}",
                     floxy_cli::output::to_json(&serde_json::json!({
                         "valid": true,
@@ -332,14 +335,15 @@ fn validate(args: &ValidateArgs, out: OutputFormat) -> Exit {
                         "flows": v.flows,
                         "handlers": v.handlers,
                     }))
-                ),
-                _ => println!(
+                );
+            } else {
+                println!(
                     "{}: valid: {} flow(s) ({}), {} handler(s)",
                     v.path.display(),
                     v.flows.len(),
                     v.flows.join(", "),
                     v.handlers.len()
-                ),
+                );
             }
             Exit::Ok
         }
@@ -349,19 +353,18 @@ fn validate(args: &ValidateArgs, out: OutputFormat) -> Exit {
             } else {
                 Exit::Error
             };
-            match out {
-                OutputFormat::Json => {
-                    let errors: Vec<String> = flow_error_lines(&e);
-                    println!(
-                        "{}",
-                        floxy_cli::output::to_json(&serde_json::json!({
-                            "valid": false,
-                            "path": args.file,
-                            "errors": errors,
-                        }))
-                    );
-                }
-                _ => eprintln!("floxyctl: {e}"),
+            if out == OutputFormat::Json {
+                let errors: Vec<String> = flow_error_lines(&e);
+                println!(
+                    "{}",
+                    floxy_cli::output::to_json(&serde_json::json!({
+                        "valid": false,
+                        "path": args.file,
+                        "errors": errors,
+                    }))
+                );
+            } else {
+                eprintln!("floxyctl: {e}");
             }
             exit
         }
@@ -382,7 +385,7 @@ fn flow_error_lines(e: &floxy_cli::flows::FlowError) -> Vec<String> {
 
 fn graph(args: &GraphArgs) -> CliResult<Exit> {
     let text = floxy_cli::flows::graph(&args.file, args.flow.as_deref(), args.format)
-        .map_err(run::flow_error)?;
+        .map_err(|e| run::flow_error(&e))?;
     print!("{text}");
     if !text.ends_with('\n') {
         println!();
@@ -392,12 +395,13 @@ fn graph(args: &GraphArgs) -> CliResult<Exit> {
 
 fn version(out: OutputFormat) -> Exit {
     let v = env!("CARGO_PKG_VERSION");
-    match out {
-        OutputFormat::Json => println!(
+    if out == OutputFormat::Json {
+        println!(
             "{}",
             floxy_cli::output::to_json(&serde_json::json!({ "name": "floxyctl", "version": v }))
-        ),
-        _ => println!("floxyctl {v}"),
+        );
+    } else {
+        println!("floxyctl {v}");
     }
     Exit::Ok
 }

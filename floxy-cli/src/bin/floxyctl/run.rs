@@ -77,7 +77,7 @@ pub(crate) struct ResumeArgs {
 }
 
 /// A flow-file error with its exit code.
-pub(crate) fn flow_error(e: FlowError) -> CliError {
+pub(crate) fn flow_error(e: &FlowError) -> CliError {
     if e.is_bad_input() {
         CliError::bad_input(e.to_string())
     } else {
@@ -88,7 +88,7 @@ pub(crate) fn flow_error(e: FlowError) -> CliError {
 /// Loads the flow file and builds an engine over `store` with its handlers.
 fn engine_for(drive: &DriveArgs, store: &OpenStore) -> CliResult<(Engine, Flows)> {
     let flows = floxy_cli::flows::load(&drive.file, LoadOptions::default().debug(drive.debug))
-        .map_err(flow_error)?;
+        .map_err(|e| flow_error(&e))?;
     let interval = u64::try_from(drive.worker_interval.as_millis()).unwrap_or(u64::MAX);
     let engine = Engine::builder(store.store())
         .workers(usize::from(drive.workers))
@@ -101,11 +101,11 @@ fn engine_for(drive: &DriveArgs, store: &OpenStore) -> CliResult<(Engine, Flows)
 pub(crate) async fn run(args: RunArgs, out: OutputFormat) -> CliResult<Exit> {
     let input = read_input(args.input.as_deref(), input::Default::StdinIfPiped)?;
     // Load the file before opening the store: a bad file must not create a redb file.
-    let flows_check =
-        floxy_cli::flows::load(&args.drive.file, LoadOptions::default()).map_err(flow_error)?;
+    let flows_check = floxy_cli::flows::load(&args.drive.file, LoadOptions::default())
+        .map_err(|e| flow_error(&e))?;
     let def = flows_check
         .select(args.flow.as_deref())
-        .map_err(flow_error)?
+        .map_err(|e| flow_error(&e))?
         .clone();
     drop(flows_check);
     let store = OpenStore::open(&args.store, OpenMode::Create).await?;
@@ -115,7 +115,7 @@ pub(crate) async fn run(args: RunArgs, out: OutputFormat) -> CliResult<Exit> {
         let ids = single
             .register_definitions(&engine)
             .await
-            .map_err(flow_error)?;
+            .map_err(|e| flow_error(&e))?;
         let wf = ids
             .into_iter()
             .next()
@@ -154,12 +154,13 @@ pub(crate) async fn resume(args: ResumeArgs, out: OutputFormat) -> CliResult<Exi
         flows
             .register_definitions(&engine)
             .await
-            .map_err(flow_error)?;
+            .map_err(|e| flow_error(&e))?;
         let pending = unfinished(&engine).await?;
         if pending.is_empty() {
-            match out {
-                OutputFormat::Json => println!("{}", to_json(&Vec::<()>::new())),
-                _ => println!("nothing to resume: no unfinished instance"),
+            if out == OutputFormat::Json {
+                println!("{}", to_json(&Vec::<()>::new()));
+            } else {
+                println!("nothing to resume: no unfinished instance");
             }
             return Ok(Exit::Ok);
         }
@@ -204,25 +205,22 @@ pub(crate) async fn resume(args: ResumeArgs, out: OutputFormat) -> CliResult<Exi
             exits.push(exit);
             reports.push((rec, steps));
         }
-        match out {
-            OutputFormat::Json => {
-                let docs: Vec<render::InstanceReport<'_>> = reports
-                    .iter()
-                    .map(|(r, s)| render::InstanceReport {
-                        instance: r,
-                        steps: s,
-                    })
-                    .collect();
-                println!("{}", to_json(&docs));
-            }
-            _ => {
-                let now = engine.clock().now();
-                for (r, s) in &reports {
-                    println!();
-                    print!("{}", render::instance_header(r, now));
-                    println!();
-                    print!("{}", render::steps_table(s));
-                }
+        if out == OutputFormat::Json {
+            let docs: Vec<render::InstanceReport<'_>> = reports
+                .iter()
+                .map(|(r, s)| render::InstanceReport {
+                    instance: r,
+                    steps: s,
+                })
+                .collect();
+            println!("{}", to_json(&docs));
+        } else {
+            let now = engine.clock().now();
+            for (r, s) in &reports {
+                println!();
+                print!("{}", render::instance_header(r, now));
+                println!();
+                print!("{}", render::steps_table(s));
             }
         }
         let grace = if exits.contains(&Exit::Timeout) {
@@ -403,20 +401,19 @@ async fn finish_instance(
         .await?
         .ok_or(EngineError::UnknownInstance(id))?;
     let steps = engine.steps(id).await?;
-    match out {
-        OutputFormat::Json => println!(
+    if out == OutputFormat::Json {
+        println!(
             "{}",
             to_json(&render::InstanceReport {
                 instance: &rec,
                 steps: &steps,
             })
-        ),
-        _ => {
-            println!();
-            print!("{}", render::instance_header(&rec, engine.clock().now()));
-            println!();
-            print!("{}", render::steps_table(&steps));
-        }
+        );
+    } else {
+        println!();
+        print!("{}", render::instance_header(&rec, engine.clock().now()));
+        println!();
+        print!("{}", render::steps_table(&steps));
     }
     if matches!(outcome, Followed::TimedOut) {
         eprintln!(
@@ -562,6 +559,7 @@ impl Progress {
     }
 
     /// One event as a line for people (`None`: not worth a line).
+    #[allow(clippy::too_many_lines)] // one arm per event kind
     fn describe(&mut self, e: &Event) -> Option<String> {
         let step = e.step.as_deref().unwrap_or("").to_owned();
         let error = e

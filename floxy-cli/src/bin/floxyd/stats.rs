@@ -7,6 +7,7 @@ use floxy::{
 };
 use floxy_cli::output::{Table, format_ms};
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Most active instances listed per block.
@@ -160,14 +161,16 @@ async fn active_instances(engine: &Engine) -> Result<Vec<Active>, floxy::EngineE
 
 fn block(c: &Counts, active: &[Active]) -> String {
     let mut s = String::from("=== Workflow Statistics ===\n");
-    s.push_str(&format!(
-        "Total: {} | Completed: {} | Failed: {} | Running: {} | Pending: {} | Active: {}\n",
+    let _ = writeln!(
+        s,
+        "Total: {} | Completed: {} | Failed: {} | Running: {} | Pending: {} | Active: {}",
         c.total, c.completed, c.failed, c.running, c.pending, c.active
-    ));
-    s.push_str(&format!(
-        "Cancelled: {} | Aborted: {} | DLQ: {}\n",
+    );
+    let _ = writeln!(
+        s,
+        "Cancelled: {} | Aborted: {} | DLQ: {}",
         c.cancelled, c.aborted, c.dlq
-    ));
+    );
     if active.is_empty() {
         s.push_str("No active instances\n");
         return s;
