@@ -604,6 +604,13 @@ where
     }
 }
 
+/// A part run on one store: the store, the callback that marks the end of its prefill; its
+/// rate.
+type PartFn = dyn Fn(
+    Arc<dyn Store>,
+    Box<dyn FnOnce() + Send>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = f64> + Send>>;
+
 /// One measure on every backend of the run: `(backend, rate)`.
 type Row = Vec<(Backend, f64)>;
 
@@ -624,26 +631,11 @@ pub(crate) async fn run(opts: &Opts, pg: Option<&str>, report: &mut Report) -> F
     let batch = 64;
     let mut notes: Vec<(Backend, String)> = Vec::new();
     let mut rows: Vec<(String, String, Row)> = Vec::new();
-    let mut each = async |what: &str,
-                          label: &str,
-                          workers: String,
-                          run: &dyn Fn(
-        Arc<dyn Store>,
-        Box<dyn FnOnce() + Send>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = f64> + Send>,
-    >| {
+    let mut each = async |what: &str, label: &str, workers: String, run: &PartFn| {
         let mut row = Row::new();
         for &b in &backends {
             let mut n = Vec::new();
-            let rate = measure(
-                &mut n,
-                &format!("{what}, {workers} workers"),
-                b,
-                pg,
-                |s, st| run(s, st),
-            )
-            .await;
+            let rate = measure(&mut n, &format!("{what}, {workers} workers"), b, pg, run).await;
             eprintln!("  {label}, {workers} workers, {}: {rate:.0}/s", b.name());
             notes.extend(n.into_iter().map(|n| (b, n)));
             row.push((b, rate));
