@@ -82,7 +82,7 @@
 //! requests queue up and share the next `fsync`. One `fsync` costs a few hundred
 //! microseconds to milliseconds here whatever it covers, so group commit is what turns a few
 //! thousand commits per second into tens of thousands of acknowledged step completions per
-//! second (see `benches/throughput.rs`).
+//! second (see `cargo bench -p floxy-benches`).
 //!
 //! A transition function that panics does not stop the writer: the panic is caught there and
 //! resumed on the caller's task, as with a store that runs the function in place. Because it

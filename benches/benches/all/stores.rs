@@ -590,7 +590,9 @@ where
                 Box::new(move || *start.lock() = Some(store.group_commit_stats()))
             };
             let rate = part(Arc::new(store.clone()), started).await;
-            if let Some(b) = start.lock().take() {
+            if let Some(b) = start.lock().take()
+                && store.group_commit_stats().batches > b.batches
+            {
                 let a = store.group_commit_stats();
                 notes.push(format!(
                     "{what}: {} commit transactions, {:.1} calls each on average",
