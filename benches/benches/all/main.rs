@@ -196,6 +196,7 @@ impl Opts {
     }
 }
 
+#[allow(clippy::too_many_lines)] // the run, part by part
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes `--bench`; `cargo test --benches` runs the target without it:

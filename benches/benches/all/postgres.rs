@@ -42,14 +42,12 @@ fn now() -> Timestamp {
 /// A server for the PostgreSQL parts: `FLOXY_TEST_DATABASE_URL`, or a throwaway cluster
 /// (kept alive by the returned value). `Err`: why there is none.
 pub(crate) fn server() -> Result<(Option<TestCluster>, String), String> {
-    match std::env::var(TEST_DATABASE_URL_ENV) {
-        Ok(u) => Ok((None, u)),
-        Err(_) => {
-            let cluster = TestCluster::start().map_err(|e| e.to_string())?;
-            let url = cluster.url("postgres");
-            Ok((Some(cluster), url))
-        }
+    if let Ok(u) = std::env::var(TEST_DATABASE_URL_ENV) {
+        return Ok((None, u));
     }
+    let cluster = TestCluster::start().map_err(|e| e.to_string())?;
+    let url = cluster.url("postgres");
+    Ok((Some(cluster), url))
 }
 
 /// A migrated store (plain layout, the default 4 committers) in a fresh schema.
@@ -155,7 +153,7 @@ async fn worker(
         let ok = futures::future::join_all(commits)
             .await
             .into_iter()
-            .filter(Result::is_ok)
+            .flatten()
             .count();
         done.fetch_add(ok as u64, Ordering::Relaxed);
     }
@@ -199,6 +197,7 @@ async fn claim_complete(
 
 /// Adds `n` ready one-step items (instances, step runs, queue rows) with SQL.
 async fn add_items(store: &PostgresStore, n: u64, t: Timestamp) {
+    const CHUNK: u64 = 200_000;
     let s = store.schema();
     let sql = format!(
         "WITH ids AS (SELECT gen_random_uuid() AS id, g FROM generate_series(1, $1::int8) g),
@@ -213,7 +212,6 @@ async fn add_items(store: &PostgresStore, n: u64, t: Timestamp) {
          SELECT id, 'only', 'execute', 'lat-v1', 'noop', $2 - g, 50, $2 - g - 100000, 0, 600000,
                 false FROM ids"
     );
-    const CHUNK: u64 = 200_000;
     let mut left = n;
     while left > 0 {
         let k = left.min(CHUNK);

@@ -32,6 +32,7 @@ use floxy_store_memory::MemoryStore;
 use floxy_store_postgres::PostgresStore;
 use floxy_store_redb::{Durability, RedbOptions, RedbStore, WriterStats};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -166,27 +167,24 @@ fn complete(
         .iter()
         .position(|s| **s == *key.step)
         .unwrap_or(STEPS.len());
-    match STEPS.get(pos + 1) {
-        Some(next) => {
-            let next_run = StepRun::new(
-                snap.instance.id,
-                (*next).into(),
-                StepStatus::Pending,
-                run.output.clone().unwrap_or_default(),
-                now,
-            );
-            t.steps.push(StepWrite {
-                run: next_run,
-                expect: None,
-            });
-            t.queue
-                .push(QueueOp::Upsert(item(snap.instance.id, next, now)));
-        }
-        None => {
-            t.instance.status = Status::Completed;
-            t.instance.output = run.output;
-            t.events.push(event(EventKind::WorkflowCompleted, None));
-        }
+    if let Some(next) = STEPS.get(pos + 1) {
+        let next_run = StepRun::new(
+            snap.instance.id,
+            (*next).into(),
+            StepStatus::Pending,
+            run.output.clone().unwrap_or_default(),
+            now,
+        );
+        t.steps.push(StepWrite {
+            run: next_run,
+            expect: None,
+        });
+        t.queue
+            .push(QueueOp::Upsert(item(snap.instance.id, next, now)));
+    } else {
+        t.instance.status = Status::Completed;
+        t.instance.output = run.output;
+        t.events.push(event(EventKind::WorkflowCompleted, None));
     }
     t
 }
@@ -394,7 +392,7 @@ async fn sagas(store: Arc<dyn Store>, n: usize, poll: Duration, started: impl Fn
             .find(|(s, _)| s == InstanceStatus::Completed.as_str())
             .map_or(0, |(_, c)| *c)
     };
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_mins(5);
     while completed(&engine.stats().await.expect("stats")) < n as u64 {
         assert!(Instant::now() < deadline, "sagas did not complete in 300 s");
         tokio::time::sleep(poll).await;
@@ -402,7 +400,7 @@ async fn sagas(store: Arc<dyn Store>, n: usize, poll: Duration, started: impl Fn
     let rate = n as f64 / start.elapsed().as_secs_f64();
     for id in started {
         let r = engine
-            .wait_for(id, Duration::from_secs(120))
+            .wait_for(id, Duration::from_mins(2))
             .await
             .expect("wait");
         assert_eq!(r.status, InstanceStatus::Completed);
@@ -508,9 +506,11 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
     };
     let batches = s.batches - b.batches;
     let requests = s.requests - b.requests;
-    let preparing = (s.preparing - b.preparing).as_secs_f64();
-    let applying = ((s.busy - s.preparing) - (b.busy - b.preparing)).as_secs_f64();
-    let committing = (s.committing - b.committing).as_secs_f64();
+    let preparing = s.preparing.saturating_sub(b.preparing).as_secs_f64();
+    let applying = (s.busy.saturating_sub(s.preparing))
+        .saturating_sub(b.busy.saturating_sub(b.preparing))
+        .as_secs_f64();
+    let committing = s.committing.saturating_sub(b.committing).as_secs_f64();
     let wall = wall.as_secs_f64();
     let mut line = format!(
         "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commits)",
@@ -520,10 +520,11 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
         1e6 * applying / requests.max(1) as f64,
     );
     if wall > 0.0 {
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             "; of {wall:.2} s the committing thread was busy {:.0} %",
             100.0 * applying / wall
-        ));
+        );
         let mut cpu: Vec<(String, f64)> = thread_cpu()
             .into_iter()
             .map(|(k, v)| {
@@ -531,18 +532,19 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
                 (k, d.max(0.0))
             })
             .collect();
-        let live: f64 = cpu.iter().map(|(_, v)| v).sum();
+        let live_cpu: f64 = cpu.iter().map(|(_, v)| v).sum();
         // Threads that exited meanwhile count in the total.
-        let total = (process_cpu() - process_before).max(live);
-        cpu.push(("exited".to_owned(), total - live));
+        let total = (process_cpu() - process_before).max(live_cpu);
+        cpu.push(("exited".to_owned(), total - live_cpu));
         if total > 0.0 {
-            line.push_str(&format!(
+            let _ = write!(
+                line,
                 "; CPU {total:.2} s ({:.0} % of the cores, {:.1} µs per request):",
                 100.0 * total / (wall * cores() as f64),
                 1e6 * total / requests.max(1) as f64
-            ));
+            );
             for (k, v) in cpu {
-                line.push_str(&format!(" {k} {v:.2}"));
+                let _ = write!(line, " {k} {v:.2}");
             }
         }
     }
@@ -619,6 +621,7 @@ type Row = Vec<(Backend, f64)>;
 /// The `claims`, `completions` and `sagas` parts on every backend of `opts`, side by side,
 /// with the ratios of the backends to each other. Returns the figures by measure and
 /// worker count, for the ceilings.
+#[allow(clippy::too_many_lines)] // one table, built in the order it is measured
 pub(crate) async fn run(opts: &Opts, pg: Option<&str>, report: &mut Report) -> Figures {
     let backends: Vec<Backend> = opts
         .backends
@@ -709,7 +712,7 @@ pub(crate) async fn run(opts: &Opts, pg: Option<&str>, report: &mut Report) -> F
     let mut head = String::from("| measure | workers |");
     let mut rule = String::from("|---|---:|");
     for b in &backends {
-        head.push_str(&format!(" {} |", b.name()));
+        let _ = write!(head, " {} |", b.name());
         rule.push_str("---:|");
     }
     let pairs: Vec<(Backend, Backend)> = [
@@ -721,7 +724,7 @@ pub(crate) async fn run(opts: &Opts, pg: Option<&str>, report: &mut Report) -> F
     .filter(|(a, b)| backends.contains(a) && backends.contains(b))
     .collect();
     for (a, b) in &pairs {
-        head.push_str(&format!(" {} / {} |", a.name(), b.name()));
+        let _ = write!(head, " {} / {} |", a.name(), b.name());
         rule.push_str("---:|");
     }
     report.line(&head);
@@ -729,10 +732,10 @@ pub(crate) async fn run(opts: &Opts, pg: Option<&str>, report: &mut Report) -> F
     for (label, workers, row) in &rows {
         let mut line = format!("| {label} | {workers} |");
         for (_, rate) in row {
-            line.push_str(&format!(" {rate:.0} |"));
+            let _ = write!(line, " {rate:.0} |");
         }
         for (a, b) in &pairs {
-            line.push_str(&format!(" {} |", ratio(rate_of(row, *a), rate_of(row, *b))));
+            let _ = write!(line, " {} |", ratio(rate_of(row, *a), rate_of(row, *b)));
         }
         report.line(&line);
     }
