@@ -293,6 +293,11 @@ fn main() {
         }
     });
     drop(rt);
+    if wants_pg && server.is_none() {
+        eprintln!(
+            "floxy-benches: the PostgreSQL parts did NOT run (no PostgreSQL server, see above)"
+        );
+    }
     drop(server);
 
     let out = opts.out.clone().or_else(|| {

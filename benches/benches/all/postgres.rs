@@ -105,7 +105,8 @@ async fn prefill(store: &PostgresStore, wf: &Arc<CompiledWorkflow>, n: u64) {
     }
 }
 
-async fn vacuum(store: &PostgresStore) {
+/// `VACUUM ANALYZE` of the store's hot tables.
+pub(crate) async fn vacuum(store: &PostgresStore) {
     for t in ["workflow_queue", "workflow_instances", "workflow_steps"] {
         sqlx::query(&format!("VACUUM ANALYZE \"{}\".{t}", store.schema()))
             .execute(store.pool())
