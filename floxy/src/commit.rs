@@ -109,5 +109,6 @@ impl Inner {
         }
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
         self.waiters.notify(t.instance.id);
+        self.events.publish(t);
     }
 }

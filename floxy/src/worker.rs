@@ -200,7 +200,9 @@ impl Engine {
             limit,
             now: inner.config.clock.now(),
         };
-        with_store_retry("claim", || inner.store.claim(&req)).await
+        let claimed = with_store_retry("claim", || inner.store.claim(&req)).await?;
+        inner.events.publish_claims(&claimed, req.now);
+        Ok(claimed)
     }
 
     async fn dispatch_loop(self) {
