@@ -96,7 +96,8 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownWorkflow(_)
             | EngineError::UnknownInstance(_)
             | EngineError::UnknownDlqRecord(_) => Self::NotFound(msg),
-            EngineError::Definition(_) | EngineError::PayloadTooLarge(_) => Self::BadRequest(msg),
+            EngineError::Definition(_) => Self::BadRequest(msg),
+            EngineError::PayloadTooLarge(_) => Self::TooLarge(msg),
             EngineError::DefinitionConflict(_) => Self::Conflict(msg),
             EngineError::Transition(t) => transition(&t, msg),
             EngineError::Store(s) => store(&s, msg),

@@ -168,7 +168,6 @@ impl Engine {
                     return Vec::new();
                 }
                 self.inner.after_commit(&t);
-                self.inner.events.publish_claims(&next, t.now);
                 tracing::debug!(
                     status = t.instance.status.as_str(),
                     eager = next.len(),

@@ -102,6 +102,8 @@ impl Inner {
     /// Wakes local waiters and idle workers after a commit, and fires the tokens of local
     /// handlers the transition asked to stop.
     pub(crate) fn after_commit(&self, t: &Transition) {
+        // Subscribers first: the workers woken below publish the claims that follow.
+        self.events.publish(t);
         for op in &t.queue {
             if let QueueOp::RequestCancel(key) = op {
                 self.leases.request_cancel(key, self.config.clock.now());
@@ -109,6 +111,5 @@ impl Inner {
         }
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
         self.waiters.notify(t.instance.id);
-        self.events.publish(t);
     }
 }

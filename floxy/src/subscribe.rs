@@ -1,7 +1,8 @@
 //! The in-process lifecycle event stream: [`crate::Engine::subscribe`].
 //!
 //! After each successful local commit the runtime publishes the events the commit wrote
-//! (and a `step_started` per attempt a claim started) to a bounded
+//! (an eager claim's `step_started` included, and a `step_started` per attempt a claim
+//! started) to a bounded
 //! [`tokio::sync::broadcast`] channel of [`SUBSCRIPTION_CAPACITY`] events. Publishing never
 //! waits: a subscriber that falls more than the capacity behind loses the oldest events and
 //! is told how many with [`SubscriptionError::Lagged`]; commits never slow down for it. With
