@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian machine: installs what the tests need
-# (PostgreSQL 15 server binaries and pg_partman), then runs unit, integration, property,
-# conformance, simulation, loom and chaos tests. Test harnesses start their own throwaway
+# (PostgreSQL 15 server binaries and pg_partman, jq, promtool, Chromium and chromedriver),
+# then runs unit, integration, property, conformance, simulation, loom and chaos tests. Test harnesses start their own throwaway
 # PostgreSQL clusters and proxies; nothing has to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,12 @@ need_pkgs=()
 pg_bin=/usr/lib/postgresql/15/bin
 [ -x "$pg_bin/initdb" ] || need_pkgs+=(postgresql-15)
 [ -f /usr/share/postgresql/15/extension/pg_partman.control ] || need_pkgs+=(postgresql-15-partman)
+# The example flows' scripts use jq; the alert rules are checked with promtool; the web
+# console is tested in a real headless Chromium driven through chromedriver.
+command -v jq >/dev/null || need_pkgs+=(jq)
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   sudo_cmd=""

@@ -59,8 +59,8 @@
 //! and one that appends the events. Reading first lets the cache misses of a batch overlap;
 //! keeping reference-count updates (locked instructions) out of the first passes keeps them
 //! from stalling behind those misses. Claims allocate only their result (scratch buffers are
-//! reused), so a batch of 64 claims runs at about a million items per second on one core
-//! even when every item belongs to a different, cold instance (see `benches/claims.rs`).
+//! reused), so a batch stays fast even when every item belongs to a different, cold
+//! instance (figures: `benches/RESULTS.md`, `cargo bench -p floxy-benches`).
 //!
 //! A claim whose `now` is older than the watermark (a worker with a lagging clock) checks
 //! the due time of each ready entry and skips the ones not due for it. `next_due` reads the

@@ -4,9 +4,9 @@
 //! the notifier sends `pg_notify(<channel>, '')` in a transaction of its own, at most once
 //! per [`NOTIFY_COALESCE_MS`] however many commits poked it. Why not inside the commit
 //! transaction: PostgreSQL serialises the commits of all transactions that issued `NOTIFY` on
-//! one database-wide lock held through the WAL flush, which defeats group commit (measured:
-//! committers queued on `Lock/object` at `COMMIT`). Sending after the commit also means a
-//! woken worker always finds the work committed. One listener task per store (started by the first
+//! one database-wide lock held through the WAL flush, which defeats group commit (committers
+//! wait on `Lock/object` at `COMMIT`). Sending after the commit also means a woken worker
+//! always finds the work committed. One listener task per store (started by the first
 //! [`Store::wait_for_work`](floxy_core::store::Store::wait_for_work)) listens on the
 //! channel and bumps a counter that waiters watch. Notifications are a **hint**: they can be
 //! lost across reconnects, and the waiter may subscribe just after one; workers must keep a

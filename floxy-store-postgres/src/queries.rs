@@ -22,7 +22,7 @@ pub(crate) const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
 
 /// [`BEGIN_KEYED`] for the claim, which keeps hash joins: it joins the rows it picked with
 /// their own TID scan (`ctid = ANY(…)`), where a nested loop would compare every picked row
-/// with every other (measured: 65 k comparisons, half the claim's time, at a batch of 256).
+/// with every other (quadratic in the batch size; see `docs/perf-notes.md`).
 pub(crate) const BEGIN_CLAIM: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_mergejoin = off";
 

@@ -110,12 +110,11 @@ impl EngineBuilder {
     /// Whether a pool worker asks the store to lease it the next step of a chain in the
     /// commit of the current one ([`floxy_core::store::Store::update_instance_eager`];
     /// default **on**) and runs that step in the same task, without a claim in between:
-    /// lower latency from one step to the next, and less work for the store. Measured on 2
-    /// shared cores, paired runs: redb end-to-end sagas/s +25–40 % (6.7 k → 9.2 k, 7.5 k →
-    /// 9.5 k); PostgreSQL about even on a clean server (3.0–3.2 k either way) and up to 20 %
-    /// slower on a busier one, where commits arriving spread out group into smaller
-    /// transactions. The memory store ignores it. Turn it off to send every step through a
-    /// claim (e.g. to spread the steps of one instance over many processes).
+    /// lower latency from one step to the next, and less work for the store. Every bundled
+    /// store offers eager claims; with a store that does not, nothing is leased and the
+    /// step goes through a claim. Turn it off to send every step through a
+    /// claim (e.g. to spread the steps of one instance over many processes). How much it
+    /// gains per backend: `benches/RESULTS.md` and `docs/perf-notes.md`.
     pub fn eager_claims(mut self, on: bool) -> Self {
         self.config.eager_claims = on;
         self

@@ -97,8 +97,8 @@
 //!
 //! * `memory` (default): re-exports [`MemoryStore`], the in-process store.
 //! * `redb`: re-exports `RedbStore` (with `RedbOptions` and `RedbDurability`), the durable
-//!   single-file embedded store: one process, a write-ahead log synced per group commit, no
-//!   server.
+//!   single-file embedded store: one process, no server; each group-commit batch is one
+//!   durable redb transaction.
 //! * `postgres`: re-exports `PostgresStore` (with `PostgresConfig` and `PostgresLayout`), for
 //!   several processes on several machines sharing one database.
 //! * `failpoints`: evaluates [fail-rs](https://docs.rs/fail) failpoints at the runtime's
