@@ -1,40 +1,83 @@
 //! `POST /api/workflows`: registering flows at run time, allowed only for handlers this
 //! process has registered.
+//!
+//! The body is a flow file (floxy-spec's format): YAML with a `Content-Type` naming YAML
+//! (`application/yaml`, `text/yaml`, `application/x-yaml`), or JSON: either the flow file
+//! itself, or `{"format": "yaml"|"json", "text": "<the file>"}`. The `exec` of the file's
+//! handlers is never run: the process's own registered handlers run the steps, and a
+//! definition naming a handler that is not registered here is refused, so a client cannot
+//! make the server run code of its choosing.
 
 use crate::error::ApiError;
-use floxy::{CompiledWorkflow, Engine, WorkflowDefinition};
+use axum::http::HeaderMap;
+use floxy::{CompiledWorkflow, Engine};
+use floxy_spec::Format;
+use serde::Deserialize;
 
-/// Parses `text` and returns its definitions.
-fn parse(format: Option<&str>, text: &str) -> Result<Vec<WorkflowDefinition>, ApiError> {
-    match format.unwrap_or("json") {
-        "json" => serde_json::from_str::<Vec<WorkflowDefinition>>(text)
-            .or_else(|_| serde_json::from_str::<WorkflowDefinition>(text).map(|d| vec![d]))
-            .map_err(|e| ApiError::BadRequest(format!("invalid flow file: {e}"))),
-        other => Err(ApiError::BadRequest(format!(
-            "unsupported format {other:?}: json"
-        ))),
-    }
+/// File name in the error messages of a posted flow file.
+const FILE: &str = "request";
+
+/// The wrapped form of a flow file.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterRequest {
+    /// `yaml` (default) or `json`.
+    format: Option<String>,
+    /// The flow file's text.
+    text: String,
 }
 
-/// Validates every definition, checks its handlers against the allowlist (the handlers
-/// registered in `engine`), then registers them all; returns their ids.
+fn source(headers: &HeaderMap, body: &[u8]) -> Result<(Format, String), ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.contains("yaml") {
+        return Ok((Format::Yaml, text.to_owned()));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    if value.get("text").is_some() {
+        let req: RegisterRequest = serde_json::from_value(value)
+            .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
+        let format = match req.format.as_deref() {
+            None | Some("yaml" | "yml") => Format::Yaml,
+            Some("json") => Format::Json,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown format {other:?}: yaml or json"
+                )));
+            }
+        };
+        return Ok((format, req.text));
+    }
+    Ok((Format::Json, text.to_owned()))
+}
+
+/// Parses and validates every flow of the file, checks the handlers they name against
+/// this process's registered handlers, then registers them all; returns their ids.
 pub(crate) async fn register(
     engine: &Engine,
-    format: Option<&str>,
-    text: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Result<Vec<String>, ApiError> {
-    let text = text.ok_or_else(|| ApiError::BadRequest("missing field `text`".into()))?;
-    let defs = parse(format, &text)?;
+    let (format, text) = source(headers, body)?;
+    let file = floxy_spec::parse_str(&text, format, FILE)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let defs = file
+        .definitions()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if defs.is_empty() {
-        return Err(ApiError::BadRequest(
-            "the flow file defines no workflow".into(),
-        ));
+        return Err(ApiError::BadRequest("the flow file defines no flow".into()));
     }
     let mut compiled = Vec::with_capacity(defs.len());
     for def in defs {
         let id = def.id();
         let wf = CompiledWorkflow::compile(def)
-            .map_err(|e| ApiError::BadRequest(format!("workflow {id}: {e}")))?;
+            .map_err(|e| ApiError::BadRequest(format!("flow {id}: {e}")))?;
         let missing: Vec<String> = wf
             .handlers()
             .iter()
@@ -43,11 +86,26 @@ pub(crate) async fn register(
             .collect();
         if !missing.is_empty() {
             return Err(ApiError::BadRequest(format!(
-                "workflow {id} names handlers not registered in this process: {}",
+                "flow {id} names handlers not registered in this process: {}",
                 missing.join(", ")
             )));
         }
         compiled.push(wf);
+    }
+    // Refuse the whole file when one definition conflicts, before registering any.
+    for wf in &compiled {
+        if let Some(stored) = engine
+            .store()
+            .get_definition(wf.id())
+            .await
+            .map_err(floxy::EngineError::from)?
+        {
+            if &stored != wf.definition() {
+                return Err(ApiError::from(floxy::EngineError::DefinitionConflict(
+                    wf.id().clone(),
+                )));
+            }
+        }
     }
     let mut ids = Vec::with_capacity(compiled.len());
     for wf in compiled {

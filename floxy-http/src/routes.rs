@@ -274,30 +274,33 @@ async fn workflow_instances(
         .map(Json)
 }
 
-/// A flow file to register (`POST /api/workflows`).
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RegisterRequest {
-    /// `yaml` or `json`.
-    format: Option<String>,
-    /// The flow file's text.
-    text: Option<String>,
-}
-
-/// Registers the workflows of a flow file (YAML or JSON) at run time; every handler it
-/// names must be registered in this process. Admin only.
+/// Registers the flows of a flow file at run time: YAML (`Content-Type: application/yaml`)
+/// or JSON (the file itself, or `{"format", "text"}`). Every handler the flows name must be
+/// registered in this process; the file's `exec` is never run. A flow already registered
+/// with the same content is accepted again; with other content the whole file is refused
+/// (409). Admin only.
 #[utoipa::path(post, path = "/api/workflows", tag = "workflows",
-    request_body = RegisterRequest,
+    request_body(content = crate::register::RegisterRequest,
+        description = "A flow file (floxy-spec format) as YAML or JSON, or wrapped"),
     responses((status = 201, body = RegisterResponse), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn register_workflows(
     caller: Caller,
     State(st): State<AppState>,
-    Body(req): Body<RegisterRequest>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("request body above the size limit".into())
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
     caller.require(Role::Admin)?;
-    let registered = crate::register::register(&st.engine, req.format.as_deref(), req.text).await?;
+    let registered = crate::register::register(&st.engine, &headers, &body).await?;
+    tracing::info!(by = %caller.name, ?registered, "flows registered over HTTP");
     Ok((StatusCode::CREATED, Json(RegisterResponse { registered })))
 }
 

@@ -840,13 +840,131 @@ async fn suite(store: Arc<dyn Store>) {
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{route}");
     }
 
+    // ----- registering flows at run time (admin; handlers of this process only)
+    let yaml = "handlers:\n  - { name: ok, exec: ./ok.sh }\nflows:\n  - name: shipping\n    steps:\n      - { name: pack, handler: ok }\n      - { name: send, handler: ok }\n";
+    let post_yaml = |token: &'static str, text: String| {
+        let router = api.router.clone();
+        async move {
+            let req = Request::post("/api/workflows")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/yaml")
+                .body(Body::from(text))
+                .unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            Resp {
+                status,
+                json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            }
+        }
+    };
+    for token in [VIEWER, OPS] {
+        expect(
+            &post_yaml(token, yaml.to_owned()).await,
+            StatusCode::FORBIDDEN,
+        );
+    }
+    expect(
+        &api.get("/api/workflows/shipping-v1", VIEWER).await,
+        StatusCode::NOT_FOUND,
+    );
+    let r = post_yaml(ADMIN, yaml.to_owned()).await;
+    expect(&r, StatusCode::CREATED);
+    assert_eq!(r.json["registered"], json!(["shipping-v1"]));
+    let r = api.get("/api/workflows/shipping-v1", VIEWER).await;
+    expect(&r, StatusCode::OK);
+    assert_eq!(
+        r.json["graph"]["edges"],
+        json!([{"from": "pack", "to": "send", "kind": "next"}])
+    );
+    let shipped = api.start("shipping-v1", json!({"box": 1})).await;
+    assert_eq!(api.status(shipped).await, InstanceStatus::Completed);
+    // The same content again is fine; other content under the same id is a conflict.
+    expect(
+        &post_yaml(ADMIN, yaml.to_owned()).await,
+        StatusCode::CREATED,
+    );
+    let changed = yaml.replace("name: send, handler: ok", "name: post, handler: ok");
+    expect(&post_yaml(ADMIN, changed).await, StatusCode::CONFLICT);
+    // A handler this process does not have is refused, whatever the file's exec says.
+    let foreign = yaml
+        .replace("shipping", "evil")
+        .replace(
+            "{ name: send, handler: ok }",
+            "{ name: send, handler: rm_rf }",
+        )
+        .replace(
+            "  - { name: ok, exec: ./ok.sh }",
+            "  - { name: ok, exec: ./ok.sh }\n  - { name: rm_rf, exec: ./rm.sh }",
+        );
+    let r = post_yaml(ADMIN, foreign).await;
+    expect(&r, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json["message"].as_str().unwrap().contains("rm_rf"),
+        "{}",
+        r.json
+    );
+    expect(
+        &api.get("/api/workflows/evil-v1", VIEWER).await,
+        StatusCode::NOT_FOUND,
+    );
+    // Spec errors carry their place.
+    let r = post_yaml(
+        ADMIN,
+        yaml.replace("handler: ok }", "handler: ok, max_retries: many }"),
+    )
+    .await;
+    expect(&r, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json["message"].as_str().unwrap().starts_with("request:"),
+        "{}",
+        r.json
+    );
+    // JSON: wrapped text, or the flow file itself.
+    let wrapped = json!({"format": "yaml", "text": yaml.replace("shipping", "wrapped")});
+    let r = api.post("/api/workflows", ADMIN, wrapped).await;
+    expect(&r, StatusCode::CREATED);
+    assert_eq!(r.json["registered"], json!(["wrapped-v1"]));
+    let as_json = json!({
+        "handlers": [{"name": "ok", "exec": "./ok.sh"}],
+        "flows": [{"name": "plain", "version": 3, "steps": [{"name": "only", "handler": "ok"}]}]
+    });
+    let r = api.post("/api/workflows", ADMIN, as_json).await;
+    expect(&r, StatusCode::CREATED);
+    assert_eq!(r.json["registered"], json!(["plain-v3"]));
+    expect(
+        &api.post(
+            "/api/workflows",
+            ADMIN,
+            json!({"format": "toml", "text": ""}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    );
+    expect(
+        &api.raw(
+            Method::POST,
+            "/api/workflows",
+            Some(ADMIN),
+            Some(b"{".to_vec()),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    );
+    let huge = format!(
+        "{yaml}#{}\n",
+        "x".repeat(floxy_http::DEFAULT_MAX_BODY_BYTES)
+    );
+    expect(&post_yaml(ADMIN, huge).await, StatusCode::PAYLOAD_TOO_LARGE);
+
     // ----- cleanup (last: it removes the ended instances)
     expect(
         &api.post("/api/cleanup", OPS, json!({"days_to_keep": 0}))
             .await,
         StatusCode::FORBIDDEN,
     );
-    assert_eq!(api.total_instances().await, 10);
+    assert_eq!(api.total_instances().await, 11);
     expect(
         &api.post(
             "/api/cleanup",
@@ -866,7 +984,7 @@ async fn suite(store: Arc<dyn Store>) {
         .post("/api/cleanup", ADMIN, json!({"older_than_ms": 0}))
         .await;
     expect(&r, StatusCode::OK);
-    assert_eq!(r.json["deleted_count"], 10);
+    assert_eq!(r.json["deleted_count"], 11);
     assert_eq!(api.total_instances().await, 0);
 
     engine.shutdown(Duration::from_secs(5)).await;
