@@ -1,3 +1,0 @@
-//! `floxyctl`: run a YAML flow on an embedded store, operate instances in a database.
-
-fn main() {}

@@ -1,3 +1,0 @@
-//! `floxyd`: the daemon that runs YAML flows with bash and HTTP handlers.
-
-fn main() {}
