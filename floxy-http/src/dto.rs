@@ -54,10 +54,10 @@ impl View {
         match v {
             Value::Object(mut map) => {
                 for k in PAYLOAD_KEYS {
-                    if let Some(x) = map.get_mut(k) {
-                        if !x.is_null() {
-                            *x = Value::String(REDACTED.into());
-                        }
+                    if let Some(x) = map.get_mut(k)
+                        && !x.is_null()
+                    {
+                        *x = Value::String(REDACTED.into());
                     }
                 }
                 Value::Object(map)

@@ -94,17 +94,15 @@ pub(crate) async fn register(
     }
     // Refuse the whole file when one definition conflicts, before registering any.
     for wf in &compiled {
-        if let Some(stored) = engine
+        let stored = engine
             .store()
             .get_definition(wf.id())
             .await
-            .map_err(floxy::EngineError::from)?
-        {
-            if &stored != wf.definition() {
-                return Err(ApiError::from(floxy::EngineError::DefinitionConflict(
-                    wf.id().clone(),
-                )));
-            }
+            .map_err(floxy::EngineError::from)?;
+        if stored.is_some_and(|d| &d != wf.definition()) {
+            return Err(ApiError::from(floxy::EngineError::DefinitionConflict(
+                wf.id().clone(),
+            )));
         }
     }
     let mut ids = Vec::with_capacity(compiled.len());

@@ -367,13 +367,13 @@ async fn fetch_instances(
 ) -> Result<(Vec<InstanceRecord>, Option<InstanceId>), ApiError> {
     let mut out = Vec::new();
     let mut scanned = 0usize;
-    if after.is_none() {
-        if let Some(from) = f.created_from {
-            // Ids carry their start time (at most the creation time): begin a second
-            // earlier than `from` to be safe, and filter by `created_at` below.
-            let ms = u128::try_from(from.saturating_sub(1_000).max(0)).unwrap_or(0);
-            after = Some(InstanceId(uuid::Uuid::from_u128(ms << 80)));
-        }
+    if after.is_none()
+        && let Some(from) = f.created_from
+    {
+        // Ids carry their start time (at most the creation time): begin a second
+        // earlier than `from` to be safe, and filter by `created_at` below.
+        let ms = u128::try_from(from.saturating_sub(1_000).max(0)).unwrap_or(0);
+        after = Some(InstanceId(uuid::Uuid::from_u128(ms << 80)));
     }
     let ranged = f.created_from.is_some() || f.created_to.is_some();
     loop {
@@ -392,11 +392,11 @@ async fn fetch_instances(
         let rows = page.items.len();
         for (i, r) in page.items.into_iter().enumerate() {
             scanned += 1;
-            if let Some(to) = f.created_to {
-                if id_millis(r.id).is_some_and(|ms| ms > to) {
-                    // Later ids were started later still.
-                    return Ok((out, None));
-                }
+            if let Some(to) = f.created_to
+                && id_millis(r.id).is_some_and(|ms| ms > to)
+            {
+                // Later ids were started later still.
+                return Ok((out, None));
             }
             let in_range = f
                 .created_from
@@ -491,12 +491,12 @@ async fn list_instances(
     q: Result<Query<InstancesQuery>, QueryRejection>,
 ) -> Result<Json<InstancePageDto>, ApiError> {
     let q = query(q)?;
-    if let (Some(a), Some(b)) = (q.created_from, q.created_to) {
-        if a > b {
-            return Err(ApiError::BadRequest(
-                "created_from is after created_to".into(),
-            ));
-        }
+    if let (Some(a), Some(b)) = (q.created_from, q.created_to)
+        && a > b
+    {
+        return Err(ApiError::BadRequest(
+            "created_from is after created_to".into(),
+        ));
     }
     let filter = InstanceFilter {
         workflow: q.workflow.as_deref().map(workflow_id).transpose()?,

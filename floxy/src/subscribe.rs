@@ -114,7 +114,9 @@ impl EventSubscription {
         }
     }
 
-    /// Events buffered for this subscriber and not yet received.
+    /// Events published since the last one this subscriber received (more than
+    /// [`SUBSCRIPTION_CAPACITY`] when it lags: the excess is what the next `recv` reports
+    /// missed).
     #[must_use]
     pub fn pending(&self) -> usize {
         self.rx.len()
