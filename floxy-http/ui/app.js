@@ -210,12 +210,17 @@ window.addEventListener('hashchange', route);
 
 // ----- live updates -----------------------------------------------------------------
 
+function editing() {
+  const el = document.activeElement;
+  return Boolean(main.querySelector('[data-editing]'))
+    || (el && main.contains(el) && el.matches('textarea, input, select'));
+}
+
 function scheduleReload() {
   clearTimeout(reloadTimer);
   reloadTimer = setTimeout(() => {
-    // Do not rebuild a page under a form being edited; retry later.
-    if (main.querySelector('[data-editing]') && main.contains(document.activeElement)
-        && document.activeElement.matches('textarea, input')) {
+    // Do not rebuild a page under an open editor or a field being typed in; retry later.
+    if (editing()) {
       scheduleReload();
       return;
     }
@@ -237,7 +242,7 @@ bus.addEventListener('live', (e) => {
 });
 
 setInterval(() => {
-  if (live.state !== 'live' && me && !document.hidden) load();
+  if (live.state !== 'live' && me && !document.hidden && !editing()) load();
 }, POLL_MS);
 
 bus.addEventListener('network', (e) => {

@@ -274,7 +274,7 @@ function requeueForm(ctx, rec, onDone) {
   };
   area.addEventListener('input', validate);
   const btn = h('button', { type: 'submit', class: 'primary', id: `requeue-submit-${rec.id}` }, 'Requeue');
-  const form = h('form', { class: 'requeue-form', dataset: { editing: 'true' } },
+  const form = h('form', { class: 'requeue-form' },
     h('label', { for: area.id }, `New input of step ${rec.step_name}`),
     area,
     h('p', { class: 'help', id: `requeue-help-${rec.id}` },
@@ -445,7 +445,7 @@ function dlqTable(ctx, items, operate) {
           ev.target.setAttribute('aria-expanded', 'true');
           const cell = h('td', { colspan: String(cols.length) },
             requeueForm(ctx, r, () => ctx.reload()));
-          tr.after(h('tr', { class: 'editor-row' }, cell));
+          tr.after(h('tr', { class: 'editor-row', dataset: { editing: 'true' } }, cell));
           cell.querySelector('textarea').focus();
         },
       }, 'Requeue…'),
