@@ -319,6 +319,14 @@ impl FromRequestParts<crate::AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
             })?;
+        Self::of_token(state, token)
+    }
+}
+
+impl Caller {
+    /// The caller holding `token` (for the event stream's `access_token` query parameter:
+    /// `EventSource` cannot send headers).
+    pub(crate) fn of_token(state: &crate::AppState, token: &str) -> Result<Self, ApiError> {
         let entry = state
             .config
             .tokens

@@ -44,12 +44,14 @@
 
 mod auth;
 mod body;
+mod console;
 mod dto;
 mod error;
 mod graph;
 mod register;
 mod routes;
 mod sse;
+mod ui;
 
 pub use auth::{Role, TOKENS_ENV, TokenEntry, TokenError, Tokens, hash_token};
 pub use error::{ConfigError, ErrorBody};
@@ -133,6 +135,7 @@ pub fn router(engine: Engine, config: RouterConfig) -> Result<Router, ConfigErro
     };
     let (router, _) = routes::api_router().split_for_parts();
     Ok(router
+        .merge(ui::routes())
         .fallback(routes::no_route)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state))

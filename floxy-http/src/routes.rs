@@ -78,6 +78,8 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(requeue))
         .routes(routes!(cleanup))
         .routes(routes!(crate::sse::event_stream))
+        .routes(routes!(crate::console::whoami))
+        .routes(routes!(crate::console::waiting_decisions))
         .routes(routes!(openapi_json))
 }
 

@@ -21,6 +21,9 @@ pub(crate) struct StreamQuery {
     instance: Option<String>,
     /// Only this workflow's events.
     workflow: Option<String>,
+    /// The bearer token, for clients that cannot send an `Authorization` header (browsers'
+    /// `EventSource`); used when the header is absent or not accepted.
+    access_token: Option<String>,
 }
 
 struct Filter {
@@ -31,19 +34,25 @@ struct Filter {
 /// Live lifecycle events (server-sent events, `text/event-stream`), filterable by instance
 /// and workflow. Each event is named by its kind (`step_completed`, ...) and carries a JSON
 /// `LiveEventDto`; a subscriber that falls behind gets an event `lagged` with
-/// `{"missed": n}` and continues with the oldest event still buffered.
+/// `{"missed": n}` and continues with the oldest event still buffered. The token may be
+/// given as `?access_token=` instead of the `Authorization` header.
 #[utoipa::path(get, path = "/api/events/stream", tag = "events",
     params(StreamQuery),
     responses((status = 200, description = "A stream of server-sent events",
             content_type = "text/event-stream", body = LiveEventDto),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(crate) async fn event_stream(
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     State(st): State<AppState>,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let caller = match (caller, q.access_token.as_deref()) {
+        (Ok(c), _) => c,
+        (Err(ApiError::Unauthorized(_)), Some(token)) => Caller::of_token(&st, token)?,
+        (Err(e), _) => return Err(e),
+    };
     let filter = Filter {
         instance: q
             .instance

@@ -991,7 +991,7 @@ async fn suite(store: Arc<dyn Store>) {
 }
 
 /// Every route of the router, as `METHOD path`.
-const ROUTES: [&str; 24] = [
+const ROUTES: [&str; 26] = [
     "GET /api/workflows",
     "POST /api/workflows",
     "GET /api/workflows/{id}",
@@ -1016,6 +1016,8 @@ const ROUTES: [&str; 24] = [
     "POST /api/cleanup",
     "GET /api/events/stream",
     "GET /api/openapi.json",
+    "GET /api/whoami",
+    "GET /api/decisions/waiting",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
