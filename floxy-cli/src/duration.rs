@@ -112,7 +112,7 @@ impl fmt::Display for HumanDuration {
         }
         if ms < 60_000 {
             let tenths = ms / 100;
-            return if tenths % 10 == 0 {
+            return if tenths.is_multiple_of(10) {
                 write!(f, "{}s", tenths / 10)
             } else {
                 write!(f, "{}.{}s", tenths / 10, tenths % 10)

@@ -362,12 +362,15 @@ mod backend {
         Ok((file, defs))
     }
 
+    /// Handlers by name, as built from a flow file.
+    type NamedHandlers = Vec<(String, Arc<dyn Handler>)>;
+
     fn build_handlers(
         path: &Path,
         file: &FlowFile,
         definitions: &[WorkflowDefinition],
         options: LoadOptions,
-    ) -> Result<Vec<(String, Arc<dyn Handler>)>, FlowError> {
+    ) -> Result<NamedHandlers, FlowError> {
         let max_payload = definitions
             .iter()
             .map(|d| d.options.max_payload_bytes)

@@ -186,11 +186,18 @@ struct Seeded {
 
 async fn seed(engine: &Engine) -> Seeded {
     let start = |wf: &'static str, input: Value| async move {
-        engine.start(&format!("{wf}-v1").as_str().into(), input).await.unwrap()
+        engine
+            .start(&format!("{wf}-v1").as_str().into(), input)
+            .await
+            .unwrap()
     };
     let mut completed = Vec::new();
     for n in 0..3 {
-        let id = start("order", json!({"order": 1000 + n, "items": ["book", "pen"]})).await;
+        let id = start(
+            "order",
+            json!({"order": 1000 + n, "items": ["book", "pen"]}),
+        )
+        .await;
         completed.push(id);
     }
     let failed = start("payment", json!({"amount": 4200, "currency": "EUR"})).await;
@@ -206,7 +213,12 @@ async fn seed(engine: &Engine) -> Seeded {
         start("import", json!({"file": "a.csv"})).await,
         start("import", json!({"file": "b.csv"})).await,
     ];
-    for id in completed.iter().chain([&failed]).chain(&waiting).chain(&dlq) {
+    for id in completed
+        .iter()
+        .chain([&failed])
+        .chain(&waiting)
+        .chain(&dlq)
+    {
         engine.wait_for(*id, WAIT).await.unwrap();
     }
     for id in running {
@@ -241,13 +253,13 @@ async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + WAIT;
     let mut last = String::new();
     loop {
-        if let Ok(el) = c.find(Locator::Css(css)).await {
-            if let Ok(t) = el.text().await {
-                if ok(&t) {
-                    return t;
-                }
-                last = t;
+        if let Ok(el) = c.find(Locator::Css(css)).await
+            && let Ok(t) = el.text().await
+        {
+            if ok(&t) {
+                return t;
             }
+            last = t;
         }
         assert!(
             Instant::now() < deadline,
@@ -366,14 +378,29 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
     sign_in(c, OPS, "operator").await;
     wait_loaded(c).await;
     wait_text(c, "#card-total .card-value", |t| t == "10").await;
-    assert_eq!(wait_text(c, "#card-completed .card-value", |_| true).await, "3");
-    assert_eq!(wait_text(c, "#card-failed .card-value", |_| true).await, "1");
+    assert_eq!(
+        wait_text(c, "#card-completed .card-value", |_| true).await,
+        "3"
+    );
+    assert_eq!(
+        wait_text(c, "#card-failed .card-value", |_| true).await,
+        "1"
+    );
     assert_eq!(wait_text(c, "#card-dlq .card-value", |_| true).await, "2");
-    assert_eq!(wait_text(c, "#card-waiting .card-value", |_| true).await, "2");
-    assert_eq!(wait_text(c, "#card-active .card-value", |_| true).await, "6");
+    assert_eq!(
+        wait_text(c, "#card-waiting .card-value", |_| true).await,
+        "2"
+    );
+    assert_eq!(
+        wait_text(c, "#card-active .card-value", |_| true).await,
+        "6"
+    );
     // Needs attention: the two DLQ records and the two waiting decisions.
     let attention = wait_text(c, "main", |_| true).await;
-    assert!(attention.contains("approve waits for a human decision"), "{attention}");
+    assert!(
+        attention.contains("approve waits for a human decision"),
+        "{attention}"
+    );
     assert!(attention.contains("address (execute)"), "{attention}");
     wait_text(c, "#live", |t| t == "Live").await;
     shots.push(screenshot(c, "overview.png").await);
@@ -402,7 +429,9 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
         ("notify", "failed"),
     ] {
         let node = c
-            .find(Locator::Css(&format!("#instance-graph g.node[data-step='{step}']")))
+            .find(Locator::Css(&format!(
+                "#instance-graph g.node[data-step='{step}']"
+            )))
             .await
             .unwrap();
         let class = node.attr("class").await.unwrap().unwrap();
@@ -411,13 +440,22 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
     assert_eq!(count(c, "#instance-graph g.node").await, 3);
     assert_eq!(count(c, "#instance-graph path.edge").await, 2);
     let timeline = wait_text(c, "#timeline", |_| true).await;
-    for kind in ["workflow started", "step failed", "rollback started", "workflow failed"] {
+    for kind in [
+        "workflow started",
+        "step failed",
+        "rollback started",
+        "workflow failed",
+    ] {
         assert!(timeline.contains(kind), "timeline lacks {kind}: {timeline}");
     }
     assert!(count(c, "#timeline li[data-event='compensation_completed']").await >= 2);
     let header = wait_text(c, "main", |_| true).await;
     assert!(header.contains("card declined by the bank"), "{header}");
-    assert_eq!(count(c, "#action-cancel").await, 0, "a failed instance is terminal");
+    assert_eq!(
+        count(c, "#action-cancel").await,
+        0,
+        "a failed instance is terminal"
+    );
     shots.push(screenshot(c, "instance-failed.png").await);
 
     // ----- approve a waiting human step through the page
@@ -476,9 +514,9 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
     assert_eq!(r.status, InstanceStatus::Cancelled);
     let events = engine.events(cancel_id).await.unwrap();
     let by_ops = events.iter().any(|e| {
-        e.detail
-            .as_ref()
-            .is_some_and(|d| d.value()["by"] == "ops" && d.value().to_string().contains("wrong file"))
+        e.detail.as_ref().is_some_and(|d| {
+            d.value()["by"] == "ops" && d.value().to_string().contains("wrong file")
+        })
     });
     assert!(by_ops, "the cancel names ops and the reason: {events:?}");
     wait_text(c, ".page-header .badge", |t| t == "cancelled").await;
@@ -503,7 +541,10 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
         .await
         .unwrap();
     let shown: Value = serde_json::from_str(&area.prop("value").await.unwrap().unwrap()).unwrap();
-    assert_eq!(shown["street"], "Main St", "the editor shows the stored input");
+    assert_eq!(
+        shown["street"], "Main St",
+        "the editor shows the stored input"
+    );
     // Invalid JSON is refused in the page, nothing is sent.
     area.clear().await.unwrap();
     area.send_keys("{\"fixed\": tru").await.unwrap();
@@ -536,7 +577,10 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
     // The list follows: one record left.
     let deadline = Instant::now() + WAIT;
     while count(c, "tr[data-dlq]").await != 1 {
-        assert!(Instant::now() < deadline, "the DLQ page did not drop the requeued record");
+        assert!(
+            Instant::now() < deadline,
+            "the DLQ page did not drop the requeued record"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -69,16 +69,28 @@ async fn console_files_are_served_with_types_policy_and_etags() {
     let addr = serve(&engine, RouterConfig::new(tokens())).await;
     let client = no_redirects();
 
-    let r = client.get(format!("http://{addr}/ui")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{addr}/ui"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 308);
     assert_eq!(r.headers()["location"], "/ui/");
 
     for (path, mime, needle) in [
-        ("/ui/", "text/html; charset=utf-8", "<script type=\"module\" src=\"app.js\">"),
+        (
+            "/ui/",
+            "text/html; charset=utf-8",
+            "<script type=\"module\" src=\"app.js\">",
+        ),
         ("/ui/index.html", "text/html; charset=utf-8", "token-dialog"),
         ("/ui/style.css", "text/css; charset=utf-8", ":root"),
         ("/ui/app.js", "text/javascript; charset=utf-8", "import"),
-        ("/ui/graph.js", "text/javascript; charset=utf-8", "export function layout"),
+        (
+            "/ui/graph.js",
+            "text/javascript; charset=utf-8",
+            "export function layout",
+        ),
         ("/ui/favicon.svg", "image/svg+xml", "<svg"),
     ] {
         // Files are served without a token: the page asks for one.
