@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Raw PostgreSQL queue limits, measured with pgbench on a given server, for comparison with
-# floxy's Postgres store (floxy-store-postgres/benches/pg_throughput.rs runs this
-# script against its own server so both columns come from the same run).
+# floxy's Postgres store (benches/benches/all/postgres.rs, part `ceilings` of
+# `cargo bench -p floxy-benches`, runs this script against its own server so both columns
+# come from the same run).
 #
 #   scripts/pgbench-raw.sh <database-url> [seconds-per-run] [clients...]
 #

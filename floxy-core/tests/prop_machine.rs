@@ -193,11 +193,17 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
         let ready = h.ready();
         let act = d.action % 16;
         if !stop_faults && act == 15 && d.outcome < 8 {
-            let _ = h.try_feed(Input::Cancel { reason: None });
+            let _ = h.try_feed(Input::Cancel {
+                reason: None,
+                by: None,
+            });
             continue;
         }
         if !stop_faults && act == 15 && d.outcome < 12 {
-            let _ = h.try_feed(Input::Abort { reason: None });
+            let _ = h.try_feed(Input::Abort {
+                reason: None,
+                by: None,
+            });
             continue;
         }
         if !stop_faults && act == 14 && !h.snap.dlq.is_empty() {
@@ -205,6 +211,7 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
             let _ = h.try_feed(Input::Requeue {
                 dlq_id: id,
                 new_input: Some(payload(json!({"v": 5}))),
+                by: None,
             });
             continue;
         }

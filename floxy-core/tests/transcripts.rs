@@ -198,14 +198,24 @@ mod s2_lifecycle {
     fn terminal_instances_never_change() {
         let mut h = H::start(saga(), json!({}));
         h.run_ok();
-        let e = h.feed(Input::Cancel { reason: None }).unwrap_err();
+        let e = h
+            .feed(Input::Cancel {
+                reason: None,
+                by: None,
+            })
+            .unwrap_err();
         assert_eq!(
             e,
             TransitionError::InstanceTerminal {
                 status: InstanceStatus::Completed
             }
         );
-        let e = h.feed(Input::Abort { reason: None }).unwrap_err();
+        let e = h
+            .feed(Input::Abort {
+                reason: None,
+                by: None,
+            })
+            .unwrap_err();
         assert!(matches!(e, TransitionError::InstanceTerminal { .. }));
     }
 }
@@ -531,6 +541,7 @@ mod s5_rollback {
         h.feed(Input::Requeue {
             dlq_id: id,
             new_input: None,
+            by: None,
         })
         .unwrap();
         assert_eq!(h.ready(), vec![("b".to_string(), WorkKind::Compensate)]);
@@ -921,11 +932,24 @@ mod s9_cancel_abort {
         h.ok("b");
         h.feed(Input::Cancel {
             reason: Some("user".into()),
+            by: Some("ops".into()),
         })
         .unwrap();
         assert_eq!(h.inst(), InstanceStatus::Cancelling);
+        let started = h
+            .events
+            .iter()
+            .find(|e| e.kind == floxy_core::model::EventKind::CancellationStarted)
+            .and_then(|e| e.detail.clone())
+            .unwrap();
+        assert_eq!(started.value(), &json!({"reason": "user", "by": "ops"}));
         assert_eq!(h.status("c"), Some(S::Skipped));
-        let e = h.feed(Input::Cancel { reason: None }).unwrap_err();
+        let e = h
+            .feed(Input::Cancel {
+                reason: None,
+                by: None,
+            })
+            .unwrap_err();
         assert_eq!(
             e,
             TransitionError::AlreadyInProgress {
@@ -948,7 +972,11 @@ mod s9_cancel_abort {
         let mut h = H::start(saga(), json!({}));
         h.ok("reserve");
         h.claim("charge", WorkKind::Execute);
-        h.feed(Input::Abort { reason: None }).unwrap();
+        h.feed(Input::Abort {
+            reason: None,
+            by: None,
+        })
+        .unwrap();
         assert_eq!(h.inst(), InstanceStatus::Aborted);
         assert_eq!(h.status("reserve"), Some(S::Completed));
         assert_eq!(h.status("charge"), Some(S::Failed));
@@ -1003,6 +1031,7 @@ mod s10_dlq {
         h.feed(Input::Requeue {
             dlq_id: id,
             new_input: Some(payload(json!({"fixed": true}))),
+            by: None,
         })
         .unwrap();
         assert_eq!(h.inst(), InstanceStatus::Running);
@@ -1036,10 +1065,15 @@ mod s10_dlq {
             .feed(Input::Requeue {
                 dlq_id: DlqId(999),
                 new_input: None,
+                by: None,
             })
             .unwrap_err();
         assert_eq!(e, TransitionError::UnknownDlqRecord { id: 999 });
-        h.feed(Input::Cancel { reason: None }).unwrap();
+        h.feed(Input::Cancel {
+            reason: None,
+            by: None,
+        })
+        .unwrap();
         h.run_ok();
         assert_eq!(h.inst(), InstanceStatus::Cancelled);
         assert!(
@@ -1122,7 +1156,11 @@ mod s5_strict_order {
         let mut h = H::start(saga(), json!({}));
         h.ok("reserve");
         let (token, attempt, _) = h.claim("charge", WorkKind::Execute);
-        h.feed(Input::Cancel { reason: None }).unwrap();
+        h.feed(Input::Cancel {
+            reason: None,
+            by: None,
+        })
+        .unwrap();
         assert!(
             h.ready().is_empty(),
             "no compensation while charge still runs"

@@ -103,6 +103,8 @@ impl Inner {
     /// handlers the transition asked to stop.
     pub(crate) fn after_commit(&self, t: &Transition) {
         crate::metrics::transition(t);
+        // Subscribers first: the workers woken below publish the claims that follow.
+        self.events.publish(t);
         for op in &t.queue {
             if let QueueOp::RequestCancel(key) = op {
                 self.leases.request_cancel(key, self.config.clock.now());

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     /// Wakes the waiters of an instance after its local commits.
     pub(crate) waiters: Arc<crate::waiters::Waiters>,
     pub(crate) lifecycle: Lifecycle,
+    /// Committed events for [`Engine::subscribe`].
+    pub(crate) events: crate::subscribe::EventBus,
     ids: Mutex<uuid::timestamp::context::ContextV7>,
     /// Counter of deterministic ids (used when `config.id_seed` is set).
     id_counter: std::sync::atomic::AtomicU64,
@@ -118,6 +120,7 @@ impl Engine {
                 commits,
                 waiters: Arc::default(),
                 lifecycle: Lifecycle::default(),
+                events: crate::subscribe::EventBus::default(),
                 ids: Mutex::new(uuid::timestamp::context::ContextV7::new()),
                 id_counter: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -142,6 +145,27 @@ impl Engine {
         &self.inner.config.worker_id
     }
 
+    /// Subscribes to the events this engine commits from now on (each with its instance
+    /// and workflow ids), for live views without polling:
+    ///
+    /// ```
+    /// # async fn f(engine: floxy::Engine) {
+    /// let mut events = engine.subscribe();
+    /// while let Ok(e) = events.recv().await {
+    ///     println!("{} {} {:?}", e.instance_id, e.kind().as_str(), e.step());
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// The channel is bounded ([`crate::SUBSCRIPTION_CAPACITY`] events): a subscriber that
+    /// falls behind gets [`crate::SubscriptionError::Lagged`] with the number it missed, and
+    /// never slows commits. Only local commits are seen; see [`crate::CommittedEvent`] for
+    /// ordering.
+    #[must_use]
+    pub fn subscribe(&self) -> crate::EventSubscription {
+        self.inner.events.subscribe()
+    }
+
     // ----- registration -------------------------------------------------------------------
 
     /// Registers `handler` under `name` (replacing any handler of that name). Workers claim
@@ -151,6 +175,12 @@ impl Engine {
         self.inner
             .handlers
             .insert(name.into().into(), Arc::new(handler));
+    }
+
+    /// Whether a handler named `name` is registered in this engine (this process).
+    #[must_use]
+    pub fn has_handler(&self, name: &str) -> bool {
+        self.inner.handlers.get(name).is_some()
     }
 
     /// Registers an already shared handler under `name`.
@@ -306,8 +336,23 @@ impl Engine {
         id: InstanceId,
         reason: Option<&str>,
     ) -> Result<InstanceRecord, EngineError> {
+        self.cancel_by(id, reason, None).await
+    }
+
+    /// [`Engine::cancel`] on behalf of operator `by`, whose name is recorded in the
+    /// `cancellation_started` event (`detail.by`) next to the reason.
+    ///
+    /// # Errors
+    /// As [`Engine::cancel`].
+    pub async fn cancel_by(
+        &self,
+        id: InstanceId,
+        reason: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<InstanceRecord, EngineError> {
         let input = Input::Cancel {
             reason: reason.map(str::to_owned),
+            by: by.map(str::to_owned),
         };
         self.command(id, input, true).await
     }
@@ -325,8 +370,23 @@ impl Engine {
         id: InstanceId,
         reason: Option<&str>,
     ) -> Result<InstanceRecord, EngineError> {
+        self.abort_by(id, reason, None).await
+    }
+
+    /// [`Engine::abort`] on behalf of operator `by`, whose name is recorded in the
+    /// `abort_started` event (`detail.by`) next to the reason.
+    ///
+    /// # Errors
+    /// As [`Engine::abort`].
+    pub async fn abort_by(
+        &self,
+        id: InstanceId,
+        reason: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<InstanceRecord, EngineError> {
         let input = Input::Abort {
             reason: reason.map(str::to_owned),
+            by: by.map(str::to_owned),
         };
         self.command(id, input, true).await
     }
@@ -370,6 +430,20 @@ impl Engine {
         dlq_id: DlqId,
         new_input: Option<Payload>,
     ) -> Result<InstanceRecord, EngineError> {
+        self.requeue_by(dlq_id, new_input, None).await
+    }
+
+    /// [`Engine::requeue`] on behalf of operator `by`, whose name is recorded in the
+    /// `dlq_requeued` event (`detail.by`).
+    ///
+    /// # Errors
+    /// As [`Engine::requeue`].
+    pub async fn requeue_by(
+        &self,
+        dlq_id: DlqId,
+        new_input: Option<Payload>,
+        by: Option<&str>,
+    ) -> Result<InstanceRecord, EngineError> {
         let record = self
             .inner
             .store
@@ -380,7 +454,11 @@ impl Engine {
             let wf = self.workflow(&record.record.workflow_id).await?;
             p.check_size(wf.definition().options.max_payload_bytes)?;
         }
-        let input = Input::Requeue { dlq_id, new_input };
+        let input = Input::Requeue {
+            dlq_id,
+            new_input,
+            by: by.map(str::to_owned),
+        };
         self.command(record.record.instance_id, input, false).await
     }
 

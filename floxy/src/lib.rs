@@ -55,6 +55,11 @@
 //! * **Stale results**: a commit rejected for a stale fencing token
 //!   ([`StoreError::StaleLease`]) is dropped: another worker owns the item now. Retryable
 //!   store errors are retried with a bounded backoff.
+//! * **Event stream** ([`Engine::subscribe`]): after each successful local commit the
+//!   events it wrote are published to a bounded channel ([`SUBSCRIPTION_CAPACITY`]); a
+//!   subscriber that falls behind is told how many it missed
+//!   ([`SubscriptionError::Lagged`]) and never slows commits. Ordering and scope: see
+//!   [`CommittedEvent`].
 //! * **Time** comes only from the engine's [`Clock`]; use [`TokioClock`] with a paused tokio
 //!   runtime for deterministic tests on virtual time.
 //!
@@ -117,6 +122,7 @@ mod failpoints;
 mod handler;
 mod heartbeat;
 pub mod metrics;
+mod subscribe;
 mod wait;
 mod waiters;
 mod worker;
@@ -133,6 +139,7 @@ pub use engine::{Engine, MAX_TIMELINE_EVENTS, StartOptions};
 pub use error::EngineError;
 pub use handler::{CompensationInfo, FnHandler, Handler, HandlerError, StepContext};
 pub use heartbeat::MIN_HEARTBEAT_PERIOD_MS;
+pub use subscribe::{CommittedEvent, EventSubscription, SUBSCRIPTION_CAPACITY, SubscriptionError};
 pub use wait::{Settled, settled};
 pub use worker::{ABANDON_GRACE_MS, MIN_IDLE_SLEEP_MS, ShutdownReport};
 

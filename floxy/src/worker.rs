@@ -204,7 +204,9 @@ impl Engine {
         let started = tokio::time::Instant::now();
         let claimed = with_store_retry("claim", || inner.store.claim(&req)).await;
         crate::metrics::claim(started, &claimed);
-        claimed
+        let claimed = claimed?;
+        inner.events.publish_claims(&claimed, req.now);
+        Ok(claimed)
     }
 
     async fn dispatch_loop(self) {

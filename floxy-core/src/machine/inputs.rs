@@ -50,11 +50,15 @@ pub enum Input {
     Cancel {
         /// Why.
         reason: Option<String>,
+        /// Who asked (an operator's name; recorded in the `cancellation_started` event).
+        by: Option<String>,
     },
     /// Abort the instance (no compensation).
     Abort {
         /// Why.
         reason: Option<String>,
+        /// Who asked (an operator's name; recorded in the `abort_started` event).
+        by: Option<String>,
     },
     /// A human decision.
     Decide {
@@ -73,5 +77,7 @@ pub enum Input {
         dlq_id: DlqId,
         /// Replaces the step's input when given.
         new_input: Option<Payload>,
+        /// Who asked (an operator's name; recorded in the `dlq_requeued` event).
+        by: Option<String>,
     },
 }

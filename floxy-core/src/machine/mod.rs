@@ -195,8 +195,8 @@ pub fn apply(
             });
             w.timer_fired(n)?;
         }
-        Input::Cancel { reason } => w.cancel(reason.clone())?,
-        Input::Abort { reason } => w.abort(reason.clone())?,
+        Input::Cancel { reason, by } => w.cancel(reason.clone(), by.as_deref())?,
+        Input::Abort { reason, by } => w.abort(reason.clone(), by.as_deref())?,
         Input::Decide {
             step,
             decided_by,
@@ -212,7 +212,11 @@ pub fn apply(
             };
             w.decide(n, d)?;
         }
-        Input::Requeue { dlq_id, new_input } => w.requeue(*dlq_id, new_input.clone())?,
+        Input::Requeue {
+            dlq_id,
+            new_input,
+            by,
+        } => w.requeue(*dlq_id, new_input.clone(), by.as_deref())?,
     }
     settle(&mut w)?;
     Ok(w.finish(false))

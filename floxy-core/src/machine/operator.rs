@@ -21,7 +21,11 @@ impl Work<'_> {
     }
 
     /// Cancel: stop forward work, compensate every completed step (savepoints ignored).
-    pub fn cancel(&mut self, reason: Option<String>) -> Result<(), TransitionError> {
+    pub fn cancel(
+        &mut self,
+        reason: Option<String>,
+        by: Option<&str>,
+    ) -> Result<(), TransitionError> {
         match self.inst.status {
             s if s.is_terminal() => return Err(TransitionError::InstanceTerminal { status: s }),
             InstanceStatus::Cancelling => {
@@ -38,7 +42,7 @@ impl Work<'_> {
             EventKind::CancellationStarted,
             None,
             None,
-            Some(json!({ "reason": reason })),
+            Some(with_by(json!({ "reason": reason }), by)),
         );
         self.stop_forward(|_| true)?;
         self.delete_forward_dlq_records();
@@ -46,7 +50,11 @@ impl Work<'_> {
     }
 
     /// Abort: stop everything at once, no compensation.
-    pub fn abort(&mut self, reason: Option<String>) -> Result<(), TransitionError> {
+    pub fn abort(
+        &mut self,
+        reason: Option<String>,
+        by: Option<&str>,
+    ) -> Result<(), TransitionError> {
         if self.inst.status.is_terminal() {
             return Err(TransitionError::InstanceTerminal {
                 status: self.inst.status,
@@ -57,7 +65,7 @@ impl Work<'_> {
             EventKind::AbortStarted,
             None,
             None,
-            Some(json!({ "reason": reason })),
+            Some(with_by(json!({ "reason": reason }), by)),
         );
         for id in self.run_ids() {
             let (to, kinds): (StepStatus, &[WorkKind]) = match self.status(id) {
@@ -152,7 +160,7 @@ impl Work<'_> {
                     Some(detail),
                 );
                 match on_reject {
-                    RejectPolicy::Abort => self.abort(Some(why)),
+                    RejectPolicy::Abort => self.abort(Some(why), None),
                     RejectPolicy::RollBack => {
                         self.inst.error = Some(why);
                         self.escalate(n)
@@ -194,6 +202,7 @@ impl Work<'_> {
         &mut self,
         id: DlqId,
         new_input: Option<Payload>,
+        by: Option<&str>,
     ) -> Result<(), TransitionError> {
         let rec = self
             .dlq
@@ -304,7 +313,7 @@ impl Work<'_> {
             EventKind::DlqRequeued,
             Some(n),
             None,
-            Some(json!({ "dlq_id": id.0 })),
+            Some(with_by(json!({ "dlq_id": id.0 }), by)),
         );
         Ok(())
     }
@@ -350,4 +359,13 @@ fn merge_decision(input: Value, decision: &Value) -> Value {
         }
         other => json!({ "input": other, "decision": decision }),
     }
+}
+
+/// Adds `"by": <name>` to an operator event's detail when the operator is known (the key is
+/// absent otherwise, so events of unnamed callers keep their shape).
+fn with_by(mut detail: Value, by: Option<&str>) -> Value {
+    if let (Some(by), Some(map)) = (by, detail.as_object_mut()) {
+        map.insert("by".into(), Value::String(by.to_owned()));
+    }
+    detail
 }

@@ -1,33 +1,25 @@
-//! Throughput of the redb store next to the memory store, in one run:
+//! Throughput of the stores side by side, in one run (the memory store, the redb store on a
+//! fresh file, the PostgreSQL store in a fresh schema):
 //!
-//! * **claims/s**: `W` concurrent workers claim batches until a prefilled queue is empty;
-//! * **durable step completions/s**: `W` concurrent workers each claim a batch and complete
-//!   every claimed step with its own `update_instance` (fencing check, step CAS, queue
-//!   delete, event, the next step queued), all of a worker's completions in flight at once;
-//!   a completion counts when it is acknowledged, i.e. durable (redb: `Durability::Immediate`);
-//! * **durable completions in eager chains/s**: the same, but the way the engine completes
-//!   steps (its default): each completion leases the step it queues to the completing worker
-//!   in the same commit (`update_instance_eager`), and the worker completes that one next, so
-//!   only an instance's first step is claimed;
-//! * **3-step sagas/s end to end**: the `floxy` engine with its worker pool (1 024 workers,
-//!   claim batches of 256) runs `N` instances of a three-step workflow with no-op handlers,
-//!   from the first start to the last completion.
+//! * **claims/s** (part `claims`): `W` concurrent workers claim batches until a prefilled
+//!   queue is empty;
+//! * **durable step completions/s** (part `completions`): `W` concurrent workers each claim a
+//!   batch and complete every claimed step with its own `update_instance` (fencing check,
+//!   step CAS, queue delete, event, the next step queued), all of a worker's completions in
+//!   flight at once; a completion counts when it is acknowledged, i.e. durable (redb:
+//!   `Durability::Immediate`; PostgreSQL: `fsync=on`);
+//! * **durable completions in eager chains/s** (part `completions`): the same, but the way
+//!   the engine completes steps (its default): each completion leases the step it queues to
+//!   the completing worker in the same commit (`update_instance_eager`), and the worker
+//!   completes that one next, so only an instance's first step is claimed;
+//! * **3-step sagas/s end to end** (part `sagas`): the `floxy` engine with its worker pool
+//!   (1 024 workers, claim batches of 256) runs `N` instances of a three-step workflow with
+//!   no-op handlers, from the first start to the last completion.
 //!
-//! ```text
-//! cargo bench -p floxy-store-redb --bench throughput            # full run
-//! cargo bench -p floxy-store-redb --bench throughput -- --quick # smaller sizes
-//! ```
-//!
-//! Files live in a temporary directory on the same disk as the system temp dir (`TMPDIR`).
-//!
-//! `--features bench-mimalloc` runs it with mimalloc as the global allocator instead of the
-//! system's (glibc's malloc here): redb allocates, zeroes and frees a page buffer for every
-//! page a commit writes, so the allocator is part of the committing thread's cost.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-#[cfg(feature = "bench-mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! Moved from `floxy-store-redb/benches/throughput.rs` (memory next to redb), PostgreSQL
+//! added (its tables get a `VACUUM ANALYZE` after each prefill, outside the measured time,
+//! as autovacuum would have them in a running system). Files live in a temporary directory on the same disk as the system temp dir
+//! (`TMPDIR`).
 
 use floxy::{Builder, Engine, InstanceStatus, Payload};
 use floxy_core::eager::EagerClaim;
@@ -38,10 +30,18 @@ use floxy_core::model::{
 };
 use floxy_core::store::{ClaimRequest, Store};
 use floxy_store_memory::MemoryStore;
+use floxy_store_postgres::PostgresStore;
 use floxy_store_redb::{Durability, RedbOptions, RedbStore, WriterStats};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::report::Report;
+use crate::{Backend, Opts, postgres};
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 const HANDLER: &str = "h";
@@ -170,27 +170,24 @@ fn complete(
         .iter()
         .position(|s| **s == *key.step)
         .unwrap_or(STEPS.len());
-    match STEPS.get(pos + 1) {
-        Some(next) => {
-            let next_run = StepRun::new(
-                snap.instance.id,
-                (*next).into(),
-                StepStatus::Pending,
-                run.output.clone().unwrap_or_default(),
-                now,
-            );
-            t.steps.push(StepWrite {
-                run: next_run,
-                expect: None,
-            });
-            t.queue
-                .push(QueueOp::Upsert(item(snap.instance.id, next, now)));
-        }
-        None => {
-            t.instance.status = Status::Completed;
-            t.instance.output = run.output;
-            t.events.push(event(EventKind::WorkflowCompleted, None));
-        }
+    if let Some(next) = STEPS.get(pos + 1) {
+        let next_run = StepRun::new(
+            snap.instance.id,
+            (*next).into(),
+            StepStatus::Pending,
+            run.output.clone().unwrap_or_default(),
+            now,
+        );
+        t.steps.push(StepWrite {
+            run: next_run,
+            expect: None,
+        });
+        t.queue
+            .push(QueueOp::Upsert(item(snap.instance.id, next, now)));
+    } else {
+        t.instance.status = Status::Completed;
+        t.instance.output = run.output;
+        t.events.push(event(EventKind::WorkflowCompleted, None));
     }
     t
 }
@@ -234,10 +231,10 @@ async fn claims<S: Store + ?Sized + 'static>(
     n: usize,
     workers: usize,
     batch: usize,
-    started: impl FnOnce(),
+    started: Started,
 ) -> f64 {
     prefill(&store, n).await;
-    started();
+    started().await;
     let start = Instant::now();
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
@@ -273,32 +270,32 @@ async fn completions<S: Store + ?Sized + 'static>(
     workers: usize,
     batch: usize,
     eager: bool,
-    started: impl FnOnce(),
+    started: Started,
 ) -> f64 {
     prefill(&store, n).await;
-    started();
+    started().await;
     let start = Instant::now();
+    // Completed steps of all workers: a worker stops when every step is done (an empty claim
+    // alone does not mean that: other workers' completions may be queueing follow-up steps).
+    let all_done = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
             let store = store.clone();
+            let all_done = all_done.clone();
             tokio::spawn(async move {
                 let mut done = 0_usize;
                 let mut now = T0.add_ms(1);
-                let mut idle = 0;
                 loop {
+                    if all_done.load(Ordering::Relaxed) >= n * STEPS.len() {
+                        return done;
+                    }
                     let mut req = request(&format!("w{w}"), batch);
                     req.now = now;
                     let claimed = store.claim(&req).await.expect("claim");
                     if claimed.is_empty() {
-                        // Other workers may still be queueing follow-up steps.
-                        idle += 1;
-                        if idle > 50 {
-                            return done;
-                        }
                         tokio::task::yield_now().await;
                         continue;
                     }
-                    idle = 0;
                     let owner: Arc<str> = format!("w{w}").into();
                     let results = futures::future::join_all(claimed.into_iter().map(|c| {
                         let store = store.clone();
@@ -335,7 +332,9 @@ async fn completions<S: Store + ?Sized + 'static>(
                         }
                     }))
                     .await;
-                    done += results.into_iter().sum::<usize>();
+                    let finished = results.into_iter().sum::<usize>();
+                    all_done.fetch_add(finished, Ordering::Relaxed);
+                    done += finished;
                     now = now.add_ms(1);
                 }
             })
@@ -350,16 +349,16 @@ async fn completions<S: Store + ?Sized + 'static>(
 }
 
 /// 3-step sagas/s through the engine.
-async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
-    // `FLOXY_BENCH_SAGA_WORKERS` / `FLOXY_BENCH_SAGA_BATCH` override the pool (1 024
-    // workers, claim batches of 256). Each saga waits for five commits in turn (start, claim,
-    // three completions), so sagas/s is in-flight sagas over that latency: with 512 workers
-    // and batches of 128 both stores ran 10-20 % fewer sagas/s in alternating runs.
+/// `poll`: how often the store's counters are read to see whether all sagas completed
+/// (PostgreSQL counts with a query that competes with the engine: poll it sparingly).
+async fn sagas(store: Arc<dyn Store>, n: usize, poll: Duration, started: Started) -> f64 {
+    // Each saga waits for five commits in turn (start, claim, three completions), so sagas/s
+    // is in-flight sagas over that latency: with 512 workers and batches of 128 the memory
+    // and redb stores ran 10-20 % fewer sagas/s in alternating runs. Eager claims are the
+    // engine default.
     let engine = Engine::builder(store)
-        .workers(env("FLOXY_BENCH_SAGA_WORKERS").unwrap_or(1024))
-        .batch_size(env("FLOXY_BENCH_SAGA_BATCH").unwrap_or(256))
-        // Eager claims are the engine default; `FLOXY_BENCH_EAGER=0` turns them off.
-        .eager_claims(std::env::var("FLOXY_BENCH_EAGER").map_or(true, |v| v != "0"))
+        .workers(SAGA_WORKERS)
+        .batch_size(SAGA_BATCH)
         .poll_interval_ms(50)
         .build();
     for s in STEPS {
@@ -373,6 +372,7 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
         .expect("definition");
     let wf = engine.register_workflow(def).await.expect("register");
     engine.start_workers().expect("workers");
+    started().await;
     let start = Instant::now();
     let mut started = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
@@ -384,8 +384,8 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
         .await;
         started.extend(ids.into_iter().map(|r| r.expect("start")));
     }
-    // The clock stops when the store counts every saga completed (its published counters:
-    // no read transaction), polled every 2 ms; each saga is then checked one by one, outside
+    // The clock stops when the store counts every saga completed (redb: its published
+    // counters, no read transaction), polled every `poll`; each saga is then checked one by one, outside
     // the measured time. Reading the 10 000 snapshots back inside it (one `wait_for` each, as
     // this bench did before) cost about a fifth of the run's CPU, taken from the engine.
     let completed = |stats: &floxy_core::store::StoreStats| {
@@ -395,16 +395,15 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
             .find(|(s, _)| s == InstanceStatus::Completed.as_str())
             .map_or(0, |(_, c)| *c)
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(5);
     while completed(&engine.stats().await.expect("stats")) < n as u64 {
-        assert!(Instant::now() < deadline, "sagas did not complete in 120 s");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(Instant::now() < deadline, "sagas did not complete in 300 s");
+        tokio::time::sleep(poll).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    stopped();
     for id in started {
         let r = engine
-            .wait_for(id, Duration::from_secs(120))
+            .wait_for(id, Duration::from_mins(2))
             .await
             .expect("wait");
         assert_eq!(r.status, InstanceStatus::Completed);
@@ -413,60 +412,22 @@ async fn sagas(store: Arc<dyn Store>, n: usize, stopped: impl FnOnce()) -> f64 {
     rate
 }
 
-/// Bursts of creates with pauses between them: each create's latency (from the call to its
-/// durable acknowledgement). 256 creates in flight at a time.
-async fn bursts(store: &RedbStore, bursts: usize, per_burst: usize, pause: Duration) -> Vec<f64> {
-    let mut latencies = Vec::with_capacity(bursts * per_burst);
-    let all = ids(bursts * per_burst);
-    for burst in all.chunks(per_burst) {
-        for chunk in burst.chunks(256) {
-            let done = futures::future::join_all(chunk.iter().map(|id| async move {
-                let t = Instant::now();
-                store.create_instance(start(*id, T0)).await.expect("create");
-                t.elapsed().as_secs_f64() * 1e3
-            }))
-            .await;
-            latencies.extend(done);
-        }
-        tokio::time::sleep(pause).await;
-    }
-    latencies
-}
-
-/// The `q` quantile of `sorted`.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted.get(i).copied().unwrap_or(0.0)
-}
-
-/// Environment variable `name` parsed, if set and valid.
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+/// The engine's pool in the sagas part.
+const SAGA_WORKERS: usize = 1024;
+/// The engine's claim batch in the sagas part.
+const SAGA_BATCH: usize = 256;
 
 struct Redb {
     _dir: tempfile::TempDir,
     store: Arc<RedbStore>,
 }
 
+/// A store on a fresh file: default options, durable commits.
 fn redb() -> Redb {
-    redb_with(|o| o)
-}
-
-/// A store on a fresh file with the bench's options, then `adjust`'s.
-fn redb_with(adjust: impl FnOnce(RedbOptions) -> RedbOptions) -> Redb {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = RedbStore::open(
         dir.path().join("bench.redb"),
-        adjust(
-            RedbOptions::default()
-                .durability(Durability::Immediate)
-                .cache_size_bytes(env::<usize>("BENCH_CACHE_MB").unwrap_or(64) << 20)
-                .snapshot_cache_instances(
-                    env("FLOXY_BENCH_SNAPSHOT_CACHE")
-                        .unwrap_or(floxy_store_redb::DEFAULT_SNAPSHOT_CACHE_INSTANCES),
-                ),
-        ),
+        RedbOptions::default().durability(Durability::Immediate),
     )
     .expect("open");
     Redb {
@@ -548,9 +509,11 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
     };
     let batches = s.batches - b.batches;
     let requests = s.requests - b.requests;
-    let preparing = (s.preparing - b.preparing).as_secs_f64();
-    let applying = ((s.busy - s.preparing) - (b.busy - b.preparing)).as_secs_f64();
-    let committing = (s.committing - b.committing).as_secs_f64();
+    let preparing = s.preparing.saturating_sub(b.preparing).as_secs_f64();
+    let applying = (s.busy.saturating_sub(s.preparing))
+        .saturating_sub(b.busy.saturating_sub(b.preparing))
+        .as_secs_f64();
+    let committing = s.committing.saturating_sub(b.committing).as_secs_f64();
     let wall = wall.as_secs_f64();
     let mut line = format!(
         "{what}: {batches} group commits, {:.1} requests each on average (largest {}); per request {:.1} µs preparing, {:.1} µs applying and committing ({committing:.2} s in redb's commits)",
@@ -560,10 +523,11 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
         1e6 * applying / requests.max(1) as f64,
     );
     if wall > 0.0 {
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             "; of {wall:.2} s the committing thread was busy {:.0} %",
             100.0 * applying / wall
-        ));
+        );
         let mut cpu: Vec<(String, f64)> = thread_cpu()
             .into_iter()
             .map(|(k, v)| {
@@ -571,18 +535,19 @@ fn note(notes: &mut Vec<String>, what: &str, store: &RedbStore, start: Option<Ma
                 (k, d.max(0.0))
             })
             .collect();
-        let live: f64 = cpu.iter().map(|(_, v)| v).sum();
+        let live_cpu: f64 = cpu.iter().map(|(_, v)| v).sum();
         // Threads that exited meanwhile count in the total.
-        let total = (process_cpu() - process_before).max(live);
-        cpu.push(("exited".to_owned(), total - live));
+        let total = (process_cpu() - process_before).max(live_cpu);
+        cpu.push(("exited".to_owned(), total - live_cpu));
         if total > 0.0 {
-            line.push_str(&format!(
+            let _ = write!(
+                line,
                 "; CPU {total:.2} s ({:.0} % of the cores, {:.1} µs per request):",
                 100.0 * total / (wall * cores() as f64),
                 1e6 * total / requests.max(1) as f64
-            ));
+            );
             for (k, v) in cpu {
-                line.push_str(&format!(" {k} {v:.2}"));
+                let _ = write!(line, " {k} {v:.2}");
             }
         }
     }
@@ -593,184 +558,258 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Runs one part on the memory store (unless `redb_only`) and on a fresh redb file; notes the
-/// redb writer's work from the moment the part calls `started` (after its prefill). Returns
-/// (memory, redb) rates.
-async fn compare<F, Fut>(
+/// Runs one part on a fresh store of `backend` (PostgreSQL: a fresh schema on `pg`); notes
+/// what the redb writer or the PostgreSQL group committer did from the moment the part
+/// calls `started` (after its prefill). Returns the part's rate.
+async fn measure<F, Fut>(
     notes: &mut Vec<String>,
     what: &str,
-    redb_only: bool,
+    backend: Backend,
+    pg: Option<&str>,
     part: F,
-) -> (f64, f64)
+) -> f64
 where
-    F: Fn(Arc<dyn Store>, Box<dyn FnOnce() + Send>) -> Fut,
-    Fut: std::future::Future<Output = f64>,
+    F: FnOnce(Arc<dyn Store>, Started) -> Fut,
+    Fut: Future<Output = f64>,
 {
-    let m = if redb_only {
-        0.0
-    } else {
-        part(Arc::new(MemoryStore::new()), Box::new(|| ())).await
-    };
-    let r = redb();
-    let start = Arc::new(parking_lot::Mutex::new(None));
-    let started = {
-        let (start, store) = (start.clone(), r.store.clone());
-        Box::new(move || *start.lock() = Some(Mark::now(&store)))
-    };
-    let d = part(r.store.clone(), started).await;
-    note(notes, what, &r.store, start.lock().take());
-    r.store.close().await.expect("close");
-    (m, d)
-}
-
-fn row(what: &str, workers: &str, memory: f64, redb: f64) {
-    println!("| {what:<34} | {workers:>7} | {memory:>12.0} | {redb:>12.0} |");
-}
-
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let only = |what: &str| {
-        let named: Vec<&String> = args
-            .iter()
-            .skip(1)
-            .filter(|a| {
-                [
-                    "claims",
-                    "completions",
-                    "chains",
-                    "bursts",
-                    "sagas",
-                    "redb-only",
-                ]
-                .contains(&a.as_str())
-            })
-            .filter(|a| *a != "redb-only")
-            .collect();
-        named.is_empty() || named.iter().any(|a| *a == what)
-    };
-    let redb_only = args.iter().any(|a| a == "redb-only");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (n_claims, n_steps, n_sagas) = if quick {
-        (10_000, 5_000, 2_000)
-    } else {
-        (50_000, 20_000, 10_000)
-    };
-    // `FLOXY_BENCH_STEP_INSTANCES=N` runs the completions part on N instances (3 N
-    // completions).
-    let n_steps = env("FLOXY_BENCH_STEP_INSTANCES").unwrap_or(n_steps);
-    let batch = 64;
-    // `FLOXY_BENCH_WORKERS=1,64` overrides the worker counts of claims and completions.
-    let workers: Vec<usize> = std::env::var("FLOXY_BENCH_WORKERS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![1, 4, 16]);
-    println!(
-        "floxy-store-redb throughput (durability immediate; batch {batch}; {} cores; {} allocator)",
-        cores(),
-        if cfg!(feature = "bench-mimalloc") {
-            "mimalloc"
-        } else {
-            "system"
-        }
-    );
-    println!();
-    println!(
-        "| {:<34} | {:>7} | {:>12} | {:>12} |",
-        "measure (per second)", "workers", "memory", "redb"
-    );
-    println!("|{:-<36}|{:-<9}:|{:-<13}:|{:-<13}:|", "", "", "", "");
-    let notes = rt.block_on(async {
-        let mut notes = Vec::new();
-        for &w in &workers {
-            if !only("claims") {
-                break;
-            }
-            let (m, d) = compare(
-                &mut notes,
-                &format!("claims, {w} workers"),
-                redb_only,
-                |st, started| claims(st, n_claims, w, batch, started),
+    match backend {
+        Backend::Memory => {
+            part(
+                Arc::new(MemoryStore::new()),
+                Box::new(|| Box::pin(async {})),
             )
-            .await;
-            row("claims", &w.to_string(), m, d);
+            .await
         }
-        // The plain part, then the eager chains (see the module docs).
-        for (part, eager, note, label) in [
+        Backend::Redb => {
+            let r = redb();
+            let start = Arc::new(parking_lot::Mutex::new(None));
+            let started = {
+                let (start, store) = (start.clone(), r.store.clone());
+                Box::new(move || {
+                    *start.lock() = Some(Mark::now(&store));
+                    Box::pin(async {}) as Pin<Box<dyn Future<Output = ()> + Send>>
+                })
+            };
+            let rate = part(r.store.clone(), started).await;
+            note(notes, what, &r.store, start.lock().take());
+            r.store.close().await.expect("close");
+            rate
+        }
+        Backend::Postgres => {
+            let url = pg.expect("a PostgreSQL server for the postgres backend");
+            let store: PostgresStore = postgres::fresh_store(url, 64).await;
+            let start = Arc::new(parking_lot::Mutex::new(None));
+            let started = {
+                let (start, store) = (start.clone(), store.clone());
+                // Statistics for the planner after the bulk prefill, as autovacuum would
+                // have them in a running system (a fresh table's plans are for an empty one).
+                Box::new(move || {
+                    Box::pin(async move {
+                        postgres::vacuum(&store).await;
+                        *start.lock() = Some(store.group_commit_stats());
+                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                })
+            };
+            let rate = part(Arc::new(store.clone()), started).await;
+            if let Some(b) = start.lock().take()
+                && store.group_commit_stats().batches > b.batches
+            {
+                let a = store.group_commit_stats();
+                notes.push(format!(
+                    "{what}: {} commit transactions, {:.1} calls each on average",
+                    a.batches - b.batches,
+                    (a.calls - b.calls) as f64 / (a.batches - b.batches).max(1) as f64
+                ));
+            }
+            postgres::drop_store(&store).await;
+            rate
+        }
+    }
+}
+
+/// A part run on one store: the store, the callback that marks the end of its prefill; its
+/// rate.
+type PartFn = dyn Fn(Arc<dyn Store>, Started) -> Pin<Box<dyn Future<Output = f64> + Send>>;
+
+/// Called by a part when its prefill is done and the measured part begins.
+type Started = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// One measure on every backend of the run: `(backend, rate)`.
+type Row = Vec<(Backend, f64)>;
+
+/// The `claims`, `completions` and `sagas` parts on every backend of `opts`, side by side,
+/// with the ratios of the backends to each other. Returns the figures by measure and
+/// worker count, for the ceilings.
+#[allow(clippy::too_many_lines)] // one table, built in the order it is measured
+pub(crate) async fn run(opts: &Opts, pg: Option<&str>, report: &mut Report) -> Figures {
+    let backends: Vec<Backend> = opts
+        .backends
+        .iter()
+        .copied()
+        .filter(|b| *b != Backend::Postgres || pg.is_some())
+        .collect();
+    let mut figures = Figures::default();
+    if backends.is_empty() {
+        return figures;
+    }
+    let batch = 64;
+    let mut notes: Vec<(Backend, String)> = Vec::new();
+    let mut rows: Vec<(String, String, Row)> = Vec::new();
+    let mut each = async |what: &str, label: &str, workers: String, run: &PartFn| {
+        let mut row = Row::new();
+        for &b in &backends {
+            let mut n = Vec::new();
+            let rate = measure(&mut n, &format!("{what}, {workers} workers"), b, pg, run).await;
+            eprintln!("  {label}, {workers} workers, {}: {rate:.0}/s", b.name());
+            notes.extend(n.into_iter().map(|n| (b, n)));
+            row.push((b, rate));
+        }
+        rows.push((label.to_owned(), workers, row.clone()));
+        row
+    };
+    if opts.part("claims") {
+        for &w in &opts.workers {
+            let n = opts.claims;
+            let row = each("claims", "claims", w.to_string(), &move |s, st| {
+                Box::pin(claims(s, n, w, batch, st))
+            })
+            .await;
+            figures.claims.push((w, row));
+        }
+    }
+    if opts.part("completions") {
+        for (eager, note, label) in [
+            (false, "completions", "durable step completions"),
             (
-                "completions",
-                false,
-                "completions",
-                "durable step completions",
-            ),
-            (
-                "chains",
                 true,
                 "chained completions",
                 "durable completions, eager chains",
             ),
         ] {
-            for &w in &workers {
-                if !only(part) {
-                    break;
-                }
-                let (m, d) = compare(
-                    &mut notes,
-                    &format!("{note}, {w} workers"),
-                    redb_only,
-                    |st, started| completions(st, n_steps, w, batch, eager, started),
-                )
+            for &w in &opts.workers {
+                let n = opts.steps;
+                let row = each(note, label, w.to_string(), &move |s, st| {
+                    Box::pin(completions(s, n, w, batch, eager, st))
+                })
                 .await;
-                row(label, &w.to_string(), m, d);
+                if eager {
+                    figures.chains.push((w, row));
+                } else {
+                    figures.completions.push((w, row));
+                }
             }
         }
-        if only("sagas") {
-            let m = if redb_only {
-                0.0
-            } else {
-                sagas(Arc::new(MemoryStore::new()), n_sagas, || ()).await
-            };
-            let r = redb();
-            let start = Mark::now(&r.store);
-            let d = sagas(r.store.clone(), n_sagas, || {
-                note(&mut notes, "sagas", &r.store, Some(start));
-            })
-            .await;
-            r.store.close().await.expect("close");
-            row(
-                "3-step sagas (engine, end to end)",
-                &std::env::var("FLOXY_BENCH_SAGA_WORKERS").unwrap_or_else(|_| "1024".to_owned()),
-                m,
-                d,
-            );
-        }
-        // Last: the kernel is still writing back its files for a while, and the sagas part
-        // right after it once ran at a third of its usual rate.
-        if only("bursts") {
-            // 12 bursts of 8 000 creates with 400 ms pauses.
-            {
-                let r = redb();
-                let mut l = bursts(&r.store, 12, 8_000, Duration::from_millis(400)).await;
-                l.sort_by(f64::total_cmp);
-                notes.push(format!(
-                    "bursts: create latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
-                    quantile(&l, 0.5),
-                    quantile(&l, 0.99),
-                    quantile(&l, 0.999),
-                    quantile(&l, 1.0),
-                ));
-                r.store.close().await.expect("close");
-            }
-        }
-        notes
-    });
-    println!();
-    for n in notes {
-        println!("* redb {n}");
     }
+    if opts.part("sagas") {
+        let n = opts.sagas;
+        let mut row = Row::new();
+        for &b in &backends {
+            let poll = if b == Backend::Postgres {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_millis(2)
+            };
+            let mut n_ = Vec::new();
+            let rate = measure(&mut n_, "sagas", b, pg, |s, st| sagas(s, n, poll, st)).await;
+            eprintln!("  3-step sagas, {}: {rate:.0}/s", b.name());
+            notes.extend(n_.into_iter().map(|x| (b, x)));
+            row.push((b, rate));
+        }
+        rows.push((
+            "3-step sagas (engine, end to end)".to_owned(),
+            SAGA_WORKERS.to_string(),
+            row.clone(),
+        ));
+        figures.sagas = row;
+    }
+    if rows.is_empty() {
+        return figures;
+    }
+    report.section(&format!(
+        "Stores side by side (per second; claim batches of {batch}; durable commits)"
+    ));
+    let mut head = String::from("| measure | workers |");
+    let mut rule = String::from("|---|---:|");
+    for b in &backends {
+        let _ = write!(head, " {} |", b.name());
+        rule.push_str("---:|");
+    }
+    let pairs: Vec<(Backend, Backend)> = [
+        (Backend::Redb, Backend::Memory),
+        (Backend::Postgres, Backend::Memory),
+        (Backend::Postgres, Backend::Redb),
+    ]
+    .into_iter()
+    .filter(|(a, b)| backends.contains(a) && backends.contains(b))
+    .collect();
+    for (a, b) in &pairs {
+        let _ = write!(head, " {} / {} |", a.name(), b.name());
+        rule.push_str("---:|");
+    }
+    report.line(&head);
+    report.line(&rule);
+    for (label, workers, row) in &rows {
+        let mut line = format!("| {label} | {workers} |");
+        for (_, rate) in row {
+            let _ = write!(line, " {rate:.0} |");
+        }
+        for (a, b) in &pairs {
+            let _ = write!(line, " {} |", ratio(rate_of(row, *a), rate_of(row, *b)));
+        }
+        report.line(&line);
+    }
+    report.line("");
+    let mut sizes = Vec::new();
+    if opts.part("claims") {
+        sizes.push(format!(
+            "claims {} prefilled instances per run",
+            opts.claims
+        ));
+    }
+    if opts.part("completions") {
+        sizes.push(format!(
+            "completions {} instances (3 steps each) per run",
+            opts.steps
+        ));
+    }
+    if opts.part("sagas") {
+        sizes.push(format!(
+            "sagas {} instances, the engine with {SAGA_WORKERS} workers, claim batches of \
+             {SAGA_BATCH} and eager claims (the default)",
+            opts.sagas
+        ));
+    }
+    report.line(&format!("Sizes: {}.", sizes.join("; ")));
+    report.line("");
+    for (b, n) in notes {
+        report.line(&format!("* {} {n}", b.name()));
+    }
+    figures
+}
+
+/// `a / b` as a percentage, or `-` when `b` is not a measure.
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.0} %", 100.0 * a / b)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// The rate of `backend` in `row` (0 when it did not run).
+pub(crate) fn rate_of(row: &[(Backend, f64)], backend: Backend) -> f64 {
+    row.iter().find(|(b, _)| *b == backend).map_or(0.0, |x| x.1)
+}
+
+/// The figures of [`run`] by worker count, for the ceilings section.
+#[derive(Default)]
+pub(crate) struct Figures {
+    /// Claims/s by worker count.
+    pub(crate) claims: Vec<(usize, Row)>,
+    /// Plain durable completions/s by worker count.
+    pub(crate) completions: Vec<(usize, Row)>,
+    /// Completions/s in eager chains by worker count.
+    pub(crate) chains: Vec<(usize, Row)>,
+    /// Sagas/s.
+    pub(crate) sagas: Row,
 }

@@ -12,11 +12,9 @@
 //! time elsewhere), so that other load on a shared machine does not count: the benchmark is
 //! single-threaded and never waits.
 //!
-//! ```text
-//! cargo bench -p floxy-store-memory --bench claims -- --warm-up-time 1 --measurement-time 3
-//! ```
+//! Part `claims`, backend `memory` (moved from `floxy-store-memory/benches/claims.rs`, where
+//! criterion ran it).
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use floxy_core::model::{
     EventKind, InstanceId, InstanceRecord, InstanceStatus, NewEvent, Payload, QueueItem, QueueKey,
     QueueOp, StepRun, StepStatus, StepWrite, Timestamp, Transition, WorkKind, WorkflowId,
@@ -140,54 +138,41 @@ fn claim(store: &MemoryStore, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, St
     now_or_never(store.claim(req))
 }
 
-fn bench_claims(c: &mut Criterion) {
+/// Claimed items per second (thread CPU time) of each case: `(case, batch, items/s)`. Each
+/// case claims for about `secs` seconds of CPU time (whole drained stores, at least one).
+pub(crate) fn run(secs: f64) -> Vec<(&'static str, usize, f64)> {
     let clock = Clock::new();
-    let mut group = c.benchmark_group("memory_claims");
-    group.sample_size(20);
     let cases: [(&str, &[&str], usize); 3] = [
-        ("1_handler", &["h"], 1),
-        ("1_handler", &["h"], 64),
-        ("4_handlers", &["h0", "h1", "h2", "h3"], 64),
+        ("1 handler", &["h"], 1),
+        ("1 handler", &["h"], 64),
+        ("4 handlers", &["h0", "h1", "h2", "h3"], 64),
     ];
+    let mut out = Vec::new();
     for (label, handlers, batch) in cases {
-        group.throughput(Throughput::Elements(batch as u64));
         let req = ClaimRequest {
             owner: Arc::from("bench-worker"),
             handlers: handlers.iter().map(|h| Arc::from(*h)).collect(),
             limit: batch,
             now: T0.add_ms(1_000),
         };
-        group.bench_function(BenchmarkId::new(label, format!("batch_{batch}")), |b| {
-            // One store drained across samples, so the promotion of newly due items (paid
-            // by the first claim after they became due) is spread over all their claims.
-            let mut store = prefilled(handlers);
-            let mut left = ITEMS / batch;
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    if left == 0 {
-                        store = prefilled(handlers);
-                        left = ITEMS / batch;
-                    }
-                    let n = left.min(usize::try_from(iters - done).unwrap_or(usize::MAX));
-                    let start = clock.now();
-                    for _ in 0..n {
-                        match claim(&store, &req) {
-                            Ok(items) => assert_eq!(black_box(items).len(), batch),
-                            Err(e) => panic!("claim failed: {e}"),
-                        }
-                    }
-                    total += clock.now().saturating_sub(start);
-                    left -= n;
-                    done += n as u64;
+        // Whole stores are drained, so the promotion of newly due items (paid by the first
+        // claim after they became due) is spread over all their claims; a fresh prefilled
+        // store replaces a drained one outside the timed section.
+        let mut total = Duration::ZERO;
+        let mut claimed = 0_usize;
+        while total.as_secs_f64() < secs || claimed == 0 {
+            let store = prefilled(handlers);
+            let start = clock.now();
+            for _ in 0..ITEMS / batch {
+                match claim(&store, &req) {
+                    Ok(items) => assert_eq!(black_box(items).len(), batch),
+                    Err(e) => panic!("claim failed: {e}"),
                 }
-                total
-            });
-        });
+            }
+            total += clock.now().saturating_sub(start);
+            claimed += ITEMS / batch * batch;
+        }
+        out.push((label, batch, claimed as f64 / total.as_secs_f64().max(1e-9)));
     }
-    group.finish();
+    out
 }
-
-criterion_group!(benches, bench_claims);
-criterion_main!(benches);

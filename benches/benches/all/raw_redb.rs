@@ -2,16 +2,11 @@
 //! commits batches of `R` rows (`Durability::Immediate`), each row a ~100-byte value under a
 //! `(u128, u64)` key spread over a few tables the way the store's rows are (UUIDv7-ordered
 //! instance ids, so recent keys cluster), and reports durable commits/s and rows/s.
-//!
-//! ```text
-//! cargo bench -p floxy-store-redb --bench raw_redb
-//! ```
+//! Part `ceilings`, backend `redb` (moved from `floxy-store-redb/benches/raw_redb.rs`).
 //!
 //! The store writes about 8 rows per durable step completion (claim: step row and event;
 //! completion: instance row, one or two step rows, event; plus `floxy_live` / `floxy_terminal`
 //! at the ends of an instance), so rows/s here divided by 8 bounds completions/s there.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
 use redb::{Database, Durability, TableDefinition};
 use std::time::{Duration, Instant};
 
@@ -58,22 +53,23 @@ fn run(rows_per_commit: usize, total_rows: usize) -> (f64, f64) {
     )
 }
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let budget = if quick { 20_000 } else { 200_000 };
-    println!("raw redb, durability immediate, ~100-byte rows, one writer thread");
-    println!();
-    println!("| rows per commit | commits/s | rows/s |");
-    println!("|---:|---:|---:|");
+/// Rows per commit, durable commits/s and rows/s of each batch size, the total per batch
+/// size about `budget` rows (small commits are slow: a fortieth of it below 100 rows).
+pub(crate) fn run_all(budget: usize) -> Vec<(usize, f64, f64)> {
+    let mut out = Vec::new();
     for rows in [1_usize, 10, 100, 1_000, 2_500] {
         // Small commits are slow: cap their run at about the same wall time.
         let total = if rows < 100 {
             (budget / 40).max(rows)
         } else {
-            budget
+            budget.max(rows)
         };
         let (c, r) = run(rows, total - total % rows);
-        println!("| {rows} | {c:.0} | {r:.0} |");
+        out.push((rows, c, r));
         std::thread::sleep(Duration::from_millis(200));
     }
+    out
 }
+
+/// Rows the store writes per durable step completion, about (see the module docs).
+pub(crate) const ROWS_PER_COMPLETION: f64 = 8.0;

@@ -1,37 +1,23 @@
-//! Throughput and latency of the PostgreSQL store, next to raw PostgreSQL limits measured by
-//! `scripts/pgbench-raw.sh` on the same server in the same run.
+//! The PostgreSQL store next to raw PostgreSQL limits measured by `scripts/pgbench-raw.sh`
+//! on the same server in the same run (moved from
+//! `floxy-store-postgres/benches/pg_throughput.rs`):
 //!
-//! ```text
-//! cargo bench -p floxy-store-postgres --bench pg_throughput
-//! FLOXY_BENCH_SECS=10 FLOXY_BENCH_SAGAS=30000 cargo bench -p floxy-store-postgres --bench pg_throughput
-//! ```
+//! 1. **claim + complete** of no-op steps (part `ceilings`): a queue pre-filled with at
+//!    least 20 k ready one-step instances (more for longer runs); each worker claims `batch` items and commits,
+//!    for each, the full transition the state machine computes for a successful result
+//!    (step completed, queue row deleted, instance completed, `step_completed` +
+//!    `workflow_completed` events); batch 1 and 100, each worker count of the run, for
+//!    `--secs` seconds each; next to
+//! 2. **raw pgbench** (part `ceilings`): `scripts/pgbench-raw.sh` against the same server,
+//!    the same claim sizes and client counts;
+//! 3. **claim latency** (part `latency`): p50 / p99 of single claims, p50 of 100-item claims,
+//!    with 1 k, 10 k, ... up to `--max-queue` queued items.
 //!
-//! It starts a throwaway cluster (`fsync=on`, see `floxy_store_postgres::testing`) unless
-//! `FLOXY_TEST_DATABASE_URL` is set, then measures:
-//!
-//! 1. **claim + complete** of no-op steps: a queue pre-filled with at least 100 k ready
-//!    one-step instances; each worker claims `batch` items and commits, for each, the full
-//!    transition the state machine computes for a successful result (step completed, queue
-//!    row deleted, instance completed, `step_completed` + `workflow_completed` events);
-//!    batch 1 and 100, 1 / 4 / 16 concurrent workers;
-//! 2. **end-to-end** three-step sagas per second through the `floxy` engine (start, three
-//!    claims, three handler calls, three commits each);
-//! 3. **claim latency** (p50 / p99 of single claims, p50 of 100-item claims) with 1 k, 10 k,
-//!    100 k and 1 M queued items;
-//! 4. **raw pgbench**: `scripts/pgbench-raw.sh` against the same server.
-//!
-//! Knobs: `FLOXY_BENCH_SECS` (per throughput run, default 5), `FLOXY_BENCH_SAGAS` (default
-//! 20 000), `FLOXY_BENCH_MAX_QUEUE` (largest queue of the latency table, default 1 000 000),
-//! `FLOXY_BENCH_TRACE=1` (print the time of every claim and of its commits),
-//! `FLOXY_BENCH_COMMITTERS` (group-commit tasks, default 4), `FLOXY_BENCH_E2E_WORKERS` /
-//! `FLOXY_BENCH_E2E_BATCH` (engine of the end-to-end run, default 1024 / 256),
-//! `FLOXY_BENCH_EAGER` (`0`: the engine's eager claims off; default 1, the engine default),
-//! `FLOXY_BENCH_PARTS` (comma-separated subset of `claims,e2e,latency,raw`; default all),
-//! `FLOXY_BENCH_BATCHES` / `FLOXY_BENCH_WORKERS` (comma-separated lists for the claim +
-//! complete runs, default `1,100` / `1,4,16`).
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! The server is a throwaway cluster (`fsync=on`, see `floxy_store_postgres::testing`)
+//! unless `FLOXY_TEST_DATABASE_URL` is set. The end-to-end sagas of the old bench are the
+//! `sagas` part of `stores.rs` now, run on every backend.
 
-use floxy::{Builder, Engine, Payload};
+use floxy::{Builder, Payload};
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{self, Input, WorkOutcome};
 use floxy_core::model::{InstanceId, Timestamp};
@@ -42,23 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
-    std::env::var(name)
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
-}
-
-fn part(name: &str) -> bool {
-    std::env::var("FLOXY_BENCH_PARTS").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
-}
+use crate::Opts;
+use crate::report::Report;
 
 fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()
@@ -68,12 +39,37 @@ fn now() -> Timestamp {
     Timestamp(i64::try_from(ms).unwrap())
 }
 
+/// A server for the PostgreSQL parts: `FLOXY_TEST_DATABASE_URL`, or a throwaway cluster
+/// (kept alive by the returned value). `Err`: why there is none.
+pub(crate) fn server() -> Result<(Option<TestCluster>, String), String> {
+    if let Ok(u) = std::env::var(TEST_DATABASE_URL_ENV) {
+        return Ok((None, u));
+    }
+    let cluster = TestCluster::start().map_err(|e| e.to_string())?;
+    let url = cluster.url("postgres");
+    Ok((Some(cluster), url))
+}
+
+/// A migrated store (plain layout, the default 4 committers) in a fresh schema.
+pub(crate) async fn fresh_store(url: &str, pool_size: u32) -> PostgresStore {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let schema = format!("bench_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    store_on(url, &schema, pool_size).await
+}
+
+/// Drops the store's schema and closes its pool.
+pub(crate) async fn drop_store(store: &PostgresStore) {
+    sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", store.schema()))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.pool().close().await;
+}
+
 async fn store_on(url: &str, schema: &str, pool_size: u32) -> PostgresStore {
     let store = PostgresStore::with_config(
         pool(url, pool_size).await.unwrap(),
-        PostgresConfig::default()
-            .schema(schema)
-            .committers(env_u64("FLOXY_BENCH_COMMITTERS", 4) as usize),
+        PostgresConfig::default().schema(schema),
     )
     .unwrap();
     store.migrate(Layout::Plain).await.unwrap();
@@ -109,7 +105,8 @@ async fn prefill(store: &PostgresStore, wf: &Arc<CompiledWorkflow>, n: u64) {
     }
 }
 
-async fn vacuum(store: &PostgresStore) {
+/// `VACUUM ANALYZE` of the store's hot tables.
+pub(crate) async fn vacuum(store: &PostgresStore) {
     for t in ["workflow_queue", "workflow_instances", "workflow_steps"] {
         sqlx::query(&format!("VACUUM ANALYZE \"{}\".{t}", store.schema()))
             .execute(store.pool())
@@ -135,9 +132,7 @@ async fn worker(
             limit: batch,
             now: now(),
         };
-        let t_claim = Instant::now();
         let claimed = store.claim(&req).await.unwrap();
-        let claim_us = t_claim.elapsed().as_micros() as u64;
         if claimed.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
@@ -156,18 +151,11 @@ async fn worker(
                 Box::new(move |snap| machine::apply(&wf, snap, &input, t)),
             )
         });
-        let t_commit = Instant::now();
         let ok = futures::future::join_all(commits)
             .await
             .into_iter()
-            .filter(Result::is_ok)
+            .flatten()
             .count();
-        if std::env::var_os("FLOXY_BENCH_TRACE").is_some() {
-            eprintln!(
-                "claim {claim_us} us, commit {} us",
-                t_commit.elapsed().as_micros()
-            );
-        }
         done.fetch_add(ok as u64, Ordering::Relaxed);
     }
 }
@@ -208,73 +196,9 @@ async fn claim_complete(
     n as f64 / el
 }
 
-/// End-to-end three-step sagas per second through the engine.
-async fn sagas(url: &str, n: u64) -> f64 {
-    let store = store_on(url, "bench_e2e", 64).await;
-    let engine = Engine::builder(Arc::new(store.clone()))
-        .workers(env_u64("FLOXY_BENCH_E2E_WORKERS", 1024) as usize)
-        .batch_size(env_u64("FLOXY_BENCH_E2E_BATCH", 256) as usize)
-        .poll_interval_ms(20)
-        .eager_claims(env_u64("FLOXY_BENCH_EAGER", 1) == 1)
-        .worker_id("bench-e2e")
-        .build();
-    engine.register_fn("noop", |_ctx, input: Payload| async move { Ok(input) });
-    let wf = engine
-        .register_workflow(
-            Builder::new("saga", 1)
-                .step("one", "noop")
-                .then("two", "noop")
-                .then("three", "noop")
-                .build()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    engine.start_workers().unwrap();
-    let t0 = Instant::now();
-    let starters = 64;
-    let per = n / starters;
-    let mut tasks = Vec::new();
-    for _ in 0..starters {
-        let engine = engine.clone();
-        let wf = wf.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per {
-                engine.start(&wf, serde_json::json!({})).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let total = per * starters;
-    let q = format!(
-        "SELECT count(*) FROM \"{}\".workflow_instances WHERE status = 'completed'",
-        store.schema()
-    );
-    loop {
-        let c: i64 = sqlx::query_scalar(&q)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        if u64::try_from(c).unwrap() >= total {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "sagas did not finish"
-        );
-        // The count is a full scan competing with the engine for the server's CPU: poll
-        // sparingly (±0.1 s on a run of many seconds).
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let el = t0.elapsed().as_secs_f64();
-    engine.shutdown(Duration::from_secs(10)).await;
-    total as f64 / el
-}
-
 /// Adds `n` ready one-step items (instances, step runs, queue rows) with SQL.
 async fn add_items(store: &PostgresStore, n: u64, t: Timestamp) {
+    const CHUNK: u64 = 200_000;
     let s = store.schema();
     let sql = format!(
         "WITH ids AS (SELECT gen_random_uuid() AS id, g FROM generate_series(1, $1::int8) g),
@@ -289,7 +213,6 @@ async fn add_items(store: &PostgresStore, n: u64, t: Timestamp) {
          SELECT id, 'only', 'execute', 'lat-v1', 'noop', $2 - g, 50, $2 - g - 100000, 0, 600000,
                 false FROM ids"
     );
-    const CHUNK: u64 = 200_000;
     let mut left = n;
     while left > 0 {
         let k = left.min(CHUNK);
@@ -354,6 +277,7 @@ async fn latency(url: &str, max_queue: u64) -> Vec<(u64, f64, f64, f64)> {
 
 fn pgbench(url: &str, secs: u64, clients: &[u64]) -> Vec<(String, u64, f64)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pgbench-raw.sh");
+    eprintln!("  raw pgbench: {script}, {secs} s per run, clients {clients:?}");
     let out = std::process::Command::new("bash")
         .arg(script)
         .arg(url)
@@ -386,30 +310,14 @@ fn pgbench(url: &str, secs: u64, clients: &[u64]) -> Vec<(String, u64, f64)> {
         .collect()
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need.
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let secs = env_u64("FLOXY_BENCH_SECS", 5);
-    let n_sagas = env_u64("FLOXY_BENCH_SAGAS", 20_000);
-    let max_queue = env_u64("FLOXY_BENCH_MAX_QUEUE", 1_000_000);
-    let cluster;
-    let url = match std::env::var(TEST_DATABASE_URL_ENV) {
-        Ok(u) => u,
-        Err(_) => {
-            cluster = TestCluster::start().unwrap_or_else(|e| panic!("{e}"));
-            cluster.url("postgres")
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        println!("floxy-store-postgres benchmark (fsync=on, {secs} s per throughput run)");
+/// Floxy's claim + complete next to raw pgbench (part `ceilings`) and the claim latency
+/// (part `latency`) on the server at `url`.
+pub(crate) async fn run(opts: &Opts, url: &str, report: &mut Report) {
+    let secs = opts.secs;
+    let worker_counts: Vec<u64> = opts.workers.iter().map(|w| *w as u64).collect();
+    if opts.part("ceilings") {
         // 1. claim + complete.
-        let store = store_on(&url, "bench_claims", 64).await;
+        let store = store_on(url, "bench_claims", 64).await;
         let def = Builder::new("noop", 1)
             .step("only", "noop")
             .build()
@@ -417,17 +325,10 @@ fn main() {
         store.put_definition(&def).await.unwrap();
         let wf = Arc::new(CompiledWorkflow::compile(def).unwrap());
         let mut ours = Vec::new();
-        let batches = if part("claims") {
-            env_list("FLOXY_BENCH_BATCHES", &[1, 100])
-        } else {
-            vec![]
-        };
-        let worker_counts = env_list("FLOXY_BENCH_WORKERS", &[1, 4, 16]);
-        for &batch in &batches {
-            let batch = batch as usize;
+        for batch in [1_usize, 100] {
             for &workers in &worker_counts {
                 let workers = workers as usize;
-                let want = 100_000 + if batch == 1 { 5_000 } else { 50_000 } * secs;
+                let want = 20_000 + if batch == 1 { 3_000 } else { 15_000 } * secs;
                 let have = ready(&store).await;
                 if have < want {
                     let t0 = Instant::now();
@@ -443,62 +344,55 @@ fn main() {
                 let before = store.group_commit_stats();
                 let rate = claim_complete(&store, &wf, batch, workers, secs).await;
                 let after = store.group_commit_stats();
+                if ready(&store).await == 0 {
+                    eprintln!("  WARNING: the queue ran dry: the rate below is a lower bound");
+                }
                 let per_batch = (after.calls - before.calls) as f64
                     / (after.batches - before.batches).max(1) as f64;
                 eprintln!(
                     "  batch {batch:>3}, {workers:>2} workers, {queued} queued: {rate:.0} steps/s \
                      ({per_batch:.1} commits per transaction)"
                 );
-                ours.push((batch, workers, queued, rate));
+                ours.push((batch, workers, queued, rate, per_batch));
             }
         }
-        drop(store);
-        // 2. end-to-end sagas.
-        let saga_rate = if part("e2e") {
-            sagas(&url, n_sagas).await
-        } else {
-            0.0
-        };
-        eprintln!("  e2e: {saga_rate:.0} sagas/s");
-        // 3. claim latency.
-        let lat = if part("latency") {
-            latency(&url, max_queue).await
-        } else {
-            vec![]
-        };
-        // 4. raw pgbench on the same server.
-        let raw = if part("raw") {
-            pgbench(&url, secs, &worker_counts)
-        } else {
-            vec![]
-        };
+        drop_store(&store).await;
+        // 2. raw pgbench on the same server.
+        let raw = pgbench(url, secs, &worker_counts);
 
-        println!();
-        println!("## claim + complete, no-op steps (steps/s; raw = pgbench jobs/s, same server)");
-        println!("| batch | workers | queued at start | floxy | raw pgbench | floxy / raw |");
-        println!("|---:|---:|---:|---:|---:|---:|");
-        for (batch, workers, queued, rate) in &ours {
+        report.section(&format!(
+            "PostgreSQL: claim + complete of no-op steps next to raw pgbench (steps/s, {secs} s per run, same server)"
+        ));
+        report.line(
+            "| claim batch | workers | queued at start | floxy | commits per transaction | raw pgbench | floxy / raw |",
+        );
+        report.line("|---:|---:|---:|---:|---:|---:|---:|");
+        for (batch, workers, queued, rate, per_batch) in &ours {
             let name = if *batch == 1 { "single" } else { "batch100" };
             let r = raw
                 .iter()
                 .find(|(n, c, _)| n == name && *c == *workers as u64)
                 .map_or(0.0, |x| x.2);
-            println!(
-                "| {batch} | {workers} | {queued} | {rate:.0} | {r:.0} | {:.0}% |",
-                if r > 0.0 { rate / r * 100.0 } else { 0.0 }
-            );
+            report.line(&format!(
+                "| {batch} | {workers} | {queued} | {rate:.0} | {per_batch:.1} | {r:.0} | {} |",
+                crate::stores::ratio(*rate, r)
+            ));
         }
-        println!();
-        println!("## end to end");
-        println!("| three-step sagas | sagas/s |");
-        println!("|---:|---:|");
-        println!("| {n_sagas} | {saga_rate:.0} |");
-        println!();
-        println!("## claim latency vs queue size (ms)");
-        println!("| queued | claim 1 p50 | claim 1 p99 | claim 100 p50 |");
-        println!("|---:|---:|---:|---:|");
+        report.line("");
+        report.line(
+            "raw pgbench (`scripts/pgbench-raw.sh`): `single` claims one job per transaction \
+             and completes it in another; `batch100` claims 100 jobs per transaction and \
+             completes them with one `UPDATE ... WHERE id = ANY(...)`. Floxy writes, per step, \
+             the step row, the queue row, the instance row and two events.",
+        );
+    }
+    if opts.part("latency") {
+        let lat = latency(url, opts.max_queue).await;
+        report.section("PostgreSQL: claim latency vs queue size (ms)");
+        report.line("| queued | claim 1 p50 | claim 1 p99 | claim 100 p50 |");
+        report.line("|---:|---:|---:|---:|");
         for (size, p50, p99, h50) in &lat {
-            println!("| {size} | {p50:.2} | {p99:.2} | {h50:.2} |");
+            report.line(&format!("| {size} | {p50:.2} | {p99:.2} | {h50:.2} |"));
         }
-    });
+    }
 }

@@ -1,0 +1,635 @@
+//! The web console in a real headless Chromium, driven over WebDriver (chromedriver +
+//! fantoccini), against the router served on a TCP port with a memory store, workers and
+//! seeded instances: completed, failed with compensations, waiting for a decision, in the
+//! DLQ, running. Checks the overview's counts, an instance's graph and timeline, that
+//! cancelling, approving and requeueing (with an edited input) through the page change the
+//! store, live updates from the event stream, and that a viewer sees no action buttons.
+//! Screenshots go to `target/screenshots/`.
+//!
+//! Needs the Debian packages `chromium` and `chromium-driver` (the test command installs
+//! them); without them this test fails, naming them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use floxy::{
+    Builder, Engine, HandlerError, InstanceId, InstanceStatus, MemoryStore, Payload, StepStatus,
+};
+use floxy_http::{Role, RouterConfig, TokenEntry, Tokens, hash_token};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const OPS: &str = "ops-secret-token";
+const VIEWER: &str = "viewer-secret-token";
+const WAIT: Duration = Duration::from_secs(30);
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "chromedriver";
+
+/// chromedriver, killed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_driver() -> Driver {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install the Debian packages `chromium` and `chromium-driver` \
+         (apt-get install -y chromium chromium-driver) to run the browser tests"
+    );
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {CHROMEDRIVER} ({e}): install the Debian packages `chromium` and \
+                 `chromium-driver` (apt-get install -y chromium chromium-driver)"
+            )
+        });
+    let driver = Driver {
+        child,
+        port,
+        _profile: tempfile::tempdir().unwrap(),
+    };
+    // Ready once it accepts connections.
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    driver
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ],
+        }),
+    );
+    ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .unwrap()
+}
+
+fn tokens() -> Tokens {
+    Tokens::from_entries([
+        TokenEntry::new("ops", Role::Operator, hash_token(OPS)).unwrap(),
+        TokenEntry::new("watcher", Role::Viewer, hash_token(VIEWER)).unwrap(),
+    ])
+    .unwrap()
+}
+
+async fn engine() -> Engine {
+    let engine = Engine::builder(Arc::new(MemoryStore::new()))
+        .workers(4)
+        .poll_interval_ms(50)
+        .worker_id("browser-test")
+        .build();
+    engine.register_fn("ok", |_ctx, input: Payload| async move { Ok(input) });
+    engine.register_fn("boom", |_ctx, _input: Payload| async move {
+        Err::<Payload, _>(HandlerError::fatal("card declined by the bank"))
+    });
+    engine.register_fn("picky", |_ctx, input: Payload| async move {
+        if input.value()["fixed"] == json!(true) {
+            Ok(input)
+        } else {
+            Err(HandlerError::retryable("address incomplete"))
+        }
+    });
+    // Runs until cancelled.
+    engine.register_fn("slow", |ctx, input: Payload| async move {
+        ctx.cancelled().await;
+        Ok(input)
+    });
+    for def in [
+        Builder::new("order", 1)
+            .step("reserve", "ok")
+            .on_failure("release", "ok")
+            .then("charge", "ok")
+            .then("ship", "ok")
+            .build(),
+        Builder::new("payment", 1)
+            .step("reserve", "ok")
+            .on_failure("release", "ok")
+            .then("debit", "ok")
+            .on_failure("refund", "ok")
+            .then("notify", "boom")
+            .max_retries(0)
+            .build(),
+        Builder::new("approval", 1)
+            .step("prep", "ok")
+            .wait_human("approve")
+            .then("ship", "ok")
+            .build(),
+        Builder::new("shipping", 1)
+            .dlq(true)
+            .step("label", "ok")
+            .then("address", "picky")
+            .max_retries(0)
+            .then("dispatch", "ok")
+            .build(),
+        Builder::new("import", 1)
+            .step("fetch", "ok")
+            .then("transform", "slow")
+            .then("store", "ok")
+            .build(),
+    ] {
+        engine.register_workflow(def.unwrap()).await.unwrap();
+    }
+    engine.start_workers().unwrap();
+    engine
+}
+
+struct Seeded {
+    completed: Vec<InstanceId>,
+    failed: InstanceId,
+    waiting: [InstanceId; 2],
+    dlq: [InstanceId; 2],
+    running: [InstanceId; 2],
+}
+
+async fn seed(engine: &Engine) -> Seeded {
+    let start = |wf: &'static str, input: Value| async move {
+        engine
+            .start(&format!("{wf}-v1").as_str().into(), input)
+            .await
+            .unwrap()
+    };
+    let mut completed = Vec::new();
+    for n in 0..3 {
+        let id = start(
+            "order",
+            json!({"order": 1000 + n, "items": ["book", "pen"]}),
+        )
+        .await;
+        completed.push(id);
+    }
+    let failed = start("payment", json!({"amount": 4200, "currency": "EUR"})).await;
+    let waiting = [
+        start("approval", json!({"request": "refund", "amount": 99})).await,
+        start("approval", json!({"request": "discount", "amount": 15})).await,
+    ];
+    let dlq = [
+        start("shipping", json!({"fixed": false, "street": "Main St"})).await,
+        start("shipping", json!({"fixed": false, "street": "Side St"})).await,
+    ];
+    let running = [
+        start("import", json!({"file": "a.csv"})).await,
+        start("import", json!({"file": "b.csv"})).await,
+    ];
+    for id in completed
+        .iter()
+        .chain([&failed])
+        .chain(&waiting)
+        .chain(&dlq)
+    {
+        engine.wait_for(*id, WAIT).await.unwrap();
+    }
+    for id in running {
+        engine
+            .wait_until(id, WAIT, |s| {
+                s.steps
+                    .iter()
+                    .any(|r| r.step.as_ref() == "transform" && r.status == StepStatus::Running)
+            })
+            .await
+            .unwrap();
+    }
+    let status = |id| async move { engine.instance(id).await.unwrap().unwrap().status };
+    for id in &completed {
+        assert_eq!(status(*id).await, InstanceStatus::Completed);
+    }
+    assert_eq!(status(failed).await, InstanceStatus::Failed);
+    for id in dlq {
+        assert_eq!(status(id).await, InstanceStatus::Dlq);
+    }
+    Seeded {
+        completed,
+        failed,
+        waiting,
+        dlq,
+        running,
+    }
+}
+
+/// Waits until the element of `css` exists and its text satisfies `ok`; returns the text.
+async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    loop {
+        if let Ok(el) = c.find(Locator::Css(css)).await
+            && let Ok(t) = el.text().await
+        {
+            if ok(&t) {
+                return t;
+            }
+            last = t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css}: text {last:?} never matched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the page loaded from the API after `since` (the app stamps `main`).
+async fn wait_loaded(c: &Client) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("main[data-loaded]"))
+        .await
+        .unwrap();
+}
+
+async fn goto(c: &Client, base: &str, hash: &str) {
+    c.goto(&format!("{base}/ui/{hash}")).await.unwrap();
+    wait_loaded(c).await;
+}
+
+async fn sign_in(c: &Client, token: &str, role: &str) {
+    let input = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#token-input"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !input.is_displayed().await.unwrap() {
+        assert!(Instant::now() < deadline, "the token prompt did not open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    input.send_keys(token).await.unwrap();
+    c.find(Locator::Css("#token-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "#role", |t| t.eq_ignore_ascii_case(role)).await;
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Saves a screenshot of the whole page (the window grown to the page's height) at 1280
+/// pixels wide.
+async fn screenshot(c: &Client, name: &str) -> PathBuf {
+    let height = c
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap_or(900)
+        .clamp(800, 4000);
+    c.set_window_size(1280, u32::try_from(height).unwrap() + 90)
+        .await
+        .unwrap();
+    let png = c.screenshot().await.unwrap();
+    c.set_window_size(1280, 900).await.unwrap();
+    let path = screenshots_dir().join(name);
+    std::fs::write(&path, png).unwrap();
+    path
+}
+
+async fn count(c: &Client, css: &str) -> usize {
+    c.find_all(Locator::Css(css)).await.unwrap().len()
+}
+
+async fn click(c: &Client, css: &str) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_headless_chromium() {
+    let driver = start_driver().await;
+    let engine = engine().await;
+    let seeded = seed(&engine).await;
+    let router = floxy_http::router(engine.clone(), RouterConfig::new(tokens())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let server = tokio::spawn(floxy_http::serve(listener, router));
+    let base = format!("http://{addr}");
+    let c = browser(&driver).await;
+    let result = run(&c, &base, &engine, &seeded).await;
+    c.close().await.unwrap();
+    server.abort();
+    engine.shutdown(Duration::from_secs(5)).await;
+    drop(driver);
+    for p in result {
+        println!("screenshot: {}", p.display());
+    }
+}
+
+async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<PathBuf> {
+    let mut shots = Vec::new();
+
+    // ----- the token prompt, then the overview and its counts
+    c.goto(&format!("{base}/ui/")).await.unwrap();
+    sign_in(c, OPS, "operator").await;
+    wait_loaded(c).await;
+    wait_text(c, "#card-total .card-value", |t| t == "10").await;
+    assert_eq!(
+        wait_text(c, "#card-completed .card-value", |_| true).await,
+        "3"
+    );
+    assert_eq!(
+        wait_text(c, "#card-failed .card-value", |_| true).await,
+        "1"
+    );
+    assert_eq!(wait_text(c, "#card-dlq .card-value", |_| true).await, "2");
+    assert_eq!(
+        wait_text(c, "#card-waiting .card-value", |_| true).await,
+        "2"
+    );
+    assert_eq!(
+        wait_text(c, "#card-active .card-value", |_| true).await,
+        "6"
+    );
+    // Needs attention: the two DLQ records and the two waiting decisions.
+    let attention = wait_text(c, "main", |_| true).await;
+    assert!(
+        attention.contains("approve waits for a human decision"),
+        "{attention}"
+    );
+    assert!(attention.contains("address (execute)"), "{attention}");
+    wait_text(c, "#live", |t| t == "Live").await;
+    shots.push(screenshot(c, "overview.png").await);
+
+    // ----- live: an instance started outside the page shows up from the event stream,
+    // well before the 10 s fallback poll.
+    let extra = engine
+        .start(&"order-v1".into(), json!({"order": 2000}))
+        .await
+        .unwrap();
+    engine.wait_for(extra, WAIT).await.unwrap();
+    let t0 = Instant::now();
+    wait_text(c, "#card-total .card-value", |t| t == "11").await;
+    wait_text(c, "#card-completed .card-value", |t| t == "4").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the overview took {:?} to follow the stream",
+        t0.elapsed()
+    );
+
+    // ----- the failed instance: graph with a node per step, statuses, timeline
+    goto(c, base, &format!("#/instances/{}", seeded.failed)).await;
+    for (step, status) in [
+        ("reserve", "rolled_back"),
+        ("debit", "rolled_back"),
+        ("notify", "failed"),
+    ] {
+        let node = c
+            .find(Locator::Css(&format!(
+                "#instance-graph g.node[data-step='{step}']"
+            )))
+            .await
+            .unwrap();
+        let class = node.attr("class").await.unwrap().unwrap();
+        assert!(class.contains(&format!("st-{status}")), "{step}: {class}");
+    }
+    assert_eq!(count(c, "#instance-graph g.node").await, 3);
+    assert_eq!(count(c, "#instance-graph path.edge").await, 2);
+    let timeline = wait_text(c, "#timeline", |_| true).await;
+    for kind in [
+        "workflow started",
+        "step failed",
+        "rollback started",
+        "workflow failed",
+    ] {
+        assert!(timeline.contains(kind), "timeline lacks {kind}: {timeline}");
+    }
+    assert!(count(c, "#timeline li[data-event='compensation_completed']").await >= 2);
+    let header = wait_text(c, "main", |_| true).await;
+    assert!(header.contains("card declined by the bank"), "{header}");
+    assert_eq!(
+        count(c, "#action-cancel").await,
+        0,
+        "a failed instance is terminal"
+    );
+    shots.push(screenshot(c, "instance-failed.png").await);
+
+    // ----- approve a waiting human step through the page
+    let [approve_id, other_waiting] = seeded.waiting;
+    goto(c, base, &format!("#/instances/{approve_id}")).await;
+    let node = c
+        .find(Locator::Css("#instance-graph g.node[data-step='approve']"))
+        .await
+        .unwrap();
+    assert!(
+        node.attr("class")
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("st-waiting_decision")
+    );
+    assert_eq!(count(c, "#instance-graph g.node").await, 3);
+    c.find(Locator::Css("#decision-comment-approve"))
+        .await
+        .unwrap()
+        .send_keys("looks fine")
+        .await
+        .unwrap();
+    shots.push(screenshot(c, "instance-waiting.png").await);
+    click(c, "#decision-confirm").await;
+    let r = engine
+        .wait_until(approve_id, WAIT, |s| {
+            s.instance.status == InstanceStatus::Completed
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.status, InstanceStatus::Completed);
+    let steps = engine.steps(approve_id).await.unwrap();
+    let approve = steps.iter().find(|s| s.step.as_ref() == "approve").unwrap();
+    let decision = approve.decision.as_ref().unwrap();
+    assert_eq!(decision.decided_by, "ops");
+    assert_eq!(decision.comment.as_deref(), Some("looks fine"));
+    // The page follows: the header badge turns completed.
+    wait_text(c, ".page-header .badge", |t| t == "completed").await;
+
+    // ----- cancel a running instance through the page (with a reason, confirmed)
+    let [cancel_id, still_running] = seeded.running;
+    goto(c, base, &format!("#/instances/{cancel_id}")).await;
+    c.find(Locator::Css("#action-reason"))
+        .await
+        .unwrap()
+        .send_keys("wrong file")
+        .await
+        .unwrap();
+    click(c, "#action-cancel").await;
+    click(c, "#confirm-ok").await;
+    let r = engine
+        .wait_until(cancel_id, WAIT, |s| s.instance.status.is_terminal())
+        .await
+        .unwrap();
+    assert_eq!(r.status, InstanceStatus::Cancelled);
+    let events = engine.events(cancel_id).await.unwrap();
+    let by_ops = events.iter().any(|e| {
+        e.detail.as_ref().is_some_and(|d| {
+            d.value()["by"] == "ops" && d.value().to_string().contains("wrong file")
+        })
+    });
+    assert!(by_ops, "the cancel names ops and the reason: {events:?}");
+    wait_text(c, ".page-header .badge", |t| t == "cancelled").await;
+
+    // ----- requeue a DLQ record with an edited input, from the DLQ page
+    let [requeue_id, parked] = seeded.dlq;
+    goto(c, base, "#/dlq").await;
+    assert_eq!(count(c, "tr[data-dlq]").await, 2);
+    let rec = engine
+        .dlq(&floxy::DlqQuery {
+            instance_id: Some(requeue_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let rid = rec.id.0;
+    click(c, &format!("#requeue-open-{rid}")).await;
+    let area = c
+        .find(Locator::Css(&format!("#requeue-input-{rid}")))
+        .await
+        .unwrap();
+    let shown: Value = serde_json::from_str(&area.prop("value").await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        shown["street"], "Main St",
+        "the editor shows the stored input"
+    );
+    // Invalid JSON is refused in the page, nothing is sent.
+    area.clear().await.unwrap();
+    area.send_keys("{\"fixed\": tru").await.unwrap();
+    click(c, &format!("#requeue-submit-{rid}")).await;
+    wait_text(c, &format!("#requeue-error-{rid}"), |t| {
+        t.starts_with("Not valid JSON")
+    })
+    .await;
+    assert_eq!(
+        engine.instance(requeue_id).await.unwrap().unwrap().status,
+        InstanceStatus::Dlq
+    );
+    area.clear().await.unwrap();
+    area.send_keys("{\"fixed\": true, \"street\": \"Main Street 1\"}")
+        .await
+        .unwrap();
+    shots.push(screenshot(c, "dlq.png").await);
+    click(c, &format!("#requeue-submit-{rid}")).await;
+    let r = engine
+        .wait_until(requeue_id, WAIT, |s| s.instance.status.is_terminal())
+        .await
+        .unwrap();
+    assert_eq!(r.status, InstanceStatus::Completed);
+    let steps = engine.steps(requeue_id).await.unwrap();
+    let address = steps.iter().find(|s| s.step.as_ref() == "address").unwrap();
+    assert_eq!(
+        address.input.value(),
+        &json!({"fixed": true, "street": "Main Street 1"})
+    );
+    // The list follows: one record left.
+    let deadline = Instant::now() + WAIT;
+    while count(c, "tr[data-dlq]").await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the DLQ page did not drop the requeued record"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // ----- the other pages render
+    goto(c, base, "#/decisions").await;
+    let text = wait_text(c, "main", |t| t.contains("approve")).await;
+    assert!(text.contains(&other_waiting.to_string()[..8]), "{text}");
+    assert!(count(c, "main button.action").await >= 2);
+    goto(c, base, "#/instances?status=completed").await;
+    assert_eq!(count(c, "tr[data-instance]").await, 6);
+    goto(c, base, "#/workflows").await;
+    assert_eq!(count(c, ".wf-card").await, 5);
+    goto(c, base, "#/workflows/payment-v1").await;
+    assert_eq!(count(c, "svg.graph g.node").await, 3);
+    shots.push(screenshot(c, "workflow.png").await);
+
+    // ----- a viewer: no action buttons, payloads redacted
+    click(c, "#change-token").await;
+    sign_in(c, VIEWER, "viewer").await;
+    goto(c, base, &format!("#/instances/{still_running}")).await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#no-actions"))
+        .await
+        .unwrap();
+    assert_eq!(count(c, "main button.action").await, 0);
+    assert_eq!(count(c, "main form").await, 0);
+    let text = wait_text(c, "main", |_| true).await;
+    assert!(text.contains("Redacted"), "{text}");
+    assert!(!text.contains("b.csv"), "a viewer sees no input: {text}");
+    goto(c, base, &format!("#/instances/{other_waiting}")).await;
+    assert_eq!(count(c, "main button.action").await, 0);
+    assert_eq!(count(c, "main textarea").await, 0);
+    goto(c, base, &format!("#/instances/{parked}")).await;
+    assert_eq!(count(c, "main button.action").await, 0);
+    goto(c, base, "#/dlq").await;
+    assert_eq!(count(c, "tr[data-dlq]").await, 1);
+    assert_eq!(count(c, "main button.action").await, 0);
+    goto(c, base, "#/decisions").await;
+    wait_text(c, "main", |t| t.contains("approve")).await;
+    assert_eq!(count(c, "main button.action").await, 0);
+    goto(c, base, "#/workflows/order-v1").await;
+    assert_eq!(count(c, "#start-submit").await, 0);
+
+    // The stored state the viewer could not touch is unchanged.
+    assert_eq!(
+        engine.instance(parked).await.unwrap().unwrap().status,
+        InstanceStatus::Dlq
+    );
+    assert!(!seeded.completed.is_empty());
+    shots
+}
