@@ -74,8 +74,14 @@ pub(crate) async fn run(engine: Engine, period: Duration, json: bool, stop: Canc
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        if let Err(e) = print_once(&engine, json).await {
-            tracing::warn!(error = %e, "statistics: the store failed");
+        // A store that stopped answering must not hold up the shutdown.
+        tokio::select! {
+            r = print_once(&engine, json) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "statistics: the store failed");
+                }
+            }
+            () = stop.cancelled() => return,
         }
     }
 }
