@@ -99,8 +99,7 @@ async fn browser(driver: &Driver) -> Client {
             ],
         }),
     );
-    ClientBuilder::rustls()
-        .unwrap()
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
