@@ -389,7 +389,7 @@ impl PgRestarter {
     /// Runs `pg_ctl restart -m immediate` and waits for the server to accept connections.
     ///
     /// # Errors
-    /// pg_ctl failed.
+    /// `pg_ctl` failed.
     pub async fn restart(&self) -> Result<(), String> {
         let mut c = if self.as_postgres {
             let mut c = tokio::process::Command::new("runuser");

@@ -21,7 +21,7 @@
 //!   runtime's named crash points (after a claim, before a commit, inside a store's commit,
 //!   after a commit, in heartbeats; names in [`floxy::floxy_core::failpoints`]).
 //! * **Network faults** ([`proxy`]): a real TCP proxy speaking the Toxiproxy HTTP API
-//!   (latency with jitter, bandwidth, timeout/blackhole, reset_peer, slow_close, limit_data,
+//!   (latency with jitter, bandwidth, timeout/blackhole, `reset_peer`, `slow_close`, `limit_data`,
 //!   down), driven with the `toxiproxy_rust` client; set `FLOXY_TOXIPROXY_URL` to drive a real
 //!   Toxiproxy instead.
 //! * **Process faults** ([`process`], [`backend::PgRestarter`]): SIGKILL and restart of

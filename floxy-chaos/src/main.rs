@@ -294,7 +294,7 @@ fn write_json(path: &Option<PathBuf>, json: &str) -> Result<()> {
 fn finish(report: &Report, json: &Option<PathBuf>) -> Result<i32> {
     println!("{}", report.to_text());
     write_json(json, &report.to_json())?;
-    Ok(if report.passed() { 0 } else { 1 })
+    Ok(i32::from(!report.passed()))
 }
 
 fn sim_cmd(a: SimArgs) -> Result<i32> {
@@ -358,7 +358,7 @@ fn sim_cmd(a: SimArgs) -> Result<i32> {
         t.elapsed()
     );
     write_json(&a.json, &serde_json::to_string_pretty(&s)?)?;
-    Ok(if s.failed.is_empty() { 0 } else { 1 })
+    Ok(i32::from(!s.failed.is_empty()))
 }
 
 fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptions)> {
@@ -515,15 +515,14 @@ async fn run_cmd(a: RunArgs) -> Result<i32> {
             .saturating_add(sc.limits.settle_timeout_ms)
             .saturating_add(300_000),
     );
-    let report = match tokio::time::timeout(budget, run.execute()).await {
-        Ok(r) => r,
-        Err(_) => {
-            eprintln!(
-                "floxy-chaos: the run did not finish within {budget:?}: hung (replay with --seed {})",
-                sc.seed
-            );
-            std::process::exit(2);
-        }
+    let report = if let Ok(r) = tokio::time::timeout(budget, run.execute()).await {
+        r
+    } else {
+        eprintln!(
+            "floxy-chaos: the run did not finish within {budget:?}: hung (replay with --seed {})",
+            sc.seed
+        );
+        std::process::exit(2);
     };
     backend.close().await;
     let _ = std::fs::remove_file(tmp.with_extension("scenario.json"));
@@ -568,7 +567,7 @@ fn kill_interval(s: &str) -> Result<(u64, u64)> {
 }
 
 /// redb with process faults: a worker process holds the file, drives the workload and is
-/// SIGKILLed and restarted; then this process opens the file, settles and validates.
+/// `SIGKILLed` and restarted; then this process opens the file, settles and validates.
 async fn redb_process_run(a: &RunArgs, sc: Scenario, mut bo: BackendOptions) -> Result<i32> {
     let path = bo
         .redb_path

@@ -292,9 +292,7 @@ impl std::fmt::Debug for Run {
 }
 
 fn tasks_now() -> usize {
-    tokio::runtime::Handle::try_current()
-        .map(|h| h.metrics().num_alive_tasks())
-        .unwrap_or(0)
+    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks())
 }
 
 impl Run {

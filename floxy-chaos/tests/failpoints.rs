@@ -74,7 +74,7 @@ async fn after_claim_abandons_the_attempt() {
     let _g = arm(AFTER_CLAIM, "1*return");
     let (engine, calls, wf) = setup(0).await;
     let done = engine
-        .start_and_wait(&wf, serde_json::json!({}), Duration::from_secs(60))
+        .start_and_wait(&wf, serde_json::json!({}), Duration::from_mins(1))
         .await
         .unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
@@ -91,7 +91,7 @@ async fn before_commit_loses_a_finished_result() {
     let _g = arm(BEFORE_COMMIT, "1*return");
     let (engine, calls, wf) = setup(0).await;
     let done = engine
-        .start_and_wait(&wf, serde_json::json!({}), Duration::from_secs(60))
+        .start_and_wait(&wf, serde_json::json!({}), Duration::from_mins(1))
         .await
         .unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
@@ -107,7 +107,7 @@ async fn after_commit_keeps_the_commit() {
     let _g = arm(AFTER_COMMIT, "1*return");
     let (engine, calls, wf) = setup(0).await;
     let done = engine
-        .start_and_wait(&wf, serde_json::json!({}), Duration::from_secs(60))
+        .start_and_wait(&wf, serde_json::json!({}), Duration::from_mins(1))
         .await
         .unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
@@ -126,7 +126,7 @@ async fn skipped_heartbeats_let_a_long_handler_lose_its_lease() {
     let id = engine.start(&wf, serde_json::json!({})).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     g.disarm();
-    let done = engine.wait_for(id, Duration::from_secs(60)).await.unwrap();
+    let done = engine.wait_for(id, Duration::from_mins(1)).await.unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
     assert!(
         calls.load(Ordering::SeqCst) >= 2,
@@ -144,7 +144,7 @@ async fn numeric_return_is_an_async_delay() {
     let (engine, calls, wf) = setup(0).await;
     let t = tokio::time::Instant::now();
     let done = engine
-        .start_and_wait(&wf, serde_json::json!({}), Duration::from_secs(60))
+        .start_and_wait(&wf, serde_json::json!({}), Duration::from_mins(1))
         .await
         .unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
@@ -164,7 +164,7 @@ async fn inside_commit_failure_is_retried() {
     let _g = arm(INSIDE_COMMIT, "2*return");
     let (engine, calls, wf) = setup(0).await;
     let done = engine
-        .start_and_wait(&wf, serde_json::json!({}), Duration::from_secs(60))
+        .start_and_wait(&wf, serde_json::json!({}), Duration::from_mins(1))
         .await
         .unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
@@ -178,7 +178,7 @@ async fn inside_commit_lost_acknowledgement_applies_once() {
     let _g = arm(INSIDE_COMMIT, "1*return(applied)");
     let (engine, calls, wf) = setup(0).await;
     let id = engine.start(&wf, serde_json::json!({})).await.unwrap();
-    let done = engine.wait_for(id, Duration::from_secs(60)).await.unwrap();
+    let done = engine.wait_for(id, Duration::from_mins(1)).await.unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(events(&engine, id, EventKind::StepCompleted).await, 1);
@@ -211,7 +211,7 @@ async fn finding_f3_slow_claimers_livelock() {
     let _g = arm(AFTER_CLAIM, "return(5000)");
     let (engine, _calls, wf) = setup(0).await;
     let id = engine.start(&wf, serde_json::json!({})).await.unwrap();
-    let r = engine.wait_for(id, Duration::from_secs(120)).await;
+    let r = engine.wait_for(id, Duration::from_mins(2)).await;
     let q = engine.queue(id).await.unwrap();
     let attempts: Vec<u32> = q.iter().map(|i| i.attempt).collect();
     assert!(

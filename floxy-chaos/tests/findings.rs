@@ -76,7 +76,7 @@ async fn finding_f1_retrying_step_skipped_without_compensation() {
         .cancel(id, Some("customer changed their mind"))
         .await
         .unwrap();
-    let done = engine.wait_for(id, Duration::from_secs(60)).await.unwrap();
+    let done = engine.wait_for(id, Duration::from_mins(1)).await.unwrap();
     assert_eq!(done.status, InstanceStatus::Cancelled);
     let net = ledger.effect(id, "charge").map_or(0, |e| e.net());
     let step = engine.steps(id).await.unwrap()[0].status;
@@ -130,7 +130,7 @@ async fn finding_f2_late_failure_not_compensated() {
     let wf = engine.register_workflow(def).await.unwrap();
     engine.start_workers().unwrap();
     let done = engine
-        .start_and_wait(&wf, serde_json::json!({}), Duration::from_secs(60))
+        .start_and_wait(&wf, serde_json::json!({}), Duration::from_mins(1))
         .await
         .unwrap();
     assert_eq!(done.status, InstanceStatus::Failed);
@@ -301,7 +301,7 @@ async fn finding_f5_shutdown_hangs_on_a_stuck_claim() {
     // The first claim answers (nothing to do), the next one never returns.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = tokio::time::timeout(
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         engine.shutdown(Duration::from_secs(5)),
     )
     .await;

@@ -134,7 +134,7 @@ async fn timeout_blackholes_then_cuts() {
     let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
     let el = t.elapsed();
     match r {
-        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(0) | Err(_)) => {}
         other => panic!("expected a closed connection, got {other:?}"),
     }
     assert!(el >= Duration::from_millis(350), "closed after {el:?}");
@@ -242,7 +242,7 @@ async fn down_refuses_and_cuts_then_up_works() {
     let mut buf = [0u8; 8];
     let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
     assert!(
-        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        matches!(r, Ok(Ok(0) | Err(_))),
         "open connection survived down: {r:?}"
     );
     assert!(

@@ -65,7 +65,7 @@ fn kinds(v: &[floxy_chaos::validate::Violation]) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn healthy_instance_passes_and_broken_ledger_fails() {
     let (engine, store, id, c) = setup(false).await;
-    let done = engine.wait_for(id, Duration::from_secs(60)).await.unwrap();
+    let done = engine.wait_for(id, Duration::from_mins(1)).await.unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
     let ledger = Ledger::new();
     ledger.apply(id, "a", 5);
@@ -105,7 +105,7 @@ async fn healthy_instance_passes_and_broken_ledger_fails() {
 #[tokio::test(start_paused = true)]
 async fn rollback_depth_limit_and_scope() {
     let (engine, store, id, c) = setup(true).await;
-    let done = engine.wait_for(id, Duration::from_secs(60)).await.unwrap();
+    let done = engine.wait_for(id, Duration::from_mins(1)).await.unwrap();
     assert_eq!(done.status, InstanceStatus::Failed);
     assert!(done.rollback_depth >= 1);
     let limits = Limits {

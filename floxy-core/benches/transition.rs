@@ -6,7 +6,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use floxy_core::builder::Builder;
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{self, Input, WorkOutcome};
-use floxy_core::model::*;
+use floxy_core::model::{
+    FencingToken, InstanceId, InstanceSnapshot, JoinStrategy, Payload, QueueKey, QueueOp, StepRun,
+    StepStatus, Timestamp,
+};
 use std::hint::black_box;
 
 fn snapshot_after_start(wf: &CompiledWorkflow) -> (InstanceSnapshot, Vec<QueueKey>) {

@@ -192,7 +192,7 @@ impl Builder {
     /// Retries of the last task's compensation.
     pub fn compensation_max_retries(self, n: u32) -> Self {
         self.compensation("compensation_max_retries", |c| {
-            c.retry.max_retries = Some(n)
+            c.retry.max_retries = Some(n);
         })
     }
     /// Base retry delay of the last task's compensation.
@@ -229,16 +229,16 @@ impl Builder {
     }
 
     fn fork_tail(&mut self, join: &str) -> Option<StepName> {
-        match self.tail.map(|t| &self.steps[t]) {
-            Some(StepDef {
-                kind: StepKind::Fork { .. },
-                name,
-                ..
-            }) => Some(name.clone()),
-            _ => {
-                self.err(format!("join {join:?} must directly follow a fork"));
-                None
-            }
+        if let Some(StepDef {
+            kind: StepKind::Fork { .. },
+            name,
+            ..
+        }) = self.tail.map(|t| &self.steps[t])
+        {
+            Some(name.clone())
+        } else {
+            self.err(format!("join {join:?} must directly follow a fork"));
+            None
         }
     }
 

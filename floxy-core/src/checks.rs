@@ -130,7 +130,7 @@ pub fn steps_and_ownership(
     if let Some(key) = t
         .queue
         .iter()
-        .map(|op| op.key())
+        .map(super::model::transition::QueueOp::key)
         .find(|k| k.instance_id != id)
     {
         return Err(StoreError::Conflict(format!(

@@ -187,16 +187,15 @@ impl CompiledWorkflow {
                         .iter()
                         .filter_map(|b| resolve(step, "branches", b, &mut errs))
                         .collect();
-                    match next {
-                        Some(j) => NodeKind::Fork { branches, join: j },
-                        None => {
-                            errs.push(DefinitionError::ForkWithoutJoin {
-                                step: step.name.to_string(),
-                            });
-                            NodeKind::Fork {
-                                branches,
-                                join: usize::MAX,
-                            }
+                    if let Some(j) = next {
+                        NodeKind::Fork { branches, join: j }
+                    } else {
+                        errs.push(DefinitionError::ForkWithoutJoin {
+                            step: step.name.to_string(),
+                        });
+                        NodeKind::Fork {
+                            branches,
+                            join: usize::MAX,
                         }
                     }
                 }

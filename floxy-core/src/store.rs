@@ -179,7 +179,7 @@ pub enum LeaseState {
     Lost,
 }
 
-/// Filter and page of an instance listing, ordered by id (creation order for UUIDv7 ids).
+/// Filter and page of an instance listing, ordered by id (creation order for `UUIDv7` ids).
 #[derive(Debug, Clone, Default)]
 pub struct InstanceQuery {
     /// Only this workflow.

@@ -52,7 +52,7 @@ fn chain(depth: u32, top: bool) -> BoxedStrategy<Vec<El>> {
     let el: BoxedStrategy<El> = if depth == 0 {
         leaf.boxed()
     } else {
-        let sp = if top { 1 } else { 0 };
+        let sp = u32::from(top);
         prop_oneof![
             6 => leaf,
             sp => Just(El::SavePoint),

@@ -288,7 +288,7 @@ impl LiveEventDto {
             instance_id: e.instance_id.to_string(),
             workflow_id: e.workflow_id.to_string(),
             event_type: e.kind().as_str().into(),
-            step_name: e.step().map(|s| s.to_string()),
+            step_name: e.step().map(std::string::ToString::to_string),
             attempt: e.event.attempt,
             status: e.status.map(|s| s.as_str().to_owned()),
             version: e.version,

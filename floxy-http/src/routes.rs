@@ -352,7 +352,7 @@ struct InstanceFilter {
     created_to: Option<i64>,
 }
 
-/// The creation time encoded in a UUIDv7 id (ms), when it is one.
+/// The creation time encoded in a `UUIDv7` id (ms), when it is one.
 fn id_millis(id: InstanceId) -> Option<i64> {
     (id.0.get_version_num() == 7).then(|| i64::try_from(id.0.as_u128() >> 80).unwrap_or(i64::MAX))
 }
@@ -712,29 +712,28 @@ async fn decide(
 ) -> Result<Json<InstanceDto>, ApiError> {
     caller.require(Role::Operator)?;
     let id = instance_id(id)?;
-    let step = match step {
-        Some(s) => s,
-        None => {
-            let steps = st.engine.steps(id).await?;
-            if steps.is_empty() && st.engine.instance(id).await?.is_none() {
-                return Err(ApiError::NotFound(format!("unknown instance {id}")));
+    let step = if let Some(s) = step {
+        s
+    } else {
+        let steps = st.engine.steps(id).await?;
+        if steps.is_empty() && st.engine.instance(id).await?.is_none() {
+            return Err(ApiError::NotFound(format!("unknown instance {id}")));
+        }
+        let mut waiting = steps
+            .iter()
+            .filter(|s| s.status == StepStatus::WaitingDecision)
+            .map(|s| s.step.to_string());
+        match (waiting.next(), waiting.next()) {
+            (Some(s), None) => s,
+            (None, _) => {
+                return Err(ApiError::Conflict(format!(
+                    "no step of instance {id} waits for a decision"
+                )));
             }
-            let mut waiting = steps
-                .iter()
-                .filter(|s| s.status == StepStatus::WaitingDecision)
-                .map(|s| s.step.to_string());
-            match (waiting.next(), waiting.next()) {
-                (Some(s), None) => s,
-                (None, _) => {
-                    return Err(ApiError::Conflict(format!(
-                        "no step of instance {id} waits for a decision"
-                    )));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(ApiError::BadRequest(
-                        "several steps wait for a decision: name the step".into(),
-                    ));
-                }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "several steps wait for a decision: name the step".into(),
+                ));
             }
         }
     };

@@ -1,5 +1,5 @@
 //! What the web console needs from the server, over a real TCP listener: its files under
-//! `/ui` (content types, CSP, ETag revalidation), `GET /api/whoami`, `GET
+//! `/ui` (content types, CSP, `ETag` revalidation), `GET /api/whoami`, `GET
 //! /api/decisions/waiting`, and the event stream authenticated by `?access_token=`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

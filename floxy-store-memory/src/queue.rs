@@ -327,18 +327,15 @@ impl Queue {
             step_idx,
         };
         let key = slot.item.key.clone();
-        let id = match self.free.pop() {
-            Some(id) => {
-                if let Some(s) = self.slots.get_mut(id as usize) {
-                    *s = Some(slot);
-                }
-                id
+        let id = if let Some(id) = self.free.pop() {
+            if let Some(s) = self.slots.get_mut(id as usize) {
+                *s = Some(slot);
             }
-            None => {
-                let id = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-                self.slots.push(Some(slot));
-                id
-            }
+            id
+        } else {
+            let id = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+            self.slots.push(Some(slot));
+            id
         };
         self.by_key.insert(key, id);
         self.len += 1;

@@ -153,17 +153,14 @@ impl State {
             events: Vec::new(),
             queue: Vec::new(),
         };
-        let slot = match self.inst_free.pop() {
-            Some(slot) => {
-                if let Some(s) = self.insts.get_mut(slot as usize) {
-                    *s = Some(entry);
-                }
-                slot
+        let slot = if let Some(slot) = self.inst_free.pop() {
+            if let Some(s) = self.insts.get_mut(slot as usize) {
+                *s = Some(entry);
             }
-            None => {
-                self.insts.push(Some(entry));
-                u32::try_from(self.insts.len() - 1).unwrap_or(u32::MAX)
-            }
+            slot
+        } else {
+            self.insts.push(Some(entry));
+            u32::try_from(self.insts.len() - 1).unwrap_or(u32::MAX)
         };
         self.by_id.insert(id, slot);
         self.index_record(&t.instance, true);
@@ -304,17 +301,14 @@ impl State {
             return;
         };
         for w in &t.steps {
-            match e.step_idx.get(&w.run.step) {
-                Some(&i) => {
-                    if let Some(run) = e.snap.steps.get_mut(i as usize) {
-                        *run = w.run.clone();
-                    }
+            if let Some(&i) = e.step_idx.get(&w.run.step) {
+                if let Some(run) = e.snap.steps.get_mut(i as usize) {
+                    *run = w.run.clone();
                 }
-                None => {
-                    let i = u32::try_from(e.snap.steps.len()).unwrap_or(u32::MAX);
-                    e.step_idx.insert(w.run.step.clone(), i);
-                    e.snap.steps.push(w.run.clone());
-                }
+            } else {
+                let i = u32::try_from(e.snap.steps.len()).unwrap_or(u32::MAX);
+                e.step_idx.insert(w.run.step.clone(), i);
+                e.snap.steps.push(w.run.clone());
             }
         }
         for op in &t.queue {

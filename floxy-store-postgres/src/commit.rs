@@ -816,10 +816,10 @@ impl InstanceCols {
         Ok(())
     }
 
-    fn bind<'q>(
+    fn bind(
         self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
         query
             .bind(self.id)
             .bind(self.workflow_id)
@@ -886,8 +886,10 @@ impl StepCols {
         self.decision
             .push(r.decision.as_ref().map(codec::json_of).transpose()?);
         self.created_at.push(r.created_at.as_millis());
-        self.started_at.push(r.started_at.map(|t| t.as_millis()));
-        self.finished_at.push(r.finished_at.map(|t| t.as_millis()));
+        self.started_at
+            .push(r.started_at.map(floxy_core::model::Timestamp::as_millis));
+        self.finished_at
+            .push(r.finished_at.map(floxy_core::model::Timestamp::as_millis));
         Ok(())
     }
 
@@ -895,10 +897,10 @@ impl StepCols {
         self.instance_id.is_empty()
     }
 
-    fn bind<'q>(
+    fn bind(
         self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
         query
             .bind(self.instance_id)
             .bind(self.step)

@@ -30,7 +30,10 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
         | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
         sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let code = db
+                .code()
+                .map(std::borrow::Cow::into_owned)
+                .unwrap_or_default();
             let msg = db.message().to_owned();
             if code == SQLSTATE_CORRUPT {
                 StoreError::Corrupt(msg)

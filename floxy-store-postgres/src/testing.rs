@@ -346,7 +346,7 @@ pub async fn pool(url: &str, size: u32) -> Result<sqlx::PgPool, HarnessError> {
     let opts: PgConnectOptions = url.parse().map_err(crate::error::map_sqlx)?;
     Ok(PgPoolOptions::new()
         .max_connections(size)
-        .acquire_timeout(Duration::from_secs(60))
+        .acquire_timeout(Duration::from_mins(1))
         .connect_with(opts)
         .await
         .map_err(crate::error::map_sqlx)?)

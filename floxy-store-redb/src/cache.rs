@@ -204,19 +204,18 @@ impl SnapshotCache {
     /// Records the marks an instance's step rows hold (read with its snapshot, which the
     /// caller puts into the cache next).
     pub(crate) fn set_marks(&mut self, id: InstanceId, marks: Marks) {
-        match self.map.get_mut(&id) {
-            Some(slot) => slot.marks = marks,
-            None => {
-                self.make_room();
-                self.map.insert(
-                    id,
-                    Box::new(Slot {
-                        state: State::Out,
-                        pin: 0,
-                        marks,
-                    }),
-                );
-            }
+        if let Some(slot) = self.map.get_mut(&id) {
+            slot.marks = marks
+        } else {
+            self.make_room();
+            self.map.insert(
+                id,
+                Box::new(Slot {
+                    state: State::Out,
+                    pin: 0,
+                    marks,
+                }),
+            );
         }
     }
 
@@ -230,14 +229,13 @@ impl SnapshotCache {
                 marks: Marks::new(),
             })
         });
-        match slot.marks.iter_mut().find(|(n, _)| n == step) {
-            Some((_, marks)) => marks.push(mark),
-            None => {
-                // A claim's mark and its completion's: the common pair.
-                let mut marks = Vec::with_capacity(2);
-                marks.push(mark);
-                slot.marks.push((step.clone(), marks));
-            }
+        if let Some((_, marks)) = slot.marks.iter_mut().find(|(n, _)| n == step) {
+            marks.push(mark)
+        } else {
+            // A claim's mark and its completion's: the common pair.
+            let mut marks = Vec::with_capacity(2);
+            marks.push(mark);
+            slot.marks.push((step.clone(), marks));
         }
     }
 

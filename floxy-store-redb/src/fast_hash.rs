@@ -2,7 +2,7 @@
 //! step rows.
 //!
 //! The writer looks up the claim index, the snapshot cache and a batch's step rows several
-//! times per request; with std's SipHash those lookups were about a tenth of the preparing
+//! times per request; with std's `SipHash` those lookups were about a tenth of the preparing
 //! thread's time. foldhash (the hasher `hashbrown` uses) is several times cheaper and still
 //! seeded per process. The keys are instance ids the engine generates and step names from
 //! registered definitions, not attacker-chosen strings, and the seed is random anyway.

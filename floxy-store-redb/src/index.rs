@@ -254,7 +254,7 @@ impl QueueIndex {
         self.items.get(key).map(|e| (&e.item, expires_at))
     }
 
-    /// Up to `limit` claimable items of `handlers` (run_at and any lease expiry `<= now`), in
+    /// Up to `limit` claimable items of `handlers` (`run_at` and any lease expiry `<= now`), in
     /// claim order, into `out` (emptied first). Promotes newly due items; changes nothing
     /// else.
     ///

@@ -5,9 +5,9 @@
 //! as `u128`, which orders like the UUID bytes; step names as `&str`, which orders like
 //! `Arc<str>`). A step's queue items live in its step row, in
 //! [`WorkKind`](floxy_core::model::WorkKind) order.
-//! Values are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types;
+//! Values are `MessagePack` (`rmp-serde`, structs as arrays) of the `floxy-core` model types;
 //! step rows and event rows leave out what their key holds (see [`crate::row`]). JSON
-//! payloads are embedded as MessagePack values. Any change to a key, a value type or a model
+//! payloads are embedded as `MessagePack` values. Any change to a key, a value type or a model
 //! type's serde shape is a new format version.
 //!
 //! The format has one version, [`FORMAT_VERSION`]; `tests/format.rs` reads a checked-in
@@ -52,7 +52,7 @@ pub(crate) const DLQ_BY_INSTANCE: TableDefinition<(u128, u64), ()> =
 /// `idempotency`: (workflow id, key) → instance id.
 pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), u128> =
     TableDefinition::new("floxy_idempotency");
-/// `terminal`: (updated_at ms, instance id) → `()`, the terminal instances for cleanup.
+/// `terminal`: (`updated_at` ms, instance id) → `()`, the terminal instances for cleanup.
 pub(crate) const TERMINAL: TableDefinition<(i64, u128), ()> =
     TableDefinition::new("floxy_terminal");
 

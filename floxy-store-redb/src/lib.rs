@@ -135,13 +135,13 @@
 //! | `floxy_dlq` | DLQ id | DLQ record |
 //! | `floxy_dlq_by_instance` | (instance id, DLQ id) | — |
 //! | `floxy_idempotency` | (workflow id, key) | instance id |
-//! | `floxy_terminal` | (updated_at ms, instance id) | — (terminal instances, for cleanup) |
+//! | `floxy_terminal` | (`updated_at` ms, instance id) | — (terminal instances, for cleanup) |
 //!
-//! Records are MessagePack (`rmp-serde`, structs as arrays) of the `floxy-core` model types,
-//! JSON payloads embedded as MessagePack values; definitions are JSON. Step rows and event
+//! Records are `MessagePack` (`rmp-serde`, structs as arrays) of the `floxy-core` model types,
+//! JSON payloads embedded as `MessagePack` values; definitions are JSON. Step rows and event
 //! rows leave out what their key already holds (the instance id, and the step name of a run
 //! or an item): the committing thread's cost grows with the bytes a commit writes. Keys are
-//! redb tuples, so a table's order is the order its readers need (UUIDv7 instance ids keep
+//! redb tuples, so a table's order is the order its readers need (`UUIDv7` instance ids keep
 //! one instance's rows together and recent instances at the end of each table, which keeps
 //! the pages a commit dirties few). The fencing-token counter, the event sequence and the
 //! DLQ id counter are persisted by every transaction that advances them, so they never go

@@ -185,7 +185,7 @@ impl Ops {
                     drop(t.defs.insert(k.as_str(), bytes(v)).map_err(redb_err)?);
                 }
                 Op::Instance(k, Some(v)) => {
-                    drop(t.instances.insert(*k, bytes(v)).map_err(redb_err)?)
+                    drop(t.instances.insert(*k, bytes(v)).map_err(redb_err)?);
                 }
                 Op::Instance(k, None) => drop(t.instances.remove(*k).map_err(redb_err)?),
                 Op::Step(k, s, Some(v)) => {

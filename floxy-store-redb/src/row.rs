@@ -3,7 +3,7 @@
 //!
 //! A step row's key is `(instance id, step name)` and an event row's key starts with the
 //! instance id, so the runs and items a step row holds leave out the instance id (18 bytes
-//! in MessagePack) and the step name, and events leave out the instance id. Those rows are
+//! in `MessagePack`) and the step name, and events leave out the instance id. Those rows are
 //! most of what a claim or a completion writes, and the committing thread's cost grows with
 //! the bytes it writes: a step row is about a quarter smaller, an event a third.
 //!
@@ -17,7 +17,7 @@
 //! merges the marks of an instance's step rows with its event rows by sequence number. A row
 //! without marks is encoded as `[run, items]`, one with marks as `[run, items, marks]`.
 //!
-//! Values stay MessagePack arrays (`rmp-serde`). Decoding takes the key and puts the instance
+//! Values stay `MessagePack` arrays (`rmp-serde`). Decoding takes the key and puts the instance
 //! id and step name back. The structs list every field of the model types by name, so a new
 //! field in `floxy-core` does not compile here until it has a place in the format.
 

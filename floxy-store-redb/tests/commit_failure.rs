@@ -176,7 +176,7 @@ fn child_fails_a_commit_then_waits() {
         unavailable(&r, "the update whose commit failed");
         println!("COMMIT-FAILED-AS-INJECTED");
         // The parent kills this process: no close.
-        std::thread::sleep(Duration::from_secs(120));
+        std::thread::sleep(Duration::from_mins(2));
     });
     scenario.teardown();
 }
@@ -201,7 +201,7 @@ fn a_failed_commit_is_not_replayed_after_a_crash() {
     });
     let mut created = None;
     loop {
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        let line = match rx.recv_timeout(Duration::from_mins(1)) {
             Ok(l) => l,
             Err(e) => {
                 let _ = child.kill();

@@ -158,11 +158,7 @@ fn child_holds_the_file() {
     println!("FLOXY-CHILD-READY");
     std::io::stdout().flush().expect("flush");
     let mut line = String::new();
-    while std::io::stdin()
-        .read_line(&mut line)
-        .map(|n| n > 0)
-        .unwrap_or(false)
-    {}
+    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
     futures::executor::block_on(store.close()).expect("close");
 }
 
@@ -177,7 +173,7 @@ fn already_open_in_another_process() {
         .expect("spawn child");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let ready = lines.any(|l| l.map(|l| l.contains("FLOXY-CHILD-READY")).unwrap_or(false));
+    let ready = lines.any(|l| l.is_ok_and(|l| l.contains("FLOXY-CHILD-READY")));
     assert!(ready, "the child opened the file");
     let e = open_err(&db.path);
     assert!(matches!(e, OpenError::AlreadyOpen { .. }), "{e:?}");

@@ -9,7 +9,7 @@
 //!   ones the acknowledged writes made (sequence numbers unique store-wide);
 //! * no fencing token was handed out twice, and every lease on disk is the last
 //!   acknowledged claim of its item;
-//! * the in-memory state the writer publishes or claims from (stats, next_due, the claim
+//! * the in-memory state the writer publishes or claims from (stats, `next_due`, the claim
 //!   index) agrees with what is on disk: a claim returns exactly the items the stored queue
 //!   says are claimable, in claim order;
 //! * the store's view before close equals the view after close and reopen, and a claim
@@ -103,7 +103,7 @@ struct Model {
     /// acknowledgement after another task's later claim of the same item, once the first
     /// lease expired, when the machine is loaded.)
     last_lease: HashMap<QueueKey, FencingToken>,
-    /// Terminal transitions in acknowledgement order: (instance, updated_at).
+    /// Terminal transitions in acknowledgement order: (instance, `updated_at`).
     terminal_log: Vec<(InstanceId, Timestamp)>,
     /// Instances a cleanup acknowledged after their terminal transition certainly removed.
     must_be_gone: HashSet<InstanceId>,

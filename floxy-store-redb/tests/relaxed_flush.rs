@@ -39,7 +39,7 @@ fn child_creates_then_idles() {
     });
     println!("\nFLOXY-CHILD-CREATED");
     loop {
-        std::thread::sleep(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_mins(1));
     }
 }
 

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "  compensating {} ({})",
             ctx.step(),
-            ctx.compensation().map(|c| c.reason.as_str()).unwrap_or("?")
+            ctx.compensation().map_or("?", |c| c.reason.as_str())
         );
         Ok(Payload::null())
     });
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A long call that honours cancellation.
         tokio::select! {
             () = ctx.cancellation_token().cancelled() => Err(HandlerError::retryable("cancelled")),
-            () = tokio::time::sleep(Duration::from_secs(60)) => Ok(Payload::null()),
+            () = tokio::time::sleep(Duration::from_mins(1)) => Ok(Payload::null()),
         }
     });
     let def = Builder::new("trip", 1)

@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(json!({ "charged": 100, "order": input.value()["order"] }).into())
     });
     engine.register_fn("payment.refund", |ctx, _input| async move {
-        let reason = ctx.compensation().map(|c| c.reason.as_str()).unwrap_or("?");
+        let reason = ctx.compensation().map_or("?", |c| c.reason.as_str());
         println!("  compensating: refunding the charge (reason: {reason})");
         Ok(Payload::null())
     });

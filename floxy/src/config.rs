@@ -101,7 +101,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Derives instance ids from `seed` and a counter instead of random bits (still UUIDv7,
+    /// Derives instance ids from `seed` and a counter instead of random bits (still `UUIDv7`,
     /// time-ordered). For seeded simulations that must replay exactly; never share a seed
     /// between engines on one store.
     pub fn deterministic_ids(mut self, seed: u64) -> Self {
@@ -138,6 +138,7 @@ impl EngineBuilder {
     }
 
     /// Builds the engine. Workers do not run until [`Engine::start_workers`].
+    #[must_use]
     pub fn build(self) -> Engine {
         Engine::from_parts(self.store, self.config)
     }

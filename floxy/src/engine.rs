@@ -234,7 +234,7 @@ impl Engine {
 
     // ----- starting -----------------------------------------------------------------------
 
-    /// Starts an instance of `workflow_id` with `input`; returns its id (a UUIDv7 from the
+    /// Starts an instance of `workflow_id` with `input`; returns its id (a `UUIDv7` from the
     /// engine's clock). The instance is committed `running` with its first work queued.
     ///
     /// # Errors

@@ -25,9 +25,9 @@ pub const MIN_HEARTBEAT_PERIOD_MS: u64 = 10;
 /// How long a cancel request for an item no local lease holds yet is remembered: a claim
 /// of it may be in flight (the store leased it, the worker has not registered the lease),
 /// and that lease must not wait for a heartbeat (a third of the TTL) to learn of it.
-pub const PENDING_CANCEL_MS: u64 = 5_000;
+pub(crate) const PENDING_CANCEL_MS: u64 = 5_000;
 /// Most such requests remembered (the oldest are forgotten first).
-pub const MAX_PENDING_CANCELS: usize = 1_024;
+pub(crate) const MAX_PENDING_CANCELS: usize = 1_024;
 
 struct Entry {
     lease: LeaseRef,

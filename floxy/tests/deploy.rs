@@ -85,22 +85,21 @@ fn check_expr(context: &str, expr: &str) -> BTreeSet<&'static str> {
         if !word.starts_with("floxy_") {
             continue;
         }
-        let (def, suffix) = match find(word) {
-            Some(d) => (d, ""),
-            None => {
-                let (base, suffix) = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| word.strip_suffix(s).map(|b| (b, *s)))
-                    .unwrap_or_else(|| panic!("{context}: {word} is not a floxy metric"));
-                let def =
-                    find(base).unwrap_or_else(|| panic!("{context}: {word} is not a floxy metric"));
-                assert_eq!(
-                    def.kind,
-                    MetricKind::Histogram,
-                    "{context}: {word}: only histograms have {suffix} series"
-                );
-                (def, suffix)
-            }
+        let (def, suffix) = if let Some(d) = find(word) {
+            (d, "")
+        } else {
+            let (base, suffix) = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s).map(|b| (b, *s)))
+                .unwrap_or_else(|| panic!("{context}: {word} is not a floxy metric"));
+            let def =
+                find(base).unwrap_or_else(|| panic!("{context}: {word} is not a floxy metric"));
+            assert_eq!(
+                def.kind,
+                MetricKind::Histogram,
+                "{context}: {word}: only histograms have {suffix} series"
+            );
+            (def, suffix)
         };
         names.insert(def.name);
         if bytes.get(i) == Some(&b'{') {

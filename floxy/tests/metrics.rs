@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const EPOCH: Timestamp = Timestamp(1_700_000_000_000);
-const WAIT: Duration = Duration::from_secs(600);
+const WAIT: Duration = Duration::from_mins(10);
 
 /// One recorded series: name, labels, value.
 struct Series {

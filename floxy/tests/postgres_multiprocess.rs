@@ -80,7 +80,7 @@ fn register(engine: &Engine, store: &PostgresStore, worker: &str, mode: &str) {
             async move {
                 log_call(&pool, &schema, &ctx, &worker).await;
                 if hang {
-                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    tokio::time::sleep(Duration::from_mins(10)).await;
                 }
                 Ok(input)
             }
@@ -213,7 +213,7 @@ async fn three_processes_share_the_work() {
         .map(|w| spawn_worker(store.schema(), &format!("proc-{w}"), "count", 90))
         .collect();
     for w in &mut workers {
-        wait_child(w, Duration::from_secs(120)).await;
+        wait_child(w, Duration::from_mins(2)).await;
     }
 
     for id in &ids {
@@ -294,7 +294,7 @@ async fn killed_worker_lease_expires_and_step_is_reclaimed() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_mins(1),
             "victim never ran the handler"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -387,7 +387,7 @@ async fn forks_race_claims_against_commits() {
     let t0 = Instant::now();
     while unfinished(&store).await > 0 {
         assert!(
-            t0.elapsed() < Duration::from_secs(120),
+            t0.elapsed() < Duration::from_mins(2),
             "instances did not finish"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

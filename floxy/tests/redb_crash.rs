@@ -240,7 +240,7 @@ fn run_child(path: &std::path::Path, round: u64, kill_after: u64, acks: &mut Ack
     });
     let mut seen = 0;
     while seen < kill_after {
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match rx.recv_timeout(Duration::from_mins(1)) {
             Ok(line) => {
                 if line.contains("ACK-") {
                     seen += 1;
@@ -337,8 +337,7 @@ fn sigkill_loses_no_acknowledged_commit() {
     let path = dir.path().join("floxy.redb");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
+        .map_or(1, |d| d.as_nanos() as u64)
         | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);
@@ -392,7 +391,7 @@ fn sigkill_loses_no_acknowledged_commit() {
         }
         for id in &ids {
             let r = engine
-                .wait_for(*id, Duration::from_secs(60))
+                .wait_for(*id, Duration::from_mins(1))
                 .await
                 .unwrap_or_else(|e| panic!("instance {id} did not finish: {e}"));
             assert_eq!(r.status, InstanceStatus::Completed, "instance {id}");

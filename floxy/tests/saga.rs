@@ -270,7 +270,7 @@ async fn timeout_is_enforced() {
                 token.cancelled().await;
                 fired.store(true, Ordering::SeqCst);
             });
-            tokio::time::sleep(Duration::from_secs(3_600)).await;
+            tokio::time::sleep(Duration::from_hours(1)).await;
             Ok(input)
         }
     });
@@ -627,14 +627,14 @@ async fn cleanup_removes_only_old_terminal_instances() {
         .start_and_wait(&waiting, serde_json::json!({}), common::WAIT)
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3_600)).await;
+    tokio::time::sleep(std::time::Duration::from_hours(1)).await;
     let fresh = engine
         .start_and_wait(&done, serde_json::json!({}), common::WAIT)
         .await
         .unwrap();
     assert_eq!(
         engine
-            .cleanup(std::time::Duration::from_secs(60))
+            .cleanup(std::time::Duration::from_mins(1))
             .await
             .unwrap(),
         1

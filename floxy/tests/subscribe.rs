@@ -196,7 +196,7 @@ async fn run(
         ids.push(engine.start(&wf, json!({"x": 1})).await.unwrap());
     }
     for id in ids {
-        let done = engine.wait_for(id, Duration::from_secs(120)).await.unwrap();
+        let done = engine.wait_for(id, Duration::from_mins(2)).await.unwrap();
         assert_eq!(done.status, InstanceStatus::Completed);
     }
     let rate = n as f64 / begin.elapsed().as_secs_f64();

@@ -80,7 +80,7 @@ async fn shutdown_abandons_work_past_the_timeout() {
             });
             s.raise();
             // Ignores its token on purpose.
-            tokio::time::sleep(Duration::from_secs(3_600)).await;
+            tokio::time::sleep(Duration::from_hours(1)).await;
             Ok(input)
         }
     });
@@ -258,7 +258,7 @@ async fn lost_lease_cancels_the_handler_and_drops_its_result() {
                     fired.raise();
                 });
                 // Returns long after the lease was lost: this result must be dropped.
-                tokio::time::sleep(Duration::from_secs(3_600)).await;
+                tokio::time::sleep(Duration::from_hours(1)).await;
             }
             Ok(Payload::new(json!({"call": call})))
         }

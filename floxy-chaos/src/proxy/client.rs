@@ -144,9 +144,9 @@ pub struct NetworkFaults {
     /// Timeout toxic: close after this many ms of silence (Floxy's stress test: 2000; 0 =
     /// blackhole).
     pub timeout_ms: u64,
-    /// slow_close toxic delay, ms.
+    /// `slow_close` toxic delay, ms.
     pub slow_close_ms: u64,
-    /// limit_data toxic: bytes before the connection is cut.
+    /// `limit_data` toxic: bytes before the connection is cut.
     pub limit_data_bytes: u64,
     /// Include `reset_peer` (connections reset).
     pub reset_peer: bool,

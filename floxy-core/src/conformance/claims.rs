@@ -13,10 +13,10 @@ use crate::store::{ClaimRequest, Store, StoreError};
 use std::collections::HashSet;
 
 fn token_of(item: &QueueItem) -> FencingToken {
-    item.lease
-        .as_ref()
-        .map(|l| l.token)
-        .unwrap_or_else(|| panic!("claimed item {:?} has no lease", item.key))
+    item.lease.as_ref().map_or_else(
+        || panic!("claimed item {:?} has no lease", item.key),
+        |l| l.token,
+    )
 }
 
 fn steps_of(claimed: &[crate::store::ClaimedItem]) -> Vec<String> {

@@ -322,8 +322,7 @@ pub async fn atomic_apply<S: Store>(store: S) {
         .item
         .lease
         .as_ref()
-        .map(|l| l.token)
-        .unwrap_or_else(|| panic!("a claimed item has a lease"));
+        .map_or_else(|| panic!("a claimed item has a lease"), |l| l.token);
     assert_eq!(&*claimed[0].item.key.step, "a", "a is first (key order)");
     let before = observe(&store, id).await;
 

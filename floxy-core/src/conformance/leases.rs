@@ -8,11 +8,10 @@ use crate::model::{EventKind, FencingToken, LeaseCheck, QueueOp, StepStatus, Tim
 use crate::store::{LeaseRef, LeaseState, Store};
 
 fn token(c: &crate::store::ClaimedItem) -> FencingToken {
-    c.item
-        .lease
-        .as_ref()
-        .map(|l| l.token)
-        .unwrap_or_else(|| panic!("claimed item {:?} has no lease", c.item.key))
+    c.item.lease.as_ref().map_or_else(
+        || panic!("claimed item {:?} has no lease", c.item.key),
+        |l| l.token,
+    )
 }
 
 /// Fencing tokens strictly increase across claims, batches and reclaims.

@@ -9,11 +9,10 @@ use crate::store::{LeaseRef, LeaseState, Store};
 use std::sync::Arc;
 
 fn token(c: &crate::store::ClaimedItem) -> FencingToken {
-    c.item
-        .lease
-        .as_ref()
-        .map(|l| l.token)
-        .unwrap_or_else(|| panic!("claimed item {:?} has no lease", c.item.key))
+    c.item.lease.as_ref().map_or_else(
+        || panic!("claimed item {:?} has no lease", c.item.key),
+        |l| l.token,
+    )
 }
 
 /// An upsert replaces the item with the same key and drops its lease: the old token is

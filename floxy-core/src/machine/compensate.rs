@@ -24,7 +24,7 @@ impl Work<'_> {
 
     /// Starts the next compensation if none is in flight. Steps without a compensation
     /// handler become `rolled_back` without a call, in their turn.
-    pub fn drive_compensation(&mut self) -> Result<(), TransitionError> {
+    pub(super) fn drive_compensation(&mut self) -> Result<(), TransitionError> {
         let ids = self.run_ids();
         // One at a time, and only once every handler asked to stop has reported: a late
         // success must be compensated before anything that completed earlier.
@@ -45,36 +45,36 @@ impl Work<'_> {
                 .max_by_key(|&n| self.run(n).and_then(|r| r.completed_seq).unwrap_or(0));
             let Some(n) = next else { break };
             let wf = self.wf;
-            match (&wf.node(n).kind, &wf.step_def(n).kind) {
-                (
-                    NodeKind::Task {
-                        compensation: Some(handler),
-                        ..
-                    },
-                    StepKind::Task {
-                        on_failure: Some(c),
-                        ..
-                    },
-                ) => {
-                    let priority = wf.step_def(n).options.priority.max(DEFAULT_RETRY_PRIORITY);
-                    let reason = self.run(n).and_then(|r| r.compensate).map(|r| r.as_str());
-                    self.set_status(n, StepStatus::Compensating)?;
-                    self.run_mut(n)?.compensation_attempts = 0;
-                    self.enqueue(n, WorkKind::Compensate, handler.clone(), 0, priority, 0);
-                    self.inst.rollback_depth = self.inst.rollback_depth.saturating_add(1);
-                    self.event(
-                        EventKind::CompensationStarted,
-                        Some(n),
-                        None,
-                        Some(json!({ "compensation": c.name, "reason": reason })),
-                    );
-                    return Ok(());
-                }
-                _ => {
-                    self.set_status(n, StepStatus::RolledBack)?;
-                    self.event(EventKind::StepRolledBack, Some(n), None, None);
-                }
+            if let (
+                NodeKind::Task {
+                    compensation: Some(handler),
+                    ..
+                },
+                StepKind::Task {
+                    on_failure: Some(c),
+                    ..
+                },
+            ) = (&wf.node(n).kind, &wf.step_def(n).kind)
+            {
+                let priority = wf.step_def(n).options.priority.max(DEFAULT_RETRY_PRIORITY);
+                let reason = self
+                    .run(n)
+                    .and_then(|r| r.compensate)
+                    .map(super::super::model::record::CompensationReason::as_str);
+                self.set_status(n, StepStatus::Compensating)?;
+                self.run_mut(n)?.compensation_attempts = 0;
+                self.enqueue(n, WorkKind::Compensate, handler.clone(), 0, priority, 0);
+                self.inst.rollback_depth = self.inst.rollback_depth.saturating_add(1);
+                self.event(
+                    EventKind::CompensationStarted,
+                    Some(n),
+                    None,
+                    Some(json!({ "compensation": c.name, "reason": reason })),
+                );
+                return Ok(());
             }
+            self.set_status(n, StepStatus::RolledBack)?;
+            self.event(EventKind::StepRolledBack, Some(n), None, None);
         }
         self.settle_branches();
         Ok(())
@@ -104,7 +104,7 @@ impl Work<'_> {
     }
 
     /// A compensation call of `n` returned.
-    pub fn compensation_done(
+    pub(super) fn compensation_done(
         &mut self,
         n: NodeId,
         attempt: u32,
@@ -182,7 +182,7 @@ impl Work<'_> {
 
     /// Ends the instance when no work is left: `completed`, `failed` or `cancelled`, or back
     /// to `dlq` when only paused DLQ steps remain.
-    pub fn finalize(&mut self) {
+    pub(super) fn finalize(&mut self) {
         let ids = self.run_ids();
         let busy = ids.iter().any(|&n| {
             self.status(n).is_some_and(StepStatus::is_active) || self.awaiting_compensation(n)

@@ -14,7 +14,7 @@ use serde_json::json;
 impl Work<'_> {
     /// Whether results of `n` no longer drive forward progress (the instance or one of the
     /// step's branches is stopping).
-    pub fn forward_stopped(&self, n: NodeId) -> bool {
+    pub(super) fn forward_stopped(&self, n: NodeId) -> bool {
         matches!(
             self.inst.status,
             InstanceStatus::RollingBack | InstanceStatus::Cancelling
@@ -51,7 +51,7 @@ impl Work<'_> {
     }
 
     /// Calls a forward step may make: `max_retries + 1`, or 1 for `no_idempotent` steps.
-    pub fn max_calls(&self, n: NodeId) -> u32 {
+    pub(super) fn max_calls(&self, n: NodeId) -> u32 {
         let def = self.wf.step_def(n);
         if def.options.no_idempotent {
             1
@@ -65,7 +65,7 @@ impl Work<'_> {
     }
 
     /// A forward handler call of `n` returned `output`.
-    pub fn step_succeeded(
+    pub(super) fn step_succeeded(
         &mut self,
         n: NodeId,
         attempt: u32,
@@ -99,7 +99,7 @@ impl Work<'_> {
     }
 
     /// A forward handler call of `n` failed (or its lease was lost).
-    pub fn attempt_failed(
+    pub(super) fn attempt_failed(
         &mut self,
         n: NodeId,
         attempt: u32,
@@ -168,7 +168,11 @@ impl Work<'_> {
     }
 
     /// `n` failed finally: park in the DLQ or start a rollback.
-    pub fn final_failure(&mut self, n: NodeId, error: String) -> Result<(), TransitionError> {
+    pub(super) fn final_failure(
+        &mut self,
+        n: NodeId,
+        error: String,
+    ) -> Result<(), TransitionError> {
         let seq = self.next_seq();
         let now = self.now;
         let dlq_mode = self.wf.definition().options.dlq_enabled;
@@ -236,7 +240,7 @@ impl Work<'_> {
 
     /// Decides how far a final failure of `n` reaches: a local rollback of one branch of an
     /// `any` fork while another branch can still succeed, else a rollback of the instance.
-    pub fn escalate(&mut self, n: NodeId) -> Result<(), TransitionError> {
+    pub(super) fn escalate(&mut self, n: NodeId) -> Result<(), TransitionError> {
         let wf = self.wf;
         let failed_name = wf.node(n).name.clone();
         let mut at = n;
@@ -299,7 +303,10 @@ impl Work<'_> {
 
     /// Stops forward work of the runs selected by `within`: queued and waiting work is
     /// skipped, running handlers are asked to stop.
-    pub fn stop_forward(&mut self, within: impl Fn(NodeId) -> bool) -> Result<(), TransitionError> {
+    pub(super) fn stop_forward(
+        &mut self,
+        within: impl Fn(NodeId) -> bool,
+    ) -> Result<(), TransitionError> {
         for id in self.run_ids() {
             if !within(id) {
                 continue;
@@ -330,7 +337,7 @@ impl Work<'_> {
     }
 
     /// Marks every successful run selected by `within` for compensation (once).
-    pub fn flag_completed(
+    pub(super) fn flag_completed(
         &mut self,
         reason: CompensationReason,
         within: impl Fn(NodeId) -> bool,

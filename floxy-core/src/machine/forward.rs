@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 impl Work<'_> {
     /// Processes every step made ready in this transition (FIFO, iterative: structural steps
     /// make their successors ready in the same transition).
-    pub fn drain_ready(&mut self) -> Result<(), TransitionError> {
+    pub(super) fn drain_ready(&mut self) -> Result<(), TransitionError> {
         while let Some((n, input)) = self.ready.pop_front() {
             if self.path_live(n) {
                 self.activate(n, input)?;
@@ -108,7 +108,7 @@ impl Work<'_> {
     }
 
     /// Puts a human step in `waiting_decision` (with its timeout timer).
-    pub fn wait_for_human(&mut self, n: NodeId, input: Payload, timeout_ms: Option<u64>) {
+    pub(super) fn wait_for_human(&mut self, n: NodeId, input: Payload, timeout_ms: Option<u64>) {
         self.create_run(n, StepStatus::WaitingDecision, input);
         self.event(EventKind::HumanDecisionWaiting, Some(n), None, None);
         if let Some(t) = timeout_ms {
@@ -133,7 +133,7 @@ impl Work<'_> {
     }
 
     /// Continues after `n` completed with `output`.
-    pub fn advance(&mut self, n: NodeId, output: Payload) -> Result<(), TransitionError> {
+    pub(super) fn advance(&mut self, n: NodeId, output: Payload) -> Result<(), TransitionError> {
         match self.wf.node(n).next {
             Some(next) => {
                 self.ready.push_back((next, output));
@@ -165,7 +165,7 @@ impl Work<'_> {
     }
 
     /// After a forward success of `n`: joins with explicit wait lists that name it may fire.
-    pub fn notify_wait_lists(&mut self, n: NodeId) -> Result<(), TransitionError> {
+    pub(super) fn notify_wait_lists(&mut self, n: NodeId) -> Result<(), TransitionError> {
         let scope = self.wf.node(n).scope.clone();
         for (f, _) in scope {
             if let NodeKind::Fork { join, .. } = self.wf.node(f).kind
@@ -181,7 +181,7 @@ impl Work<'_> {
     }
 
     /// Fires the join of fork `f` if its wait condition holds.
-    pub fn evaluate_join(&mut self, f: NodeId) -> Result<(), TransitionError> {
+    pub(super) fn evaluate_join(&mut self, f: NodeId) -> Result<(), TransitionError> {
         let wf = self.wf;
         let NodeKind::Fork { branches, join } = &wf.node(f).kind else {
             return Err(TransitionError::Corrupt("join of a non-fork".into()));
@@ -200,10 +200,7 @@ impl Work<'_> {
             .map(|b| self.branch_phase(f, u16::try_from(b).unwrap_or(u16::MAX)))
             .collect();
         let ended = |p: &Option<BranchPhase>| {
-            !matches!(
-                p,
-                Some(BranchPhase::Running) | Some(BranchPhase::RollingBack)
-            )
+            !matches!(p, Some(BranchPhase::Running | BranchPhase::RollingBack))
         };
         let succeeded = |p: &Option<BranchPhase>| *p == Some(BranchPhase::Succeeded);
         let fire = match (wait_for, strategy) {

@@ -114,7 +114,7 @@ pub fn apply(
                     }
                     match outcome {
                         WorkOutcome::Succeeded(out) => {
-                            w.step_succeeded(n, *attempt, out.clone())?
+                            w.step_succeeded(n, *attempt, out.clone())?;
                         }
                         WorkOutcome::Failed { error, retryable } => {
                             w.attempt_failed(n, *attempt, error.clone(), *retryable)?;

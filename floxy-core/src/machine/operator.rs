@@ -21,7 +21,7 @@ impl Work<'_> {
     }
 
     /// Cancel: stop forward work, compensate every completed step (savepoints ignored).
-    pub fn cancel(
+    pub(super) fn cancel(
         &mut self,
         reason: Option<String>,
         by: Option<&str>,
@@ -50,7 +50,7 @@ impl Work<'_> {
     }
 
     /// Abort: stop everything at once, no compensation.
-    pub fn abort(
+    pub(super) fn abort(
         &mut self,
         reason: Option<String>,
         by: Option<&str>,
@@ -103,7 +103,11 @@ impl Work<'_> {
     }
 
     /// A human decision on step `n`.
-    pub fn decide(&mut self, n: NodeId, decision: HumanDecision) -> Result<(), TransitionError> {
+    pub(super) fn decide(
+        &mut self,
+        n: NodeId,
+        decision: HumanDecision,
+    ) -> Result<(), TransitionError> {
         let name = self.wf.node(n).name.to_string();
         let NodeKind::Human { on_reject, .. } = self.wf.node(n).kind else {
             return Err(TransitionError::NotHumanStep { step: name });
@@ -171,7 +175,7 @@ impl Work<'_> {
     }
 
     /// The decision timeout of human step `n` fired.
-    pub fn timer_fired(&mut self, n: NodeId) -> Result<(), TransitionError> {
+    pub(super) fn timer_fired(&mut self, n: NodeId) -> Result<(), TransitionError> {
         self.dequeue(n, WorkKind::Timer);
         if self.status(n) != Some(StepStatus::WaitingDecision)
             || self.inst.status != InstanceStatus::Running
@@ -198,7 +202,7 @@ impl Work<'_> {
     }
 
     /// Requeues DLQ record `id`, optionally with a new input.
-    pub fn requeue(
+    pub(super) fn requeue(
         &mut self,
         id: DlqId,
         new_input: Option<Payload>,

@@ -29,7 +29,7 @@ pub(super) struct Work<'a> {
 }
 
 impl<'a> Work<'a> {
-    pub fn new(wf: &'a CompiledWorkflow, inst: InstanceRecord, now: Timestamp) -> Self {
+    pub(super) fn new(wf: &'a CompiledWorkflow, inst: InstanceRecord, now: Timestamp) -> Self {
         let n = wf.nodes().len();
         Self {
             wf,
@@ -48,7 +48,7 @@ impl<'a> Work<'a> {
         }
     }
 
-    pub fn from_snapshot(
+    pub(super) fn from_snapshot(
         wf: &'a CompiledWorkflow,
         snap: &'a InstanceSnapshot,
         now: Timestamp,
@@ -71,22 +71,22 @@ impl<'a> Work<'a> {
         Ok(w)
     }
 
-    pub fn run(&self, n: NodeId) -> Option<&StepRun> {
+    pub(super) fn run(&self, n: NodeId) -> Option<&StepRun> {
         self.runs[n].as_ref()
     }
 
-    pub fn status(&self, n: NodeId) -> Option<StepStatus> {
+    pub(super) fn status(&self, n: NodeId) -> Option<StepStatus> {
         self.runs[n].as_ref().map(|r| r.status)
     }
 
     /// Node ids that have a run, in node order.
-    pub fn run_ids(&self) -> Vec<NodeId> {
+    pub(super) fn run_ids(&self) -> Vec<NodeId> {
         (0..self.runs.len())
             .filter(|&i| self.runs[i].is_some())
             .collect()
     }
 
-    pub fn run_mut(&mut self, n: NodeId) -> Result<&mut StepRun, TransitionError> {
+    pub(super) fn run_mut(&mut self, n: NodeId) -> Result<&mut StepRun, TransitionError> {
         self.dirty[n] = true;
         let name = &self.wf.node(n).name;
         self.runs[n]
@@ -98,7 +98,7 @@ impl<'a> Work<'a> {
 
     /// Moves a run to `to`, checking the status table (a violation is a machine bug that
     /// must not reach the store).
-    pub fn set_status(&mut self, n: NodeId, to: StepStatus) -> Result<(), TransitionError> {
+    pub(super) fn set_status(&mut self, n: NodeId, to: StepStatus) -> Result<(), TransitionError> {
         let run = self.run_mut(n)?;
         if !run.status.can_become(to) {
             return Err(TransitionError::Corrupt(format!(
@@ -111,7 +111,12 @@ impl<'a> Work<'a> {
     }
 
     /// Creates (or, on requeue, replaces) the run of `n`.
-    pub fn create_run(&mut self, n: NodeId, status: StepStatus, input: Payload) -> &mut StepRun {
+    pub(super) fn create_run(
+        &mut self,
+        n: NodeId,
+        status: StepStatus,
+        input: Payload,
+    ) -> &mut StepRun {
         let run = StepRun::new(
             self.inst.id,
             self.wf.node(n).name.clone(),
@@ -123,12 +128,12 @@ impl<'a> Work<'a> {
         self.runs[n].insert(run)
     }
 
-    pub fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         self.inst.completion_seq += 1;
         self.inst.completion_seq
     }
 
-    pub fn event(
+    pub(super) fn event(
         &mut self,
         kind: EventKind,
         step: Option<NodeId>,
@@ -143,7 +148,7 @@ impl<'a> Work<'a> {
         });
     }
 
-    pub fn key(&self, n: NodeId, kind: WorkKind) -> QueueKey {
+    pub(super) fn key(&self, n: NodeId, kind: WorkKind) -> QueueKey {
         QueueKey {
             instance_id: self.inst.id,
             step: self.wf.node(n).name.clone(),
@@ -151,7 +156,7 @@ impl<'a> Work<'a> {
         }
     }
 
-    pub fn enqueue(
+    pub(super) fn enqueue(
         &mut self,
         n: NodeId,
         kind: WorkKind,
@@ -177,17 +182,17 @@ impl<'a> Work<'a> {
         self.queue.push(QueueOp::Upsert(item));
     }
 
-    pub fn dequeue(&mut self, n: NodeId, kind: WorkKind) {
+    pub(super) fn dequeue(&mut self, n: NodeId, kind: WorkKind) {
         let key = self.key(n, kind);
         self.queue.push(QueueOp::Delete(key));
     }
 
-    pub fn request_cancel(&mut self, n: NodeId) {
+    pub(super) fn request_cancel(&mut self, n: NodeId) {
         let key = self.key(n, WorkKind::Execute);
         self.queue.push(QueueOp::RequestCancel(key));
     }
 
-    pub fn branch_phase(&self, fork: NodeId, branch: u16) -> Option<BranchPhase> {
+    pub(super) fn branch_phase(&self, fork: NodeId, branch: u16) -> Option<BranchPhase> {
         let name = &self.wf.node(fork).name;
         self.inst
             .branches
@@ -196,7 +201,7 @@ impl<'a> Work<'a> {
             .map(|b| b.phase)
     }
 
-    pub fn branch_mut(
+    pub(super) fn branch_mut(
         &mut self,
         fork: NodeId,
         branch: u16,
@@ -209,7 +214,7 @@ impl<'a> Work<'a> {
     }
 
     /// Whether the path through `n` may still make forward progress.
-    pub fn path_live(&self, n: NodeId) -> bool {
+    pub(super) fn path_live(&self, n: NodeId) -> bool {
         use crate::model::InstanceStatus as I;
         matches!(self.inst.status, I::Running | I::Dlq)
             && self
@@ -221,7 +226,7 @@ impl<'a> Work<'a> {
     }
 
     /// Turns the working copy into the transition.
-    pub fn finish(mut self, create: bool) -> Transition {
+    pub(super) fn finish(mut self, create: bool) -> Transition {
         self.inst.version += 1;
         self.inst.updated_at = self.now;
         let mut steps = Vec::new();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 pub type StepName = Arc<str>;
 
 /// Identifier of a workflow instance. Chosen by the caller of the core (the runtime uses
-/// time-ordered UUIDv7s) so that no store round trip is needed to start an instance.
+/// time-ordered `UUIDv7s`) so that no store round trip is needed to start an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct InstanceId(pub uuid::Uuid);

@@ -350,7 +350,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The snake_case name.
+    /// The `snake_case` name.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {

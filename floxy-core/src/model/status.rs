@@ -51,7 +51,7 @@ impl InstanceStatus {
         )
     }
 
-    /// The snake_case name used in storage, events and metrics.
+    /// The `snake_case` name used in storage, events and metrics.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -67,7 +67,7 @@ impl InstanceStatus {
         }
     }
 
-    /// Parses the snake_case name.
+    /// Parses the `snake_case` name.
     #[must_use]
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|x| x.as_str() == s)
@@ -130,7 +130,7 @@ impl StepStatus {
         Self::Paused,
     ];
 
-    /// The snake_case name used in storage and events.
+    /// The `snake_case` name used in storage and events.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -150,7 +150,7 @@ impl StepStatus {
         }
     }
 
-    /// Parses the snake_case name.
+    /// Parses the `snake_case` name.
     #[must_use]
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|x| x.as_str() == s)

@@ -7,7 +7,7 @@ use floxy_core::machine::{self, Input, TransitionError, WorkOutcome};
 use floxy_core::model::*;
 use std::collections::BTreeMap;
 
-pub struct H {
+pub(crate) struct H {
     pub wf: CompiledWorkflow,
     pub snap: InstanceSnapshot,
     pub queue: BTreeMap<QueueKey, QueueItem>,
@@ -19,12 +19,12 @@ pub struct H {
     pub calls: Vec<(String, WorkKind, u32)>,
 }
 
-pub fn payload(v: serde_json::Value) -> Payload {
+pub(crate) fn payload(v: serde_json::Value) -> Payload {
     Payload::new(v)
 }
 
 impl H {
-    pub fn start(def: WorkflowDefinition, input: serde_json::Value) -> Self {
+    pub(crate) fn start(def: WorkflowDefinition, input: serde_json::Value) -> Self {
         let wf = CompiledWorkflow::compile(def).expect("valid definition");
         let id = InstanceId::from_u128(42);
         let now = Timestamp(1_000_000);
@@ -47,7 +47,7 @@ impl H {
         h
     }
 
-    pub fn apply_t(&mut self, t: Transition) {
+    pub(crate) fn apply_t(&mut self, t: Transition) {
         assert_eq!(
             t.instance.version,
             self.snap.instance.version + u64::from(!t.create)
@@ -106,7 +106,7 @@ impl H {
     }
 
     /// Like a store: a stale lease changes nothing and is reported as `Err(None)`.
-    pub fn try_feed(&mut self, input: Input) -> Result<(), Option<TransitionError>> {
+    pub(crate) fn try_feed(&mut self, input: Input) -> Result<(), Option<TransitionError>> {
         let t = machine::apply(&self.wf, &self.snap, &input, self.now).map_err(Some)?;
         if let Some(lc) = &t.lease_check {
             let held = self
@@ -122,14 +122,14 @@ impl H {
         Ok(())
     }
 
-    pub fn feed(&mut self, input: Input) -> Result<(), TransitionError> {
+    pub(crate) fn feed(&mut self, input: Input) -> Result<(), TransitionError> {
         let t = machine::apply(&self.wf, &self.snap, &input, self.now)?;
         self.apply_t(t);
         Ok(())
     }
 
-    /// Claims an item like a store would (run_at must be due unless `force`).
-    pub fn claim(&mut self, step: &str, kind: WorkKind) -> (FencingToken, u32, bool) {
+    /// Claims an item like a store would (`run_at` must be due unless `force`).
+    pub(crate) fn claim(&mut self, step: &str, kind: WorkKind) -> (FencingToken, u32, bool) {
         let key = QueueKey {
             instance_id: self.snap.instance.id,
             step: step.into(),
@@ -165,7 +165,7 @@ impl H {
         (token, attempt, expired)
     }
 
-    pub fn work(
+    pub(crate) fn work(
         &mut self,
         step: &str,
         kind: WorkKind,
@@ -186,7 +186,7 @@ impl H {
         })
     }
 
-    pub fn ok(&mut self, step: &str) {
+    pub(crate) fn ok(&mut self, step: &str) {
         self.work(
             step,
             WorkKind::Execute,
@@ -195,7 +195,7 @@ impl H {
         .unwrap();
     }
 
-    pub fn fail(&mut self, step: &str, retryable: bool) {
+    pub(crate) fn fail(&mut self, step: &str, retryable: bool) {
         self.work(
             step,
             WorkKind::Execute,
@@ -207,7 +207,7 @@ impl H {
         .unwrap();
     }
 
-    pub fn compensate_ok(&mut self, step: &str) {
+    pub(crate) fn compensate_ok(&mut self, step: &str) {
         self.work(
             step,
             WorkKind::Compensate,
@@ -217,7 +217,7 @@ impl H {
     }
 
     /// Due, unleased items in claim order.
-    pub fn ready(&self) -> Vec<(String, WorkKind)> {
+    pub(crate) fn ready(&self) -> Vec<(String, WorkKind)> {
         let mut v: Vec<&QueueItem> = self
             .queue
             .values()
@@ -231,8 +231,8 @@ impl H {
             .collect()
     }
 
-    /// Advances virtual time to the next run_at if nothing is due.
-    pub fn advance_to_next(&mut self) -> bool {
+    /// Advances virtual time to the next `run_at` if nothing is due.
+    pub(crate) fn advance_to_next(&mut self) -> bool {
         if !self.ready().is_empty() {
             return true;
         }
@@ -251,7 +251,7 @@ impl H {
     }
 
     /// Runs every item until the queue is empty, answering handler calls with `f`.
-    pub fn run(&mut self, mut f: impl FnMut(&str, WorkKind, u32) -> WorkOutcome) {
+    pub(crate) fn run(&mut self, mut f: impl FnMut(&str, WorkKind, u32) -> WorkOutcome) {
         for _ in 0..10_000 {
             if !self.advance_to_next() {
                 return;
@@ -288,11 +288,11 @@ impl H {
         panic!("did not settle");
     }
 
-    pub fn run_ok(&mut self) {
+    pub(crate) fn run_ok(&mut self) {
         self.run(|s, _, _| WorkOutcome::Succeeded(payload(serde_json::json!({ "by": s }))));
     }
 
-    pub fn status(&self, step: &str) -> Option<StepStatus> {
+    pub(crate) fn status(&self, step: &str) -> Option<StepStatus> {
         self.snap
             .steps
             .iter()
@@ -300,7 +300,7 @@ impl H {
             .map(|r| r.status)
     }
 
-    pub fn statuses(&self) -> BTreeMap<String, StepStatus> {
+    pub(crate) fn statuses(&self) -> BTreeMap<String, StepStatus> {
         self.snap
             .steps
             .iter()
@@ -308,11 +308,11 @@ impl H {
             .collect()
     }
 
-    pub fn inst(&self) -> InstanceStatus {
+    pub(crate) fn inst(&self) -> InstanceStatus {
         self.snap.instance.status
     }
 
-    pub fn event_names(&self) -> Vec<String> {
+    pub(crate) fn event_names(&self) -> Vec<String> {
         self.events
             .iter()
             .map(|e| match &e.step {
@@ -323,7 +323,7 @@ impl H {
     }
 
     /// Compensation calls in order.
-    pub fn compensations(&self) -> Vec<String> {
+    pub(crate) fn compensations(&self) -> Vec<String> {
         let mut v = Vec::new();
         for (s, k, _) in &self.calls {
             if *k == WorkKind::Compensate && v.last() != Some(s) {
@@ -334,7 +334,7 @@ impl H {
     }
 
     /// Checks SEMANTICS §13 invariants that a snapshot can show.
-    pub fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let st = self.inst();
         if st.is_terminal() {
             for r in &self.snap.steps {

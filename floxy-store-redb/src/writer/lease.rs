@@ -1,6 +1,9 @@
 //! Claims and heartbeats: leases with fencing tokens from the claim index.
 
-use super::*;
+use super::{
+    Batch, Cached, ClaimRequest, ClaimedItem, Fail, InstanceSnapshot, LeaseRef, LeaseState,
+    MAX_CLAIM_BATCH, QueueKey, StoreError, Timestamp, Writer, checks, classify,
+};
 
 impl Writer {
     // ----- claims and leases ---------------------------------------------------------------

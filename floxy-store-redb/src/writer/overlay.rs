@@ -2,7 +2,10 @@
 //! snapshot cache, the overlays) or from the last committed transaction, the bookkeeping
 //! that unpins them once the batch is committed, and the step rows a request changed.
 
-use super::*;
+use super::{
+    Arc, Batch, Cached, DLQ, IDEMPOTENCY, INSTANCES, InstanceId, InstanceSnapshot, QueueKey,
+    RowKey, STEPS, StoreError, WorkKind, Writer, inst_key, read, redb_err,
+};
 
 impl Writer {
     // ----- reads -----------------------------------------------------------------------------

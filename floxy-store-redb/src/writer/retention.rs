@@ -1,6 +1,9 @@
 //! Retention: removing terminal instances older than a cut-off, one chunk per batch.
 
-use super::*;
+use super::{
+    Batch, DLQ, DLQ_BY_INSTANCE, Fail, INSTANCES, InstanceId, STEPS, StoreError, TERMINAL,
+    Timestamp, Writer, classify, fatal, read, redb_err, status_index,
+};
 
 impl Writer {
     // ----- retention -----------------------------------------------------------------------

@@ -1,7 +1,12 @@
 //! Definitions and transitions: `put_definition`, `create_instance`, `update_instance` (with
 //! eager claims), every check of a transition, and how a checked transition is recorded.
 
-use super::*;
+use super::{
+    AssertUnwindSafe, Batch, ClaimedItem, CreateOutcome, DEFINITIONS, DlqId, DlqRecord, EagerClaim,
+    Event, Fail, InstanceId, InstanceRecord, InstanceSnapshot, PutDefinition, QueueOp, StepMark,
+    StoreError, Transition, TransitionFn, UpdateFail, WorkflowDefinition, Writer, checks, classify,
+    decode_definition, fatal, inst_key, layout, lease_eagerly, status_index, unlease_upserts,
+};
 
 impl Writer {
     // ----- definitions ---------------------------------------------------------------------

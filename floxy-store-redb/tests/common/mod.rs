@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A temporary directory and a database path inside it.
-pub struct TempDb {
+pub(crate) struct TempDb {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
 }
 
 impl TempDb {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("floxy.redb");
         Self { dir, path }
@@ -32,7 +32,7 @@ impl TempDb {
 /// crash-style tests re-execute themselves; the child test is `#[ignore]`d, so a plain run
 /// reports it skipped instead of passing it, and does its part when an environment variable
 /// the caller sets tells it to). Add the environment and the stdio.
-pub fn child_test(name: &str) -> std::process::Command {
+pub(crate) fn child_test(name: &str) -> std::process::Command {
     let mut c = std::process::Command::new(std::env::current_exe().expect("test binary"));
     c.args([
         "--exact",
@@ -45,7 +45,7 @@ pub fn child_test(name: &str) -> std::process::Command {
 }
 
 /// The runtime of a child process: two worker threads, like a small service.
-pub fn child_runtime() -> tokio::runtime::Runtime {
+pub(crate) fn child_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,13 +54,13 @@ pub fn child_runtime() -> tokio::runtime::Runtime {
 }
 
 /// Opens `path` with `durability`.
-pub fn open(path: &Path, durability: Durability) -> RedbStore {
+pub(crate) fn open(path: &Path, durability: Durability) -> RedbStore {
     RedbStore::open(path, RedbOptions::default().durability(durability)).expect("open store")
 }
 
 /// A store on a fresh file that lives as long as the returned guard. The store is durable
 /// (`Immediate`) unless told otherwise.
-pub fn fresh(durability: Durability) -> (RedbStore, TempDb) {
+pub(crate) fn fresh(durability: Durability) -> (RedbStore, TempDb) {
     let db = TempDb::new();
     let store = open(&db.path, durability);
     (store, db)
@@ -69,7 +69,7 @@ pub fn fresh(durability: Durability) -> (RedbStore, TempDb) {
 /// The transition of an attempt of `step` (leased for `handler`) that failed and is retried at
 /// `retry_at`: the run `retrying`, its item queued again, a `step_failed` event. The
 /// transition rewrites the step's row, so its event is kept there (a step mark).
-pub fn retry(
+pub(crate) fn retry(
     s: &floxy_core::model::InstanceSnapshot,
     step: &str,
     handler: &str,
@@ -97,7 +97,7 @@ pub fn retry(
 /// waits for it ([`committing`]) before it sends the requests it wants prepared on top of
 /// that batch, instead of sleeping and hoping the batch got that far.
 #[cfg(feature = "failpoints")]
-pub fn arm_committing() -> std::sync::Arc<tokio::sync::Notify> {
+pub(crate) fn arm_committing() -> std::sync::Arc<tokio::sync::Notify> {
     let started = std::sync::Arc::new(tokio::sync::Notify::new());
     let signal = started.clone();
     fail::cfg_callback("floxy-redb::committing", move || signal.notify_one()).unwrap();
@@ -106,7 +106,7 @@ pub fn arm_committing() -> std::sync::Arc<tokio::sync::Notify> {
 
 /// Waits until the batch [`arm_committing`] watches is committing (at most 10 s).
 #[cfg(feature = "failpoints")]
-pub async fn committing(started: &tokio::sync::Notify) {
+pub(crate) async fn committing(started: &tokio::sync::Notify) {
     tokio::time::timeout(std::time::Duration::from_secs(10), started.notified())
         .await
         .expect("a batch started committing within 10 s");
@@ -114,10 +114,10 @@ pub async fn committing(started: &tokio::sync::Notify) {
 }
 
 /// The instances [`populate`] creates: `iid(1)` to `iid(N)`.
-pub const N: u128 = 30;
+pub(crate) const N: u128 = 30;
 
 #[derive(Debug, PartialEq)]
-pub struct Everything {
+pub(crate) struct Everything {
     pub instances: Vec<Observation>,
     pub definitions: Vec<floxy_core::model::WorkflowDefinition>,
     pub listed: Vec<floxy_core::model::InstanceRecord>,
@@ -127,7 +127,7 @@ pub struct Everything {
     pub idem: Option<floxy_core::model::InstanceId>,
 }
 
-pub async fn everything(store: &RedbStore) -> Everything {
+pub(crate) async fn everything(store: &RedbStore) -> Everything {
     let mut instances = Vec::new();
     for n in 1..=N {
         instances.push(observe(store, iid(n)).await);
@@ -150,7 +150,7 @@ pub async fn everything(store: &RedbStore) -> Everything {
 /// Writes a varied history: definitions, instances (one with an idempotency key), claims,
 /// completions, retries, DLQ records, terminal instances, a cleanup.
 #[allow(clippy::too_many_lines)]
-pub async fn populate(store: &RedbStore) {
+pub(crate) async fn populate(store: &RedbStore) {
     ok(
         store
             .put_definition(&definition("orders", 1, "charge"))

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an example waits for an instance.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// An engine with a few workers, on a fresh in-memory store, or on the redb file given as
 /// `--redb PATH` (created if missing, reused if not).
-pub fn engine() -> Engine {
+pub(crate) fn engine() -> Engine {
     Engine::builder(store())
         .workers(4)
         .poll_interval_ms(20)
@@ -54,7 +54,7 @@ fn redb_store(_path: &str) -> Arc<dyn Store> {
 }
 
 /// Prints the instance's timeline and step statuses.
-pub async fn print_timeline(engine: &Engine, id: InstanceId) -> Result<(), EngineError> {
+pub(crate) async fn print_timeline(engine: &Engine, id: InstanceId) -> Result<(), EngineError> {
     let inst = engine
         .instance(id)
         .await?
@@ -78,7 +78,7 @@ pub async fn print_timeline(engine: &Engine, id: InstanceId) -> Result<(), Engin
 }
 
 /// Fails the example (non-zero exit) unless `got == want`.
-pub fn expect(what: &str, got: InstanceStatus, want: InstanceStatus) {
+pub(crate) fn expect(what: &str, got: InstanceStatus, want: InstanceStatus) {
     if got != want {
         eprintln!("{what}: expected {want}, got {got}");
         std::process::exit(1);

@@ -12,23 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Epoch of the virtual clock.
-pub const EPOCH: Timestamp = Timestamp(1_700_000_000_000);
+pub(crate) const EPOCH: Timestamp = Timestamp(1_700_000_000_000);
 /// Generous bound for waits on virtual time (auto-advance makes it instant).
-pub const WAIT: Duration = Duration::from_secs(600);
+pub(crate) const WAIT: Duration = Duration::from_mins(10);
 
 /// An engine on a fresh memory store, reading tokio's (virtual) time.
-pub fn engine() -> (Engine, Arc<MemoryStore>) {
+pub(crate) fn engine() -> (Engine, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
     (engine_on(Arc::clone(&store)), store)
 }
 
 /// An engine on `store`.
-pub fn engine_on(store: Arc<MemoryStore>) -> Engine {
+pub(crate) fn engine_on(store: Arc<MemoryStore>) -> Engine {
     engine_with(store)
 }
 
 /// An engine on any store.
-pub fn engine_with(store: Arc<dyn floxy::Store>) -> Engine {
+pub(crate) fn engine_with(store: Arc<dyn floxy::Store>) -> Engine {
     Engine::builder(store)
         .clock(Arc::new(TokioClock::with_epoch(EPOCH)))
         .workers(4)
@@ -40,22 +40,22 @@ pub fn engine_with(store: Arc<dyn floxy::Store>) -> Engine {
 
 /// A shared call log.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<String>>>);
+pub(crate) struct Log(Arc<Mutex<Vec<String>>>);
 
 impl Log {
-    pub fn push(&self, s: impl Into<String>) {
+    pub(crate) fn push(&self, s: impl Into<String>) {
         self.0.lock().push(s.into());
     }
-    pub fn entries(&self) -> Vec<String> {
+    pub(crate) fn entries(&self) -> Vec<String> {
         self.0.lock().clone()
     }
-    pub fn count(&self, s: &str) -> usize {
+    pub(crate) fn count(&self, s: &str) -> usize {
         self.0.lock().iter().filter(|e| *e == s).count()
     }
 }
 
 /// Registers `name` as a handler that logs its name and appends it to the input's `trail`.
-pub fn trail_handler(engine: &Engine, name: &'static str, log: &Log) {
+pub(crate) fn trail_handler(engine: &Engine, name: &'static str, log: &Log) {
     let log = log.clone();
     engine.register_fn(name, move |_ctx: StepContext, input: Payload| {
         let log = log.clone();
@@ -67,7 +67,7 @@ pub fn trail_handler(engine: &Engine, name: &'static str, log: &Log) {
 }
 
 /// Registers `name` as a compensation that logs `name(reason)`.
-pub fn compensation_handler(engine: &Engine, name: &'static str, log: &Log) {
+pub(crate) fn compensation_handler(engine: &Engine, name: &'static str, log: &Log) {
     let log = log.clone();
     engine.register_fn(name, move |ctx: StepContext, input: Payload| {
         let log = log.clone();
@@ -81,7 +81,7 @@ pub fn compensation_handler(engine: &Engine, name: &'static str, log: &Log) {
 }
 
 /// Registers `name` as a handler that always fails.
-pub fn failing_handler(engine: &Engine, name: &'static str, retryable: bool, log: &Log) {
+pub(crate) fn failing_handler(engine: &Engine, name: &'static str, retryable: bool, log: &Log) {
     let log = log.clone();
     engine.register_fn(name, move |_ctx: StepContext, _input: Payload| {
         let log = log.clone();
@@ -97,7 +97,7 @@ pub fn failing_handler(engine: &Engine, name: &'static str, retryable: bool, log
 }
 
 /// `input` with `name` appended to its `trail` array.
-pub fn append_trail(input: &Payload, name: &str) -> Payload {
+pub(crate) fn append_trail(input: &Payload, name: &str) -> Payload {
     let mut v = input.value().clone();
     if !v.is_object() {
         v = json!({});
@@ -114,12 +114,12 @@ pub fn append_trail(input: &Payload, name: &str) -> Payload {
 }
 
 /// Event names of a timeline.
-pub fn names(events: &[Event]) -> Vec<&'static str> {
+pub(crate) fn names(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
 
 /// Event names concerning one step.
-pub fn step_events(events: &[Event], step: &str) -> Vec<&'static str> {
+pub(crate) fn step_events(events: &[Event], step: &str) -> Vec<&'static str> {
     events
         .iter()
         .filter(|e| e.step.as_deref() == Some(step))
@@ -128,7 +128,7 @@ pub fn step_events(events: &[Event], step: &str) -> Vec<&'static str> {
 }
 
 /// The run of `step`.
-pub async fn step(engine: &Engine, id: InstanceId, step: &str) -> StepRun {
+pub(crate) async fn step(engine: &Engine, id: InstanceId, step: &str) -> StepRun {
     engine
         .steps(id)
         .await
@@ -140,13 +140,13 @@ pub async fn step(engine: &Engine, id: InstanceId, step: &str) -> StepRun {
 
 /// A signal a handler raises once it runs, and a test awaits.
 #[derive(Clone, Default)]
-pub struct Started(Arc<tokio::sync::Notify>);
+pub(crate) struct Started(Arc<tokio::sync::Notify>);
 
 impl Started {
-    pub fn raise(&self) {
+    pub(crate) fn raise(&self) {
         self.0.notify_one();
     }
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         tokio::time::timeout(WAIT, self.0.notified())
             .await
             .expect("handler never started");
@@ -155,7 +155,7 @@ impl Started {
 
 /// A store that answers the next `lose` heartbeats with `Lost` (a partitioned worker whose
 /// leases were taken over), and delegates everything else to a memory store.
-pub struct LosingStore {
+pub(crate) struct LosingStore {
     pub inner: MemoryStore,
     pub lose: std::sync::atomic::AtomicUsize,
     /// `load_instance` calls so far.
