@@ -180,6 +180,11 @@ impl Tokens {
         Ok(())
     }
 
+    /// The configured entries, in the order they were added.
+    pub fn entries(&self) -> impl Iterator<Item = &TokenEntry> {
+        self.entries.iter().map(|(e, _)| e)
+    }
+
     /// Whether no token is configured.
     #[must_use]
     pub fn is_empty(&self) -> bool {

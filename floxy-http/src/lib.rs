@@ -51,6 +51,8 @@ mod graph;
 mod register;
 mod routes;
 mod sse;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod ui;
 
 pub use auth::{Role, TOKENS_ENV, TokenEntry, TokenError, Tokens, hash_token};
@@ -150,7 +152,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Serves `router` on `listener` (plain HTTP/1.1) until the task is dropped or the listener
-/// fails.
+/// fails. For HTTPS, serve it on a `tls::TlsListener` (feature `tls`); for a graceful
+/// shutdown, call `axum::serve` yourself with `with_graceful_shutdown`.
 ///
 /// # Errors
 /// The listener's I/O error.

@@ -4,6 +4,7 @@
 // they are: product names stay plain.
 #![allow(clippy::doc_markdown)]
 
+mod api;
 mod stats;
 mod tech;
 
@@ -30,6 +31,15 @@ Tech server (no authentication: loopback by default; `:8081` means 127.0.0.1:808
   GET /health   200 {\"status\":\"healthy\"} while the process runs
   GET /ready    200 when the store answers, 503 with the reason otherwise
 
+HTTP API and web console (off unless --http-addr is set; `:8080` means 127.0.0.1:8080):
+  /api/...      Floxy's REST routes, OpenAPI at /api/openapi.json, events at /api/events/stream
+  /ui/          the web console (embedded: works offline)
+  Every request needs `Authorization: Bearer TOKEN`. Tokens: --http-tokens FILE and/or
+  FLOXY_HTTP_TOKENS, lines `NAME ROLE SHA256 [see_payloads]` with ROLE viewer, operator or
+  admin and SHA256 the hex SHA-256 of the token (`printf %s \"$TOKEN\" | sha256sum`).
+  --insecure-local: no tokens, everyone is admin; refused unless the address is loopback.
+  --tls-cert/--tls-key: HTTPS (PEM files); without them beyond loopback, a warning.
+
 Signals: SIGINT/SIGTERM stop claiming and let running handlers finish within
 --shutdown-timeout, then exit 0; a second signal stops at once (exit 130).
 
@@ -39,6 +49,9 @@ Examples:
   FLOXY_DB_HOST=localhost FLOXY_DB_PORT=5432 FLOXY_DB_USER=floxy FLOXY_DB_PASSWORD=secret \\
     FLOXY_DB_NAME=floxy floxyd handlers.yaml
   floxyd --database-url postgres://floxy@db/floxy --tech-addr 127.0.0.1:9090 --log-format json flows.yaml
+  floxyd --http-addr :8080 --insecure-local flows.yaml        # console at http://127.0.0.1:8080/ui/
+  floxyd --http-addr 0.0.0.0:8443 --http-tokens /etc/floxy/tokens \
+    --tls-cert /etc/floxy/cert.pem --tls-key /etc/floxy/key.pem flows.yaml
 
 Exit codes: 0 stopped by a signal after a clean shutdown; 1 runtime error (store unreachable,
 tech address in use); 2 bad configuration (flow file, a changed flow under an existing version,
@@ -63,6 +76,11 @@ fn addr_arg(s: &str) -> Result<SocketAddr, String> {
     full.parse::<SocketAddr>().map_err(|e| {
         format!("invalid address {s:?} ({e}); expected HOST:PORT, e.g. 127.0.0.1:8081")
     })
+}
+
+/// Parses `--http-addr` like `--tech-addr`.
+fn http_addr_arg(s: &str) -> Result<SocketAddr, String> {
+    addr_arg(s).map_err(|e| e.replace("8081", "8080"))
 }
 
 /// `--log-format`.
@@ -130,6 +148,21 @@ struct Args {
     /// Address of the tech server (/metrics, /health, /ready).
     #[arg(long, env = "FLOXY_TECH_ADDR", default_value = "127.0.0.1:8081", value_parser = addr_arg, value_name = "HOST:PORT")]
     tech_addr: SocketAddr,
+    /// Address of the HTTP API and web console (off when unset).
+    #[arg(long, env = "FLOXY_HTTP_ADDR", value_parser = http_addr_arg, value_name = "HOST:PORT")]
+    http_addr: Option<SocketAddr>,
+    /// API token file: lines `NAME ROLE SHA256 [see_payloads]`, or a JSON array.
+    #[arg(long, env = "FLOXY_HTTP_TOKENS_FILE", value_name = "FILE")]
+    http_tokens: Option<PathBuf>,
+    /// Serve the API without tokens, everyone as admin: only on a loopback --http-addr.
+    #[arg(long)]
+    insecure_local: bool,
+    /// HTTPS certificate chain of the API (PEM, leaf first).
+    #[arg(long, env = "FLOXY_HTTP_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "FLOXY_HTTP_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// How long running handlers get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "FLOXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration_arg, value_name = "DURATION")]
     shutdown_timeout: Duration,
@@ -156,6 +189,16 @@ impl std::fmt::Debug for Args {
 }
 
 impl Args {
+    fn api(&self) -> api::ApiArgs {
+        api::ApiArgs {
+            addr: self.http_addr,
+            tokens_file: self.http_tokens.clone(),
+            insecure_local: self.insecure_local,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
+
     /// The store: PostgreSQL from the URL or the parts, else the embedded store.
     fn store_spec(&self) -> CliResult<StoreSpec> {
         if let Some(url) = &self.database_url {
@@ -254,10 +297,11 @@ async fn daemon(args: Args) -> CliResult<()> {
     }
     let flows = floxy_cli::flows::load(&args.flows, LoadOptions::default().debug(args.debug))
         .map_err(|e| flow_error(&e))?;
+    let api = api::Api::from_args(&args.api())?;
     let metrics = tech::install_metrics()?;
 
     let store = OpenStore::open(&spec, OpenMode::Create).await?;
-    let result = serve(&args, &flows, &store, metrics).await;
+    let result = serve(&args, &flows, &store, metrics, api).await;
     store.close().await;
     result
 }
@@ -267,6 +311,7 @@ async fn serve(
     flows: &floxy_cli::flows::Flows,
     store: &OpenStore,
     metrics: tech::Metrics,
+    api: Option<api::Api>,
 ) -> CliResult<()> {
     if matches!(store.spec(), StoreSpec::Postgres { .. }) {
         let msg = store.migrate(PostgresLayout::Plain).await?;
@@ -296,6 +341,12 @@ async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| CliError::error(format!("tech server address: {e}")))?;
+
+    let api_stop = CancellationToken::new();
+    let api_server = match api {
+        Some(api) => Some(api.spawn(engine.clone(), api_stop.clone()).await?.0),
+        None => None,
+    };
 
     engine.start_workers()?;
     let stopping = CancellationToken::new();
@@ -336,6 +387,7 @@ async fn serve(
         "workers stopped"
     );
     server_stop.cancel();
+    api_stop.cancel();
     if let Some(p) = printer {
         let _ = p.await;
     }
@@ -345,6 +397,19 @@ async fn serve(
         Ok(Err(e)) => tracing::warn!(error = %e, "tech server task failed"),
         Err(_) => tracing::warn!("tech server did not stop within 5s"),
         Ok(Ok(Ok(()))) => {}
+    }
+    if let Some(api) = api_server {
+        // Event streams stay open until their clients leave: bounded, then cut.
+        let abort = api.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(5), api).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP API ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP API task failed"),
+            Err(_) => {
+                tracing::info!("HTTP API: connections still open after 5s closed");
+                abort.abort();
+            }
+            Ok(Ok(Ok(()))) => {}
+        }
     }
     Ok(())
 }
