@@ -11,6 +11,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The router can be nested under a prefix (`Router::new().nest("/floxy", api)`): the
+//! console finds the API next to itself. For HTTPS, feature `tls` adds the module `tls`
+//! (a rustls `TlsListener` for `axum::serve`); `floxyd --http-addr` serves this router with
+//! tokens from a file or the environment and optional TLS.
+//!
 //! # Routes
 //!
 //! Floxy's routes and JSON shapes, so Floxy tooling keeps working, described by an OpenAPI

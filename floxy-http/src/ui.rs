@@ -76,7 +76,8 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 async fn redirect() -> Response {
-    (StatusCode::PERMANENT_REDIRECT, [(LOCATION, "/ui/")]).into_response()
+    // Relative: `/ui` → `/ui/`, and `/floxy/ui` → `/floxy/ui/` when nested.
+    (StatusCode::PERMANENT_REDIRECT, [(LOCATION, "ui/")]).into_response()
 }
 
 async fn index(headers: HeaderMap) -> Response {

@@ -2,6 +2,12 @@
 
 const TOKEN_KEY = 'floxy.token';
 
+/**
+ * Where the router is mounted: the page is `<prefix>/ui/`, so a service that nests the
+ * router under `/floxy` gets its API at `/floxy/api`.
+ */
+const PREFIX = location.pathname.replace(/\/ui(\/.*)?$/, '');
+
 /** Events of the client: 'unauthorized', 'network' ({detail: up}), 'live' ({detail: state}). */
 export const bus = new EventTarget();
 
@@ -38,7 +44,7 @@ export async function api(path, { method = 'GET', body } = {}) {
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let resp;
   try {
-    resp = await fetch(path, {
+    resp = await fetch(`${PREFIX}${path}`, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -117,7 +123,7 @@ export class Live {
   connect() {
     this.close();
     const t = token();
-    const url = `/api/events/stream${t ? qs({ access_token: t }) : ''}`;
+    const url = `${PREFIX}/api/events/stream${t ? qs({ access_token: t }) : ''}`;
     const src = new EventSource(url);
     this.source = src;
     src.onopen = () => {

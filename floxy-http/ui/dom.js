@@ -85,8 +85,10 @@ export function timeEl(ms) {
   return h('time', { datetime: new Date(ms).toISOString(), title: fmtAgo(ms) }, fmtTime(ms));
 }
 
-/** The first 8 characters of a UUID. */
-export const shortId = (id) => String(id).slice(0, 8);
+/** The last 8 characters of a UUID. */
+// Instance ids are UUIDv7: the head is the creation time, shared by instances started in
+// the same minute, so the random tail is what tells them apart.
+export const shortId = (id) => `…${String(id).slice(-8)}`;
 
 /** A status pill. */
 export function badge(status) {

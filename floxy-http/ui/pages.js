@@ -109,7 +109,7 @@ export function overview(ctx) {
         card('In DLQ', stats.dlq, { cls: 'c-dlq', href: '#/dlq', id: 'card-dlq' }),
         card('Waiting decisions', waiting.items.length, { cls: 'c-waiting', href: '#/decisions', id: 'card-waiting' }),
         card('Queue', stats.queue_ready + stats.queue_leased, {
-          id: 'card-queue', hint: `${stats.queue_ready} ready · ${stats.queue_leased} leased`,
+          id: 'card-queue', hint: `${stats.queue_ready} waiting · ${stats.queue_leased} leased`,
         }),
         card('Oldest pending', oldestPending ? fmtDuration(now - oldestPending.created_at) : '—', {
           id: 'card-pending', hint: `${by.pending || 0} pending`,

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub(crate) const CTL: &str = env!("CARGO_BIN_EXE_floxyctl");
 pub(crate) const DAEMON: &str = env!("CARGO_BIN_EXE_floxyd");
 
-/// Exit codes (floxy_cli::exit::Exit).
+/// Exit codes (`floxy_cli::exit::Exit`).
 pub(crate) const OK: i32 = 0;
 pub(crate) const ERROR: i32 = 1;
 pub(crate) const BAD_INPUT: i32 = 2;
@@ -236,8 +236,15 @@ impl Daemon {
     /// Starts `floxyd flows` with JSON logs, the tech server on a free loopback port and
     /// the statistics every 200 ms, plus `env`.
     pub(crate) fn start(flows: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(flows, env, &[])
+    }
+
+    /// As [`Daemon::start`], with more command-line arguments after the flow file.
+    pub(crate) fn start_with(flows: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         let mut cmd = Command::new(DAEMON);
         cmd.arg(flows)
+            .args(args)
+            .env_remove("FLOXY_HTTP_TOKENS")
             .env_remove("FLOXY_DATABASE_URL")
             .env_remove("FLOXY_DB_HOST")
             .env_remove("FLOXY_DB_PORT")
@@ -316,6 +323,17 @@ impl Daemon {
         });
         self.addr = Some(addr.clone());
         addr
+    }
+
+    /// The HTTP API's address, from its log line (after [`Daemon::ready`]).
+    #[track_caller]
+    pub(crate) fn api_addr(&self) -> String {
+        self.log
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "HTTP API listening")
+            .and_then(|v| v["addr"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no API line in:\n{}", self.log.join("\n")))
     }
 
     /// GET `path` on the tech server: (status, body).

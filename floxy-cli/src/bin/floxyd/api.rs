@@ -47,15 +47,11 @@ impl Api {
                 .map_err(|e| CliError::bad_input(format!("--http-tokens: {e}")))?,
             None => Tokens::new(),
         };
-        let from_env = Tokens::from_env().map_err(|e| {
-            CliError::bad_input(format!("{}: {e}", floxy_http::TOKENS_ENV))
-        })?;
+        let from_env = Tokens::from_env()
+            .map_err(|e| CliError::bad_input(format!("{}: {e}", floxy_http::TOKENS_ENV)))?;
         for entry in from_env.entries() {
             tokens.push(entry.clone()).map_err(|e| {
-                CliError::bad_input(format!(
-                    "{} and --http-tokens: {e}",
-                    floxy_http::TOKENS_ENV
-                ))
+                CliError::bad_input(format!("{} and --http-tokens: {e}", floxy_http::TOKENS_ENV))
             })?;
         }
         let config = match (tokens.is_empty(), args.insecure_local) {
@@ -88,9 +84,7 @@ impl Api {
             ),
             (None, None) => None,
             _ => {
-                return Err(CliError::bad_input(
-                    "--tls-cert and --tls-key go together",
-                ));
+                return Err(CliError::bad_input("--tls-cert and --tls-key go together"));
             }
         };
         if tls.is_none() && !addr.ip().is_loopback() {

@@ -158,10 +158,20 @@ struct Args {
     #[arg(long)]
     insecure_local: bool,
     /// HTTPS certificate chain of the API (PEM, leaf first).
-    #[arg(long, env = "FLOXY_HTTP_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "FLOXY_HTTP_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// Private key of --tls-cert (PEM).
-    #[arg(long, env = "FLOXY_HTTP_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "FLOXY_HTTP_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// How long running handlers get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "FLOXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration_arg, value_name = "DURATION")]
