@@ -11,7 +11,7 @@ use floxy::{
 };
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn drain(sub: &mut floxy::EventSubscription) -> Vec<CommittedEvent> {
     let mut out = Vec::new();
@@ -129,39 +129,22 @@ async fn operator_commands_are_published_with_who_asked() {
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
-/// An engine for the throughput runs: real time, four workers, no-op handlers.
-fn bench_engine() -> Engine {
+/// Runs `n` 3-step sagas on the memory store with a subscriber that never reads; returns
+/// what it had pending at the end and its first two `recv`s. (The throughput cost of
+/// subscribers is measured by `cargo bench -p floxy-benches -- --parts events`.)
+async fn stalled_run(
+    n: usize,
+) -> (
+    usize,
+    Result<CommittedEvent, SubscriptionError>,
+    Result<CommittedEvent, SubscriptionError>,
+) {
     let engine = Engine::builder(Arc::new(MemoryStore::new()))
         .workers(4)
         .batch_size(64)
         .poll_interval_ms(1)
         .build();
     engine.register_fn("noop", |_ctx, input: Payload| async move { Ok(input) });
-    engine
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    None,
-    Stalled,
-    Draining,
-}
-
-/// Runs `n` 3-step sagas; returns sagas per second and, for a stalled subscriber, what its
-/// first `recv` returned.
-#[allow(clippy::type_complexity)]
-async fn run(
-    mode: Mode,
-    n: usize,
-) -> (
-    f64,
-    Option<(
-        usize,
-        Result<CommittedEvent, SubscriptionError>,
-        Result<CommittedEvent, SubscriptionError>,
-    )>,
-) {
-    let engine = bench_engine();
     let wf = engine
         .register_workflow(
             Builder::new("saga", 1)
@@ -175,22 +158,8 @@ async fn run(
         )
         .await
         .unwrap();
-    let stalled = (mode == Mode::Stalled).then(|| engine.subscribe());
-    let drainer = (mode == Mode::Draining).then(|| {
-        let mut sub = engine.subscribe();
-        tokio::spawn(async move {
-            let mut seen = 0u64;
-            loop {
-                match sub.recv().await {
-                    Ok(_) => seen += 1,
-                    Err(SubscriptionError::Lagged(_)) => {}
-                    Err(_) => return seen,
-                }
-            }
-        })
-    });
+    let mut stalled = engine.subscribe();
     engine.start_workers().unwrap();
-    let begin = Instant::now();
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         ids.push(engine.start(&wf, json!({"x": 1})).await.unwrap());
@@ -199,22 +168,11 @@ async fn run(
         let done = engine.wait_for(id, Duration::from_mins(2)).await.unwrap();
         assert_eq!(done.status, InstanceStatus::Completed);
     }
-    let rate = n as f64 / begin.elapsed().as_secs_f64();
-    let first = match stalled {
-        Some(mut s) => {
-            let pending = s.pending();
-            let first = s.recv().await;
-            let second = s.recv().await;
-            Some((pending, first, second))
-        }
-        None => None,
-    };
+    let pending = stalled.pending();
+    let first = stalled.recv().await;
+    let second = stalled.recv().await;
     engine.shutdown(Duration::from_secs(5)).await;
-    drop(engine);
-    if let Some(d) = drainer {
-        d.abort();
-    }
-    (rate, first)
+    (pending, first, second)
 }
 
 /// A stalled subscriber fills its buffer, then lags: it is told how many events it missed
@@ -222,8 +180,7 @@ async fn run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_lags_and_commits_go_on() {
     // 3-step sagas write well over 10 events each: 1 000 sagas overflow the buffer.
-    let (_, stalled) = run(Mode::Stalled, 1_000).await;
-    let (pending, first, second) = stalled.unwrap();
+    let (pending, first, second) = stalled_run(1_000).await;
     assert!(pending > SUBSCRIPTION_CAPACITY, "published {pending}");
     match first {
         Err(SubscriptionError::Lagged(n)) => {
@@ -237,41 +194,4 @@ async fn a_stalled_subscriber_lags_and_commits_go_on() {
     }
     // Then the oldest event still buffered.
     assert!(second.is_ok(), "{second:?}");
-}
-
-/// Throughput with no subscriber, a stalled one and a draining one, in paired rounds
-/// (the three modes one after another, round after round), medians reported.
-///
-/// `cargo test -p floxy --release --test subscribe -- --ignored --nocapture`
-#[ignore = "a measurement: run in release with --nocapture"]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_throughput() {
-    const ROUNDS: usize = 7;
-    const SAGAS: usize = 2_000;
-    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
-    let modes = [Mode::None, Mode::Stalled, Mode::Draining];
-    for round in 0..ROUNDS {
-        // Rotate the order so no mode always runs first.
-        for k in 0..3 {
-            let i = (round + k) % 3;
-            let (rate, _) = run(modes[i], SAGAS).await;
-            rates[i].push(rate);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let m: Vec<f64> = rates.iter_mut().map(median).collect();
-    println!(
-        "sagas/s (3 steps, memory store, 4 workers, {SAGAS} sagas, median of {ROUNDS} paired rounds): \
-         no subscriber {:.0}, stalled subscriber {:.0} ({:+.1} %), draining subscriber {:.0} ({:+.1} %)",
-        m[0],
-        m[1],
-        (m[1] / m[0] - 1.0) * 100.0,
-        m[2],
-        (m[2] / m[0] - 1.0) * 100.0
-    );
-    println!("raw: {rates:?}");
-    assert!(m[1] > 0.8 * m[0], "a stalled subscriber slowed commits");
 }

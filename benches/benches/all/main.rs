@@ -18,7 +18,9 @@
 //! * `ceilings`: raw redb rows/s per commit size, next to the redb store's completions
 //!   (backend `redb`); floxy's claim + complete next to raw pgbench on the same server
 //!   (backend `postgres`);
-//! * `latency`: PostgreSQL claim latency by queue size (backend `postgres`).
+//! * `latency`: PostgreSQL claim latency by queue size (backend `postgres`);
+//! * `events`: the cost of `Engine::subscribe` on sagas/s, no / stalled / draining
+//!   subscriber (backend `memory`).
 //!
 //! Backends (`--backends`, comma-separated; default all): `memory`, `redb`, `postgres`.
 //! PostgreSQL parts start a throwaway cluster with `floxy_store_postgres::testing` (or use
@@ -50,6 +52,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod claim_cpu;
+mod events;
 mod postgres;
 mod raw_redb;
 mod report;
@@ -59,7 +62,14 @@ use report::Report;
 use std::path::PathBuf;
 
 /// The parts, in the order they run.
-const PARTS: [&str; 5] = ["claims", "completions", "sagas", "ceilings", "latency"];
+const PARTS: [&str; 6] = [
+    "claims",
+    "completions",
+    "sagas",
+    "ceilings",
+    "latency",
+    "events",
+];
 
 /// A store backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +300,9 @@ fn main() {
             && (opts.part("ceilings") || opts.part("latency"))
         {
             postgres::run(&opts, url, &mut report).await;
+        }
+        if opts.part("events") && opts.backend(Backend::Memory) {
+            events::run(opts.quick, &mut report).await;
         }
     });
     drop(rt);
