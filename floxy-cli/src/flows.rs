@@ -172,6 +172,12 @@ impl Flows {
         self.handlers.iter().map(|(n, _)| n.as_str())
     }
 
+    /// The handlers with their names, in file order.
+    #[must_use]
+    pub fn handlers(&self) -> &[NamedHandler] {
+        &self.handlers
+    }
+
     /// Registers every handler on `engine`.
     pub fn register_handlers(&self, engine: &Engine) {
         for (name, h) in &self.handlers {

@@ -162,6 +162,7 @@ pub struct TestCluster {
     as_postgres: bool,
     watchdog: Option<Child>,
     stopped: bool,
+    settings: Vec<(String, String)>,
 }
 
 impl TestCluster {
@@ -202,27 +203,16 @@ impl TestCluster {
             as_postgres,
             watchdog: None,
             stopped: false,
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         cluster.watchdog = cluster.spawn_watchdog().ok();
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            let mut opts = format!(
-                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
-                 -c fsync=on -c max_connections=300 -c shared_buffers=256MB \
-                 -c max_wal_size=4GB -c checkpoint_timeout=30min",
-                cluster.root.display()
-            );
-            for (k, v) in settings {
-                opts.push_str(&format!(" -c {k}={v}"));
-            }
-            let mut c = pg_command(as_postgres, &cluster.bin.join("pg_ctl"));
-            c.arg("-D")
-                .arg(&cluster.data)
-                .arg("-l")
-                .arg(cluster.root.join("server.log"))
-                .args(["-w", "-t", "60", "-o", &opts, "start"]);
-            match run(c, "pg_ctl start") {
+            match cluster.pg_start(port) {
                 Ok(()) => {
                     cluster.port = port;
                     return Ok(cluster);
@@ -230,11 +220,62 @@ impl TestCluster {
                 Err(e) => last_err = Some(e),
             }
         }
-        let log = std::fs::read_to_string(cluster.root.join("server.log")).unwrap_or_default();
-        Err(HarnessError::Command(format!(
+        Err(cluster.with_log(last_err))
+    }
+
+    /// `pg_ctl start` on `port` with the cluster's settings.
+    fn pg_start(&self, port: u16) -> Result<(), HarnessError> {
+        let mut opts = format!(
+            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+             -c fsync=on -c max_connections=300 -c shared_buffers=256MB \
+             -c max_wal_size=4GB -c checkpoint_timeout=30min",
+            self.root.display()
+        );
+        for (k, v) in &self.settings {
+            use std::fmt::Write as _;
+            let _ = write!(opts, " -c {k}={v}");
+        }
+        let mut c = pg_command(self.as_postgres, &self.bin.join("pg_ctl"));
+        c.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.root.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"]);
+        run(c, "pg_ctl start")
+    }
+
+    /// `err` with the server log appended.
+    fn with_log(&self, err: Option<HarnessError>) -> HarnessError {
+        let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+        HarnessError::Command(format!(
             "{}; server log:\n{log}",
-            last_err.map_or_else(String::new, |e| e.to_string())
-        )))
+            err.map_or_else(String::new, |e| e.to_string())
+        ))
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`, as a crash would) and keeps
+    /// its data directory and port, for [`TestCluster::restart`].
+    ///
+    /// # Errors
+    /// A failing `pg_ctl stop`, or a cluster already removed by [`TestCluster::stop`].
+    pub fn stop_server(&mut self) -> Result<(), HarnessError> {
+        if self.stopped {
+            return Err(HarnessError::Command("the cluster was removed".to_owned()));
+        }
+        run(self.stop_command(), "pg_ctl stop")
+    }
+
+    /// Starts the server again after [`TestCluster::stop_server`]: the same data directory,
+    /// port and settings (crash recovery replays the WAL).
+    ///
+    /// # Errors
+    /// A failing `pg_ctl start` (the error holds the server log), or a cluster already
+    /// removed by [`TestCluster::stop`].
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        if self.stopped {
+            return Err(HarnessError::Command("the cluster was removed".to_owned()));
+        }
+        self.pg_start(self.port).map_err(|e| self.with_log(Some(e)))
     }
 
     fn stop_command(&self) -> Command {

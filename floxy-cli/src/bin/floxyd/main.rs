@@ -182,6 +182,16 @@ struct Args {
     /// Log format (the level comes from RUST_LOG, default `info`).
     #[arg(long, env = "FLOXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+    /// Run only these handlers of the file (comma-separated names; default: all of them).
+    /// For a fleet on one database where each node runs its own handlers: every node loads
+    /// the same file (so the definitions agree) and claims only the steps of its handlers.
+    #[arg(
+        long,
+        env = "FLOXY_HANDLERS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    handlers: Vec<String>,
     /// Debug: handlers print each call's input, output and stderr to stderr.
     #[arg(short = 'D', long = "debug", env = "FLOXY_DEBUG")]
     debug: bool,
@@ -341,8 +351,7 @@ async fn serve(
     for (id, def) in ids.iter().zip(flows.definitions()) {
         tracing::info!(workflow = %id, name = %def.name, version = def.version, steps = def.steps.len(), "registered workflow");
     }
-    flows.register_handlers(&engine);
-    let handlers: Vec<&str> = flows.handler_names().collect();
+    let handlers = register_handlers(&engine, flows, &args.handlers)?;
     tracing::info!(count = handlers.len(), handlers = %handlers.join(","), "registered handlers");
 
     let listener = tokio::net::TcpListener::bind(args.tech_addr)
@@ -422,6 +431,38 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Registers the handlers of the file named in `only` (every handler when it names none);
+/// returns the names registered. A name the file does not declare is bad input.
+fn register_handlers<'a>(
+    engine: &Engine,
+    flows: &'a floxy_cli::flows::Flows,
+    only: &[String],
+) -> CliResult<Vec<&'a str>> {
+    let only: Vec<&str> = only
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if let Some(unknown) = only
+        .iter()
+        .find(|n| !flows.handler_names().any(|h| h == **n))
+    {
+        let declared: Vec<&str> = flows.handler_names().collect();
+        return Err(CliError::bad_input(format!(
+            "FLOXY_HANDLERS: the flow file declares no handler {unknown:?} (it declares: {})",
+            declared.join(", ")
+        )));
+    }
+    let mut names = Vec::new();
+    for (name, h) in flows.handlers() {
+        if only.is_empty() || only.contains(&name.as_str()) {
+            engine.register_handler_arc(name.clone(), std::sync::Arc::clone(h));
+            names.push(name.as_str());
+        }
+    }
+    Ok(names)
 }
 
 /// SIGINT and SIGTERM.
