@@ -316,7 +316,14 @@ fn open_redb(path: &Path, mode: OpenMode) -> CliResult<RedbStore> {
             | OpenError::UnsupportedFormatVersion { .. } => Exit::BadInput,
             _ => Exit::Error,
         };
-        CliError::new(exit, one_line(&e.to_string()))
+        let hint = if matches!(e, OpenError::AlreadyOpen { .. }) {
+            // A redb file has one process at a time: floxyd running on it holds it.
+            "; if floxyd runs on it, stop it first, or operate through its HTTP API \
+             (floxyd --http-addr) instead"
+        } else {
+            ""
+        };
+        CliError::new(exit, format!("{}{hint}", one_line(&e.to_string())))
     })
 }
 
