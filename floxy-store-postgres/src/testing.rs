@@ -15,6 +15,7 @@
 use crate::{Layout, PostgresConfig, PostgresStore};
 use floxy_core::store::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -214,7 +215,7 @@ impl TestCluster {
                 cluster.root.display()
             );
             for (k, v) in settings {
-                opts.push_str(&format!(" -c {k}={v}"));
+                let _ = write!(opts, " -c {k}={v}"); // writing to a String cannot fail
             }
             let mut c = pg_command(as_postgres, &cluster.bin.join("pg_ctl"));
             c.arg("-D")
