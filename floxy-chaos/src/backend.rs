@@ -147,13 +147,13 @@ impl Backend {
                 notes: Vec::new(),
                 cleanup: Cleanup::default(),
             }),
-            BackendKind::Redb => Self::open_redb(opts).await,
+            BackendKind::Redb => Self::open_redb(opts),
             BackendKind::Postgres => Self::open_postgres(opts, seed).await,
         }
     }
 
     #[cfg(feature = "redb")]
-    async fn open_redb(opts: &BackendOptions) -> Result<Self, ChaosError> {
+    fn open_redb(opts: &BackendOptions) -> Result<Self, ChaosError> {
         let (path, temp) = match &opts.redb_path {
             Some(p) => (p.clone(), false),
             None => (temp_path("floxy-chaos", ".redb"), true),
@@ -175,7 +175,7 @@ impl Backend {
     }
 
     #[cfg(not(feature = "redb"))]
-    async fn open_redb(_opts: &BackendOptions) -> Result<Self, ChaosError> {
+    fn open_redb(_opts: &BackendOptions) -> Result<Self, ChaosError> {
         Err(ChaosError::Setup(
             "floxy-chaos was built without the `redb` feature".into(),
         ))

@@ -15,13 +15,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use floxy_chaos::backend::{Backend, BackendKind, BackendOptions};
 use floxy_chaos::inject::failpoints::FailpointSpec;
+use floxy_chaos::inject::handler::HandlerFaults;
+use floxy_chaos::inject::store::StoreFaults;
 use floxy_chaos::ledger::Ledger;
 use floxy_chaos::process::WorkerProcesses;
 use floxy_chaos::report::Report;
 use floxy_chaos::runner::{Run, Scenario};
 use floxy_chaos::workload::Builtin;
 use floxy_chaos::{FaultCounters, profiles, sim};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +69,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("bad duration {s:?}"))?;
-    Ok(Duration::from_millis((n * f64::from(mul)) as u64))
+    let ms = n * f64::from(mul);
+    if !ms.is_finite() || ms < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    // Finite and not negative: `as` drops the sub-millisecond part (and saturates above).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(Duration::from_millis(ms as u64))
 }
 
 /// Parses `A..B` (exclusive) or `A..=B` or a single number.
@@ -87,6 +95,7 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 }
 
 #[derive(Args, Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // command-line flags
 struct RunArgs {
     /// memory, redb or postgres.
     #[arg(long, default_value = "memory")]
@@ -263,7 +272,7 @@ fn main() {
     floxy_chaos::panics::quiet_injected_panics();
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Sim(a) => sim_cmd(a),
+        Cmd::Sim(a) => sim_cmd(&a),
         Cmd::Run(a) => runtime().and_then(|rt| rt.block_on(run_cmd(*a))),
         Cmd::Proxy(a) => runtime().and_then(|rt| rt.block_on(proxy_cmd(a))),
         Cmd::Worker(a) => runtime().and_then(|rt| rt.block_on(worker_cmd(a))),
@@ -277,6 +286,11 @@ fn main() {
     }
 }
 
+/// `d` in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -284,20 +298,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("building the tokio runtime")
 }
 
-fn write_json(path: &Option<PathBuf>, json: &str) -> Result<()> {
+fn write_json(path: Option<&Path>, json: &str) -> Result<()> {
     if let Some(p) = path {
         std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
 
-fn finish(report: &Report, json: &Option<PathBuf>) -> Result<i32> {
+fn finish(report: &Report, json: Option<&Path>) -> Result<i32> {
     println!("{}", report.to_text());
     write_json(json, &report.to_json())?;
     Ok(i32::from(!report.passed()))
 }
 
-fn sim_cmd(a: SimArgs) -> Result<i32> {
+fn sim_cmd(a: &SimArgs) -> Result<i32> {
     let quick = a.quick;
     let allow = a.allow_partial_effects;
     let heavy = a.heavy;
@@ -322,14 +336,14 @@ fn sim_cmd(a: SimArgs) -> Result<i32> {
             }
             sc.engine_crash_ms = Some((1_000, 3_000));
         }
-        sc.failpoints = fps.clone();
+        sc.failpoints.clone_from(&fps);
         sc.limits.partial_effects = !allow;
     };
     if let Some(seed) = a.seed {
         let mut sc = sim::scenario(seed);
         adjust(&mut sc);
         let r = sim::run(sc)?;
-        return finish(&r, &a.json);
+        return finish(&r, a.json.as_deref());
     }
     let (from, to) = parse_range(&a.seeds).map_err(|e| anyhow!(e))?;
     let t = std::time::Instant::now();
@@ -357,7 +371,7 @@ fn sim_cmd(a: SimArgs) -> Result<i32> {
         s.instances,
         t.elapsed()
     );
-    write_json(&a.json, &serde_json::to_string_pretty(&s)?)?;
+    write_json(a.json.as_deref(), &serde_json::to_string_pretty(&s)?)?;
     Ok(i32::from(!s.failed.is_empty()))
 }
 
@@ -365,7 +379,9 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
+            .map_or(1, |d| {
+                u64::try_from(d.as_nanos() % 1_000_000_007).unwrap_or(1)
+            })
     });
     let (mut sc, mut bo) = profiles::profile(&a.profile, kind, seed).ok_or_else(|| {
         anyhow!(
@@ -383,7 +399,7 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
         }
     }
     if let Some(d) = a.duration {
-        sc.duration_ms = d.as_millis() as u64;
+        sc.duration_ms = millis(d);
     }
     macro_rules! set {
         ($src:expr, $dst:expr) => {
@@ -408,7 +424,7 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
     set!(a.max_rollback_depth, sc.limits.max_rollback_depth);
     set!(a.pg_restarts, bo.pg_restarts);
     if let Some(t) = a.settle_timeout {
-        sc.limits.settle_timeout_ms = t.as_millis() as u64;
+        sc.limits.settle_timeout_ms = millis(t);
     }
     if let Some(ws) = &a.workloads {
         sc.workloads = ws
@@ -417,8 +433,8 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
             .collect::<Result<_>>()?;
     }
     if a.no_faults {
-        sc.handler_faults = Default::default();
-        sc.store_faults = Default::default();
+        sc.handler_faults = HandlerFaults::default();
+        sc.store_faults = StoreFaults::default();
         sc.engine_crash_ms = None;
         bo.network = None;
         bo.pg_restarts = 0;
@@ -437,9 +453,9 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
         }
     }
     sc.limits.partial_effects = !a.allow_partial_effects;
-    sc.stats_interval_ms = a.stats_interval.as_millis() as u64;
-    bo.pg_url = a.pg_url.clone();
-    bo.redb_path = a.redb_path.clone();
+    sc.stats_interval_ms = millis(a.stats_interval);
+    bo.pg_url.clone_from(&a.pg_url);
+    bo.redb_path.clone_from(&a.redb_path);
     Ok((sc, bo))
 }
 
@@ -515,9 +531,7 @@ async fn run_cmd(a: RunArgs) -> Result<i32> {
             .saturating_add(sc.limits.settle_timeout_ms)
             .saturating_add(300_000),
     );
-    let report = if let Ok(r) = tokio::time::timeout(budget, run.execute()).await {
-        r
-    } else {
+    let Ok(report) = tokio::time::timeout(budget, run.execute()).await else {
         eprintln!(
             "floxy-chaos: the run did not finish within {budget:?}: hung (replay with --seed {})",
             sc.seed
@@ -530,7 +544,7 @@ async fn run_cmd(a: RunArgs) -> Result<i32> {
     if !sc.limits.check_task_leak {
         check_leak_after_close(&mut report, baseline_tasks, sc.limits.task_drain_timeout_ms).await;
     }
-    finish(&report, &a.json)
+    finish(&report, a.json.as_deref())
 }
 
 /// Waits (bounded) for the task count to come back to `baseline` after the backend was
@@ -557,18 +571,16 @@ async fn check_leak_after_close(report: &mut Report, baseline: usize, drain_ms: 
 }
 
 fn kill_interval(s: &str) -> Result<(u64, u64)> {
-    let (a, b) = match s.split_once("..") {
-        Some((a, b)) => (a, b),
-        None => (s, s),
-    };
-    let a = parse_duration(a).map_err(|e| anyhow!(e))?.as_millis() as u64;
-    let b = parse_duration(b).map_err(|e| anyhow!(e))?.as_millis() as u64;
+    let (a, b) = s.split_once("..").unwrap_or((s, s));
+    let a = millis(parse_duration(a).map_err(|e| anyhow!(e))?);
+    let b = millis(parse_duration(b).map_err(|e| anyhow!(e))?);
     Ok((a.min(b), a.max(b)))
 }
 
 /// redb with process faults: a worker process holds the file, drives the workload and is
 /// `SIGKILLed` and restarted; then this process opens the file, settles and validates.
 async fn redb_process_run(a: &RunArgs, sc: Scenario, mut bo: BackendOptions) -> Result<i32> {
+    use floxy_chaos::runner::Disruptor as _;
     let path = bo
         .redb_path
         .clone()
@@ -606,7 +618,6 @@ async fn redb_process_run(a: &RunArgs, sc: Scenario, mut bo: BackendOptions) -> 
     .map_err(|e| anyhow!(e))?;
     let end = tokio::time::Instant::now() + Duration::from_millis(sc.duration_ms);
     let mut rng = floxy_chaos::rng::rng_for(sc.seed, "redb-kill", &[]);
-    use floxy_chaos::runner::Disruptor as _;
     loop {
         let wait = floxy_chaos::rng::between(&mut rng, interval.0, interval.1);
         let at = tokio::time::Instant::now() + Duration::from_millis(wait);
@@ -631,8 +642,8 @@ async fn redb_process_run(a: &RunArgs, sc: Scenario, mut bo: BackendOptions) -> 
     let backend = Backend::open(&bo, sc.seed).await?;
     let mut settle = sc.clone();
     settle.duration_ms = 0;
-    settle.handler_faults = Default::default();
-    settle.store_faults = Default::default();
+    settle.handler_faults = HandlerFaults::default();
+    settle.store_faults = StoreFaults::default();
     settle.engine_crash_ms = None;
     settle.failpoints.clear();
     let report = Run::new(
@@ -658,7 +669,7 @@ async fn redb_process_run(a: &RunArgs, sc: Scenario, mut bo: BackendOptions) -> 
     let _ = std::fs::remove_dir_all(&tmp);
     let mut report = report?;
     report.fault_phase_ms = sc.duration_ms;
-    finish(&report, &a.json)
+    finish(&report, a.json.as_deref())
 }
 
 async fn proxy_cmd(a: ProxyArgs) -> Result<i32> {
@@ -703,4 +714,25 @@ async fn worker_cmd(a: WorkerArgs) -> Result<i32> {
     backend.close().await;
     r?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kill_interval, parse_duration};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_hours(1)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0.4ms"), Ok(Duration::ZERO));
+        for bad in ["-1s", "NaN", "infs", "x", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(kill_interval("6s..2s").ok(), Some((2_000, 6_000)));
+        assert_eq!(kill_interval("3s").ok(), Some((3_000, 3_000)));
+    }
 }

@@ -138,6 +138,10 @@ impl WorkerProcesses {
     }
 
     /// Kills every worker (SIGKILL) and merges their ledger files into the run's ledger.
+    /// Returns the number of entries merged.
+    ///
+    /// # Errors
+    /// A worker's ledger file could not be read.
     pub async fn stop_and_merge(&self) -> Result<usize, String> {
         let mut kids = self.children.lock().await;
         for c in kids.iter_mut() {

@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -572,7 +573,7 @@ impl Run {
 
         // Validation.
         let summaries = shared.validate().await?;
-        Ok(shared.report(&self.backend, summaries, final_tasks, max_tasks))
+        Ok(shared.report(&self.backend, &summaries, final_tasks, max_tasks))
     }
 }
 
@@ -684,7 +685,9 @@ impl Shared {
         if e.is_empty() {
             None
         } else {
-            Some(e[(i as usize) % e.len()].clone())
+            // The remainder is below `e.len()`, itself a usize.
+            let at = usize::try_from(i % e.len() as u64).unwrap_or(0);
+            Some(e[at].clone())
         }
     }
 
@@ -1096,8 +1099,8 @@ impl Shared {
             let (summary, v) = checked?;
             for mut x in v {
                 x.detail = format!("#{ordinal}: {}", x.detail);
-                if let Some(kind) = x.kind.strip_prefix("note:") {
-                    x.kind = kind.to_owned();
+                if x.kind.starts_with("note:") {
+                    x.kind.drain(.."note:".len());
                     self.note(x.to_string());
                 } else {
                     self.violate(x);
@@ -1152,7 +1155,7 @@ impl Shared {
     fn report(
         &self,
         backend: &str,
-        summaries: Vec<(u64, InstanceSummary)>,
+        summaries: &[(u64, InstanceSummary)],
         final_tasks: usize,
         max_tasks: usize,
     ) -> Report {
@@ -1163,7 +1166,7 @@ impl Shared {
             (0, 0, 0, 0, 0, 0);
         let (mut rollbacks, mut max_depth, mut steps, mut comps, mut expiries) = (0, 0, 0, 0, 0);
         let mut digest_src = String::new();
-        for (ordinal, s) in &summaries {
+        for (ordinal, s) in summaries {
             match s.status {
                 InstanceStatus::Completed => completed += 1,
                 InstanceStatus::Failed => failed += 1,
@@ -1179,12 +1182,14 @@ impl Shared {
             steps += u64::from(s.steps_completed);
             comps += u64::from(s.compensations);
             expiries += u64::from(s.lease_expiries);
-            digest_src.push_str(&format!(
+            // Writing to a String cannot fail.
+            let _ = write!(
+                digest_src,
                 "{ordinal}:{}:{}:{}:{};",
                 s.workflow, s.status, s.rollback_depth, s.steps_completed
-            ));
+            );
             for (step, eff) in self.ledger.effects_of(s.id) {
-                digest_src.push_str(&format!("{step}={};", eff.net()));
+                let _ = write!(digest_src, "{step}={};", eff.net());
             }
         }
         stats.completed = completed;

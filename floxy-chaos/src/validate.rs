@@ -454,7 +454,7 @@ pub async fn check_instance(
                         .saturating_add(1),
                     _ => 0,
                 },
-                _ => u32::MAX,
+                WorkKind::Timer => u32::MAX,
             };
             if calls > max.saturating_mul(epochs(&s)) {
                 bad(
@@ -545,12 +545,18 @@ pub async fn check_instance(
         workflow: wname.clone(),
         status: st,
         rollback_depth: inst.rollback_depth,
-        steps_completed: snap.steps.iter().filter(|s| s.status.is_success()).count() as u32,
+        steps_completed: saturating_u32(
+            snap.steps.iter().filter(|s| s.status.is_success()).count(),
+        ),
         steps_rolled_back: rolled_back,
         compensations,
         retries,
         lease_expiries: expiries,
-        dlq_records: snap.dlq.len() as u32,
+        dlq_records: saturating_u32(snap.dlq.len()),
     };
     Ok((Some(summary), v))
+}
+/// A count as `u32`, saturating (a summary field; no instance has 2^32 steps).
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }

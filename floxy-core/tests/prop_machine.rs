@@ -72,44 +72,47 @@ fn build(els: &[El], dlq: bool) -> Option<WorkflowDefinition> {
     b.build().ok()
 }
 
-fn add(mut b: Builder, els: &[El], n: &mut usize) -> Builder {
-    for e in els {
+fn add(mut builder: Builder, els: &[El], n: &mut usize) -> Builder {
+    for el in els {
         *n += 1;
         let name = format!("s{n}");
-        b = match e {
+        builder = match el {
             El::Task {
                 comp,
                 retries,
                 no_idem,
             } => {
-                let mut x = b.step(&name, "h").max_retries(*retries).retry_delay_ms(5);
+                let mut step = builder
+                    .step(&name, "h")
+                    .max_retries(*retries)
+                    .retry_delay_ms(5);
                 if *comp {
-                    x = x
+                    step = step
                         .on_failure(&format!("u{n}"), "undo")
                         .compensation_max_retries(1);
                 }
                 if *no_idem {
-                    x = x.no_idempotent();
+                    step = step.no_idempotent();
                 }
-                x
+                step
             }
-            El::SavePoint => b.save_point(&name),
-            El::Human => b.wait_human(&name),
+            El::SavePoint => builder.save_point(&name),
+            El::Human => builder.wait_human(&name),
             El::Cond { k, else_chain } => {
-                let x = b.condition(&name, &format!("{{{{ gt .v {k} }}}}"));
+                let cond = builder.condition(&name, &format!("{{{{ gt .v {k} }}}}"));
                 match else_chain {
-                    Some(c) => {
+                    Some(chain) => {
                         let mut m = *n;
-                        let x = x.otherwise(|e| add(e, c, &mut m));
+                        let cond = cond.otherwise(|other| add(other, chain, &mut m));
                         *n = m;
-                        x
+                        cond
                     }
-                    None => x,
+                    None => cond,
                 }
             }
             El::Fork { branches, any } => {
                 let mut m = *n;
-                let x = b.fork(&name, |mut f| {
+                let fork = builder.fork(&name, |mut f| {
                     for br in branches {
                         f = f.branch(|bb| add(bb, br, &mut m));
                     }
@@ -121,11 +124,11 @@ fn add(mut b: Builder, els: &[El], n: &mut usize) -> Builder {
                 } else {
                     JoinStrategy::All
                 };
-                x.join(&format!("j{n}"), strategy)
+                fork.join(&format!("j{n}"), strategy)
             }
         };
     }
-    b
+    builder
 }
 
 /// One scheduling decision of the random driver.
@@ -181,7 +184,7 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
                 } else {
                     Decision::Confirm
                 };
-                let _ = h.try_feed(Input::Decide {
+                let _ = h.try_feed(&Input::Decide {
                     step: w.as_str().into(),
                     decided_by: "p".into(),
                     decision,
@@ -193,14 +196,14 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
         let ready = h.ready();
         let act = d.action % 16;
         if !stop_faults && act == 15 && d.outcome < 8 {
-            let _ = h.try_feed(Input::Cancel {
+            let _ = h.try_feed(&Input::Cancel {
                 reason: None,
                 by: None,
             });
             continue;
         }
         if !stop_faults && act == 15 && d.outcome < 12 {
-            let _ = h.try_feed(Input::Abort {
+            let _ = h.try_feed(&Input::Abort {
                 reason: None,
                 by: None,
             });
@@ -208,7 +211,7 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
         }
         if !stop_faults && act == 14 && !h.snap.dlq.is_empty() {
             let id = h.snap.dlq[usize::from(d.pick) % h.snap.dlq.len()].id;
-            let _ = h.try_feed(Input::Requeue {
+            let _ = h.try_feed(&Input::Requeue {
                 dlq_id: id,
                 new_input: Some(payload(json!({"v": 5}))),
                 by: None,
@@ -225,13 +228,13 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
             };
             if expired {
                 inflight.retain(|f| f.key != key);
-                let _ = h.try_feed(Input::LeaseExpired {
+                let _ = h.try_feed(&Input::LeaseExpired {
                     key,
                     token,
                     attempt,
                 });
             } else if kind == WorkKind::Timer {
-                let _ = h.try_feed(Input::TimerFired { key, token });
+                let _ = h.try_feed(&Input::TimerFired { key, token });
             } else {
                 h.calls.push((step.clone(), kind, attempt));
                 inflight.push(InFlight {
@@ -258,7 +261,7 @@ fn drive(h: &mut H, dice: &[Dice], fail_pct: u8) {
             } else {
                 WorkOutcome::Succeeded(payload(json!({"v": i64::from(d.pick % 10)})))
             };
-            let _ = h.try_feed(Input::WorkDone {
+            let _ = h.try_feed(&Input::WorkDone {
                 key: f.key,
                 token: f.token,
                 attempt: f.attempt,

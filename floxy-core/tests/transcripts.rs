@@ -199,7 +199,7 @@ mod s2_lifecycle {
         let mut h = H::start(saga(), json!({}));
         h.run_ok();
         let e = h
-            .feed(Input::Cancel {
+            .feed(&Input::Cancel {
                 reason: None,
                 by: None,
             })
@@ -211,7 +211,7 @@ mod s2_lifecycle {
             }
         );
         let e = h
-            .feed(Input::Abort {
+            .feed(&Input::Abort {
                 reason: None,
                 by: None,
             })
@@ -247,8 +247,8 @@ mod s3_steps {
             attempt,
             outcome: WorkOutcome::Succeeded(Payload::null()),
         };
-        h.feed(done.clone()).unwrap();
-        let e = h.feed(done).unwrap_err();
+        h.feed(&done).unwrap();
+        let e = h.feed(&done).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -342,7 +342,7 @@ mod s4_attempts {
             step: "a".into(),
             kind: WorkKind::Execute,
         };
-        h.feed(Input::LeaseExpired {
+        h.feed(&Input::LeaseExpired {
             key,
             token,
             attempt,
@@ -374,7 +374,7 @@ mod s4_attempts {
                     step: "a".into(),
                     kind: WorkKind::Execute,
                 };
-                h.feed(Input::LeaseExpired {
+                h.feed(&Input::LeaseExpired {
                     key,
                     token,
                     attempt,
@@ -384,7 +384,7 @@ mod s4_attempts {
             }
             // The handler kills its worker: never report; the lease expires.
             let _ = token;
-            assert!(expiries <= 10, "loops forever")
+            assert!(expiries <= 10, "loops forever");
         }
         assert_eq!(expiries, 3, "three lost attempts = max_retries 2 + 1");
         assert_eq!(h.status("a"), Some(S::Failed));
@@ -536,7 +536,7 @@ mod s5_rollback {
         );
         // Requeueing the record re-runs the compensation, never the forward handler.
         let id = h.snap.dlq[0].id;
-        h.feed(Input::Requeue {
+        h.feed(&Input::Requeue {
             dlq_id: id,
             new_input: None,
             by: None,
@@ -570,7 +570,7 @@ mod s5_rollback {
             step: "a".into(),
             kind: WorkKind::Execute,
         };
-        h.feed(Input::WorkDone {
+        h.feed(&Input::WorkDone {
             key,
             token: ta,
             attempt: aa,
@@ -844,7 +844,7 @@ mod s8_human {
     }
 
     fn decide(h: &mut H, d: Decision) -> Result<(), TransitionError> {
-        h.feed(Input::Decide {
+        h.feed(&Input::Decide {
             step: "approve".into(),
             decided_by: "ann".into(),
             decision: d,
@@ -928,7 +928,7 @@ mod s9_cancel_abort {
         let mut h = H::start(def, json!({}));
         h.ok("a");
         h.ok("b");
-        h.feed(Input::Cancel {
+        h.feed(&Input::Cancel {
             reason: Some("user".into()),
             by: Some("ops".into()),
         })
@@ -943,7 +943,7 @@ mod s9_cancel_abort {
         assert_eq!(started.value(), &json!({"reason": "user", "by": "ops"}));
         assert_eq!(h.status("c"), Some(S::Skipped));
         let e = h
-            .feed(Input::Cancel {
+            .feed(&Input::Cancel {
                 reason: None,
                 by: None,
             })
@@ -970,7 +970,7 @@ mod s9_cancel_abort {
         let mut h = H::start(saga(), json!({}));
         h.ok("reserve");
         h.claim("charge", WorkKind::Execute);
-        h.feed(Input::Abort {
+        h.feed(&Input::Abort {
             reason: None,
             by: None,
         })
@@ -1014,7 +1014,7 @@ mod s10_dlq {
             step: "b".into(),
             kind: WorkKind::Execute,
         };
-        h.feed(Input::WorkDone {
+        h.feed(&Input::WorkDone {
             key,
             token: tb,
             attempt: ab,
@@ -1026,7 +1026,7 @@ mod s10_dlq {
         assert!(h.queue.is_empty());
         assert!(h.compensations().is_empty(), "no rollback in DLQ mode");
         let id = h.snap.dlq[0].id;
-        h.feed(Input::Requeue {
+        h.feed(&Input::Requeue {
             dlq_id: id,
             new_input: Some(payload(json!({"fixed": true}))),
             by: None,
@@ -1060,14 +1060,14 @@ mod s10_dlq {
         h.fail("a", true);
         assert_eq!(h.inst(), InstanceStatus::Dlq);
         let e = h
-            .feed(Input::Requeue {
+            .feed(&Input::Requeue {
                 dlq_id: DlqId(999),
                 new_input: None,
                 by: None,
             })
             .unwrap_err();
         assert_eq!(e, TransitionError::UnknownDlqRecord { id: 999 });
-        h.feed(Input::Cancel {
+        h.feed(&Input::Cancel {
             reason: None,
             by: None,
         })
@@ -1107,7 +1107,7 @@ mod s11_scheduling {
         assert!(key("high").order_key < key("low").order_key);
         assert_eq!(
             key("low").order_key - key("high").order_key,
-            100 * DEFAULT_AGING_MS_PER_POINT as i64
+            100 * i64::try_from(DEFAULT_AGING_MS_PER_POINT).unwrap()
         );
         assert_eq!(key("later").run_at, h.now.add_ms(1_000));
         assert_eq!(
@@ -1154,7 +1154,7 @@ mod s5_strict_order {
         let mut h = H::start(saga(), json!({}));
         h.ok("reserve");
         let (token, attempt, _) = h.claim("charge", WorkKind::Execute);
-        h.feed(Input::Cancel {
+        h.feed(&Input::Cancel {
             reason: None,
             by: None,
         })
@@ -1168,7 +1168,7 @@ mod s5_strict_order {
             step: "charge".into(),
             kind: WorkKind::Execute,
         };
-        h.feed(Input::WorkDone {
+        h.feed(&Input::WorkDone {
             key,
             token,
             attempt,

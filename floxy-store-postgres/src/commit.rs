@@ -1068,13 +1068,14 @@ impl Writes {
             let pos = effects.iter().position(|(k, _)| k == key);
             let next = match (op, pos.map(|p| &effects[p].1)) {
                 (QueueOp::Upsert(item), _) => QueueEffect::Put(item.clone()),
-                (QueueOp::Delete(_), _) => QueueEffect::Remove,
+                // A delete, or a cancel request for an item deleted earlier in the transition.
+                (QueueOp::Delete(_), _)
+                | (QueueOp::RequestCancel(_), Some(QueueEffect::Remove)) => QueueEffect::Remove,
                 (QueueOp::RequestCancel(_), Some(QueueEffect::Put(item))) => {
                     let mut item = item.clone();
                     item.cancel_requested = true;
                     QueueEffect::Put(item)
                 }
-                (QueueOp::RequestCancel(_), Some(QueueEffect::Remove)) => QueueEffect::Remove,
                 (QueueOp::RequestCancel(_), _) => QueueEffect::Cancel,
             };
             match pos {

@@ -15,6 +15,7 @@ pub(crate) const SQLSTATE_CORRUPT: &str = "FX001";
 /// * `FX001` and undecodable data: [`StoreError::Corrupt`];
 /// * a closed pool: [`StoreError::Closed`];
 /// * anything else: [`StoreError::Backend`].
+#[allow(clippy::needless_pass_by_value)] // by value to fit `.map_err(map_sqlx)` (70 call sites)
 pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Io(_)

@@ -109,7 +109,7 @@ fn res<T: std::fmt::Debug>(r: Result<T, StoreError>) -> Result<String, String> {
 fn create_transition(
     op_inst: u8,
     steps: &[(u8, u8, u16, u8)],
-    idem: Option<u8>,
+    idem_key: Option<u8>,
     now: Timestamp,
 ) -> Transition {
     let id = iid(u128::from(op_inst) + 1);
@@ -129,7 +129,7 @@ fn create_transition(
         dlq_delete: Vec::new(),
         lease_check: None,
     };
-    t.instance.idempotency_key = idem.map(|k| format!("key-{k}"));
+    t.instance.idempotency_key = idem_key.map(|k| format!("key-{k}"));
     let mut seen = Vec::new();
     for &(s, h, off, prio) in steps {
         let name = STEPS[usize::from(s)];

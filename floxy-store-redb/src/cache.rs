@@ -205,7 +205,7 @@ impl SnapshotCache {
     /// caller puts into the cache next).
     pub(crate) fn set_marks(&mut self, id: InstanceId, marks: Marks) {
         if let Some(slot) = self.map.get_mut(&id) {
-            slot.marks = marks
+            slot.marks = marks;
         } else {
             self.make_room();
             self.map.insert(
@@ -230,7 +230,7 @@ impl SnapshotCache {
             })
         });
         if let Some((_, marks)) = slot.marks.iter_mut().find(|(n, _)| n == step) {
-            marks.push(mark)
+            marks.push(mark);
         } else {
             // A claim's mark and its completion's: the common pair.
             let mut marks = Vec::with_capacity(2);

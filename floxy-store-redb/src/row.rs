@@ -198,10 +198,6 @@ fn item_out(i: &QueueItem) -> ItemOut<'_> {
     }
 }
 
-fn item_ref_out<'a>(i: &&'a QueueItem) -> ItemOut<'a> {
-    item_out(i)
-}
-
 fn item_in(id: InstanceId, step: &StepName, i: ItemIn) -> QueueItem {
     QueueItem {
         key: QueueKey {
@@ -254,17 +250,24 @@ impl<'a, T, O: Serialize, F: Fn(&'a T) -> O> Serialize for Seq<'a, T, F> {
 /// Encodes the step row of `run`, `items` (in kind order) and `marks` (the step marks, in
 /// sequence order) at the end of `arena`: `[run, items]` when `marks` is empty, else
 /// `[run, items, marks]`.
-pub(crate) fn encode_step_row(
+pub(crate) fn encode_step_row<'a>(
     arena: &mut Vec<u8>,
     run: Option<&StepRun>,
-    items: &[&QueueItem],
+    items: &'a [&'a QueueItem],
     marks: &[StepMark],
 ) -> Result<Range<usize>, StoreError> {
     if marks.is_empty() {
-        let row = (run.map(run_out), Seq(items, item_ref_out));
+        let row = (
+            run.map(run_out),
+            Seq(items, |i: &&'a QueueItem| item_out(i)),
+        );
         encode_into(arena, "step row", &row)
     } else {
-        let row = (run.map(run_out), Seq(items, item_ref_out), marks);
+        let row = (
+            run.map(run_out),
+            Seq(items, |i: &&'a QueueItem| item_out(i)),
+            marks,
+        );
         encode_into(arena, "step row", &row)
     }
 }

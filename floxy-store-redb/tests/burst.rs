@@ -38,7 +38,7 @@ async fn a_burst_is_split_over_commits_and_every_request_lands_once() {
         batches >= 2,
         "{N} queued creates went in {batches} group commit(s)"
     );
-    assert_eq!(stats.requests - before.requests, N as u64);
+    assert_eq!(stats.requests - before.requests, u64::try_from(N).unwrap());
 
     // A claim burst: 60 claims of 64 items each at once; every item goes to exactly one.
     let claims = futures::future::join_all((0..60).map(|w| {
@@ -66,7 +66,7 @@ async fn a_burst_is_split_over_commits_and_every_request_lands_once() {
     // Everything acknowledged is in the file.
     let store = common::open(&db.path, Durability::Immediate);
     let stats = store.stats().await.unwrap();
-    assert_eq!(stats.queue_leased, N as u64, "{stats:?}");
+    assert_eq!(stats.queue_leased, u64::try_from(N).unwrap(), "{stats:?}");
     for id in ids.iter().step_by(97) {
         let snap = store.load_instance(*id).await.unwrap().expect("instance");
         assert_eq!(snap.steps.len(), 1);

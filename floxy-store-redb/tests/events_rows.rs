@@ -124,6 +124,10 @@ async fn kinds(store: &floxy_store_redb::RedbStore, id: InstanceId) -> Vec<(Even
 /// The sequence numbers of the events `floxy_events` holds for `id` (the store is closed).
 fn event_row_seqs(path: &std::path::Path, id: InstanceId) -> Vec<u64> {
     use redb::{ReadableDatabase, TableDefinition};
+    // A row is a MessagePack array of events: [seq, at, kind, step, attempt, detail].
+    #[derive(serde::Deserialize)]
+    struct Ev(u64, Skip, Skip, Skip, Skip, Skip);
+    type Skip = serde::de::IgnoredAny;
     let db = redb::Database::open(path).unwrap();
     let rtx = db.begin_read().unwrap();
     let t = rtx
@@ -133,10 +137,6 @@ fn event_row_seqs(path: &std::path::Path, id: InstanceId) -> Vec<u64> {
     let mut seqs = Vec::new();
     for row in t.range((k, 0)..=(k, u64::MAX)).unwrap() {
         let (_, v) = row.unwrap();
-        // A row is a MessagePack array of events: [seq, at, kind, step, attempt, detail].
-        #[derive(serde::Deserialize)]
-        struct Ev(u64, Skip, Skip, Skip, Skip, Skip);
-        type Skip = serde::de::IgnoredAny;
         let events: Vec<Ev> = rmp_serde::from_slice(v.value()).unwrap();
         seqs.extend(events.into_iter().map(|e| e.0));
     }

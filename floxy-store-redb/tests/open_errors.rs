@@ -7,7 +7,7 @@ mod common;
 
 use common::TempDb;
 use floxy_core::store::StoreError;
-use floxy_store_redb::{FORMAT_VERSION, OpenError, RedbOptions, RedbStore};
+use floxy_store_redb::{Durability, FORMAT_VERSION, OpenError, RedbOptions, RedbStore};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -42,7 +42,8 @@ fn missing_directory() {
 #[test]
 fn read_only_file() {
     let db = TempDb::new();
-    futures::executor::block_on(common::open(&db.path, Default::default()).close()).expect("close");
+    futures::executor::block_on(common::open(&db.path, Durability::default()).close())
+        .expect("close");
     std::fs::set_permissions(&db.path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
     let e = open_err(&db.path);
     assert!(matches!(e, OpenError::ReadOnly { .. }), "{e:?}");
@@ -50,7 +51,8 @@ fn read_only_file() {
     assert!(e.to_string().contains("read-only"), "{e}");
     // Writable again: opens.
     std::fs::set_permissions(&db.path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    futures::executor::block_on(common::open(&db.path, Default::default()).close()).expect("close");
+    futures::executor::block_on(common::open(&db.path, Durability::default()).close())
+        .expect("close");
 }
 
 #[test]
@@ -100,7 +102,8 @@ fn redb_file_of_another_application() {
 #[test]
 fn unknown_format_version() {
     let db = TempDb::new();
-    futures::executor::block_on(common::open(&db.path, Default::default()).close()).expect("close");
+    futures::executor::block_on(common::open(&db.path, Durability::default()).close())
+        .expect("close");
     {
         let raw = redb::Database::create(&db.path).expect("open raw");
         let txn = raw.begin_write().expect("txn");
@@ -135,13 +138,14 @@ fn unknown_format_version() {
 #[test]
 fn already_open_in_this_process() {
     let db = TempDb::new();
-    let store = common::open(&db.path, Default::default());
+    let store = common::open(&db.path, Durability::default());
     let e = open_err(&db.path);
     assert!(matches!(e, OpenError::AlreadyOpen { .. }), "{e:?}");
     assert_names_path(&e, &db.path);
     futures::executor::block_on(store.close()).expect("close");
     // Released by close.
-    futures::executor::block_on(common::open(&db.path, Default::default()).close()).expect("close");
+    futures::executor::block_on(common::open(&db.path, Durability::default()).close())
+        .expect("close");
 }
 
 const HOLD_ENV: &str = "FLOXY_REDB_TEST_HOLD";
@@ -154,7 +158,7 @@ fn child_holds_the_file() {
     let Some(path) = std::env::var_os(HOLD_ENV) else {
         return;
     };
-    let store = common::open(std::path::Path::new(&path), Default::default());
+    let store = common::open(std::path::Path::new(&path), Durability::default());
     println!("FLOXY-CHILD-READY");
     std::io::stdout().flush().expect("flush");
     let mut line = String::new();
@@ -188,5 +192,6 @@ fn already_open_in_another_process() {
         child.wait().expect("wait").success(),
         "the child exits cleanly"
     );
-    futures::executor::block_on(common::open(&db.path, Default::default()).close()).expect("close");
+    futures::executor::block_on(common::open(&db.path, Durability::default()).close())
+        .expect("close");
 }

@@ -71,7 +71,8 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        // The remainder is below `n`, itself a usize.
+        usize::try_from(self.next() % n as u64).unwrap()
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
@@ -466,9 +467,9 @@ fn rejected_or_gone(e: &StoreError) -> bool {
     matches!(e, StoreError::Rejected(_) | StoreError::NotFound(_))
 }
 
-async fn worker(sh: Arc<Shared>, n: usize, seed: u64) {
+async fn worker(sh: Arc<Shared>, task: usize, seed: u64) {
     let mut rng = Rng(seed | 1);
-    let owner: Arc<str> = Arc::from(format!("w{n}"));
+    let owner: Arc<str> = Arc::from(format!("w{task}"));
     let mut leases: Vec<Held> = Vec::new();
     let mut fresh = 0_u32;
     for _ in 0..OPS_PER_TASK {
@@ -479,21 +480,22 @@ async fn worker(sh: Arc<Shared>, n: usize, seed: u64) {
             // Create an instance (some with an idempotency key shared with other tasks).
             0..=11 => {
                 let id = InstanceId(uuid::Uuid::now_v7());
-                let k = 1 + rng.below(3);
-                let steps: Vec<(&str, &str)> =
-                    (0..k).map(|i| (STEPS[i], HANDLERS[rng.below(2)])).collect();
-                let mut t = start(id, now, &steps);
+                let n_steps = 1 + rng.below(3);
+                let steps: Vec<(&str, &str)> = (0..n_steps)
+                    .map(|i| (STEPS[i], HANDLERS[rng.below(2)]))
+                    .collect();
+                let mut tr = start(id, now, &steps);
                 let ttl = TTLS[rng.below(TTLS.len())];
-                for op in &mut t.queue {
+                for op in &mut tr.queue {
                     if let QueueOp::Upsert(i) = op {
                         i.lease_ttl_ms = ttl;
                     }
                 }
                 // Creates close in time share keys: they land in consecutive batches.
                 let idem = rng.chance(40).then(|| format!("k{}", (now.0 - T0.0) / 40));
-                t.instance.idempotency_key.clone_from(&idem);
-                let events = t.events.len() as u64;
-                let r = store.create_instance(t).await;
+                tr.instance.idempotency_key.clone_from(&idem);
+                let events = tr.events.len() as u64;
+                let r = store.create_instance(tr).await;
                 // Acknowledged: visible to readers at once (nobody else knows the id yet).
                 let visible = store.get_instance(id).await.unwrap().is_some();
                 let mut m = sh.model.lock().unwrap();
@@ -505,9 +507,9 @@ async fn worker(sh: Arc<Shared>, n: usize, seed: u64) {
                 match r {
                     Ok(CreateOutcome::Created(got)) if got == id => {
                         m.acked += 1;
-                        let a = m.insts.entry(id).or_default();
-                        a.created = true;
-                        a.events += events;
+                        let inst = m.insts.entry(id).or_default();
+                        inst.created = true;
+                        inst.events += events;
                         m.ids.push(id);
                     }
                     Ok(CreateOutcome::Existing(other)) if other != id && idem.is_some() => {
@@ -557,7 +559,7 @@ async fn worker(sh: Arc<Shared>, n: usize, seed: u64) {
                 let add = rng.chance(50).then(|| {
                     fresh += 1;
                     (
-                        format!("n{n}-{fresh}"),
+                        format!("n{task}-{fresh}"),
                         HANDLERS[rng.below(2)],
                         TTLS[rng.below(TTLS.len())],
                     )
@@ -691,21 +693,21 @@ async fn worker(sh: Arc<Shared>, n: usize, seed: u64) {
                     m.touched.extend(victims.iter().copied());
                     (m.terminal_log.len(), victims)
                 };
-                let touches = futures::future::join_all(victims.iter().map(|&id| async move {
+                let touching = futures::future::join_all(victims.iter().map(|&id| async move {
                     tokio::task::yield_now().await;
                     let r = store.update_instance(id, Box::new(touch(now))).await;
                     (id, r)
                 }));
-                let (r, touched) = tokio::join!(store.cleanup(cutoff), touches);
+                let (r, touched) = tokio::join!(store.cleanup(cutoff), touching);
                 for (id, t) in touched {
                     let t = t.map(|t| (t, Vec::new()));
                     sh.updated("touch", id, t, &owner, rejected_or_gone).await;
                 }
                 let mut m = sh.model.lock().unwrap();
                 match r {
-                    Ok(n) => {
+                    Ok(removed) => {
                         m.acked += 1;
-                        m.cleaned += n;
+                        m.cleaned += removed;
                         let gone: Vec<InstanceId> = m.terminal_log[..before]
                             .iter()
                             .filter(|(_, at)| *at < cutoff)

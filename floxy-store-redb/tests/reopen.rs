@@ -13,7 +13,7 @@ use floxy_core::model::{DlqId, EventKind};
 use floxy_core::store::{DlqQuery, Store};
 use floxy_store_redb::{Durability, RedbOptions, RedbStore};
 
-fn reopen_roundtrip(options: RedbOptions) {
+fn reopen_roundtrip(options: &RedbOptions) {
     let db = TempDb::new();
     let open = || RedbStore::open(&db.path, options.clone()).expect("open");
     futures::executor::block_on(async {
@@ -111,13 +111,13 @@ fn reopen_roundtrip(options: RedbOptions) {
 
 #[test]
 fn everything_survives_reopen() {
-    reopen_roundtrip(RedbOptions::default());
+    reopen_roundtrip(&RedbOptions::default());
 }
 
 #[test]
 fn everything_survives_reopen_relaxed() {
     // A flush interval far longer than the test: only the final flush on close syncs.
-    reopen_roundtrip(RedbOptions::default().durability(Durability::Relaxed {
+    reopen_roundtrip(&RedbOptions::default().durability(Durability::Relaxed {
         flush_interval_ms: 3_600_000,
     }));
 }
@@ -139,7 +139,7 @@ fn closed_store_refuses_calls_and_reopens() {
             clone.create_instance(start(iid(2), at(0), &[])).await,
             Err(floxy_core::store::StoreError::Closed)
         ));
-        let store = RedbStore::open(&db.path, Default::default()).expect("reopen");
+        let store = RedbStore::open(&db.path, RedbOptions::default()).expect("reopen");
         assert!(ok(store.get_instance(iid(1)).await, "get").is_some());
         store.close().await.expect("close");
     });

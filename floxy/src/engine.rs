@@ -311,7 +311,8 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut bits = [0u8; 10];
             bits[..8].copy_from_slice(&splitmix64(seed ^ n.rotate_left(32)).to_le_bytes());
-            bits[8..].copy_from_slice(&(n as u16).to_le_bytes());
+            // The counter's low 16 bits, little-endian.
+            bits[8..].copy_from_slice(&n.to_le_bytes()[..2]);
             return InstanceId(uuid::Builder::from_unix_timestamp_millis(ms, &bits).into_uuid());
         }
         let ctx = self.inner.ids.lock();

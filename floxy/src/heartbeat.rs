@@ -250,33 +250,31 @@ pub(crate) async fn beat_once(
                 let Some(e) = entries.get_mut(id) else {
                     continue;
                 };
-                match state {
-                    LeaseState::Held {
-                        cancel_requested, ..
-                    } => {
-                        e.next_beat = now.add_ms(e.period_ms);
-                        if cancel_requested && !e.cancel.is_cancelled() {
-                            tracing::debug!(
-                                step = %e.lease.key.step,
-                                kind = e.lease.key.kind.as_str(),
-                                "cancel requested for a running handler"
-                            );
-                            e.cancel.cancel();
-                        }
-                    }
-                    // `LeaseState` is non-exhaustive: anything but `Held` means we cannot
-                    // count on the lease any more.
-                    _ => {
+                if let LeaseState::Held {
+                    cancel_requested, ..
+                } = state
+                {
+                    e.next_beat = now.add_ms(e.period_ms);
+                    if cancel_requested && !e.cancel.is_cancelled() {
                         tracing::debug!(
                             step = %e.lease.key.step,
                             kind = e.lease.key.kind.as_str(),
-                            token = e.lease.token.0,
-                            "lease lost; the handler's result will be dropped"
+                            "cancel requested for a running handler"
                         );
-                        e.lost.cancel();
                         e.cancel.cancel();
-                        e.next_beat = Timestamp(i64::MAX);
                     }
+                } else {
+                    // `LeaseState` is non-exhaustive: anything but `Held` means we cannot
+                    // count on the lease any more.
+                    tracing::debug!(
+                        step = %e.lease.key.step,
+                        kind = e.lease.key.kind.as_str(),
+                        token = e.lease.token.0,
+                        "lease lost; the handler's result will be dropped"
+                    );
+                    e.lost.cancel();
+                    e.cancel.cancel();
+                    e.next_beat = Timestamp(i64::MAX);
                 }
             }
         }

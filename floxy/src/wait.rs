@@ -6,7 +6,7 @@ use floxy_core::model::{InstanceId, InstanceRecord, InstanceSnapshot, InstanceSt
 use std::time::Duration;
 
 /// Stand-in deadline for timeouts too large to represent (about 30 years).
-const FAR_FUTURE: Duration = Duration::from_hours(262800);
+const FAR_FUTURE: Duration = Duration::from_hours(262_800);
 
 /// Why [`Engine::wait_for`] returned (see [`settled`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 use floxy::metrics::{METRICS, MetricKind, find};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -326,9 +327,11 @@ fn promtool_accepts_the_rules_their_unit_tests_and_the_dashboard_queries() {
             .replace("$__rate_interval", "5m")
             .replace("$workflow", ".*");
         let quoted = serde_json::to_string(&q).unwrap();
-        rules.push_str(&format!(
-            "      - record: floxy_dashboard:q{n}\n        expr: {quoted}\n"
-        ));
+        writeln!(
+            rules,
+            "      - record: floxy_dashboard:q{n}\n        expr: {quoted}"
+        )
+        .unwrap();
     }
     std::fs::write(tmp.path().join("dashboard.yaml"), rules).unwrap();
     let checked = run_promtool(&["check", "rules", "dashboard.yaml"], tmp.path());

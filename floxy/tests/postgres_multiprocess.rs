@@ -282,7 +282,7 @@ async fn killed_worker_lease_expires_and_step_is_reclaimed() {
 
     let mut victim = spawn_worker(store.schema(), "victim", "hang", 120);
     let s = store.schema().to_owned();
-    let started = Instant::now();
+    let waiting_since = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM \"{s}\".test_handler_calls WHERE worker = 'victim'"
@@ -294,7 +294,7 @@ async fn killed_worker_lease_expires_and_step_is_reclaimed() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_mins(1),
+            waiting_since.elapsed() < Duration::from_mins(1),
             "victim never ran the handler"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

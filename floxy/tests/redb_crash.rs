@@ -337,7 +337,7 @@ fn sigkill_loses_no_acknowledged_commit() {
     let path = dir.path().join("floxy.redb");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(1))
         | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);

@@ -141,9 +141,9 @@ async fn failure_compensates_in_reverse_order() {
 
 #[tokio::test(start_paused = true)]
 async fn compensation_sees_output_and_error() {
+    type Seen = (String, Option<Payload>, Option<String>);
     let (engine, _store) = engine();
     let log = Log::default();
-    type Seen = (String, Option<Payload>, Option<String>);
     let seen: Arc<parking_lot::Mutex<Vec<Seen>>> = Arc::default();
     trail_handler(&engine, "a", &log);
     failing_handler(&engine, "b", false, &log);

@@ -291,7 +291,7 @@ async fn run_seed(seed: u64) -> Vec<InstanceStatus> {
     }
     engine.start_workers().unwrap();
     for i in 0..INSTANCES {
-        let wf = &wfs[(mix(seed, "wf", i as u64) % wfs.len() as u64) as usize];
+        let wf = &wfs[usize::try_from(mix(seed, "wf", i as u64) % wfs.len() as u64).unwrap()];
         ids.push((
             engine.start(wf, json!({ "i": i })).await.unwrap(),
             wf.clone(),

@@ -146,6 +146,9 @@ impl HandlerInjector {
 
     /// Runs `call` (one handler call) under a drawn fault plan.
     ///
+    /// # Errors
+    /// Whatever `call` returns, or an injected retryable error when the plan says so.
+    ///
     /// # Panics
     /// When the plan says so: that is the injected fault.
     pub async fn run<F>(&self, ctx: &StepContext, call: F) -> Result<Payload, HandlerError>

@@ -197,7 +197,7 @@ impl NetworkDisruptor {
     /// # Errors
     /// The API refused or could not be reached.
     pub async fn apply(&self, kind: &str, stream: &str) -> Result<(), String> {
-        let (api, name, f, kind, stream) = (
+        let (api, name, faults, kind, stream) = (
             self.api.clone(),
             self.proxy.clone(),
             self.faults.clone(),
@@ -205,9 +205,10 @@ impl NetworkDisruptor {
             stream.to_owned(),
         );
         blocking(move || {
-            let c = Client::new(api.as_str());
-            let p = c.find_proxy(&name)?;
+            let client = Client::new(api.as_str());
+            let p = client.find_proxy(&name)?;
             let u = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+            let f = &faults;
             match kind.as_str() {
                 "latency" => {
                     p.with_latency(stream, u(f.latency_ms), u(f.jitter_ms), 1.0);
@@ -229,14 +230,14 @@ impl NetworkDisruptor {
                     let body = format!(
                         "{{\"name\":\"reset_peer_{stream}\",\"type\":\"reset_peer\",\"stream\":\"{stream}\",\"toxicity\":1.0,\"attributes\":{{\"timeout\":0}}}}"
                     );
-                    let (status, b) = raw_request(
+                    let (status, reply) = raw_request(
                         &api,
                         "POST",
                         &format!("/proxies/{name}/toxics"),
                         Some(&body),
                     )?;
                     if status >= 300 {
-                        return Err(format!("reset_peer refused: {status} {b}"));
+                        return Err(format!("reset_peer refused: {status} {reply}"));
                     }
                 }
                 other => return Err(format!("unknown network fault {other}")),

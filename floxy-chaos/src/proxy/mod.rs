@@ -120,6 +120,8 @@ impl Toxic {
         }
     }
 
+    // A float attribute is clamped at 0 and `as` drops its fraction (and saturates above).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn attr(&self, k: &str) -> u64 {
         self.attributes
             .get(k)
@@ -408,20 +410,25 @@ impl Proxy {
                 if let Some(t) = find("limit_data") {
                     let limit = t.attr("bytes");
                     if sent + n as u64 >= limit {
-                        data = &data[..(limit.saturating_sub(sent)) as usize];
+                        // `sent + n >= limit`: what is left is at most `n`.
+                        let left = usize::try_from(limit.saturating_sub(sent)).unwrap_or(n);
+                        data = &data[..left];
                         close_after = true;
                     }
                 }
                 if let Some(t) = find("latency") {
-                    let (lat, jit) = (t.attr("latency") as i64, t.attr("jitter") as i64);
+                    let ms = |name| i64::try_from(t.attr(name)).unwrap_or(i64::MAX);
+                    let (lat, jit) = (ms("latency"), ms("jitter"));
                     let d = if jit > 0 {
-                        lat + rng.random_range(-jit..=jit)
+                        lat.saturating_add(rng.random_range(-jit..=jit))
                     } else {
                         lat
                     };
+                    // A negative delay (jitter below zero) is no delay.
+                    let d = u64::try_from(d).unwrap_or(0);
                     tokio::select! {
                         () = conn.kill.cancelled() => return Err(()),
-                        () = tokio::time::sleep(Duration::from_millis(d.max(0) as u64)) => {}
+                        () = tokio::time::sleep(Duration::from_millis(d)) => {}
                     }
                 }
                 let rate = find("bandwidth").map(|t| t.attr("rate"));
@@ -443,7 +450,7 @@ impl Proxy {
                         } else {
                             avg
                         };
-                        take = take.min(size as usize);
+                        take = take.min(usize::try_from(size).unwrap_or(usize::MAX));
                         pause += Duration::from_micros(delay_us);
                     }
                     if let Some(kbps) = rate {
@@ -477,19 +484,16 @@ impl Proxy {
             }
         }
         .await;
-        match outcome {
+        if outcome.is_ok() {
             // EOF from the reader: half-close towards the writer, keep the other direction.
-            Ok(()) => {
-                let _ = writer.shutdown().await;
-            }
-            Err(()) => {
-                conn.kill.cancel();
-                if conn.reset.load(Ordering::SeqCst) {
-                    // No FIN first: close with SO_LINGER 0, which sends a RST.
-                    let _ = reader.as_ref().set_zero_linger();
-                    let _ = writer.as_ref().set_zero_linger();
-                    writer.forget();
-                }
+            let _ = writer.shutdown().await;
+        } else {
+            conn.kill.cancel();
+            if conn.reset.load(Ordering::SeqCst) {
+                // No FIN first: close with SO_LINGER 0, which sends a RST.
+                let _ = reader.as_ref().set_zero_linger();
+                let _ = writer.as_ref().set_zero_linger();
+                writer.forget();
             }
         }
     }

@@ -241,6 +241,10 @@ pub async fn create<S: Store>(store: &S, t: Transition) {
 }
 
 /// Applies `f` to instance `id` through [`Store::update_instance`].
+///
+/// # Errors
+///
+/// Whatever [`Store::update_instance`] returns, unchanged (the checks assert on it).
 pub async fn update<S, F>(store: &S, id: InstanceId, f: F) -> Result<Transition, StoreError>
 where
     S: Store,

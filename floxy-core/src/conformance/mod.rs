@@ -18,6 +18,11 @@
 //! ```
 //!
 //! [`checks`] lists every check with its name, for backends that prefer one test per check.
+//!
+//! Panicking on a broken rule is what every check and helper here is for, so their docs say
+//! in prose which rule each one checks instead of repeating a `# Panics` section.
+
+#![allow(clippy::missing_panics_doc)] // panicking is this module's contract (see above)
 
 pub mod fixtures;
 

@@ -260,13 +260,13 @@ pub async fn list_instances<S: Store>(store: S) {
     expected_all.sort_by_key(|(id, _, _)| *id);
     let all_ids: Vec<InstanceId> = expected_all.iter().map(|(id, _, _)| *id).collect();
 
-    let page0 = ok(
+    let first_page = ok(
         store.list_instances(&InstanceQuery::default()).await,
         "list_instances",
     );
-    let ids0: Vec<InstanceId> = page0.items.iter().map(|r| r.id).collect();
+    let ids0: Vec<InstanceId> = first_page.items.iter().map(|r| r.id).collect();
     assert_eq!(ids0, all_ids, "limit 0 means the maximum; ordered by id");
-    assert_eq!(page0.next, None);
+    assert_eq!(first_page.next, None);
 
     let collect = |q: InstanceQuery| {
         let store = &store;

@@ -168,29 +168,29 @@ pub(crate) fn equal(a: &Value, b: &Value) -> bool {
 }
 
 /// Structural equality without recursion (input depth is unbounded).
-fn deep_eq(a: &Value, b: &Value) -> bool {
-    let mut stack = vec![(a, b)];
+fn deep_eq(left: &Value, right: &Value) -> bool {
+    let mut stack = vec![(left, right)];
     while let Some(pair) = stack.pop() {
         match pair {
             (Value::Null, Value::Null) => {}
-            (Value::Bool(x), Value::Bool(y)) if x == y => {}
-            (Value::String(x), Value::String(y)) if x == y => {}
-            (Value::Number(x), Value::Number(y)) => {
-                let same = match (Num::from_json(x), Num::from_json(y)) {
-                    (Some(p), Some(q)) => p.compare(q) == Some(Ordering::Equal),
-                    _ => x == y,
+            (Value::Bool(l), Value::Bool(r)) if l == r => {}
+            (Value::String(l), Value::String(r)) if l == r => {}
+            (Value::Number(l), Value::Number(r)) => {
+                let same = match (Num::from_json(l), Num::from_json(r)) {
+                    (Some(ln), Some(rn)) => ln.compare(rn) == Some(Ordering::Equal),
+                    _ => l == r,
                 };
                 if !same {
                     return false;
                 }
             }
-            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-                stack.extend(x.iter().zip(y.iter()));
+            (Value::Array(l), Value::Array(r)) if l.len() == r.len() => {
+                stack.extend(l.iter().zip(r.iter()));
             }
-            (Value::Object(x), Value::Object(y)) if x.len() == y.len() => {
-                for (k, v) in x {
-                    match y.get(k) {
-                        Some(w) => stack.push((v, w)),
+            (Value::Object(l), Value::Object(r)) if l.len() == r.len() => {
+                for (key, lv) in l {
+                    match r.get(key) {
+                        Some(rv) => stack.push((lv, rv)),
                         None => return false,
                     }
                 }

@@ -74,6 +74,7 @@ fn cmp_int_float(i: i128, f: f64) -> Option<Ordering> {
     let t = f.trunc();
     // |t| <= 2^127 and t is integral, so the conversion is exact
     // (-2^127 is i128::MIN).
+    #[allow(clippy::cast_possible_truncation)] // bounded and integral: see above
     let ti = t as i128;
     match i.cmp(&ti) {
         Ordering::Equal => {

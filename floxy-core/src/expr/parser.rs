@@ -174,13 +174,13 @@ pub(crate) fn parse(tokens: &[Token]) -> Result<Node, ExprError> {
         Some(Token {
             kind: TokenKind::End,
             ..
-        }) => Ok(node),
+        })
+        | None => Ok(node),
         Some(t) => Err(ExprError::UnexpectedToken {
             column: t.column,
             expected: "end of expression",
             found: describe(&t.kind),
         }),
-        None => Ok(node),
     }
 }
 

@@ -195,7 +195,7 @@ pub fn apply(
             });
             w.timer_fired(n)?;
         }
-        Input::Cancel { reason, by } => w.cancel(reason.clone(), by.as_deref())?,
+        Input::Cancel { reason, by } => w.cancel(reason.as_deref(), by.as_deref())?,
         Input::Abort { reason, by } => w.abort(reason.clone(), by.as_deref())?,
         Input::Decide {
             step,
@@ -210,7 +210,7 @@ pub fn apply(
                 comment: comment.clone(),
                 decided_at: now,
             };
-            w.decide(n, d)?;
+            w.decide(n, &d)?;
         }
         Input::Requeue {
             dlq_id,

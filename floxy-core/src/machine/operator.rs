@@ -23,7 +23,7 @@ impl Work<'_> {
     /// Cancel: stop forward work, compensate every completed step (savepoints ignored).
     pub(super) fn cancel(
         &mut self,
-        reason: Option<String>,
+        reason: Option<&str>,
         by: Option<&str>,
     ) -> Result<(), TransitionError> {
         match self.inst.status {
@@ -37,7 +37,7 @@ impl Work<'_> {
         }
         self.inst.status = InstanceStatus::Cancelling;
         self.inst.rollback_to = None;
-        self.inst.error = Some(reason.clone().unwrap_or_else(|| "cancelled".into()));
+        self.inst.error = Some(reason.unwrap_or("cancelled").to_owned());
         self.event(
             EventKind::CancellationStarted,
             None,
@@ -106,7 +106,7 @@ impl Work<'_> {
     pub(super) fn decide(
         &mut self,
         n: NodeId,
-        decision: HumanDecision,
+        decision: &HumanDecision,
     ) -> Result<(), TransitionError> {
         let name = self.wf.node(n).name.to_string();
         let NodeKind::Human { on_reject, .. } = self.wf.node(n).kind else {
@@ -195,8 +195,8 @@ impl Work<'_> {
             decided_at: self.now,
         };
         match on_timeout {
-            TimeoutPolicy::Confirm => self.decide(n, decided(Decision::Confirm)),
-            TimeoutPolicy::Reject => self.decide(n, decided(Decision::Reject)),
+            TimeoutPolicy::Confirm => self.decide(n, &decided(Decision::Confirm)),
+            TimeoutPolicy::Reject => self.decide(n, &decided(Decision::Reject)),
             TimeoutPolicy::Fail => self.final_failure(n, "decision timeout".into()),
         }
     }

@@ -104,10 +104,11 @@ impl Timestamp {
     /// This time plus `ms` milliseconds (saturating).
     #[must_use]
     pub const fn add_ms(self, ms: u64) -> Self {
-        let ms = if ms > i64::MAX as u64 {
+        // `ms <= i64::MAX` in the else branch, so the cast is exact.
+        let ms = if ms > i64::MAX.cast_unsigned() {
             i64::MAX
         } else {
-            ms as i64
+            ms.cast_signed()
         };
         Self(self.0.saturating_add(ms))
     }
@@ -115,7 +116,8 @@ impl Timestamp {
     #[must_use]
     pub const fn since(self, earlier: Timestamp) -> u64 {
         let d = self.0.saturating_sub(earlier.0);
-        if d < 0 { 0 } else { d as u64 }
+        // `d >= 0` in the else branch, so the cast is exact.
+        if d < 0 { 0 } else { d.cast_unsigned() }
     }
 }
 

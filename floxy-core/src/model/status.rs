@@ -181,23 +181,34 @@ impl StepStatus {
     #[must_use]
     pub const fn can_become(self, to: StepStatus) -> bool {
         use StepStatus as S;
-        match (self, to) {
-            (S::Pending | S::Retrying, S::Running) => true,
-            (S::Running, S::Completed | S::Failed | S::Retrying | S::Skipped) => true,
-            (S::Pending | S::Retrying | S::WaitingDecision | S::Paused, S::Skipped | S::Paused) => {
-                true
-            }
-            (S::Pending | S::Retrying, S::Failed) => true,
-            (S::Paused, S::Pending | S::Retrying) => true,
-            (
-                S::Completed | S::Confirmed | S::Failed | S::Rejected | S::CompensationFailed,
-                S::Compensating | S::RolledBack,
-            ) => true,
-            (S::Compensating, S::RolledBack | S::CompensationFailed | S::Compensating) => true,
-            (S::WaitingDecision, S::Confirmed | S::Rejected | S::Failed) => true,
-            (S::Running, S::Paused) => true,
-            (a, b) => a as u8 == b as u8,
-        }
+        // Staying in the same status is always allowed (an idempotent rewrite).
+        self as u8 == to as u8
+            || matches!(
+                (self, to),
+                (S::Pending | S::Retrying, S::Running | S::Failed)
+                    | (
+                        S::Running,
+                        S::Completed | S::Failed | S::Retrying | S::Skipped | S::Paused
+                    )
+                    | (
+                        S::Pending | S::Retrying | S::WaitingDecision | S::Paused,
+                        S::Skipped | S::Paused
+                    )
+                    | (S::Paused, S::Pending | S::Retrying)
+                    | (S::WaitingDecision, S::Confirmed | S::Rejected | S::Failed)
+                    | (
+                        S::Completed
+                            | S::Confirmed
+                            | S::Failed
+                            | S::Rejected
+                            | S::CompensationFailed,
+                        S::Compensating | S::RolledBack
+                    )
+                    | (
+                        S::Compensating,
+                        S::RolledBack | S::CompensationFailed | S::Compensating
+                    )
+            )
     }
 }
 

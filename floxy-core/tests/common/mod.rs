@@ -106,8 +106,8 @@ impl H {
     }
 
     /// Like a store: a stale lease changes nothing and is reported as `Err(None)`.
-    pub(crate) fn try_feed(&mut self, input: Input) -> Result<(), Option<TransitionError>> {
-        let t = machine::apply(&self.wf, &self.snap, &input, self.now).map_err(Some)?;
+    pub(crate) fn try_feed(&mut self, input: &Input) -> Result<(), Option<TransitionError>> {
+        let t = machine::apply(&self.wf, &self.snap, input, self.now).map_err(Some)?;
         if let Some(lc) = &t.lease_check {
             let held = self
                 .queue
@@ -122,8 +122,8 @@ impl H {
         Ok(())
     }
 
-    pub(crate) fn feed(&mut self, input: Input) -> Result<(), TransitionError> {
-        let t = machine::apply(&self.wf, &self.snap, &input, self.now)?;
+    pub(crate) fn feed(&mut self, input: &Input) -> Result<(), TransitionError> {
+        let t = machine::apply(&self.wf, &self.snap, input, self.now)?;
         self.apply_t(t);
         Ok(())
     }
@@ -178,7 +178,7 @@ impl H {
             step: step.into(),
             kind,
         };
-        self.feed(Input::WorkDone {
+        self.feed(&Input::WorkDone {
             key,
             token,
             attempt,
@@ -266,7 +266,7 @@ impl H {
                     step: step.as_str().into(),
                     kind,
                 };
-                self.feed(Input::TimerFired { key, token }).unwrap();
+                self.feed(&Input::TimerFired { key, token }).unwrap();
                 continue;
             }
             let (token, attempt, _) = self.claim(&step, kind);
@@ -277,7 +277,7 @@ impl H {
                 step: step.as_str().into(),
                 kind,
             };
-            self.feed(Input::WorkDone {
+            self.feed(&Input::WorkDone {
                 key,
                 token,
                 attempt,
@@ -420,13 +420,14 @@ impl H {
                         + 1
                 };
                 // A DLQ requeue grants a fresh budget.
-                let epochs = 1 + self
+                let requeues = self
                     .events
                     .iter()
                     .filter(|e| {
                         e.kind == EventKind::DlqRequeued && e.step.as_deref() == Some(s.as_str())
                     })
-                    .count() as u32;
+                    .count();
+                let epochs = 1 + u32::try_from(requeues).unwrap();
                 assert!(
                     c <= max * epochs,
                     "step {s} called {c} times, max {max} x {epochs}\n{:?}",

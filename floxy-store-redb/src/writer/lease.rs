@@ -122,7 +122,7 @@ impl Writer {
         owner: &str,
         leases: &[LeaseRef],
         now: Timestamp,
-    ) -> Result<Vec<LeaseState>, Fail> {
+    ) -> Vec<LeaseState> {
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
             match self.index.heartbeat(owner, &l.key, l.token, now) {
@@ -137,6 +137,6 @@ impl Writer {
                 None => out.push(LeaseState::Lost),
             }
         }
-        Ok(out)
+        out
     }
 }

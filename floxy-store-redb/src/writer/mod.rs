@@ -65,6 +65,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -264,8 +265,8 @@ impl WriterStats {
 /// by first merging every small free chunk of the thread's heap (`malloc_consolidate`): a
 /// tenth of that thread's time in `perf`.
 pub(crate) fn notify(
-    rx: std::sync::mpsc::Receiver<(Vec<Delivery>, Option<StoreError>)>,
-    spare: std::sync::mpsc::Sender<Vec<Delivery>>,
+    rx: &std::sync::mpsc::Receiver<(Vec<Delivery>, Option<StoreError>)>,
+    spare: &std::sync::mpsc::Sender<Vec<Delivery>>,
 ) {
     while let Ok((mut deliveries, commit_err)) = rx.recv() {
         for d in deliveries.drain(..) {
@@ -461,7 +462,7 @@ impl Writer {
         let (spare_lists, spare_deliveries) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("floxy-redb-notify".to_owned())
-            .spawn(move || notify(notify_rx, spare_lists))?;
+            .spawn(move || notify(&notify_rx, &spare_lists))?;
         let (to_commit, commit_rx) = std::sync::mpsc::channel();
         let (outcome_tx, outcomes) = std::sync::mpsc::channel();
         let (spare, spare_ops) = std::sync::mpsc::channel();
@@ -675,7 +676,7 @@ impl Writer {
     /// of it) over, failed with it if it failed; returns the batch to go on with.
     fn hand_over_if_settled(&mut self, mut batch: Batch) -> Batch {
         if self.in_flight.is_some()
-            && let Some(outcome) = self.poll_in_flight()
+            && let Poll::Ready(outcome) = self.poll_in_flight()
             && batch.requests > 0
         {
             batch.failed_under = outcome;
@@ -696,17 +697,17 @@ impl Writer {
         self.settle(err)
     }
 
-    /// Settles the committing batch if its outcome is in: `Some(commit error)`, or `None`
+    /// Settles the committing batch if its outcome is in: `Ready(commit error)`, or `Pending`
     /// while it is still committing.
-    fn poll_in_flight(&mut self) -> Option<Option<StoreError>> {
+    fn poll_in_flight(&mut self) -> Poll<Option<StoreError>> {
         let err = match self.outcomes.try_recv() {
             Ok(err) => err,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Poll::Pending,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(StoreError::Backend(
                 "the redb committing thread stopped".to_owned(),
             )),
         };
-        Some(self.settle(err))
+        Poll::Ready(self.settle(err))
     }
 
     /// The committing batch's outcome: on success its pins are released; on failure the
@@ -887,8 +888,8 @@ impl Writer {
                 now,
                 reply,
             } => {
-                let (r, f) = split(self.heartbeat(b, &owner, &leases, now));
-                (Some(Delivery::Heartbeat(reply, r)), f)
+                let states = self.heartbeat(b, &owner, &leases, now);
+                (Some(Delivery::Heartbeat(reply, Ok(states))), None)
             }
             Request::Cleanup {
                 older_than,

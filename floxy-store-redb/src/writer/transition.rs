@@ -199,45 +199,49 @@ impl Writer {
         tr: &Transition,
         snap: &mut InstanceSnapshot,
     ) -> Result<(), StoreError> {
-        let r = &tr.instance;
-        let k = inst_key(r.id);
-        b.ops.instance(k, r)?;
+        let new = &tr.instance;
+        let ikey = inst_key(new.id);
+        b.ops.instance(ikey, new)?;
         // Status counts and the terminal index.
         if let Some(o) = old {
             if let Some(c) = self.counters.status_counts.get_mut(status_index(o.status)) {
                 *c = c.saturating_sub(1);
             }
             if o.status.is_terminal() {
-                b.ops.terminal(o.updated_at.as_millis(), k, false);
+                b.ops.terminal(o.updated_at.as_millis(), ikey, false);
             }
         }
-        if let Some(c) = self.counters.status_counts.get_mut(status_index(r.status)) {
+        if let Some(c) = self
+            .counters
+            .status_counts
+            .get_mut(status_index(new.status))
+        {
             *c += 1;
         }
-        if r.status.is_terminal() {
-            b.ops.terminal(r.updated_at.as_millis(), k, true);
+        if new.status.is_terminal() {
+            b.ops.terminal(new.updated_at.as_millis(), ikey, true);
         }
         self.counters_dirty = true;
         // Idempotency key.
         let old_key = old.and_then(|o| o.idempotency_key.as_deref().map(|key| (o, key)));
-        let same = match (old_key, &r.idempotency_key) {
-            (Some((o, a)), Some(b)) => o.workflow_id == r.workflow_id && a == b,
+        let same = match (old_key, &new.idempotency_key) {
+            (Some((o, old_k)), Some(new_k)) => o.workflow_id == new.workflow_id && old_k == new_k,
             (None, None) => true,
             _ => false,
         };
         if !same {
             if let Some((o, key)) = old_key
-                && self.idempotency(o.workflow_id.as_str(), key)? == Some(k)
+                && self.idempotency(o.workflow_id.as_str(), key)? == Some(ikey)
             {
                 self.write_idempotency(b, o.workflow_id.as_str(), key, None);
             }
-            if let Some(key) = &r.idempotency_key {
-                self.write_idempotency(b, r.workflow_id.as_str(), key, Some(k));
+            if let Some(key) = &new.idempotency_key {
+                self.write_idempotency(b, new.workflow_id.as_str(), key, Some(ikey));
             }
         }
         // Step runs (the snapshot keeps them in name order, like the table).
         for w in &tr.steps {
-            Self::mark_row(b, r.id, &w.run.step);
+            Self::mark_row(b, new.id, &w.run.step);
             match snap.steps.binary_search_by(|s| s.step.cmp(&w.run.step)) {
                 Ok(i) => {
                     if let Some(s) = snap.steps.get_mut(i) {
@@ -252,17 +256,17 @@ impl Writer {
             match op {
                 QueueOp::Upsert(item) => {
                     // Leases were settled before (`unlease_upserts`, then any eager claim).
-                    Self::mark_row(b, r.id, &item.key.step);
+                    Self::mark_row(b, new.id, &item.key.step);
                     self.index.upsert(item.clone());
                 }
                 QueueOp::Delete(key) => {
                     if self.index.remove(key) {
-                        Self::mark_row(b, r.id, &key.step);
+                        Self::mark_row(b, new.id, &key.step);
                     }
                 }
                 QueueOp::RequestCancel(key) => {
                     if self.index.request_cancel(key).is_some() {
-                        Self::mark_row(b, r.id, &key.step);
+                        Self::mark_row(b, new.id, &key.step);
                     }
                 }
             }
@@ -277,7 +281,7 @@ impl Writer {
                 self.counters.last_seq += 1;
                 let e = Event {
                     seq: self.counters.last_seq,
-                    instance_id: r.id,
+                    instance_id: new.id,
                     at: tr.now,
                     kind: ev.kind,
                     step: ev.step.clone(),
@@ -286,16 +290,16 @@ impl Writer {
                 };
                 match &ev.step {
                     Some(step)
-                        if b.row_set.contains(&(r.id, step.clone()))
+                        if b.row_set.contains(&(new.id, step.clone()))
                             && snap.steps.binary_search_by(|s| s.step.cmp(step)).is_ok() =>
                     {
-                        self.cache.push_mark(r.id, step, StepMark::of(&e));
+                        self.cache.push_mark(new.id, step, StepMark::of(&e));
                     }
                     _ => events.push(e),
                 }
             }
             if let Some(first) = events.first() {
-                b.ops.events(k, first.seq, &events)?;
+                b.ops.events(ikey, first.seq, &events)?;
             }
         }
         // DLQ.
@@ -308,7 +312,7 @@ impl Writer {
                 record: rec.clone(),
             };
             b.ops.dlq(id.0, &d)?;
-            b.ops.dlq_by_instance(k, id.0, true);
+            b.ops.dlq_by_instance(ikey, id.0, true);
             self.write_dlq_exists(b, id.0, true);
             self.counters.dlq += 1;
             snap.dlq.push(d);
@@ -317,7 +321,7 @@ impl Writer {
             // Unknown ids are ignored; a record of another instance was refused by `check`.
             if snap.dlq.iter().any(|x| x.id == *d) {
                 b.ops.remove_dlq(d.0);
-                b.ops.dlq_by_instance(k, d.0, false);
+                b.ops.dlq_by_instance(ikey, d.0, false);
                 self.write_dlq_exists(b, d.0, false);
                 self.counters.dlq = self.counters.dlq.saturating_sub(1);
                 snap.dlq.retain(|x| x.id != *d);

@@ -162,7 +162,11 @@ pub(crate) async fn populate(store: &RedbStore) {
         "def",
     );
     for n in 1..=N {
-        let mut t = start(iid(n), at(n as i64), &[("a", "h"), ("b", "h")]);
+        let mut t = start(
+            iid(n),
+            at(i64::try_from(n).unwrap()),
+            &[("a", "h"), ("b", "h")],
+        );
         if n == 7 {
             t.instance.idempotency_key = Some("key-7".into());
         }
