@@ -9,6 +9,7 @@
 use crate::Durability;
 use crate::layout::redb_err;
 use crate::ops::Ops;
+use crate::slot::DbSlot;
 use crate::writer::{Delivery, Published, Request};
 use floxy_core::store::StoreError;
 use parking_lot::Mutex;
@@ -37,7 +38,8 @@ pub(crate) enum ToCommit {
 
 /// The committing thread's state.
 pub(crate) struct Committer {
-    pub(crate) db: Arc<Database>,
+    /// The database, taken for each transaction (it is replaced after an I/O error).
+    pub(crate) slot: Arc<DbSlot>,
     pub(crate) durability: Durability,
     pub(crate) last_flush: Instant,
     /// Whether a commit since the last flush was not durable (relaxed mode).
@@ -163,7 +165,7 @@ impl Committer {
 
     /// One write transaction holding `ops`, committed with `durability`.
     fn write(&mut self, ops: &Ops, durability: redb::Durability) -> Result<(), StoreError> {
-        let txn = stage(&self.db, ops, durability)?;
+        let txn = stage(&*self.slot.get()?, ops, durability)?;
         self.finish(txn)
     }
 
@@ -202,7 +204,7 @@ impl Committer {
         fail::fail_point!("floxy-redb::flush", |_| Err(StoreError::Unavailable(
             "redb I/O error: injected by failpoint floxy-redb::flush".to_owned()
         )));
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        let mut txn = self.slot.get()?.begin_write().map_err(redb_err)?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| StoreError::Backend(format!("redb: {e}")))?;
         txn.commit().map_err(redb_err)?;

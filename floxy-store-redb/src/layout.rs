@@ -147,6 +147,12 @@ pub(crate) fn redb_err(e: impl Into<redb::Error>) -> StoreError {
     match e {
         redb::Error::Corrupted(msg) => StoreError::Corrupt(format!("redb: {msg}")),
         redb::Error::Io(io) => StoreError::Unavailable(format!("redb I/O error: {io}")),
+        // After an I/O error redb refuses the database until it is reopened, which the
+        // writer does (see `crate::slot`); a read under way when it closes the old one sees
+        // it closed.
+        redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            StoreError::Unavailable(format!("redb: {e}"))
+        }
         other => StoreError::Backend(format!("redb: {other}")),
     }
 }

@@ -212,6 +212,7 @@ mod open;
 mod ops;
 mod read;
 mod row;
+mod slot;
 mod writer;
 
 pub use layout::FORMAT_VERSION;
@@ -228,12 +229,14 @@ use floxy_core::store::{
     LeaseState, MAX_PAGE_SIZE, Page, PutDefinition, Store, StoreError, StoreStats, TransitionFn,
 };
 use layout::{DEFINITIONS, DLQ, EVENTS, IDEMPOTENCY, INSTANCES, STEPS, redb_err};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use redb::{Database, ReadTransaction, ReadableDatabase};
+use slot::DbSlot;
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 pub use writer::WriterStats;
 use writer::{Published, Request, UpdateFailure, Writer};
@@ -337,8 +340,10 @@ pub struct RedbStore {
 
 struct Inner {
     path: PathBuf,
-    /// `None` once closed.
-    db: RwLock<Option<Arc<Database>>>,
+    /// The database (replaced after an I/O error poisoned it).
+    slot: Arc<DbSlot>,
+    /// Set by [`RedbStore::close`].
+    closed: AtomicBool,
     tx: mpsc::Sender<Request>,
     published: Arc<Mutex<Published>>,
 }
@@ -367,7 +372,8 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_owned();
         let db = open::open_database(&path, options.cache_size_bytes)?;
-        Self::start(path, db, &options)
+        let reopen = slot::reopen_path(path.clone(), options.cache_size_bytes);
+        Self::start(path, db, reopen, &options)
     }
 
     /// Opens the floxy database held by a redb storage backend (an in-memory one such as
@@ -386,21 +392,34 @@ impl RedbStore {
         options: RedbOptions,
     ) -> Result<Self, OpenError> {
         let path = PathBuf::from(BACKEND_PATH);
-        let db = open::open_backend(&path, backend, options.cache_size_bytes)?;
-        Self::start(path, db, &options)
+        let backend = Arc::new(backend);
+        let db = open::open_backend(
+            &path,
+            slot::SharedBackend(backend.clone()),
+            options.cache_size_bytes,
+        )?;
+        let reopen = slot::reopen_backend(path.clone(), backend, options.cache_size_bytes);
+        Self::start(path, db, reopen, &options)
     }
 
-    /// Loads the writer's state from `db` and starts the writer threads.
-    fn start(path: PathBuf, db: Database, options: &RedbOptions) -> Result<Self, OpenError> {
-        let db = Arc::new(db);
+    /// Loads the writer's state from `db` and starts the writer threads (`reopen` opens the
+    /// database again after an I/O error poisoned it).
+    fn start(
+        path: PathBuf,
+        db: Database,
+        reopen: slot::Reopen,
+        options: &RedbOptions,
+    ) -> Result<Self, OpenError> {
         let state = writer::load_state(&db).map_err(|e| OpenError::Other {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        let slot = Arc::new(DbSlot::new(db));
         let published = Arc::new(Mutex::new(Published::default()));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let w = Writer::new(
-            db.clone(),
+            slot.clone(),
+            reopen,
             options,
             state,
             published.clone(),
@@ -420,7 +439,8 @@ impl RedbStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                db: RwLock::new(Some(db)),
+                slot,
+                closed: AtomicBool::new(false),
                 tx,
                 published,
             }),
@@ -444,7 +464,7 @@ impl RedbStore {
     /// are synced here, and if that fails they may be lost (as after a crash; the file stays
     /// consistent). [`StoreError::Backend`] if the committing thread panicked.
     pub async fn close(&self) -> Result<(), StoreError> {
-        let db = self.inner.db.write().take();
+        self.inner.closed.store(true, Ordering::SeqCst);
         let (reply, done) = oneshot::channel();
         let r = if self.inner.tx.send(Request::Close { reply }).await.is_ok() {
             // The writer answers after dropping its handle of the database.
@@ -457,7 +477,8 @@ impl RedbStore {
         } else {
             Ok(())
         };
-        drop(db);
+        // The writer closed it before it answered; a writer that was gone did not.
+        self.inner.slot.close();
         r
     }
 
@@ -469,7 +490,10 @@ impl RedbStore {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.inner.db.read().clone().ok_or(StoreError::Closed)
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.slot.get()
     }
 
     fn read_txn(&self) -> Result<ReadTransaction, StoreError> {

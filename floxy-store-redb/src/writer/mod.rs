@@ -48,6 +48,7 @@ use crate::layout::{
 use crate::ops::Ops;
 use crate::read;
 use crate::row::StepMark;
+use crate::slot::{self, DbSlot, Reopen};
 use crate::{MAX_GROUP_COMMIT, RedbOptions};
 use floxy_core::checks;
 use floxy_core::eager::{EagerClaim, lease_eagerly, unlease_upserts};
@@ -224,6 +225,10 @@ impl Delivery {
 /// second. Loads that never queue this many requests at once are not affected.
 const IDLE_HAND_OVER: u64 = 512;
 
+/// While the database is down after an I/O error, the time between two attempts to reopen it
+/// (each may have to repair the file; requests in between fail at once, retryably).
+const REOPEN_RETRY: Duration = Duration::from_millis(100);
+
 /// Counters of the writer threads since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -350,7 +355,7 @@ pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
 /// Reads of the last committed transaction (see the module docs for when they are valid).
 /// Its read transaction is dropped as soon as a later batch commits (see [`Writer::settle`]).
 struct View {
-    db: Arc<Database>,
+    slot: Arc<DbSlot>,
     rtx: Option<ReadTransaction>,
     /// The last batch the read transaction is known to include.
     seq: u64,
@@ -362,7 +367,7 @@ impl View {
         if self.rtx.is_none() || self.seq < committed {
             // Release the old snapshot first: it holds pages redb could reuse.
             self.rtx = None;
-            self.rtx = Some(self.db.begin_read().map_err(redb_err)?);
+            self.rtx = Some(self.slot.get()?.begin_read().map_err(redb_err)?);
             self.seq = committed;
         }
         self.rtx
@@ -446,13 +451,19 @@ pub(crate) struct Writer {
     /// Set when the in-memory state could not be rebuilt after a failure: every request
     /// then fails with this error.
     broken: Option<StoreError>,
+    /// With `broken` retryable (the database is down after an I/O error): when to try to
+    /// reopen it again.
+    recover_at: Option<Instant>,
+    /// Opens the database again after an I/O error poisoned it.
+    reopen: Reopen,
 }
 
 impl Writer {
     /// A writer over `db` with the state loaded at open; starts the notifier and the
     /// committing thread.
     pub(crate) fn new(
-        db: Arc<Database>,
+        slot: Arc<DbSlot>,
+        reopen: Reopen,
         options: &RedbOptions,
         (counters, index, live): State,
         published: Arc<Mutex<Published>>,
@@ -467,7 +478,7 @@ impl Writer {
         let (outcome_tx, outcomes) = std::sync::mpsc::channel();
         let (spare, spare_ops) = std::sync::mpsc::channel();
         let committer = Committer {
-            db: db.clone(),
+            slot: slot.clone(),
             durability: options.durability,
             last_flush: Instant::now(),
             unflushed: false,
@@ -482,7 +493,7 @@ impl Writer {
             .spawn(move || committer.run(&commit_rx, &outcome_tx, &wake))?;
         let w = Self {
             view: View {
-                db,
+                slot,
                 rtx: None,
                 seq: 0,
             },
@@ -510,6 +521,8 @@ impl Writer {
             notifier,
             published,
             broken: None,
+            recover_at: None,
+            reopen,
         };
         *w.published.lock() = w.to_publish();
         Ok(w)
@@ -604,8 +617,8 @@ impl Writer {
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "floxy-store-redb: final flush failed");
         }
-        let Self { view, .. } = self;
-        drop(view);
+        self.view.rtx = None;
+        self.view.slot.close();
         if let Some(reply) = close {
             let _ = reply.send(flushed);
         }
@@ -649,6 +662,15 @@ impl Writer {
 
     /// Prepares one request into `batch`.
     fn prepare(&mut self, batch: &mut Batch, req: Request) {
+        if batch.requests == 0
+            && self.in_flight.is_none()
+            && self.recover_at.is_some_and(|t| Instant::now() >= t)
+        {
+            // The database is down after an I/O error: try to reopen it (an empty batch
+            // holds nothing prepared on the old state).
+            self.reload(None);
+            batch.fatal.clone_from(&self.broken);
+        }
         batch.requests += 1;
         if batch.fatal.is_none() {
             // A reload that failed since the batch began leaves no state to prepare on.
@@ -743,7 +765,7 @@ impl Writer {
             }
             Some(e) => {
                 tracing::error!(error = %e, "floxy-store-redb: write transaction failed");
-                self.reload();
+                self.reload(Some(e));
             }
         }
         err
@@ -778,7 +800,7 @@ impl Writer {
             (None, Some(e)) => {
                 // The batch's writes stay unwritten; rebuild what its preparation changed.
                 tracing::error!(error = %e, "floxy-store-redb: batch failed before its commit");
-                self.reload();
+                self.reload(Some(&e));
                 Some(e)
             }
             (None, None) => None,
@@ -809,16 +831,19 @@ impl Writer {
         }
     }
 
-    /// Rebuilds the in-memory state from the last committed transaction (nothing is being
-    /// committed when this runs).
-    fn reload(&mut self) {
+    /// Rebuilds the in-memory state from the last committed transaction, after reopening
+    /// the database if an I/O error poisoned it (nothing is being committed when this
+    /// runs). `cause`: the failure, if this follows one (not a retry of a reopen).
+    fn reload(&mut self, cause: Option<&StoreError>) {
         self.cache.clear();
         self.idem_overlay.clear();
         self.dlq_overlay.clear();
         self.view.rtx = None;
         self.counters_dirty = false;
-        match load_state(&self.view.db) {
+        match self.load_or_reopen(cause) {
             Ok((counters, index, live)) => {
+                self.broken = None;
+                self.recover_at = None;
                 self.live = live;
                 let keep = self.counters.clone();
                 self.counters = counters;
@@ -829,11 +854,18 @@ impl Writer {
                 self.counters_dirty = true;
                 self.index = index;
             }
+            Err(e) if e.is_retryable() => {
+                // The disk is still failing: requests fail (retryably) until a reopen works.
+                tracing::warn!(error = %e, "floxy-store-redb: the database is down; retrying");
+                self.broken = Some(e);
+                self.recover_at = Some(Instant::now() + REOPEN_RETRY);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "floxy-store-redb: cannot reload after a failed commit");
                 self.broken = Some(StoreError::Backend(format!(
                     "the store failed and must be reopened: {e}"
                 )));
+                self.recover_at = None;
             }
         }
         let mut p = self.to_publish();
@@ -842,6 +874,30 @@ impl Writer {
         p.stats.busy = published.stats.busy.max(p.stats.busy);
         p.stats.committing = published.stats.committing;
         *published = p;
+    }
+
+    /// Loads the [`State`] from the database, reopened first if an I/O error poisoned it.
+    fn load_or_reopen(&mut self, cause: Option<&StoreError>) -> Result<State, StoreError> {
+        let poisoned = match self.view.slot.get() {
+            Ok(db) => slot::poisoned(&db),
+            Err(StoreError::Closed) => return Err(StoreError::Closed),
+            Err(_) => true,
+        };
+        if poisoned {
+            let why = cause.map_or_else(
+                || "an earlier write or sync failed".to_owned(),
+                ToString::to_string,
+            );
+            tracing::warn!(cause = %why, "floxy-store-redb: an I/O error poisoned the database; reopening it");
+            self.view.slot.take_down(&why);
+            let db = (self.reopen)().map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "the redb database failed ({why}) and cannot be reopened yet: {e}"
+                ))
+            })?;
+            self.view.slot.put(db);
+        }
+        load_state(&*self.view.slot.get()?)
     }
 
     /// Handles one request; returns its delivery and, if it failed fatally, the error.
