@@ -71,6 +71,31 @@
 //! rebuilds its in-memory state from the last committed transaction. A batch that writes
 //! nothing (claims that found no work, refused requests) is answered without a transaction.
 //!
+//! ## Full disk and I/O errors
+//!
+//! When a `write`, `set_len` or `fsync` of a commit fails (`ENOSPC`, `EIO`), redb fails that
+//! commit with the I/O error and *poisons* its database handle: every later operation on it
+//! fails with redb's `PreviousIo` until the database is closed and opened again, however
+//! the disk fares. The store does that itself: the callers of the failed batch (and of the
+//! batch prepared on top of it) get [`StoreError::Unavailable`] (retryable) naming the
+//! cause; the writer then drops the handle, reopens the file (or the same storage backend;
+//! redb repairs a file that was not closed cleanly, back to its last durable commit),
+//! rebuilds its state from it and carries on. While the fault lasts the reopen fails
+//! (repairing writes), every call fails at once with [`StoreError::Unavailable`] ("being
+//! reopened after an I/O error"), and the writer tries again at most every 100 ms, on the
+//! next request. Nothing acknowledged is lost, and no partial batch is ever visible.
+//!
+//! What *is* uncertain is the failed batch itself when its pages were written but the
+//! `fsync` failed: redb's repair then finds its commit complete in the file, so it may be
+//! there after the reopen, whole — like a commit cut short by a crash, or a PostgreSQL
+//! commit whose connection dropped. A caller that retries finds its create already there
+//! (`Conflict`), its step already completed, or its claim's lease taken (it expires). With
+//! `ENOSPC` on a write the commit never reaches the file. With [`Durability::Relaxed`] the
+//! reopen, like a crash, loses the acknowledged commits not yet synced. (An `fsync` error
+//! can also mean the kernel dropped the dirty pages; the store cannot tell, and trusts what
+//! the file reads back after the reopen.) `tests/disk_errors.rs` checks all this over a
+//! file backend whose writes fail with `ENOSPC` or whose syncs fail with `EIO`.
+//!
 //! The writer keeps the decoded snapshots of live instances in memory (bounded by
 //! [`RedbOptions::snapshot_cache_instances`], default
 //! [`DEFAULT_SNAPSHOT_CACHE_INSTANCES`]: keep it above the number of live instances, or
@@ -380,6 +405,11 @@ impl RedbStore {
     /// `redb::backends::InMemoryBackend`, or a wrapper around a file that injects faults),
     /// initialising it if it is empty, and starts its writer threads. Errors name the path
     /// [`BACKEND_PATH`]; [`RedbStore::path`] returns it too.
+    ///
+    /// After an I/O error (see the [crate docs](crate#full-disk-and-io-errors)) the store
+    /// opens a new redb database on the same backend, after the old one called its
+    /// [`close`](redb::StorageBackend::close): the backend must stay usable after `close`
+    /// (redb's file and in-memory backends do; `close` releases their locks).
     ///
     /// # Errors
     /// As [`RedbStore::open`], less the path checks.

@@ -61,11 +61,15 @@ impl DbSlot {
 
     /// Takes the database out (the slot is then down, for `why`) and releases it.
     pub(crate) fn take_down(&self, why: &str) {
-        let old = std::mem::replace(&mut *self.state.write(), State::Down(why.to_owned()));
-        match old {
-            State::Open(db) => release(db),
-            State::Closed => *self.state.write() = State::Closed,
-            State::Down(_) => {}
+        let old = {
+            let mut state = self.state.write();
+            match &*state {
+                State::Open(_) => std::mem::replace(&mut *state, State::Down(why.to_owned())),
+                State::Down(_) | State::Closed => return,
+            }
+        };
+        if let State::Open(db) = old {
+            release(db);
         }
     }
 
