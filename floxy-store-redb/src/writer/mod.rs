@@ -24,7 +24,9 @@
 //!   retention scan) wait for the committing batch and run in a batch of their own;
 //! * if a commit fails, the batch prepared on top of it fails too (its callers get the
 //!   error, nothing of it was written) and the writer rebuilds its in-memory state from the
-//!   last committed transaction. A failure while preparing (an encoding error, a read error)
+//!   last committed transaction, after reopening the database if an I/O error poisoned it
+//!   ([`crate::slot`]; while that fails, every request fails retryably and the reopen is
+//!   tried again, see [`REOPEN_RETRY`]). A failure while preparing (an encoding error, a read error)
 //!   fails the rest of the batch the same way.
 //!
 //! This module holds the pipeline (batches, hand-over, outcomes, reload); what a request
