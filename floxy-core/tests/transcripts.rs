@@ -981,6 +981,56 @@ mod s9_cancel_abort {
         assert!(h.queue.is_empty());
         h.check_invariants();
     }
+
+    /// The abort asks the holder of a running item (forward or compensation) to stop, in
+    /// the same transition that removes the item: the committing engine fires the handler's
+    /// token at once instead of leaving it to find the item gone at its next heartbeat.
+    #[test]
+    fn abort_asks_running_handlers_to_stop() {
+        let abort = Input::Abort {
+            reason: None,
+            by: None,
+        };
+        let ops = |h: &H| {
+            floxy_core::machine::apply(&h.wf, &h.snap, &abort, h.now)
+                .unwrap()
+                .queue
+        };
+        let key = |h: &H, step: &str, kind| QueueKey {
+            instance_id: h.snap.instance.id,
+            step: step.into(),
+            kind,
+        };
+        // A running forward handler.
+        let mut h = H::start(saga(), json!({}));
+        h.ok("reserve");
+        h.claim("charge", WorkKind::Execute);
+        let q = ops(&h);
+        let charge = key(&h, "charge", WorkKind::Execute);
+        assert!(q.contains(&QueueOp::RequestCancel(charge.clone())), "{q:?}");
+        assert!(q.contains(&QueueOp::Delete(charge)), "{q:?}");
+        // A running compensation.
+        let mut h = H::start(saga(), json!({}));
+        h.ok("reserve");
+        h.fail("charge", false);
+        // Attempted means compensated: the failed `charge` is refunded first.
+        h.claim("charge", WorkKind::Compensate);
+        let q = ops(&h);
+        let refund = key(&h, "charge", WorkKind::Compensate);
+        assert!(q.contains(&QueueOp::RequestCancel(refund.clone())), "{q:?}");
+        assert!(q.contains(&QueueOp::Delete(refund)), "{q:?}");
+        // Queued work is removed without a request: no handler holds it.
+        let mut h = H::start(saga(), json!({}));
+        h.ok("reserve");
+        let q = ops(&h);
+        assert!(
+            !q.iter().any(|op| matches!(op, QueueOp::RequestCancel(_))),
+            "{q:?}"
+        );
+        h.feed(&abort).unwrap();
+        assert!(h.queue.is_empty());
+        h.check_invariants();
+    }
 }
 
 mod s10_dlq {

@@ -244,9 +244,20 @@ impl Engine {
         let call = AssertUnwindSafe(handler.execute(ctx, run.input.clone())).catch_unwind();
         let timed = async {
             match timeout_ms {
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
-                    .await
-                    .map_err(|_| ms),
+                Some(ms) => {
+                    let deadline = Duration::from_millis(ms);
+                    let started = tokio::time::Instant::now();
+                    let result = tokio::time::timeout(deadline, call).await.map_err(|_| ms);
+                    // The timer cannot fire while a handler blocks its thread, and the
+                    // handler is polled before the timer: a result that arrives after the
+                    // deadline is discarded like one the timer cut off (SEMANTICS §4).
+                    if result.is_ok() && started.elapsed() > deadline {
+                        tracing::debug!(timeout_ms = ms, "handler returned after its deadline");
+                        Err(ms)
+                    } else {
+                        result
+                    }
+                }
                 None => Ok(call.await),
             }
         };

@@ -47,11 +47,15 @@
 //!   goes through a claim as usual.
 //! * **Timeouts**: a step's `timeout_ms` (a compensation's own `timeout_ms`) bounds each
 //!   call; at the deadline the handler's future is dropped and the attempt fails
-//!   (retryable) with "timed out after N ms".
+//!   (retryable) with "timed out after N ms". A call that returns only after its deadline
+//!   (a handler that blocked its thread, so the timer could not fire first) is treated the
+//!   same: the elapsed time is checked and the late result discarded.
 //! * **Heartbeats**: one task extends every held lease in one [`Store::heartbeat`] call each
 //!   third of the shortest lease TTL. A lost lease cancels the handler and drops its result;
 //!   a cancel request (cancel, abort, rollback) fires its token, and a result it still
-//!   returns is reported.
+//!   returns is reported (after an abort, which removes the item, it is dropped). The
+//!   engine that commits the request fires the token of its own running handler at once;
+//!   other engines learn of it at their next heartbeat.
 //! * **Stale results**: a commit rejected for a stale fencing token
 //!   ([`StoreError::StaleLease`]) is dropped: another worker owns the item now. Retryable
 //!   store errors are retried with a bounded backoff.

@@ -245,6 +245,46 @@ async fn abort_stops_without_compensation() {
     assert!(names(&engine.events(id).await.unwrap()).contains(&"abort_started"));
 }
 
+/// An abort committed by another process reaches the running handler at this engine's next
+/// heartbeat, which finds the item removed (lease gone): its token fires, as for a cancel.
+#[tokio::test(start_paused = true)]
+async fn abort_from_another_process_reaches_the_handler_through_heartbeats() {
+    let (engine, store) = engine();
+    let started = Started::default();
+    let saw_cancel = Arc::new(AtomicBool::new(false));
+    waits_for_cancel(&engine, "a", &started, &saw_cancel, true);
+    let def = Builder::new("remote_abort", 1)
+        .lease_ttl_ms(3_000)
+        .step("a", "a")
+        .build()
+        .unwrap();
+    let wf = engine.register_workflow(def).await.unwrap();
+    engine.start_workers().unwrap();
+    let id = engine.start(&wf, json!({})).await.unwrap();
+    started.wait().await;
+    let operator = floxy::Engine::builder(store)
+        .clock(Arc::clone(engine.clock()))
+        .worker_id("operator")
+        .build();
+    let t0 = engine.clock().now();
+    let rec = operator.abort(id, Some("remote")).await.unwrap();
+    assert_eq!(rec.status, InstanceStatus::Aborted);
+    assert!(!saw_cancel.load(Ordering::SeqCst), "not before a heartbeat");
+    while !saw_cancel.load(Ordering::SeqCst) {
+        assert!(
+            engine.clock().now().since(t0) <= 1_000 + 200,
+            "no token after {} ms",
+            engine.clock().now().since(t0)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The handler's late success is dropped: the step stays failed by the abort.
+    engine.shutdown(std::time::Duration::from_secs(1)).await;
+    let a = step(&engine, id, "a").await;
+    assert_eq!(a.status, StepStatus::Failed);
+    assert!(a.output.is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn human_confirm_continues_the_flow() {
     let (engine, _store) = engine();

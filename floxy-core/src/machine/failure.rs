@@ -328,7 +328,7 @@ impl Work<'_> {
                 }
                 Some(StepStatus::Running) => {
                     self.run_mut(id)?.cancel_requested = true;
-                    self.request_cancel(id);
+                    self.request_cancel(id, WorkKind::Execute);
                 }
                 _ => {}
             }

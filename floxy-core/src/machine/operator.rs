@@ -80,6 +80,12 @@ impl Work<'_> {
                 _ => continue,
             };
             for k in kinds {
+                // A running handler (forward or compensation) is told to stop in the same
+                // moment as for a cancel: the request fires its token in the committing
+                // process; elsewhere the heartbeat finds the item gone and fires it.
+                if to != StepStatus::Skipped {
+                    self.request_cancel(id, *k);
+                }
                 self.dequeue(id, *k);
             }
             if to != StepStatus::Skipped {

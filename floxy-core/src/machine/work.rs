@@ -187,8 +187,10 @@ impl<'a> Work<'a> {
         self.queue.push(QueueOp::Delete(key));
     }
 
-    pub(super) fn request_cancel(&mut self, n: NodeId) {
-        let key = self.key(n, WorkKind::Execute);
+    /// Asks the holder of `n`'s `kind` item (a running handler) to stop: its cancellation
+    /// token fires (at once in the committing process, at the next heartbeat elsewhere).
+    pub(super) fn request_cancel(&mut self, n: NodeId, kind: WorkKind) {
+        let key = self.key(n, kind);
         self.queue.push(QueueOp::RequestCancel(key));
     }
 
