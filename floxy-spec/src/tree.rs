@@ -55,9 +55,17 @@ fn loc_of(span: &Span) -> Loc {
     }
 }
 
+/// Most nodes the aliases of one document may expand to, all aliases together. Each alias
+/// is a copy of its anchor's node, so without a bound a few lines ("billion laughs": ten
+/// aliases of ten aliases of ...) expand to billions of nodes; a real flow file aliases a
+/// few small blocks (a shared retry policy, a merged step).
+pub(crate) const MAX_ALIAS_NODES: usize = 100_000;
+
+/// A collection being read: its items (or entries and the key waiting for its value), its
+/// place, its anchor id and the number of nodes read into it so far (itself included).
 enum Frame {
-    Seq(Vec<Node>, Loc, usize),
-    Map(Vec<(Node, Node)>, Option<Node>, Loc, usize),
+    Seq(Vec<Node>, Loc, usize, usize),
+    Map(Vec<(Node, Node)>, Option<Node>, Loc, usize, usize),
 }
 
 /// Parses `text` as one YAML document. A syntax error is reported with its place and
@@ -66,7 +74,9 @@ enum Frame {
 pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Anchored nodes with their sizes in nodes.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    let mut alias_nodes = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     for item in parser.by_ref() {
@@ -88,7 +98,8 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
             }
         };
         let loc = loc_of(&span);
-        let done: Option<(Node, usize)> = match event {
+        // The finished node, its anchor id and its size in nodes.
+        let done: Option<(Node, usize, usize)> = match event {
             Event::DocumentStart(..) => {
                 documents += 1;
                 if documents > 1 {
@@ -113,55 +124,76 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
                         loc,
                     },
                     anchor,
+                    1,
                 ))
             }
             Event::Alias(id) => {
-                let Some(n) = anchors.get(&id) else {
+                let Some((n, size)) = anchors.get(&id) else {
                     sink.push(SpecErrorKind::Syntax, loc, "", "alias to an unknown anchor");
                     return None;
                 };
-                Some((n.clone(), 0))
+                alias_nodes = alias_nodes.saturating_add(*size);
+                if alias_nodes > MAX_ALIAS_NODES {
+                    sink.push(
+                        SpecErrorKind::Syntax,
+                        loc,
+                        "",
+                        format!(
+                            "the aliases of this document expand to more than {MAX_ALIAS_NODES} nodes"
+                        ),
+                    );
+                    return None;
+                }
+                Some((n.clone(), 0, *size))
             }
             Event::SequenceStart(_, anchor, _) => {
-                stack.push(Frame::Seq(Vec::new(), loc, anchor));
+                stack.push(Frame::Seq(Vec::new(), loc, anchor, 1));
                 None
             }
             Event::MappingStart(_, anchor, _) => {
-                stack.push(Frame::Map(Vec::new(), None, loc, anchor));
+                stack.push(Frame::Map(Vec::new(), None, loc, anchor, 1));
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq(items, loc, anchor)) => Some((
+                Some(Frame::Seq(items, loc, anchor, size)) => Some((
                     Node {
                         kind: Kind::Seq(items),
                         loc,
                     },
                     anchor,
+                    size,
                 )),
                 _ => None,
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(entries, _, loc, anchor)) => Some((
+                Some(Frame::Map(entries, _, loc, anchor, size)) => Some((
                     Node {
                         kind: Kind::Map(merge_keys(entries)),
                         loc,
                     },
                     anchor,
+                    size,
                 )),
                 _ => None,
             },
             _ => None,
         };
-        if let Some((node, anchor)) = done {
+        if let Some((node, anchor, size)) = done {
             if anchor != 0 {
-                anchors.insert(anchor, node.clone());
+                anchors.insert(anchor, (node.clone(), size));
             }
             match stack.last_mut() {
-                Some(Frame::Seq(items, ..)) => items.push(node),
-                Some(Frame::Map(entries, pending, ..)) => match pending.take() {
-                    Some(key) => entries.push((key, node)),
-                    None => *pending = Some(node),
-                },
+                Some(Frame::Seq(items, _, _, total)) => {
+                    *total = total.saturating_add(size);
+                    items.push(node);
+                }
+                Some(Frame::Map(entries, pending, _, _, total)) => {
+                    *total = total.saturating_add(size);
+                    match pending.take() {
+                        Some(key) => entries.push((key, node)),
+                        None => *pending = Some(node),
+                    }
+                }
                 None => root = Some(node),
             }
         }
