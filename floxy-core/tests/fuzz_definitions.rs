@@ -350,7 +350,7 @@ fn apply(mut v: Value, muts: &[Mutation]) -> Value {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_guard::cases(2_000), ..ProptestConfig::default() })]
 
     /// Arbitrary JSON, and objects with a definition's keys holding arbitrary values.
     #[test]

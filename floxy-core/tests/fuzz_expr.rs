@@ -209,7 +209,7 @@ fn mutate(seed: &str, muts: &[Mutation]) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_guard::cases(2_000), ..ProptestConfig::default() })]
 
     /// Arbitrary bytes (as text, lossily) and arbitrary strings.
     #[test]
@@ -237,7 +237,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_guard::cases(64), ..ProptestConfig::default() })]
 
     /// Inputs of hostile size and shape: nesting, numbers, paths and escapes far past any
     /// limit, in the middle of an otherwise valid expression.

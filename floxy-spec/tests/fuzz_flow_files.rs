@@ -182,7 +182,7 @@ fn format() -> impl Strategy<Value = Format> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_guard::cases(2_000), ..ProptestConfig::default() })]
 
     /// Arbitrary bytes (lossily as text) and arbitrary strings, as YAML and as JSON.
     #[test]

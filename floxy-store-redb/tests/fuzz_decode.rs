@@ -245,7 +245,7 @@ fn every_row_of_the_fixture_decodes() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_guard::cases(2_000), ..ProptestConfig::default() })]
 
     /// Arbitrary bytes as every record.
     #[test]
@@ -435,7 +435,7 @@ fn open_and_read(path: &Path) -> (bool, usize) {
 
 proptest! {
     // Each case copies, writes and opens a file: fewer cases.
-    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_guard::cases(100), ..ProptestConfig::default() })]
 
     /// The fixture with one row's value replaced by a mutation of it (or of another row),
     /// opened and read whole: every call gives `Ok` or a typed error.

@@ -20,6 +20,16 @@ pub(crate) const MEMORY_LIMIT_BYTES: u64 = 512 * 1024 * 1024;
 /// that overflows it overflows in production too.
 pub(crate) const STACK_BYTES: usize = 2 * 1024 * 1024;
 
+/// Cases of a fuzz target: `default` (what CI runs, seconds in all), multiplied by
+/// `FLOXY_FUZZ_SCALE` when set, for a longer run, e.g.
+/// `FLOXY_FUZZ_SCALE=100 cargo nextest run -p floxy-spec --test fuzz_flow_files`.
+pub(crate) fn cases(default: u32) -> u32 {
+    std::env::var("FLOXY_FUZZ_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(default, |n| default.saturating_mul(n).max(1))
+}
+
 /// Resident set size of this process, from `/proc/self/statm` (0 where it cannot be read).
 pub(crate) fn rss_bytes() -> u64 {
     let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
