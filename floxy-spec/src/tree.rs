@@ -3,7 +3,7 @@
 
 use crate::error::{Loc, Sink, SpecErrorKind};
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A node with its location.
 #[derive(Debug, Clone)]
@@ -55,11 +55,12 @@ fn loc_of(span: &Span) -> Loc {
     }
 }
 
-/// Most nodes the aliases of one document may expand to, all aliases together. Each alias
-/// is a copy of its anchor's node, so without a bound a few lines ("billion laughs": ten
-/// aliases of ten aliases of ...) expand to billions of nodes; a real flow file aliases a
-/// few small blocks (a shared retry policy, a merged step).
-pub(crate) const MAX_ALIAS_NODES: usize = 100_000;
+/// Most nodes one document may copy for its anchors and aliases together. An anchor keeps a
+/// copy of its node and each alias is another copy, so without a bound a few lines
+/// ("billion laughs": ten aliases of ten aliases of ...) expand to billions of nodes, and a
+/// big list under many nested anchors is copied once per anchor; a real flow file anchors
+/// and aliases a few small blocks (a shared retry policy, a merged step).
+pub(crate) const MAX_COPIED_NODES: usize = 100_000;
 
 /// A collection being read: its items (or entries and the key waiting for its value), its
 /// place, its anchor id and the number of nodes read into it so far (itself included).
@@ -76,7 +77,8 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
     let mut stack: Vec<Frame> = Vec::new();
     // Anchored nodes with their sizes in nodes.
     let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
-    let mut alias_nodes = 0usize;
+    // Nodes copied so far for anchors and aliases.
+    let mut copied = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     for item in parser.by_ref() {
@@ -132,16 +134,9 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
                     sink.push(SpecErrorKind::Syntax, loc, "", "alias to an unknown anchor");
                     return None;
                 };
-                alias_nodes = alias_nodes.saturating_add(*size);
-                if alias_nodes > MAX_ALIAS_NODES {
-                    sink.push(
-                        SpecErrorKind::Syntax,
-                        loc,
-                        "",
-                        format!(
-                            "the aliases of this document expand to more than {MAX_ALIAS_NODES} nodes"
-                        ),
-                    );
+                copied = copied.saturating_add(*size);
+                if copied > MAX_COPIED_NODES {
+                    too_many_copies(sink, loc);
                     return None;
                 }
                 Some((n.clone(), 0, *size))
@@ -180,6 +175,11 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
         };
         if let Some((node, anchor, size)) = done {
             if anchor != 0 {
+                copied = copied.saturating_add(size);
+                if copied > MAX_COPIED_NODES {
+                    too_many_copies(sink, node.loc);
+                    return None;
+                }
                 anchors.insert(anchor, (node.clone(), size));
             }
             match stack.last_mut() {
@@ -202,6 +202,15 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
         return None;
     }
     root
+}
+
+fn too_many_copies(sink: &mut Sink, loc: Loc) {
+    sink.push(
+        SpecErrorKind::Syntax,
+        loc,
+        "",
+        format!("the anchors and aliases of this document copy more than {MAX_COPIED_NODES} nodes"),
+    );
 }
 
 /// Applies YAML merge keys (`<<: *base` or `<<: [*a, *b]`): entries of the merged maps
@@ -230,9 +239,24 @@ fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
             own.push((k, v));
         }
     }
+    // The keys set so far (own, then merged in order: the first merged map setting a key
+    // wins), in a set: a linear scan per merged key is quadratic in the map's size.
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut non_scalar_key = false;
+    for (k, _) in &own {
+        match scalar_text(k) {
+            Some(t) => {
+                keys.insert(t.to_owned());
+            }
+            None => non_scalar_key = true,
+        }
+    }
     for (k, v) in merged {
-        let key = scalar_text(&k);
-        if !own.iter().any(|(ok, _)| scalar_text(ok) == key) {
+        let new = match scalar_text(&k) {
+            Some(t) => keys.insert(t.to_owned()),
+            None => !std::mem::replace(&mut non_scalar_key, true),
+        };
+        if new {
             own.push((k, v));
         }
     }

@@ -321,6 +321,61 @@ fn yaml_alias_bombs_are_rejected_in_bounded_memory() {
     assert!(rejected_as(&out, SpecErrorKind::Syntax), "{out:?}");
 }
 
+/// Anchors nested in anchors: each anchor keeps a copy of its node, so a big list under
+/// many nested anchors is copied once per anchor (no alias needed).
+#[test]
+fn nested_anchors_are_rejected_in_bounded_memory() {
+    let big = vec!["x"; 200_000].join(",");
+    let depth = 200;
+    let mut text = String::from("flows: ");
+    for i in 0..depth {
+        let _ = write!(text, "&a{i} [");
+    }
+    text.push_str(&big);
+    text.push_str(&"]".repeat(depth));
+    let out = run(text, Format::Yaml);
+    assert!(rejected_as(&out, SpecErrorKind::Syntax), "{out:?}");
+}
+
+/// A merge key that merges a big map into a big map (each merged key is looked up among
+/// the map's own keys).
+#[test]
+fn big_merges_are_bounded_in_time() {
+    let n = 24_000;
+    let mut text = String::from("base: &b {");
+    for i in 0..n {
+        let _ = write!(text, "m{i}: 1, ");
+    }
+    text.push_str("}\nflows: {<<: *b, ");
+    for i in 0..n {
+        let _ = write!(text, "o{i}: 1, ");
+    }
+    text.push_str("}\n");
+    let out = run(text, Format::Yaml);
+    assert!(matches!(out, Outcome::Rejected(_)), "{out:?}");
+}
+
+/// Mappings with fifty thousand keys (all unknown, or all the same), at the top and in
+/// a step: each key is checked for duplicates.
+#[test]
+fn maps_with_many_keys_are_bounded_in_time() {
+    let n = 50_000;
+    let mut distinct = String::new();
+    let mut same = String::new();
+    let mut step = String::from(
+        "handlers: [{name: h, exec: x}]\nflows:\n  - name: f\n    steps:\n      - name: h\n",
+    );
+    for i in 0..n {
+        let _ = writeln!(distinct, "k{i}: 1");
+        let _ = writeln!(same, "flows: 1");
+        let _ = writeln!(step, "        k{i}: 1");
+    }
+    for text in [distinct, same, step] {
+        let out = run(text, Format::Yaml);
+        assert!(matches!(out, Outcome::Rejected(_)), "{out:?}");
+    }
+}
+
 /// Aliases within reason still work (a shared retry block, merged into steps).
 #[test]
 fn modest_aliases_still_parse() {
