@@ -34,7 +34,9 @@ step "floxy-core stays pure"
 ./scripts/check-core-deps.sh
 
 # --- tests -----------------------------------------------------------------------------
-step "workspace tests (unit, integration, property, conformance, simulation)"
+# The fuzz targets (tests/fuzz_*.rs of floxy-core, floxy-spec, floxy-store-redb) run here
+# with fixed case counts (seconds); FLOXY_FUZZ_SCALE=N multiplies them for a longer run.
+step "workspace tests (unit, integration, property, fuzz, conformance, simulation)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --no-fail-fast
 else

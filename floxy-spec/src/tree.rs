@@ -3,7 +3,7 @@
 
 use crate::error::{Loc, Sink, SpecErrorKind};
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A node with its location.
 #[derive(Debug, Clone)]
@@ -55,9 +55,18 @@ fn loc_of(span: &Span) -> Loc {
     }
 }
 
+/// Most nodes one document may copy for its anchors and aliases together. An anchor keeps a
+/// copy of its node and each alias is another copy, so without a bound a few lines
+/// ("billion laughs": ten aliases of ten aliases of ...) expand to billions of nodes, and a
+/// big list under many nested anchors is copied once per anchor; a real flow file anchors
+/// and aliases a few small blocks (a shared retry policy, a merged step).
+pub(crate) const MAX_COPIED_NODES: usize = 100_000;
+
+/// A collection being read: its items (or entries and the key waiting for its value), its
+/// place, its anchor id and the number of nodes read into it so far (itself included).
 enum Frame {
-    Seq(Vec<Node>, Loc, usize),
-    Map(Vec<(Node, Node)>, Option<Node>, Loc, usize),
+    Seq(Vec<Node>, Loc, usize, usize),
+    Map(Vec<(Node, Node)>, Option<Node>, Loc, usize, usize),
 }
 
 /// Parses `text` as one YAML document. A syntax error is reported with its place and
@@ -66,7 +75,10 @@ enum Frame {
 pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Anchored nodes with their sizes in nodes.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    // Nodes copied so far for anchors and aliases.
+    let mut copied = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     for item in parser.by_ref() {
@@ -88,7 +100,8 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
             }
         };
         let loc = loc_of(&span);
-        let done: Option<(Node, usize)> = match event {
+        // The finished node, its anchor id and its size in nodes.
+        let done: Option<(Node, usize, usize)> = match event {
             Event::DocumentStart(..) => {
                 documents += 1;
                 if documents > 1 {
@@ -113,55 +126,74 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
                         loc,
                     },
                     anchor,
+                    1,
                 ))
             }
             Event::Alias(id) => {
-                let Some(n) = anchors.get(&id) else {
+                let Some((n, size)) = anchors.get(&id) else {
                     sink.push(SpecErrorKind::Syntax, loc, "", "alias to an unknown anchor");
                     return None;
                 };
-                Some((n.clone(), 0))
+                copied = copied.saturating_add(*size);
+                if copied > MAX_COPIED_NODES {
+                    too_many_copies(sink, loc);
+                    return None;
+                }
+                Some((n.clone(), 0, *size))
             }
             Event::SequenceStart(_, anchor, _) => {
-                stack.push(Frame::Seq(Vec::new(), loc, anchor));
+                stack.push(Frame::Seq(Vec::new(), loc, anchor, 1));
                 None
             }
             Event::MappingStart(_, anchor, _) => {
-                stack.push(Frame::Map(Vec::new(), None, loc, anchor));
+                stack.push(Frame::Map(Vec::new(), None, loc, anchor, 1));
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq(items, loc, anchor)) => Some((
+                Some(Frame::Seq(items, loc, anchor, size)) => Some((
                     Node {
                         kind: Kind::Seq(items),
                         loc,
                     },
                     anchor,
+                    size,
                 )),
                 _ => None,
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(entries, _, loc, anchor)) => Some((
+                Some(Frame::Map(entries, _, loc, anchor, size)) => Some((
                     Node {
                         kind: Kind::Map(merge_keys(entries)),
                         loc,
                     },
                     anchor,
+                    size,
                 )),
                 _ => None,
             },
             _ => None,
         };
-        if let Some((node, anchor)) = done {
+        if let Some((node, anchor, size)) = done {
             if anchor != 0 {
-                anchors.insert(anchor, node.clone());
+                copied = copied.saturating_add(size);
+                if copied > MAX_COPIED_NODES {
+                    too_many_copies(sink, node.loc);
+                    return None;
+                }
+                anchors.insert(anchor, (node.clone(), size));
             }
             match stack.last_mut() {
-                Some(Frame::Seq(items, ..)) => items.push(node),
-                Some(Frame::Map(entries, pending, ..)) => match pending.take() {
-                    Some(key) => entries.push((key, node)),
-                    None => *pending = Some(node),
-                },
+                Some(Frame::Seq(items, _, _, total)) => {
+                    *total = total.saturating_add(size);
+                    items.push(node);
+                }
+                Some(Frame::Map(entries, pending, _, _, total)) => {
+                    *total = total.saturating_add(size);
+                    match pending.take() {
+                        Some(key) => entries.push((key, node)),
+                        None => *pending = Some(node),
+                    }
+                }
                 None => root = Some(node),
             }
         }
@@ -170,6 +202,15 @@ pub(crate) fn parse_yaml(text: &str, sink: &mut Sink) -> Option<Node> {
         return None;
     }
     root
+}
+
+fn too_many_copies(sink: &mut Sink, loc: Loc) {
+    sink.push(
+        SpecErrorKind::Syntax,
+        loc,
+        "",
+        format!("the anchors and aliases of this document copy more than {MAX_COPIED_NODES} nodes"),
+    );
 }
 
 /// Applies YAML merge keys (`<<: *base` or `<<: [*a, *b]`): entries of the merged maps
@@ -198,9 +239,24 @@ fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
             own.push((k, v));
         }
     }
+    // The keys set so far (own, then merged in order: the first merged map setting a key
+    // wins), in a set: a linear scan per merged key is quadratic in the map's size.
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut non_scalar_key = false;
+    for (k, _) in &own {
+        match scalar_text(k) {
+            Some(t) => {
+                keys.insert(t.to_owned());
+            }
+            None => non_scalar_key = true,
+        }
+    }
     for (k, v) in merged {
-        let key = scalar_text(&k);
-        if !own.iter().any(|(ok, _)| scalar_text(ok) == key) {
+        let new = match scalar_text(&k) {
+            Some(t) => keys.insert(t.to_owned()),
+            None => !std::mem::replace(&mut non_scalar_key, true),
+        };
+        if new {
             own.push((k, v));
         }
     }

@@ -6,7 +6,7 @@ use crate::spec::{
     RetryStrategySpec, StepSpec, StepType, TimeoutSpec, TlsSpec,
 };
 use crate::tree::{Kind, Node};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 /// Keys of the top level.
@@ -117,18 +117,20 @@ impl<'a> MapReader<'a> {
             return None;
         };
         let mut out: Vec<(&str, &Node, &Node)> = Vec::with_capacity(entries.len());
+        // Keys seen, in a set: a scan of `out` per key is quadratic in the mapping's size.
+        let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
         for (k, v) in entries {
             match &k.kind {
                 Kind::Scalar { text, .. } => {
-                    if out.iter().any(|(seen, ..)| *seen == text.as_str()) {
+                    if seen.insert(text.as_str()) {
+                        out.push((text.as_str(), k, v));
+                    } else {
                         sink.push(
                             K::InvalidValue,
                             k.loc,
                             &join_path(path, text),
                             "duplicate key",
                         );
-                    } else {
-                        out.push((text.as_str(), k, v));
                     }
                 }
                 _ => sink.push(K::InvalidValue, k.loc, path, "keys must be strings"),

@@ -113,10 +113,20 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     Ok(start..arena.len())
 }
 
-/// Decodes a record; a record that does not decode is [`StoreError::Corrupt`].
+/// Deepest nesting of containers a record may have when it is decoded (the record's own
+/// levels and those of its JSON payloads together). Decoding recurses once per level: the
+/// `rmp-serde` default (1024) overflows a 2 MiB thread stack (tokio's workers, the writer
+/// thread) in a debug build, which aborts the process; a damaged or hostile file must give
+/// [`StoreError::Corrupt`] instead. JSON that came through `serde_json` (the HTTP API, the
+/// CLI) nests at most 128 levels.
+pub(crate) const MAX_DECODE_DEPTH: usize = 256;
+
+/// Decodes a record; a record that does not decode (or nests deeper than
+/// [`MAX_DECODE_DEPTH`]) is [`StoreError::Corrupt`].
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DECODE_DEPTH);
+    T::deserialize(&mut de).map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
 }
 
 /// Typed wrappers so call sites name what they decode.

@@ -227,10 +227,17 @@
 //! `floxy-redb::commit` before each write transaction's commit (`return` fails the commit,
 //! `return(MS)` fails it after MS ms) and `floxy-redb::flush` (`return` fails a relaxed
 //! store's flush, the periodic one and the final one of [`RedbStore::close`]).
+//!
+//! # Feature `fuzzing`
+//!
+//! `floxy_store_redb::fuzzing` exposes the decoders of the file's records, so that fuzz
+//! tests can feed them arbitrary bytes (not a stable API).
 
 mod cache;
 mod commit;
 mod fast_hash;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod index;
 mod layout;
 mod open;
