@@ -45,8 +45,10 @@
 //! no queue item for a terminal instance; a completed instance has only completed steps on
 //! its path; a failed or cancelled instance has every step after its savepoint rolled back,
 //! skipped, failed or compensation-failed; the other SEMANTICS §13 invariants (compensation
-//! at most once, in reverse completion order, one at a time, only of successful runs;
-//! handler calls within `max_retries + 1`; no duplicate completion); the ledger balances.
+//! at most once, in reverse completion order, one at a time; every step run that made an
+//! attempt compensated once a rollback covers it, and none that never made one; handler
+//! calls within `max_retries + 1`; no duplicate completion); the ledger balances, without
+//! exception.
 //!
 //! # Runs, reports, simulation
 //!

@@ -189,9 +189,6 @@ struct RunArgs {
     /// Largest rollback depth accepted.
     #[arg(long)]
     max_rollback_depth: Option<u32>,
-    /// Report effects left by never-completed steps as notes instead of violations.
-    #[arg(long)]
-    allow_partial_effects: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -211,9 +208,6 @@ struct SimArgs {
     /// A lighter scenario (3 virtual seconds, 4 in flight) for large sweeps.
     #[arg(long)]
     quick: bool,
-    /// Report effects left by never-completed steps as notes instead of violations.
-    #[arg(long)]
-    allow_partial_effects: bool,
     /// Heavier faults (the `stress` profile's handler and store faults, more crashes).
     #[arg(long)]
     heavy: bool,
@@ -313,7 +307,6 @@ fn finish(report: &Report, json: Option<&Path>) -> Result<i32> {
 
 fn sim_cmd(a: &SimArgs) -> Result<i32> {
     let quick = a.quick;
-    let allow = a.allow_partial_effects;
     let heavy = a.heavy;
     let mut fps = Vec::new();
     for f in &a.failpoints {
@@ -337,7 +330,6 @@ fn sim_cmd(a: &SimArgs) -> Result<i32> {
             sc.engine_crash_ms = Some((1_000, 3_000));
         }
         sc.failpoints.clone_from(&fps);
-        sc.limits.partial_effects = !allow;
     };
     if let Some(seed) = a.seed {
         let mut sc = sim::scenario(seed);
@@ -350,16 +342,11 @@ fn sim_cmd(a: &SimArgs) -> Result<i32> {
     let s = sim::sweep(from..to, adjust, |r| {
         if !r.passed() {
             eprintln!(
-                "seed {}: FAIL {:?} (replay: floxy-chaos sim --seed {}{}{})",
+                "seed {}: FAIL {:?} (replay: floxy-chaos sim --seed {}{})",
                 r.seed,
                 r.violations_by_kind,
                 r.seed,
                 if quick { " --quick" } else { "" },
-                if allow {
-                    " --allow-partial-effects"
-                } else {
-                    ""
-                }
             );
         }
     })?;
@@ -452,7 +439,6 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
             sc.failpoints.push(FailpointSpec::parse(f)?);
         }
     }
-    sc.limits.partial_effects = !a.allow_partial_effects;
     sc.stats_interval_ms = millis(a.stats_interval);
     bo.pg_url.clone_from(&a.pg_url);
     bo.redb_path.clone_from(&a.redb_path);

@@ -11,13 +11,14 @@
 //! | `completed_path` | a completed instance has only completed (or skipped) steps on its path, apart from tolerated failures inside `any` branches (§13.2) |
 //! | `rollback_scope` | a failed or cancelled instance has every step after its savepoint (every step, on cancel) rolled back, skipped, failed or compensation-failed (§13.3) |
 //! | `compensation_twice` | each step is compensated at most once per forward run (§13.4) |
-//! | `compensation_without_success` | only steps that completed (or the finally failed step itself) are compensated (§13.4) |
+//! | `compensation_without_attempt` | a compensation starts only for a step run that made an attempt, once its forward run ended (§13.4) |
+//! | `attempted_not_compensated` | once a rollback or cancel ended, every step run with an `on_failure` that made an attempt is compensated (`rolled_back`, or `compensation_failed`), apart from completed runs no rollback covers (§5 "attempted means compensated", §13.4) |
 //! | `compensation_order` | compensations of one rollback start in reverse completion order (§13.4) |
 //! | `compensation_overlap` | a compensation starts only after the previous one finished (§5) |
 //! | `handler_calls` | forward calls ≤ `max_retries + 1` (`no_idempotent`: 1), compensation calls ≤ its `max_retries + 1`, per DLQ epoch (§13.5) |
 //! | `duplicate_completion` | a step completes at most once per forward run (evidence for §13.7: no stale write was applied) |
 //! | `ledger` | the ledger balances: completed steps applied exactly once, rolled back steps netted to zero |
-//! | `ledger_partial` | a step that never completed (skipped or failed, e.g. skipped while it waited for a retry after an attempt that applied its effect and then failed) left no effect behind |
+//! | `ledger_partial` | a step that never completed (skipped or failed) left no effect behind: the engine compensates every attempt (§5), so there is no exception |
 //!
 //! Run-wide checks live in the runner: `orphan_queue` (queue items without a live
 //! instance), `no_progress` (an instance unchanged for longer than the stall timeout while
@@ -56,10 +57,6 @@ pub struct Limits {
     pub check_task_leak: bool,
     /// Check the ledger (turn off for workloads without ledger handlers).
     pub ledger: bool,
-    /// Count effects left by attempts of steps that never completed (skipped or failed
-    /// after a partially applied attempt; `ledger_partial`) as violations. When off they
-    /// are reported as notes.
-    pub partial_effects: bool,
 }
 
 impl Default for Limits {
@@ -72,7 +69,6 @@ impl Default for Limits {
             task_drain_timeout_ms: 5_000,
             check_task_leak: true,
             ledger: true,
-            partial_effects: true,
         }
     }
 }
@@ -350,6 +346,7 @@ pub async fn check_instance(
     let mut comp_started: BTreeMap<&str, u32> = BTreeMap::new();
     let mut completed_ev: BTreeMap<&str, u32> = BTreeMap::new();
     let mut ended_forward: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut attempted: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     let mut open: Option<&str> = None;
     let mut last_seq_in_segment: Option<(u64, &str)> = None;
     let (mut compensations, mut retries, mut expiries, mut rolled_back) = (0u32, 0u32, 0u32, 0u32);
@@ -365,7 +362,12 @@ pub async fn check_instance(
                     ended_forward.insert(s, true);
                 }
             }
-            EventKind::StepFailed => {
+            EventKind::StepStarted => {
+                if let Some(s) = step {
+                    attempted.insert(s);
+                }
+            }
+            EventKind::StepFailed | EventKind::StepSkipped => {
                 if let Some(s) = step {
                     ended_forward.insert(s, true);
                 }
@@ -379,8 +381,13 @@ pub async fn check_instance(
                 *comp_started.entry(s).or_default() += 1;
                 if !ended_forward.get(s).copied().unwrap_or(false) {
                     bad(
-                        "compensation_without_success",
+                        "compensation_without_attempt",
                         format!("compensation of {s} started before its forward run ended"),
+                    );
+                } else if !attempted.contains(s) && steps.get(s).is_none_or(|r| r.attempts == 0) {
+                    bad(
+                        "compensation_without_attempt",
+                        format!("compensation of {s} started but it never made an attempt"),
                     );
                 }
                 if let Some(o) = open {
@@ -418,6 +425,45 @@ pub async fn check_instance(
                 "compensation_twice",
                 format!("compensation of {s} started {n} times"),
             );
+        }
+    }
+    // Attempted means compensated (§5, §13.4).
+    if matches!(
+        st,
+        InstanceStatus::Completed | InstanceStatus::Failed | InstanceStatus::Cancelled
+    ) {
+        let sp = inst.rollback_to.as_ref().and_then(|s| wf.find(s));
+        for r in &snap.steps {
+            let Some(n) = wf.find(&r.step) else { continue };
+            let has_comp = matches!(
+                &wf.step_def(n).kind,
+                StepKind::Task {
+                    on_failure: Some(_),
+                    ..
+                }
+            );
+            let made_attempt =
+                attempted.contains(&*r.step) || r.attempts > 0 || r.started_at.is_some();
+            if !has_comp || !made_attempt {
+                continue;
+            }
+            let kept = r.status.is_success()
+                && (st == InstanceStatus::Completed
+                    || (st == InstanceStatus::Failed
+                        && sp.is_some_and(|sp| !wf.node(n).after_savepoint(sp))));
+            let compensated = matches!(
+                r.status,
+                StepStatus::RolledBack | StepStatus::CompensationFailed
+            ) && comp_started.contains_key(&*r.step);
+            if !kept && !compensated {
+                bad(
+                    "attempted_not_compensated",
+                    format!(
+                        "{st} instance: step {} made {} attempt(s) and ended {} without a compensation",
+                        r.step, r.attempts, r.status
+                    ),
+                );
+            }
         }
     }
     for (s, n) in &completed_ev {
@@ -519,13 +565,8 @@ pub async fn check_instance(
                 }
                 _ => {
                     if eff.net() != 0 {
-                        let kind = if limits.partial_effects {
-                            "ledger_partial"
-                        } else {
-                            "note:ledger_partial"
-                        };
                         bad(
-                            kind,
+                            "ledger_partial",
                             format!(
                                 "step {s} ended {} after {} attempt(s) (last error: {}) with the effect {} of an earlier attempt still applied: never compensated",
                                 r.status,

@@ -190,7 +190,6 @@ fn chaos_run_with_crash_failpoints_keeps_every_invariant() {
     let _l = LOCK.lock();
     let mut sc = floxy_chaos::sim::scenario(11);
     sc.failpoints = FailpointSpec::crash_profile();
-    sc.limits.partial_effects = false;
     let r = floxy_chaos::sim::run(sc).unwrap();
     assert!(r.passed(), "{}", r.to_text());
     assert!(

@@ -1,6 +1,5 @@
-//! Minimal reproductions of what the chaos runs found in the engine (ignored until fixed;
-//! run with `cargo test -p floxy-chaos --test findings -- --ignored`). Each asserts the
-//! behaviour a saga needs, so it fails today and passes once fixed.
+//! Minimal reproductions of what the chaos runs found in the engine. Each asserts the
+//! behaviour a saga needs; every finding here is fixed and runs in CI as a regression test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use floxy::{
@@ -47,13 +46,14 @@ fn register_charge(engine: &Engine, ledger: &Arc<Ledger>, fail_first: bool) {
     });
 }
 
-/// Finding F1 (SEMANTICS §5/§9): a step waiting for its retry after an attempt that
-/// applied its effect and then failed is `skipped` by a cancel (or by a rollback started
-/// elsewhere), and its compensation never runs: the effect of that attempt stays. Seen in
-/// chaos runs as `ledger_partial` (`sim --seed 1`, `--seed 2`, ...).
+/// Finding F1 (fixed by SEMANTICS §5/§9 "attempted means compensated"): a step waiting for
+/// its retry after an attempt that applied its effect and then failed is `skipped` by a
+/// cancel (or by a rollback started elsewhere). It made an attempt, so it is compensated:
+/// `refund` runs (reason `cancel`, with the attempt's error) and the charge of attempt 1
+/// is reversed. Seen in chaos runs as `ledger_partial` (`sim --seed 1`, `--seed 2`, ...)
+/// before the fix.
 #[tokio::test(start_paused = true)]
-#[ignore = "spec question, not run in CI: SEMANTICS §5 skips retrying steps without compensation; this shows the effect it can leave (see README of floxy-chaos)"]
-async fn finding_f1_retrying_step_skipped_without_compensation() {
+async fn finding_f1_retrying_step_skipped_is_compensated() {
     let engine = engine();
     let ledger = Arc::new(Ledger::new());
     register_charge(&engine, &ledger, true);
@@ -78,21 +78,23 @@ async fn finding_f1_retrying_step_skipped_without_compensation() {
         .unwrap();
     let done = engine.wait_for(id, Duration::from_mins(1)).await.unwrap();
     assert_eq!(done.status, InstanceStatus::Cancelled);
-    let net = ledger.effect(id, "charge").map_or(0, |e| e.net());
-    let step = engine.steps(id).await.unwrap()[0].status;
-    assert_eq!(
-        net, 0,
-        "the charge of attempt 1 was never refunded (step ended {step})"
+    let effect = ledger.effect(id, "charge").unwrap();
+    let step = engine.steps(id).await.unwrap().remove(0);
+    assert_eq!(step.status, StepStatus::RolledBack, "{step:?}");
+    assert_eq!(step.attempts, 1, "the skipped retry never ran");
+    assert!(
+        effect.applied && effect.reversed && effect.net() == 0,
+        "the charge of attempt 1 is refunded: {effect:?}"
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Finding F2 (SEMANTICS §5 "late failures ignored"): a running step asked to stop (a
-/// sibling branch failed) that applied its effect and then fails is recorded `failed` and
-/// never compensated.
+/// Finding F2 (fixed by SEMANTICS §5 "attempted means compensated"; late failures used to
+/// be ignored): a running step asked to stop (a sibling branch failed) that applied its
+/// effect and then fails is recorded `failed` and compensated like the others: the
+/// rollback waits for it, then `refund` reverses the charge.
 #[tokio::test(start_paused = true)]
-#[ignore = "spec question, not run in CI: SEMANTICS §5 ignores late failures of cancelled steps; this shows the effect it can leave"]
-async fn finding_f2_late_failure_not_compensated() {
+async fn finding_f2_late_failure_is_compensated() {
     let engine = engine();
     let ledger = Arc::new(Ledger::new());
     let l = Arc::clone(&ledger);
@@ -136,11 +138,11 @@ async fn finding_f2_late_failure_not_compensated() {
     assert_eq!(done.status, InstanceStatus::Failed);
     let steps = engine.steps(done.id).await.unwrap();
     let charge = steps.iter().find(|s| &*s.step == "charge").unwrap();
-    let net = ledger.effect(done.id, "charge").map_or(0, |e| e.net());
-    assert_eq!(
-        net, 0,
-        "charge ended {} (error {:?}) and its effect was never compensated",
-        charge.status, charge.error
+    let effect = ledger.effect(done.id, "charge").unwrap();
+    assert_eq!(charge.status, StepStatus::RolledBack, "{charge:?}");
+    assert!(
+        effect.applied && effect.reversed && effect.net() == 0,
+        "the charge made before the late failure is refunded: {effect:?}"
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -296,18 +296,119 @@ fn check_end(h: &H) {
         assert!(!h.snap.dlq.is_empty(), "dlq instance without a record");
         assert!(h.queue.is_empty(), "a parked instance has no queued work");
     }
-    // Invariant 4: compensation only after a successful forward run (or the step's own
-    // final failure).
+    // Invariant 4 (attempted means compensated): a compensation is called only for a step
+    // run that made an attempt, and once a rollback or cancel has ended, every step run
+    // with an `on_failure` that made an attempt is compensated (`rolled_back`, or
+    // `compensation_failed` with a DLQ record), apart from completed steps before the
+    // savepoint of a rollback (outside its scope). A step that never made an attempt is
+    // never compensated.
+    let attempted = |s: &str| {
+        h.calls
+            .iter()
+            .any(|(c, k, _)| c == s && *k == WorkKind::Execute)
+    };
     for (s, k, _) in &h.calls {
         if *k == WorkKind::Compensate {
-            let ran_ok = h.events.iter().any(|e| {
-                e.kind == EventKind::StepCompleted && e.step.as_deref() == Some(s.as_str())
-            });
-            let failed = h
-                .events
+            assert!(attempted(s), "{s} compensated without an attempt");
+        }
+    }
+    if matches!(
+        st,
+        InstanceStatus::Completed | InstanceStatus::Failed | InstanceStatus::Cancelled
+    ) {
+        let sp = h
+            .snap
+            .instance
+            .rollback_to
+            .as_ref()
+            .and_then(|s| h.wf.find(s));
+        for r in &h.snap.steps {
+            let n = h.wf.find(&r.step).unwrap();
+            let has_comp = matches!(
+                &h.wf.step_def(n).kind,
+                StepKind::Task {
+                    on_failure: Some(_),
+                    ..
+                }
+            );
+            if !has_comp || !attempted(&r.step) {
+                assert!(
+                    !matches!(
+                        r.status,
+                        StepStatus::Compensating | StepStatus::CompensationFailed
+                    ),
+                    "{} {} without an attempt or a compensation handler",
+                    r.step,
+                    r.status
+                );
+                continue;
+            }
+            // Completed runs stay completed only where no rollback covers them: on a
+            // completed instance, or before the savepoint of a failed one.
+            let kept = r.status.is_success()
+                && (st == InstanceStatus::Completed
+                    || (st == InstanceStatus::Failed
+                        && sp.is_some_and(|sp| !h.wf.node(n).after_savepoint(sp))));
+            if kept {
+                continue;
+            }
+            let comp_calls = h
+                .calls
                 .iter()
-                .any(|e| e.kind == EventKind::StepFailed && e.step.as_deref() == Some(s.as_str()));
-            assert!(ran_ok || failed, "{s} compensated without a forward run");
+                .filter(|(c, k, _)| c == &*r.step && *k == WorkKind::Compensate)
+                .count();
+            assert!(
+                matches!(
+                    r.status,
+                    StepStatus::RolledBack | StepStatus::CompensationFailed
+                ) && comp_calls > 0,
+                "{st} instance: {} made an attempt and ended {} after {comp_calls} compensation call(s)\n{:?}",
+                r.step,
+                r.status,
+                h.event_names()
+            );
+            if r.status == StepStatus::CompensationFailed {
+                assert!(
+                    h.snap
+                        .dlq
+                        .iter()
+                        .any(|d| d.record.kind == WorkKind::Compensate && d.record.step == r.step),
+                    "{} compensation_failed without a DLQ record",
+                    r.step
+                );
+            }
+        }
+    }
+    // ... in the order of §5: within one rollback, compensations start in the reverse of
+    // the order in which the steps' last attempts ended (late results included).
+    let seq_of = |s: &str| {
+        h.snap
+            .steps
+            .iter()
+            .find(|r| &*r.step == s)
+            .and_then(|r| r.completed_seq)
+            .unwrap_or(0)
+    };
+    let mut last: Option<(u64, &str)> = None;
+    for e in &h.events {
+        match e.kind {
+            EventKind::RollbackStarted
+            | EventKind::CancellationStarted
+            | EventKind::BranchFailed
+            | EventKind::DlqRequeued => last = None,
+            EventKind::CompensationStarted => {
+                let s = e.step.as_deref().unwrap();
+                let seq = seq_of(s);
+                if let Some((prev, p)) = last {
+                    assert!(
+                        seq < prev,
+                        "{s} (#{seq}) compensated after {p} (#{prev})\n{:?}",
+                        h.event_names()
+                    );
+                }
+                last = Some((seq, s));
+            }
+            _ => {}
         }
     }
     // Invariant 1 for terminal: no queue items (a requeued repair aside).

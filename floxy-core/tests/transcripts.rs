@@ -1234,3 +1234,344 @@ mod s5_strict_order {
         assert_eq!(h.inst(), InstanceStatus::Cancelled);
     }
 }
+
+/// SEMANTICS §5, §6 `any`, §9 cancel, §13.4: attempted means compensated. An attempt that
+/// failed may have applied part of its effect, so every step run of a rollback (or cancel)
+/// that made an attempt is compensated, whatever became of it; only a run that never
+/// started an attempt is left without a compensation call.
+mod s5_attempted_means_compensated {
+    use super::*;
+
+    /// `charge` (compensated by `refund`) in one branch, `reserve` in the other.
+    fn pair(strategy: JoinStrategy, after: bool) -> WorkflowDefinition {
+        let b = Builder::new("w", 1)
+            .fork("f", |f| {
+                f.branch(|b| {
+                    b.step("charge", "pay")
+                        .on_failure("refund", "pay.undo")
+                        .max_retries(2)
+                        .retry_delay_ms(10_000)
+                })
+                .branch(|b| {
+                    b.step("reserve", "stock")
+                        .on_failure("release", "stock.undo")
+                        .max_retries(0)
+                })
+            })
+            .join("j", strategy);
+        let b = if after { b.save_point("sp") } else { b };
+        b.then("ship", "ship").max_retries(0).build().unwrap()
+    }
+
+    fn key(h: &H, step: &str) -> QueueKey {
+        QueueKey {
+            instance_id: h.snap.instance.id,
+            step: step.into(),
+            kind: WorkKind::Execute,
+        }
+    }
+
+    fn reason(h: &H, step: &str) -> Option<String> {
+        h.events
+            .iter()
+            .find(|e| e.kind == EventKind::CompensationStarted && e.step.as_deref() == Some(step))
+            .and_then(|e| e.detail.as_ref())
+            .and_then(|d| d.value()["reason"].as_str().map(str::to_owned))
+    }
+
+    /// A step waiting for its retry after a failed attempt is `skipped` by the rollback and
+    /// then compensated, in the place of its failed attempt in the order: the finally
+    /// failed `reserve` ended later, so its own `on_failure` runs first.
+    #[test]
+    fn retrying_then_skipped_is_compensated() {
+        let mut h = H::start(pair(JoinStrategy::All, false), json!({}));
+        h.fail("charge", true);
+        assert_eq!(h.status("charge"), Some(S::Retrying));
+        h.fail("reserve", true);
+        assert_eq!(h.inst(), InstanceStatus::RollingBack);
+        assert_eq!(h.status("charge"), Some(S::Skipped));
+        assert_eq!(
+            h.ready(),
+            vec![("reserve".to_string(), WorkKind::Compensate)],
+            "one compensation at a time, the latest ended attempt first"
+        );
+        h.compensate_ok("reserve");
+        assert_eq!(
+            h.ready(),
+            vec![("charge".to_string(), WorkKind::Compensate)]
+        );
+        let charge = h.snap.steps.iter().find(|r| &*r.step == "charge").unwrap();
+        assert_eq!(
+            charge.error.as_deref(),
+            Some("charge broke"),
+            "given to refund"
+        );
+        h.compensate_ok("charge");
+        assert_eq!(h.inst(), InstanceStatus::Failed);
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.status("reserve"), Some(S::RolledBack));
+        assert_eq!(
+            h.event_names(),
+            vec![
+                "workflow_started",
+                "fork_started:f",
+                "step_retry:charge",
+                "step_failed:reserve",
+                "rollback_started:reserve",
+                "step_skipped:charge",
+                "compensation_started:reserve",
+                "compensation_completed:reserve",
+                "compensation_started:charge",
+                "compensation_completed:charge",
+                "step_rolled_back:f",
+                "workflow_failed",
+            ]
+        );
+        assert_eq!(reason(&h, "charge").as_deref(), Some("failure"));
+        assert_eq!(
+            h.calls
+                .iter()
+                .filter(|c| c.0 == "charge" && c.1 == WorkKind::Execute)
+                .count(),
+            1,
+            "the skipped retry never ran"
+        );
+        h.check_invariants();
+    }
+
+    /// A step still running when the rollback starts is asked to stop; the rollback waits
+    /// for it, and its late failure is compensated, first (its attempt ended last).
+    #[test]
+    fn running_when_a_rollback_starts_then_failing_late_is_compensated() {
+        let mut h = H::start(pair(JoinStrategy::All, false), json!({}));
+        let (token, attempt, _) = h.claim("charge", WorkKind::Execute);
+        h.fail("reserve", true);
+        assert_eq!(h.inst(), InstanceStatus::RollingBack);
+        assert!(
+            h.ready().is_empty(),
+            "no compensation while charge still runs"
+        );
+        let k = key(&h, "charge");
+        assert!(h.queue[&k].cancel_requested, "charge asked to stop");
+        h.feed(&Input::WorkDone {
+            key: k,
+            token,
+            attempt,
+            outcome: WorkOutcome::Failed {
+                error: "connection reset after charging".into(),
+                retryable: true,
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            h.status("charge"),
+            Some(S::Compensating),
+            "failed, then compensated"
+        );
+        assert_eq!(
+            h.ready(),
+            vec![("charge".to_string(), WorkKind::Compensate)],
+            "the late failure ended last: compensated first"
+        );
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge", "reserve"]);
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.inst(), InstanceStatus::Failed);
+        let late = h
+            .events
+            .iter()
+            .find(|e| e.kind == EventKind::StepFailed && e.step.as_deref() == Some("charge"))
+            .and_then(|e| e.detail.clone())
+            .unwrap();
+        assert_eq!(
+            late.value(),
+            &json!({"error": "connection reset after charging", "late": true})
+        );
+        assert!(
+            !h.calls
+                .iter()
+                .any(|c| c.0 == "charge" && c.1 == WorkKind::Execute),
+            "a late failure is not retried"
+        );
+        let charge = h.snap.steps.iter().find(|r| &*r.step == "charge").unwrap();
+        assert_eq!(charge.attempts, 1);
+        h.check_invariants();
+    }
+
+    /// A handler running when the instance is cancelled that fails late is compensated
+    /// with the reason `cancel`, before the steps that completed earlier.
+    #[test]
+    fn running_when_cancelled_then_failing_late_is_compensated() {
+        let mut h = H::start(saga(), json!({}));
+        h.ok("reserve");
+        let (token, attempt, _) = h.claim("charge", WorkKind::Execute);
+        h.feed(&Input::Cancel {
+            reason: None,
+            by: None,
+        })
+        .unwrap();
+        assert_eq!(h.inst(), InstanceStatus::Cancelling);
+        assert!(h.ready().is_empty(), "the cancel waits for charge");
+        let k = key(&h, "charge");
+        h.feed(&Input::WorkDone {
+            key: k,
+            token,
+            attempt,
+            outcome: WorkOutcome::Failed {
+                error: "declined after the hold".into(),
+                retryable: false,
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            h.ready(),
+            vec![("charge".to_string(), WorkKind::Compensate)]
+        );
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge", "reserve"]);
+        assert_eq!(reason(&h, "charge").as_deref(), Some("cancel"));
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.status("ship"), None, "never reached");
+        assert_eq!(h.inst(), InstanceStatus::Cancelled);
+        h.check_invariants();
+    }
+
+    /// A cancel skips a retrying step and compensates it; a step that never started an
+    /// attempt (`pending` → `skipped`) is not compensated.
+    #[test]
+    fn cancel_compensates_a_retrying_step_but_not_a_pending_one() {
+        let def = Builder::new("w", 1)
+            .fork("f", |f| {
+                f.branch(|b| {
+                    b.step("charge", "pay")
+                        .on_failure("refund", "pay.undo")
+                        .retry_delay_ms(10_000)
+                })
+                .branch(|b| {
+                    b.step("reserve", "stock")
+                        .on_failure("release", "stock.undo")
+                })
+            })
+            .join("j", JoinStrategy::All)
+            .build()
+            .unwrap();
+        let mut h = H::start(def, json!({}));
+        h.fail("charge", true);
+        h.feed(&Input::Cancel {
+            reason: None,
+            by: None,
+        })
+        .unwrap();
+        assert!(h.event_names().contains(&"step_skipped:charge".to_string()));
+        assert_eq!(h.status("charge"), Some(S::Compensating));
+        assert_eq!(h.status("reserve"), Some(S::Skipped));
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge"]);
+        assert_eq!(reason(&h, "charge").as_deref(), Some("cancel"));
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.status("reserve"), Some(S::Skipped), "never attempted");
+        assert_eq!(h.inst(), InstanceStatus::Cancelled);
+        h.check_invariants();
+    }
+
+    /// `any`: after the join fired on `reserve`, the losing branch's `charge` failed an
+    /// attempt and waits for its retry; a rollback that covers it (here `ship` fails)
+    /// compensates it like the others, in the order its attempt ended.
+    #[test]
+    fn any_branch_failed_attempt_is_compensated_by_the_rollback() {
+        let mut h = H::start(pair(JoinStrategy::Any, false), json!({}));
+        h.ok("reserve");
+        assert_eq!(h.status("j"), Some(S::Completed), "fired on reserve");
+        h.fail("charge", true);
+        assert_eq!(h.status("charge"), Some(S::Retrying));
+        h.fail("ship", true);
+        assert!(h.event_names().contains(&"step_skipped:charge".to_string()));
+        assert_eq!(
+            h.status("charge"),
+            Some(S::Compensating),
+            "skipped, then compensated at once: `ship` has no on_failure"
+        );
+        h.run_ok();
+        assert_eq!(
+            h.compensations(),
+            vec!["charge", "reserve"],
+            "charge's attempt ended after reserve completed"
+        );
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.status("reserve"), Some(S::RolledBack));
+        assert_eq!(h.inst(), InstanceStatus::Failed);
+        h.check_invariants();
+    }
+
+    /// `any` before a savepoint: the rollback stops at the savepoint, so the winning
+    /// branch stays `completed`; the losing branch, stopped after a failed attempt, did not
+    /// complete, and its attempt is compensated all the same (had it failed while the
+    /// instance ran, its branch would have been rolled back locally, §6).
+    #[test]
+    fn any_branch_failed_attempt_before_the_savepoint_is_compensated() {
+        let mut h = H::start(pair(JoinStrategy::Any, true), json!({}));
+        h.ok("reserve");
+        assert_eq!(h.status("sp"), Some(S::Completed));
+        h.fail("charge", true);
+        h.fail("ship", true);
+        assert_eq!(h.snap.instance.rollback_to.as_deref(), Some("sp"));
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge"]);
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(
+            h.status("reserve"),
+            Some(S::Completed),
+            "before the savepoint"
+        );
+        assert_eq!(h.inst(), InstanceStatus::Failed);
+        h.check_invariants();
+    }
+
+    /// `any`, local rollback: a branch whose step fails finally is compensated back to the
+    /// fork (the failed step's own `on_failure` first) while the instance goes on.
+    #[test]
+    fn any_branch_local_rollback_compensates_its_failed_step() {
+        let mut h = H::start(pair(JoinStrategy::Any, false), json!({}));
+        h.ok("reserve");
+        h.fail("charge", true);
+        for _ in 0..2 {
+            let k = key(&h, "charge");
+            h.now = h.now.max(h.queue[&k].run_at);
+            h.fail("charge", true);
+        }
+        assert_eq!(h.status("charge"), Some(S::Compensating));
+        assert_eq!(h.inst(), InstanceStatus::Running);
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge"]);
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.inst(), InstanceStatus::Completed);
+        h.check_invariants();
+    }
+
+    /// A cancel of a `dlq` instance compensates the parked step: it made its attempts.
+    #[test]
+    fn cancel_of_a_parked_instance_compensates_the_failed_step() {
+        let def = Builder::new("w", 1)
+            .dlq(true)
+            .step("charge", "pay")
+            .on_failure("refund", "pay.undo")
+            .max_retries(0)
+            .build()
+            .unwrap();
+        let mut h = H::start(def, json!({}));
+        h.fail("charge", true);
+        assert_eq!(h.inst(), InstanceStatus::Dlq);
+        assert_eq!(h.status("charge"), Some(S::Paused));
+        h.feed(&Input::Cancel {
+            reason: None,
+            by: None,
+        })
+        .unwrap();
+        h.run_ok();
+        assert_eq!(h.compensations(), vec!["charge"]);
+        assert_eq!(h.status("charge"), Some(S::RolledBack));
+        assert_eq!(h.inst(), InstanceStatus::Cancelled);
+        assert!(h.snap.dlq.is_empty());
+        h.check_invariants();
+    }
+}

@@ -323,8 +323,9 @@ impl Engine {
     // ----- operator commands --------------------------------------------------------------
 
     /// Cancels the instance: pending and waiting steps are skipped, running handlers are
-    /// asked to stop, every completed step is compensated (savepoints ignored) and the
-    /// instance ends `cancelled`. Works on any non-terminal instance, `dlq` included.
+    /// asked to stop, every step that made an attempt is compensated (completed, failed,
+    /// skipped while waiting for a retry, or reporting late after the stop; savepoints
+    /// ignored) and the instance ends `cancelled`. Works on any non-terminal instance, `dlq` included.
     ///
     /// Returns the instance as the command left it. A cancel while a cancel (or abort) is
     /// already in progress is a no-op that returns the current state.

@@ -87,6 +87,12 @@ impl From<&str> for HandlerError {
 }
 
 /// What a compensation handler is told about the step it undoes.
+///
+/// Every step run that made an attempt is compensated when a rollback or cancel covers it,
+/// not only completed ones: an attempt that failed (finally, late after a stop, or before a
+/// retry the rollback skipped) may have applied part of its effect (SEMANTICS §5,
+/// "attempted means compensated"). A compensation must therefore tolerate "nothing to
+/// undo"; `output` is `None` and `error` set when the forward run did not complete.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompensationInfo {
     /// Why the step is compensated: a rollback after a failure, or a cancel.

@@ -249,21 +249,63 @@ fn check_instance(
             _ => {}
         }
     }
-    for (step, n) in started {
-        let def = wf.step_def(wf.find(&step).unwrap());
+    for (step, n) in &started {
+        let def = wf.step_def(wf.find(step).unwrap());
         let max = if def.options.no_idempotent {
             1
         } else {
             def.options.retry.max_retries.unwrap_or(3) + 1
         };
         assert!(
-            n <= max,
+            *n <= max,
             "step {step} started {n} times (max {max}): {}",
             ctx()
         );
     }
-    for (step, n) in compensated {
-        assert_eq!(n, 1, "step {step} compensated {n} times: {}", ctx());
+    for (step, n) in &compensated {
+        assert_eq!(*n, 1, "step {step} compensated {n} times: {}", ctx());
+        assert!(
+            started.contains_key(step),
+            "step {step} compensated without an attempt: {}",
+            ctx()
+        );
+    }
+    // Invariant 4 as revised (attempted means compensated): once a rollback or cancel has
+    // ended, every step run with an `on_failure` that made an attempt was compensated,
+    // apart from completed runs no rollback covers (a completed instance, or before the
+    // savepoint of a failed one).
+    if matches!(
+        st,
+        InstanceStatus::Completed | InstanceStatus::Failed | InstanceStatus::Cancelled
+    ) {
+        let sp = snap.instance.rollback_to.as_ref().and_then(|s| wf.find(s));
+        for s in &snap.steps {
+            let n = wf.find(&s.step).unwrap();
+            let has_comp = matches!(
+                &wf.step_def(n).kind,
+                floxy::StepKind::Task {
+                    on_failure: Some(_),
+                    ..
+                }
+            );
+            if !has_comp || !started.contains_key(&*s.step) {
+                continue;
+            }
+            let kept = s.status.is_success()
+                && (st == InstanceStatus::Completed
+                    || (st == InstanceStatus::Failed
+                        && sp.is_some_and(|sp| !wf.node(n).after_savepoint(sp))));
+            assert!(
+                kept || (matches!(
+                    s.status,
+                    StepStatus::RolledBack | StepStatus::CompensationFailed
+                ) && compensated.contains_key(&*s.step)),
+                "step {} made an attempt and ended {} uncompensated: {}",
+                s.step,
+                s.status,
+                ctx()
+            );
+        }
     }
     let mut seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     seqs.dedup();

@@ -12,12 +12,17 @@ use crate::model::{
 use serde_json::json;
 
 impl Work<'_> {
+    /// Whether `n` is flagged for compensation and its forward run has ended: completed,
+    /// confirmed, failed (finally, or late after a stop) or skipped after an attempt.
     fn awaiting_compensation(&self, n: NodeId) -> bool {
         self.run(n).is_some_and(|r| {
             r.compensate.is_some()
                 && matches!(
                     r.status,
-                    StepStatus::Completed | StepStatus::Confirmed | StepStatus::Failed
+                    StepStatus::Completed
+                        | StepStatus::Confirmed
+                        | StepStatus::Failed
+                        | StepStatus::Skipped
                 )
         })
     }

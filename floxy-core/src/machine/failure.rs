@@ -108,26 +108,38 @@ impl Work<'_> {
     ) -> Result<(), TransitionError> {
         let cancelled = self.run(n).is_some_and(|r| r.cancel_requested);
         if cancelled || self.forward_stopped(n) {
-            // A late failure of a step asked to stop is recorded and ignored.
+            // A late failure of a step asked to stop drives nothing forward, but the attempt
+            // may have applied part of its effect: it is compensated like the others
+            // (attempted means compensated, SEMANTICS §5), in the order its attempt ended.
+            let seq = self.next_seq();
             let now = self.now;
+            let reason = self.stop_reason();
             let run = self.run_mut(n)?;
             run.error = Some(error.clone());
             run.attempts = attempt;
             run.finished_at = Some(now);
+            run.completed_seq = Some(seq);
             self.set_status(n, StepStatus::Failed)?;
             self.dequeue(n, WorkKind::Execute);
             self.event(
                 EventKind::StepFailed,
                 Some(n),
                 Some(attempt),
-                Some(json!({ "error": error, "ignored": true })),
+                Some(json!({ "error": error, "late": true })),
             );
+            if has_compensation(self, n) {
+                self.run_mut(n)?.compensate.get_or_insert(reason);
+            }
             return Ok(());
         }
         if retryable && attempt < self.max_calls(n) {
+            // The attempt ended now: if a rollback skips the retry, the step is compensated
+            // in this place of the order.
+            let seq = self.next_seq();
             let run = self.run_mut(n)?;
             run.error = Some(error.clone());
             run.attempts = attempt;
+            run.completed_seq = Some(seq);
             if self.inst.status == InstanceStatus::Dlq {
                 // Parked instance: keep the attempt count, resume on requeue.
                 self.set_status(n, StepStatus::Paused)?;
@@ -209,7 +221,8 @@ impl Work<'_> {
         self.set_status(n, StepStatus::Failed)?;
         if has_compensation(self, n) {
             // The failed step may have partly applied its effect: its own on_failure runs
-            // first (it has the latest completion sequence).
+            // first (it has the latest completion sequence), unless a step asked to stop
+            // ends later.
             self.run_mut(n)?.compensate = Some(CompensationReason::Failure);
         }
         self.escalate(n)
@@ -301,8 +314,43 @@ impl Work<'_> {
         }
     }
 
+    /// The compensation reason of the rollback or cancel in progress.
+    fn stop_reason(&self) -> CompensationReason {
+        if self.inst.status == InstanceStatus::Cancelling {
+            CompensationReason::Cancel
+        } else {
+            CompensationReason::Failure
+        }
+    }
+
+    /// Skips the queued, paused or waiting run `id`. One that already made an attempt (it
+    /// waited for a retry, or was paused in `dlq` after attempts) is compensated: its
+    /// attempts may have applied part of their effect (SEMANTICS §5). Only a run that never
+    /// started an attempt is skipped without a compensation.
+    fn skip(&mut self, id: NodeId, kind: Option<WorkKind>) -> Result<(), TransitionError> {
+        if let Some(k) = kind {
+            self.dequeue(id, k);
+        }
+        self.set_status(id, StepStatus::Skipped)?;
+        self.event(EventKind::StepSkipped, Some(id), None, None);
+        let attempted = self
+            .run(id)
+            .is_some_and(|r| r.attempts > 0 || r.started_at.is_some());
+        if attempted && has_compensation(self, id) {
+            let reason = self.stop_reason();
+            if self.run(id).is_some_and(|r| r.completed_seq.is_none()) {
+                // Restored by a requeue (its earlier attempts' order is gone): it ends now.
+                let seq = self.next_seq();
+                self.run_mut(id)?.completed_seq = Some(seq);
+            }
+            self.run_mut(id)?.compensate.get_or_insert(reason);
+        }
+        Ok(())
+    }
+
     /// Stops forward work of the runs selected by `within`: queued and waiting work is
-    /// skipped, running handlers are asked to stop.
+    /// skipped (and compensated if it made an attempt), running handlers are asked to stop
+    /// (and compensated once they report, whatever they return).
     pub(super) fn stop_forward(
         &mut self,
         within: impl Fn(NodeId) -> bool,
@@ -313,19 +361,10 @@ impl Work<'_> {
             }
             match self.status(id) {
                 Some(StepStatus::Pending | StepStatus::Retrying) => {
-                    self.dequeue(id, WorkKind::Execute);
-                    self.set_status(id, StepStatus::Skipped)?;
-                    self.event(EventKind::StepSkipped, Some(id), None, None);
+                    self.skip(id, Some(WorkKind::Execute))?;
                 }
-                Some(StepStatus::WaitingDecision) => {
-                    self.dequeue(id, WorkKind::Timer);
-                    self.set_status(id, StepStatus::Skipped)?;
-                    self.event(EventKind::StepSkipped, Some(id), None, None);
-                }
-                Some(StepStatus::Paused) => {
-                    self.set_status(id, StepStatus::Skipped)?;
-                    self.event(EventKind::StepSkipped, Some(id), None, None);
-                }
+                Some(StepStatus::WaitingDecision) => self.skip(id, Some(WorkKind::Timer))?,
+                Some(StepStatus::Paused) => self.skip(id, None)?,
                 Some(StepStatus::Running) => {
                     self.run_mut(id)?.cancel_requested = true;
                     self.request_cancel(id, WorkKind::Execute);

@@ -20,7 +20,9 @@ impl Work<'_> {
         self.dlq_delete.extend(ids);
     }
 
-    /// Cancel: stop forward work, compensate every completed step (savepoints ignored).
+    /// Cancel: stop forward work, compensate every step that made an attempt (completed,
+    /// failed, skipped while it waited for a retry, or still running and reporting late),
+    /// savepoints ignored.
     pub(super) fn cancel(
         &mut self,
         reason: Option<&str>,

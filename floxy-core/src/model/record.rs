@@ -133,7 +133,9 @@ pub struct StepRun {
     pub output: Option<Payload>,
     /// Last error.
     pub error: Option<String>,
-    /// Order of completion or final failure within the instance.
+    /// Order within the instance in which the run's latest attempt ended: its completion,
+    /// its final failure, or the failed attempt it waits to retry after. Compensations run
+    /// in the reverse of this order.
     pub completed_seq: Option<u64>,
     /// Set once when a rollback or cancel covers this step; never cleared.
     pub compensate: Option<CompensationReason>,

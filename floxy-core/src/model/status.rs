@@ -169,8 +169,9 @@ impl StepStatus {
         )
     }
 
-    /// A successful forward run (the only kind of run that is compensated, apart from the
-    /// finally-failed step's own `on_failure`).
+    /// A successful forward run. (Runs that made an attempt without succeeding are
+    /// compensated too when a rollback covers them: SEMANTICS §5, "attempted means
+    /// compensated".)
     #[must_use]
     pub const fn is_success(self) -> bool {
         matches!(self, Self::Completed | Self::Confirmed)
@@ -196,12 +197,16 @@ impl StepStatus {
                     )
                     | (S::Paused, S::Pending | S::Retrying)
                     | (S::WaitingDecision, S::Confirmed | S::Rejected | S::Failed)
+                    // Compensation; `skipped` too: a step skipped after an attempt
+                    // (retrying, or paused in `dlq`) is compensated (SEMANTICS §5,
+                    // attempted means compensated).
                     | (
                         S::Completed
                             | S::Confirmed
                             | S::Failed
                             | S::Rejected
-                            | S::CompensationFailed,
+                            | S::CompensationFailed
+                            | S::Skipped,
                         S::Compensating | S::RolledBack
                     )
                     | (

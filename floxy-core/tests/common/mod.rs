@@ -159,8 +159,7 @@ impl H {
                 .iter_mut()
                 .find(|r| &*r.step == step)
                 .unwrap();
-            run.status = StepStatus::Running;
-            run.attempts = attempt;
+            floxy_core::checks::start_run(run, attempt, now);
         }
         (token, attempt, expired)
     }
@@ -435,7 +434,7 @@ impl H {
                 );
             }
         }
-        // Each compensation at most once per successful run (invariant 4), in reverse order.
+        // Each step run compensated at most once (invariant 4; a requeued repair aside).
         let comps = self.compensations();
         let mut uniq = comps.clone();
         uniq.sort();
