@@ -24,6 +24,12 @@
 //!   queued.
 //! * **Wakeups** (optional, [`Store::wait_for_work`]): a hint that another process queued
 //!   work; callers keep polling.
+//! * **Time** is the caller's: every call that needs the current time takes it as an
+//!   argument (`now`, [`ClaimRequest::now`], the times inside a [`Transition`]) and the
+//!   store honours it as given, even a synthetic one; it never compares lease or due times
+//!   with a clock of its own. A store shared by processes whose clocks may disagree offers
+//!   its own clock through [`Store::clock`] (optional), so that the runtime can measure how
+//!   far its clock is from the store's and pass times in the store's time.
 //! * **Events** get a store-wide sequence number increasing in commit order.
 //! * **DLQ ids** are assigned by the store, unique and never reused.
 
@@ -394,6 +400,21 @@ pub trait Store: Send + Sync + 'static {
     async fn wait_for_work(&self, timeout_ms: u64) -> WorkWait {
         let _ = timeout_ms;
         WorkWait::Unsupported
+    }
+
+    /// The store's own clock, if it has one that every process sharing the store reads
+    /// (PostgreSQL: the database server's `clock_timestamp()`), in milliseconds since the
+    /// Unix epoch; `None` if it has none (the default: an in-process or single-process
+    /// store, whose only clock is the caller's).
+    ///
+    /// The runtime calls it at start and periodically to measure the offset between its
+    /// own clock and this one (corrected by half the round trip of this call, which should
+    /// therefore be one cheap round trip) and then passes `own clock + offset` as `now` to
+    /// every other call, so that processes whose clocks disagree still agree on lease
+    /// expiries. A store must keep honouring the `now` it is given and never substitute
+    /// this clock for it. Once a store answered `None` it must always answer `None`.
+    async fn clock(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(None)
     }
 
     /// Removes terminal instances last updated before `older_than`, with their step runs,

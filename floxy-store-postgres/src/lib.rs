@@ -99,6 +99,23 @@
 //! idle (a hint: it keeps polling
 //! [`Store::next_due`] slowly as well).
 //!
+//! # Time and clock skew
+//!
+//! Every time the store writes or compares (`lease_expires_at = now + lease_ttl_ms`, a
+//! reclaim of `lease_expires_at <= now`, `run_at <= now`, event times) is the `now` the
+//! caller passes; the SQL never reads the database clock for them, so tests and the
+//! conformance suite can drive the store with synthetic times. Processes on different
+//! machines must still agree on time, or one whose clock runs ahead reclaims the live
+//! leases of one whose clock runs behind. The chosen fix is **measure and correct in the
+//! runtime**: [`Store::clock`] answers the database server's `clock_timestamp()` (one
+//! `SELECT`), the `floxy` engine measures its offset from that clock at start and every
+//! few seconds (half the round trip corrects the reading; slow samples are ignored) and
+//! passes `own clock + offset` as `now`. All processes on one database then work in the
+//! database's time, whatever their own clocks say; the residual error is bounded by half
+//! the round trip of the best sample (milliseconds on a LAN), far below any lease TTL.
+//! (The alternative, `clock_timestamp()` inside the lease SQL, would make the store ignore
+//! the `now` it is given and break every test that drives time.)
+//!
 //! # Partitioning and retention
 //!
 //! [`Layout::Partitioned`] partitions `workflow_steps` and `workflow_events` (the tables that
@@ -1043,7 +1060,24 @@ impl Store for PostgresStore {
         }
     }
 
+    /// The database server's `clock_timestamp()` (the time at the moment the statement
+    /// reads it, not the start of a transaction), in milliseconds: one round trip. See
+    /// [the crate docs](crate#time-and-clock-skew).
+    async fn clock(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.bounded("clock", async {
+            let ms: i64 = sqlx::query_scalar(CLOCK_QUERY)
+                .fetch_one(self.pool())
+                .await
+                .map_err(map_sqlx)?;
+            Ok(Some(Timestamp(ms)))
+        })
+        .await
+    }
+
     async fn cleanup(&self, older_than: Timestamp) -> Result<u64, StoreError> {
         retention::cleanup(self, older_than).await
     }
 }
+
+/// The database's current time in epoch milliseconds ([`Store::clock`]).
+const CLOCK_QUERY: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";

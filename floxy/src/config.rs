@@ -31,6 +31,7 @@ pub(crate) struct EngineConfig {
     pub(crate) id_seed: Option<u64>,
     pub(crate) eager_claims: bool,
     pub(crate) metrics_sample_interval_ms: u64,
+    pub(crate) clock_sync_interval_ms: u64,
 }
 
 /// Builds an [`Engine`]. Out-of-range values are clamped to their bounds (documented on each
@@ -63,6 +64,7 @@ impl EngineBuilder {
                 id_seed: None,
                 eager_claims: true,
                 metrics_sample_interval_ms: crate::metrics::DEFAULT_SAMPLE_INTERVAL_MS,
+                clock_sync_interval_ms: crate::clock_sync::DEFAULT_CLOCK_SYNC_INTERVAL_MS,
             },
         }
     }
@@ -131,9 +133,26 @@ impl EngineBuilder {
         self
     }
 
-    /// The time source (default [`SystemClock`]).
+    /// The time source (default [`SystemClock`]). Over a store with a clock of its own
+    /// ([`Store::clock`], e.g. PostgreSQL) the engine's clock is this source corrected by
+    /// the measured offset to the store's clock (see
+    /// [`EngineBuilder::clock_sync_interval_ms`]); over any other store it is this source
+    /// as is.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.config.clock = clock;
+        self
+    }
+
+    /// Period of the measurement of the offset between the clock source and the store's
+    /// clock ([`Store::clock`]; default [`crate::DEFAULT_CLOCK_SYNC_INTERVAL_MS`]). The
+    /// first measurement happens before the engine's first claim, start or operator
+    /// command; from then on the engine's clock is `source + offset`, so processes whose
+    /// clocks disagree still agree on lease expiries (the [crate docs](crate) say more).
+    /// Stores without a clock are asked once and then never again. 0: never measure on
+    /// its own (only [`Engine::sync_clock`] does): the source is used as is, e.g. a virtual
+    /// clock over a store that has a real one, or hosts whose clocks are known to agree.
+    pub fn clock_sync_interval_ms(mut self, ms: u64) -> Self {
+        self.config.clock_sync_interval_ms = ms;
         self
     }
 

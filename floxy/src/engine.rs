@@ -3,6 +3,7 @@
 //! The worker pool lives in [`crate::worker`]; waiting in [`crate::wait`].
 
 use crate::clock::Clock;
+use crate::clock_sync::SyncedClock;
 use crate::commit::with_store_retry;
 use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
@@ -67,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) handlers: HandlerRegistry,
     pub(crate) workflows: WorkflowCache,
     pub(crate) leases: Arc<LeaseTable>,
+    /// The engine's clock (also `config.clock`): the source plus the store clock offset.
+    pub(crate) clock: Arc<SyncedClock>,
     /// Bumped after every local commit; wakes idle workers.
     pub(crate) commits: watch::Sender<u64>,
     /// Wakes the waiters of an instance after its local commits.
@@ -108,12 +111,15 @@ impl Engine {
         EngineBuilder::new(store)
     }
 
-    pub(crate) fn from_parts(store: Arc<dyn Store>, config: EngineConfig) -> Self {
+    pub(crate) fn from_parts(store: Arc<dyn Store>, mut config: EngineConfig) -> Self {
         let (commits, _) = watch::channel(0);
+        let clock = Arc::new(SyncedClock::new(Arc::clone(&config.clock)));
+        config.clock = Arc::clone(&clock) as Arc<dyn Clock>;
         Self {
             inner: Arc::new(Inner {
                 store,
                 config,
+                clock,
                 handlers: HandlerRegistry::default(),
                 workflows: WorkflowCache::default(),
                 leases: Arc::new(LeaseTable::default()),
@@ -133,10 +139,37 @@ impl Engine {
         &self.inner.store
     }
 
-    /// The clock.
+    /// The engine's clock: the configured source ([`EngineBuilder::clock`]) plus the
+    /// measured offset to the store's clock, if the store has one ([`Engine::sync_clock`]).
+    /// Every time the engine hands the store comes from it.
     #[must_use]
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.config.clock
+    }
+
+    /// The offset (ms, store minus clock source) the engine's clock currently adds to its
+    /// source; `None` until a measurement succeeded, and always with a store that has no
+    /// clock ([`Store::clock`]).
+    #[must_use]
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.inner.clock.offset_ms()
+    }
+
+    /// Measures the offset between the clock source and the store's clock now
+    /// ([`crate::CLOCK_SAMPLES`] round trips; the engine does this by itself, see
+    /// [`EngineBuilder::clock_sync_interval_ms`]) and returns the offset in use afterwards
+    /// (as [`Engine::clock_offset_ms`]: a measurement slower than
+    /// [`crate::MAX_CLOCK_SAMPLE_RTT_MS`] leaves a known offset unchanged).
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] (the offset is unchanged).
+    pub async fn sync_clock(&self) -> Result<Option<i64>, EngineError> {
+        let inner = &self.inner;
+        inner
+            .clock
+            .measure(inner.store.as_ref(), &inner.leases)
+            .await?;
+        Ok(self.clock_offset_ms())
     }
 
     /// The lease owner name of this engine.
@@ -263,6 +296,7 @@ impl Engine {
         let wf = self.workflow(workflow_id).await?;
         let input = input.into();
         input.check_size(wf.definition().options.max_payload_bytes)?;
+        self.inner.ensure_clock_synced().await;
         let id = self.new_instance_id();
         let t = machine::start(&wf, id, input, options.idempotency_key, self.clock().now())?;
         let store = &self.inner.store;
@@ -476,6 +510,7 @@ impl Engine {
             .await?
             .ok_or(EngineError::UnknownInstance(id))?;
         let wf = self.workflow(&record.workflow_id).await?;
+        self.inner.ensure_clock_synced().await;
         match self.inner.apply_input(&wf, id, input).await {
             Ok(t) => Ok(t.instance),
             Err(StoreError::Rejected(TransitionError::AlreadyInProgress { .. }))
@@ -576,9 +611,40 @@ impl Engine {
     /// [`EngineError::Store`].
     pub async fn cleanup(&self, older_than: Duration) -> Result<u64, EngineError> {
         let age_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        self.inner.ensure_clock_synced().await;
         let cutoff =
             floxy_core::model::Timestamp(self.clock().now().as_millis().saturating_sub(age_ms));
         Ok(self.inner.store.cleanup(cutoff).await?)
+    }
+}
+
+impl Inner {
+    /// Before the first use of the clock for a store write: measures the store clock offset
+    /// once and starts the periodic measurement (unless the interval is 0 or the store has
+    /// no clock). Later calls return at once; concurrent first calls wait for the first.
+    pub(crate) async fn ensure_clock_synced(&self) {
+        let interval_ms = self.config.clock_sync_interval_ms;
+        if interval_ms == 0 {
+            return;
+        }
+        self.clock
+            .first
+            .get_or_init(|| async {
+                crate::clock_sync::measure_logged(&self.clock, self.store.as_ref(), &self.leases)
+                    .await;
+                if self.clock.store_has_no_clock() {
+                    return;
+                }
+                // Holds no reference to the engine: stops when the engine is dropped.
+                tokio::spawn(crate::clock_sync::run(
+                    Arc::clone(&self.clock),
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.leases),
+                    interval_ms,
+                    self.lifecycle.clock_sync_stop.clone(),
+                ));
+            })
+            .await;
     }
 }
 

@@ -163,6 +163,22 @@ impl LeaseTable {
         }
     }
 
+    /// Moves every scheduled beat by `delta_ms`: the engine's clock just moved by that much
+    /// (a new store clock offset), and the beats must stay at the same instants.
+    pub(crate) fn shift_beats(&self, delta_ms: i64) {
+        if delta_ms == 0 {
+            return;
+        }
+        let shift = |t: Timestamp| Timestamp(t.as_millis().saturating_add(delta_ms));
+        let mut leases = self.entries.lock();
+        for e in leases.map.values_mut() {
+            e.next_beat = shift(e.next_beat);
+        }
+        if leases.wake_at != Timestamp(i64::MAX) {
+            leases.wake_at = shift(leases.wake_at);
+        }
+    }
+
     /// The earliest beat of the held leases, which the heartbeat loop now waits for (see
     /// [`Leases::wake_at`]).
     fn schedule_earliest_beat(&self) -> Option<Timestamp> {

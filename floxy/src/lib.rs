@@ -66,6 +66,18 @@
 //!   [`CommittedEvent`].
 //! * **Time** comes only from the engine's [`Clock`]; use [`TokioClock`] with a paused tokio
 //!   runtime for deterministic tests on virtual time.
+//! * **Clock skew**: processes sharing a store must agree on time, or one whose clock runs
+//!   ahead reclaims the live leases of one whose clock runs behind. When the store has a
+//!   clock of its own ([`Store::clock`]: PostgreSQL's `clock_timestamp()`), the engine
+//!   **measures its offset from the store's clock and corrects its own**: at start and every
+//!   [`EngineBuilder::clock_sync_interval_ms`] (default [`DEFAULT_CLOCK_SYNC_INTERVAL_MS`])
+//!   it reads the store's clock, corrects the reading by half the round trip (slow samples
+//!   are ignored), and then uses `clock source + offset` for every time it hands the store.
+//!   All processes on one database thus work in the database's time; the stores keep
+//!   honouring the `now` they are given. The offset is the gauge
+//!   `floxy_store_clock_offset_seconds` ([`metrics`]); above [`CLOCK_OFFSET_WARN_MS`] it is
+//!   logged as a warning. Stores without a clock (memory, redb) get no correction, so
+//!   virtual clocks stay deterministic. See [`Engine::sync_clock`].
 //!
 //! # Example
 //!
@@ -118,6 +130,7 @@
 
 mod attempt;
 mod clock;
+mod clock_sync;
 mod commit;
 mod config;
 mod engine;
@@ -134,6 +147,10 @@ mod workflows;
 
 pub use attempt::EAGER_CLAIMS_PER_COMMIT;
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use clock_sync::{
+    CLOCK_OFFSET_WARN_MS, CLOCK_SAMPLES, CLOCK_SYNC_RETRY_MS, DEFAULT_CLOCK_SYNC_INTERVAL_MS,
+    MAX_CLOCK_SAMPLE_RTT_MS,
+};
 pub use commit::{STORE_RETRY_ATTEMPTS, STORE_RETRY_BASE_MS, STORE_RETRY_MAX_MS};
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DEFAULT_WORKERS,

@@ -43,6 +43,7 @@
 //! | `floxy_instances` | gauge | `status` | Instances in the store per status (every status, zeros included). Sampled. |
 //! | `floxy_dlq_records` | gauge | — | DLQ records in the store. Sampled. |
 //! | `floxy_metrics_sample_failures_total` | counter | — | Samples of the store gauges that failed (the gauges keep their last value). |
+//! | `floxy_store_clock_offset_seconds` | gauge | — | Offset of the store's clock from this process's clock source (store minus own; positive: this process's clock runs behind), as last measured ([`crate::Engine::sync_clock`]). The engine adds it to its clock, so every time it hands the store is in the store's time; above 1 s a warning is logged. Recorded only with a store that has a clock (PostgreSQL). |
 //!
 //! The names are the `pub const`s of this module; [`METRICS`] lists each with its type,
 //! labels, unit, description and suggested histogram buckets, for exporters, dashboards and
@@ -111,6 +112,8 @@ pub const INSTANCES: &str = "floxy_instances";
 pub const DLQ_RECORDS: &str = "floxy_dlq_records";
 /// Failed samples of the store gauges.
 pub const SAMPLE_FAILURES: &str = "floxy_metrics_sample_failures_total";
+/// Measured offset of the store's clock from this process's clock source, seconds.
+pub const STORE_CLOCK_OFFSET: &str = "floxy_store_clock_offset_seconds";
 
 /// Default period of the store-gauge sampler that runs with the workers.
 pub const DEFAULT_SAMPLE_INTERVAL_MS: u64 = 5_000;
@@ -369,6 +372,13 @@ pub const METRICS: &[MetricDef] = &[
         None,
         "Failed samples of the store gauges.",
     ),
+    def(
+        STORE_CLOCK_OFFSET,
+        G,
+        &[],
+        SECONDS,
+        "Measured offset of the store's clock from this process's clock (store minus own).",
+    ),
 ];
 
 /// The definition of the metric `name`, if the engine records it.
@@ -610,6 +620,12 @@ pub(crate) fn stale_result(kind: WorkKind, outcome: &'static str) {
 /// Records a failed heartbeat store call.
 pub(crate) fn heartbeat_failed() {
     counter!(HEARTBEAT_FAILURES).increment(1);
+}
+
+/// A store clock offset was measured and put in use.
+#[allow(clippy::cast_precision_loss)] // offsets are far below 2^52 ms
+pub(crate) fn store_clock_offset(offset_ms: i64) {
+    gauge!(STORE_CLOCK_OFFSET).set(offset_ms as f64 / 1_000.0);
 }
 
 // ----- the store-gauge sampler --------------------------------------------------------------

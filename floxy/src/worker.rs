@@ -36,6 +36,9 @@ pub(crate) struct Lifecycle {
     pub(crate) hard_stop: CancellationToken,
     /// Stop the heartbeat task.
     heartbeat_stop: CancellationToken,
+    /// Stop the periodic store clock measurement (only when the engine is dropped: starts
+    /// and commands keep using the clock after a shutdown).
+    pub(crate) clock_sync_stop: CancellationToken,
     /// In-flight item tasks (pool and `run_once`).
     pub(crate) tracker: TaskTracker,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
@@ -48,6 +51,7 @@ impl Lifecycle {
         self.stopping.cancel();
         self.hard_stop.cancel();
         self.heartbeat_stop.cancel();
+        self.clock_sync_stop.cancel();
     }
 }
 
@@ -195,6 +199,7 @@ impl Engine {
 
     async fn claim(&self, limit: usize) -> Result<Vec<ClaimedItem>, StoreError> {
         let inner = &self.inner;
+        inner.ensure_clock_synced().await;
         let req = ClaimRequest {
             owner: Arc::clone(&inner.config.worker_id),
             handlers: inner.handlers.claim_filter(),
