@@ -856,7 +856,13 @@ impl Shared {
                 for (id, r) in chunk.iter().zip(loads) {
                     let snap = match r {
                         Ok(Ok(Some(s))) => s,
-                        Ok(Ok(None)) => continue,
+                        Ok(Ok(None)) => {
+                            // Gone although its start was acknowledged (a failover to a
+                            // standby that never got it): nothing will settle it; the
+                            // validation reports it (`lost_instance`).
+                            self.inflight.lock().remove(id);
+                            continue;
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "watcher read failed");
                             continue;

@@ -115,7 +115,11 @@ pub struct ChaosStore {
     switch: FaultSwitch,
     counters: FaultCounters,
     observed: Option<FaultCounters>,
+    on_commit: Option<CommitHook>,
 }
+
+/// Called with every transition the wrapped store acknowledged (see [`ChaosStore::on_commit`]).
+pub type CommitHook = Arc<dyn Fn(&Transition) + Send + Sync>;
 
 impl std::fmt::Debug for ChaosStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +153,23 @@ impl ChaosStore {
             switch,
             counters,
             observed: None,
+            on_commit: None,
+        }
+    }
+
+    /// Calls `hook` with every transition the wrapped store acknowledged (a
+    /// `create_instance` that created the instance, an `update_instance` that returned
+    /// `Ok`), before a lost reply may hide the acknowledgement from the caller: what a
+    /// failover test must find again afterwards.
+    #[must_use]
+    pub fn on_commit(mut self, hook: CommitHook) -> Self {
+        self.on_commit = Some(hook);
+        self
+    }
+
+    fn acknowledged(&self, t: &Transition) {
+        if let Some(h) = &self.on_commit {
+            h(t);
         }
     }
 
@@ -253,19 +274,28 @@ impl Store for ChaosStore {
             .await
     }
     async fn create_instance(&self, t: Transition) -> Result<CreateOutcome, StoreError> {
-        self.around("create_instance", Op::Write, self.inner.create_instance(t))
-            .await
+        let copy = self.on_commit.as_ref().map(|_| t.clone());
+        self.around("create_instance", Op::Write, async {
+            let r = self.inner.create_instance(t).await;
+            if let (Ok(CreateOutcome::Created(_)), Some(t)) = (&r, &copy) {
+                self.acknowledged(t);
+            }
+            r
+        })
+        .await
     }
     async fn update_instance(
         &self,
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError> {
-        self.around(
-            "update_instance",
-            Op::Write,
-            self.inner.update_instance(id, f),
-        )
+        self.around("update_instance", Op::Write, async {
+            let r = self.inner.update_instance(id, f).await;
+            if let Ok(t) = &r {
+                self.acknowledged(t);
+            }
+            r
+        })
         .await
     }
     async fn update_instance_eager(
@@ -276,11 +306,13 @@ impl Store for ChaosStore {
     ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
         // Same faults as an update: a lost reply also loses the eager leases, which then
         // expire and are reclaimed like those of a crashed worker.
-        self.around(
-            "update_instance",
-            Op::Write,
-            self.inner.update_instance_eager(id, f, eager),
-        )
+        self.around("update_instance", Op::Write, async {
+            let r = self.inner.update_instance_eager(id, f, eager).await;
+            if let Ok((t, _)) = &r {
+                self.acknowledged(t);
+            }
+            r
+        })
         .await
     }
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
