@@ -1,7 +1,7 @@
 //! Database failover (issue 18, item 3): a primary and a streaming standby; the engines
 //! reach the database through the proxy, pointed at the primary, and the standby streams
-//! the WAL through a second proxy. Mid-run the WAL stream is black-holed for a second
-//! (the standby falls behind), then the primary is stopped hard (`pg_ctl stop -m immediate`), the standby promoted and the proxy re-pointed
+//! the WAL through a second proxy. Mid-run the WAL proxy goes down for a second (the
+//! standby falls behind), then the primary is stopped hard (`pg_ctl stop -m immediate`), the standby promoted and the proxy re-pointed
 //! at it; the engines reconnect and carry on.
 //!
 //! * Synchronous replication: nothing acknowledged is lost (every instance whose start
@@ -74,9 +74,10 @@ impl Disruptor for Failover {
         // asynchronous replication the primary acknowledges commits the standby never
         // gets; with synchronous replication those commits wait (and are never
         // acknowledged).
-        self.wal.apply("timeout", "upstream").await?;
-        self.wal.apply("timeout", "downstream").await?;
-        counters.add("proxy.wal_blackhole");
+        // (The proxy goes down rather than silent: a silent WAL connection held the
+        // standby's promotion for `wal_receiver_timeout`, 60 s.)
+        self.wal.apply("down", "downstream").await?;
+        counters.add("proxy.wal_down");
         tokio::time::sleep(Duration::from_millis(WAL_CUT_MS)).await;
         let t = Instant::now();
         let primary = Arc::clone(&self.primary);
@@ -120,7 +121,7 @@ struct Outcome {
     failover: Duration,
 }
 
-async fn failover_run(mode: Replication, seed: u64) -> Outcome {
+async fn failover_run(mode: Replication, seed: u64, cancel_rate: f64) -> Outcome {
     let t0 = Instant::now();
     let primary = tokio::task::spawn_blocking(TestCluster::start)
         .await
@@ -179,14 +180,7 @@ async fn failover_run(mode: Replication, seed: u64) -> Outcome {
         standby: Arc::clone(&standby),
         api: env.api.clone(),
         proxy: "pg".into(),
-        wal: NetworkDisruptor::new(
-            &env.api,
-            "wal",
-            NetworkFaults {
-                timeout_ms: 0,
-                ..NetworkFaults::default()
-            },
-        ),
+        wal: NetworkDisruptor::new(&env.api, "wal", NetworkFaults::default()),
         done: Mutex::new(None),
     });
     let scenario = Scenario {
@@ -205,7 +199,7 @@ async fn failover_run(mode: Replication, seed: u64) -> Outcome {
             ..WorkloadOptions::default()
         },
         business_failure_rate: 0.05,
-        cancel_rate: 0.02,
+        cancel_rate,
         abort_rate: 0.0,
         handler_faults: HandlerFaults {
             sleep: 0.5,
@@ -282,7 +276,7 @@ async fn failover_run(mode: Replication, seed: u64) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_failover_loses_nothing_acknowledged() {
-    let o = failover_run(Replication::Sync, 18_003).await;
+    let o = failover_run(Replication::Sync, 18_003, 0.02).await;
     let r = &o.report;
     println!(
         "failover took {:?}; {} acknowledged events, {} missing",
@@ -310,7 +304,11 @@ async fn sync_failover_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn async_failover_leaves_nothing_stuck_or_inconsistent() {
-    let o = failover_run(Replication::Async, 18_013).await;
+    // No operator cancels here: an acknowledged cancel that vanishes has already had its
+    // compensations run (the ledger holds their reversals) while the instance goes on to
+    // complete: an inconsistency of the outside world the database cannot know about
+    // (documented), not one of the engine.
+    let o = failover_run(Replication::Async, 18_013, 0.0).await;
     let r = &o.report;
     println!(
         "failover took {:?}; {} acknowledged events, {} vanished",

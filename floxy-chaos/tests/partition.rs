@@ -213,6 +213,16 @@ async fn partitioned_worker_is_fenced_and_everything_finishes() {
         "{:?}",
         report.violations_by_kind
     );
+    // No transaction B had open when it was cut off is still holding its locks: the
+    // server ended them once idle for longer than the call deadline (else A's commits of
+    // those instances wait on the locks and the claims skip their queue rows: stuck).
+    let idle = cluster
+        .psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' \
+             AND now() - state_change > interval '3 seconds'",
+        )
+        .unwrap();
+    assert_eq!(idle, "0", "sessions idle in a transaction left behind");
     // B came back: its pool works again after the partition.
     let ok = tokio::time::timeout(Duration::from_secs(10), pg_b.stats()).await;
     assert!(

@@ -138,7 +138,7 @@
 //! as retryable [`StoreError::Unavailable`]; the engine retries them, and work whose commit
 //! never came back is redone once its lease expires. What survives depends on the
 //! replication mode (both checked by `floxy-chaos`'s `tests/failover.rs`: the primary stopped
-//! with `pg_ctl stop -m immediate` after its WAL stream was cut for a second, the standby
+//! with `pg_ctl stop -m immediate` a second after its WAL stream was cut, the standby
 //! promoted):
 //!
 //! * **Synchronous** (`synchronous_standby_names` naming the standby, `synchronous_commit =
@@ -159,6 +159,9 @@
 //!     returned an id that no longer exists); side effects their handlers already made are
 //!     not compensated by anyone, since no record of them survives: reconcile them from
 //!     the callers' side (e.g. restart with the same idempotency key);
+//!   * acknowledged operator commands can vanish as well: a cancel whose compensations
+//!     already ran (their side effects are real) may be forgotten, and the instance goes
+//!     on to complete; repeat such commands after an asynchronous failover;
 //!   * what survives is consistent: the engine never acts on a state the database does not
 //!     hold (every transition is computed under the row lock from what the new primary
 //!     has), leases and fencing tokens are re-checked there, nothing is left stuck — every
@@ -450,7 +453,7 @@ impl PostgresStore {
             .call_timeout_ms
             .clamp(MIN_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS);
         let quoted_schema = format!("\"{}\"", config.schema);
-        let q = Arc::new(Queries::new(&quoted_schema));
+        let q = Arc::new(Queries::new(&quoted_schema, config.call_timeout_ms));
         let channel = format!("floxy_work_{}", config.schema);
         let notifier = config
             .notify
@@ -746,7 +749,7 @@ impl Store for PostgresStore {
             let now = req.now;
             let mut tx = self
                 .pool()
-                .begin_with(queries::BEGIN_CLAIM)
+                .begin_with(self.q().begin_claim.clone())
                 .await
                 .map_err(map_sqlx)?;
             let rows = sqlx::query(&self.q().claim)
@@ -799,7 +802,7 @@ impl Store for PostgresStore {
             }
             let mut tx = self
                 .pool()
-                .begin_with(queries::BEGIN_KEYED)
+                .begin_with(self.q().begin_keyed.clone())
                 .await
                 .map_err(map_sqlx)?;
             let rows = sqlx::query(&self.q().heartbeat)
