@@ -248,7 +248,8 @@ struct InFlight {
 struct Shared {
     scenario: Scenario,
     raw: Arc<dyn Store>,
-    chaos: Arc<dyn Store>,
+    /// The engines' stores (engine `k` uses the `k % len`-th), fault-injecting.
+    chaos: Vec<Arc<dyn Store>>,
     clock: Arc<dyn Clock>,
     ledger: Arc<Ledger>,
     counters: FaultCounters,
@@ -274,6 +275,7 @@ pub struct Run {
     scenario: Scenario,
     store: Arc<dyn Store>,
     engine_store: Option<Arc<dyn Store>>,
+    engine_stores: Vec<Arc<dyn Store>>,
     adopt: bool,
     backend: String,
     disruptors: Vec<Arc<dyn Disruptor>>,
@@ -305,6 +307,7 @@ impl Run {
             scenario,
             store,
             engine_store: None,
+            engine_stores: Vec::new(),
             adopt: false,
             backend: backend.into(),
             disruptors: Vec::new(),
@@ -335,6 +338,17 @@ impl Run {
     #[must_use]
     pub fn engine_store(mut self, store: Arc<dyn Store>) -> Self {
         self.engine_store = Some(store);
+        self
+    }
+
+    /// Gives each engine its own store: engine `k` (and its restarts after a crash) uses
+    /// `stores[k % stores.len()]`, e.g. one connection pool per engine, each behind its own
+    /// proxy, to partition one worker from the database while the others keep going.
+    /// Overrides [`Run::engine_store`]; the watcher and the validators keep reading the run's
+    /// store directly. All must see the same data.
+    #[must_use]
+    pub fn engine_stores(mut self, stores: Vec<Arc<dyn Store>>) -> Self {
+        self.engine_stores = stores;
         self
     }
 
@@ -384,13 +398,32 @@ impl Run {
         };
         let switch = FaultSwitch::new(true);
         let counters = self.counters.clone();
-        let chaos: Arc<dyn Store> = Arc::new(ChaosStore::new(
-            Arc::clone(self.engine_store.as_ref().unwrap_or(&self.store)),
-            sc.store_faults.clone(),
-            sc.seed ^ sc.salt,
-            switch.clone(),
-            counters.clone(),
-        ));
+        let targets: Vec<Arc<dyn Store>> = if self.engine_stores.is_empty() {
+            vec![Arc::clone(
+                self.engine_store.as_ref().unwrap_or(&self.store),
+            )]
+        } else {
+            self.engine_stores.clone()
+        };
+        let chaos: Vec<Arc<dyn Store>> = targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, target)| -> Arc<dyn Store> {
+                // The first store keeps the run's seed, so single-store runs replay as before.
+                let seed = if i == 0 {
+                    sc.seed ^ sc.salt
+                } else {
+                    mix(sc.seed ^ sc.salt, &[b"engine-store", &i.to_le_bytes()])
+                };
+                Arc::new(ChaosStore::new(
+                    target,
+                    sc.store_faults.clone(),
+                    seed,
+                    switch.clone(),
+                    counters.clone(),
+                ))
+            })
+            .collect();
 
         // Workflows.
         let mut entries = Vec::new();
@@ -599,7 +632,8 @@ impl Shared {
     ) -> Result<Engine, ChaosError> {
         let sc = &self.scenario;
         let generation = self.engine_gen.fetch_add(1, Ordering::Relaxed) as u64;
-        let engine = Engine::builder(Arc::clone(&self.chaos))
+        let store = Arc::clone(&self.chaos[k % self.chaos.len()]);
+        let engine = Engine::builder(store)
             .clock(Arc::clone(&self.clock))
             .workers(sc.workers)
             .batch_size(sc.batch_size)
@@ -822,7 +856,13 @@ impl Shared {
                 for (id, r) in chunk.iter().zip(loads) {
                     let snap = match r {
                         Ok(Ok(Some(s))) => s,
-                        Ok(Ok(None)) => continue,
+                        Ok(Ok(None)) => {
+                            // Gone although its start was acknowledged (a failover to a
+                            // standby that never got it): nothing will settle it; the
+                            // validation reports it (`lost_instance`).
+                            self.inflight.lock().remove(id);
+                            continue;
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "watcher read failed");
                             continue;

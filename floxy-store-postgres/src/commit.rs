@@ -446,7 +446,7 @@ async fn bounded_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
 /// applied (their computed transitions are kept for a retry).
 async fn try_batch(ctx: &Ctx, items: &mut [Item]) -> Result<(), Failure> {
     let q = &*ctx.q;
-    let mut tx = ctx.pool.begin_with(crate::queries::BEGIN_KEYED).await?;
+    let mut tx = ctx.pool.begin_with(ctx.q.begin_keyed.clone()).await?;
 
     // 1. Instance locks, in id order.
     let mut ids: Vec<uuid::Uuid> = items

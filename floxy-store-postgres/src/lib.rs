@@ -146,6 +146,54 @@
 //! the row in place (a HOT update, no index writes). Unchanged JSON columns (instance and
 //! step inputs, fork branches) are not even sent: `coalesce($new, stored)` keeps them.
 //!
+//! # Replication and failover
+//!
+//! The store keeps no state outside the database, so after a failover the engines only need
+//! to reach the new primary: through a proxy or DNS name re-pointed at it, or a multi-host
+//! URL with `target_session_attrs=read-write` (`postgres://app@db1,db2/floxy?target_session_attrs=read-write`).
+//! Calls into the dead primary fail (or time out after [`PostgresConfig::call_timeout_ms`])
+//! as retryable [`StoreError::Unavailable`]; the engine retries them, and work whose commit
+//! never came back is redone once its lease expires. What survives depends on the
+//! replication mode (both checked by `floxy-chaos`'s `tests/failover.rs`: the primary stopped
+//! with `pg_ctl stop -m immediate` a second after its WAL stream was cut, the standby
+//! promoted):
+//!
+//! * **Synchronous** (`synchronous_standby_names` naming the standby, `synchronous_commit =
+//!   on` or stricter): a commit is acknowledged only once the standby has flushed it, so
+//!   nothing acknowledged is lost — every instance whose start returned and every
+//!   transition the store acknowledged is on the new primary. While the standby is
+//!   unreachable, commits wait (and time out as `Unavailable`); they are not acknowledged.
+//!   Configure the promoted server so it does not wait for a standby it does not have.
+//! * **Asynchronous**: the primary acknowledges commits the standby may not have received;
+//!   a failover rolls the database back to the standby's last replayed point. An operator
+//!   must expect:
+//!   * acknowledged transitions vanish: steps recorded as completed are pending or running
+//!     again and are **redone** (their handlers called again, with the same idempotency
+//!     keys — side effects must be idempotent, as for any redelivery); the attempt counts
+//!     of the vanished attempts are gone too, so a step's handler may be called more than
+//!     `max_retries + 1` times in all;
+//!   * instances whose start was acknowledged can vanish entirely (`Engine::start`
+//!     returned an id that no longer exists); side effects their handlers already made are
+//!     not compensated by anyone, since no record of them survives: reconcile them from
+//!     the callers' side (e.g. restart with the same idempotency key);
+//!   * acknowledged operator commands can vanish as well: a cancel whose compensations
+//!     already ran (their side effects are real) may be forgotten, and the instance goes
+//!     on to complete; repeat such commands after an asynchronous failover;
+//!   * what survives is consistent: the engine never acts on a state the database does not
+//!     hold (every transition is computed under the row lock from what the new primary
+//!     has), leases and fencing tokens are re-checked there, nothing is left stuck — every
+//!     surviving instance finishes, and the invariants of the chaos validators hold.
+//!
+//!   Fencing tokens come from the sequence `workflow_lease_tokens`; a promoted standby
+//!   continues from its own (WAL-logged, pre-allocated) position, which is ahead of every
+//!   token it replicated but may be behind tokens the old primary handed out in the lost
+//!   WAL. A commit is fenced by the token alone, so a worker still running an item under
+//!   such a token could have its result accepted if the new primary happens to lease the
+//!   same item with the same token again (unlikely; its heartbeat also reports the lease
+//!   lost when the owner differs, which usually stops it first). To rule it out, advance
+//!   the sequence by a margin on the new primary before the workers reconnect
+//!   (`SELECT setval('floxy.workflow_lease_tokens', nextval('floxy.workflow_lease_tokens') + 1000000)`).
+//!
 //! # Choices where the contract is silent
 //!
 //! As in the memory store: an expired lease nobody reclaimed yet is still current; claiming
@@ -422,7 +470,7 @@ impl PostgresStore {
             .call_timeout_ms
             .clamp(MIN_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS);
         let quoted_schema = format!("\"{}\"", config.schema);
-        let q = Arc::new(Queries::new(&quoted_schema));
+        let q = Arc::new(Queries::new(&quoted_schema, config.call_timeout_ms));
         let channel = format!("floxy_work_{}", config.schema);
         let notifier = config
             .notify
@@ -718,7 +766,7 @@ impl Store for PostgresStore {
             let now = req.now;
             let mut tx = self
                 .pool()
-                .begin_with(queries::BEGIN_CLAIM)
+                .begin_with(self.q().begin_claim.clone())
                 .await
                 .map_err(map_sqlx)?;
             let rows = sqlx::query(&self.q().claim)
@@ -771,7 +819,7 @@ impl Store for PostgresStore {
             }
             let mut tx = self
                 .pool()
-                .begin_with(queries::BEGIN_KEYED)
+                .begin_with(self.q().begin_keyed.clone())
                 .await
                 .map_err(map_sqlx)?;
             let rows = sqlx::query(&self.q().heartbeat)

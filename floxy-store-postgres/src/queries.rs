@@ -17,17 +17,30 @@ use crate::commit::sql as c;
 /// large, and a custom plan merge-joined a whole index to find 256 rows. Key lookups never
 /// want a seq scan, a hash or a merge join, so these transactions turn them off (`SET
 /// LOCAL`: the settings end with the transaction, the pool's connections are untouched).
-pub(crate) const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+///
+/// They also set `idle_in_transaction_session_timeout` to the call deadline
+/// ([`Queries::new`]): the server ends a session that sits idle inside one of these
+/// transactions for longer than the client waits for the whole call. Why: a client cut off
+/// mid-transaction (a network partition, a proxy that stops forwarding without closing)
+/// has given up on the call after its deadline, but the server keeps the transaction open
+/// — and its row locks held — for as long as the TCP connection looks alive (hours); every
+/// other worker's commit of those instances then waits on the locks and claims skip the
+/// locked queue rows, so the instances are stuck (found by the chaos partition test).
+const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// [`BEGIN_KEYED`] for the claim, which keeps hash joins: it joins the rows it picked with
 /// their own TID scan (`ctid = ANY(…)`), where a nested loop would compare every picked row
 /// with every other (quadratic in the batch size; see `docs/perf-notes.md`).
-pub(crate) const BEGIN_CLAIM: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+const BEGIN_CLAIM: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_mergejoin = off";
 
 /// Resolved SQL text.
 pub(crate) struct Queries {
+    /// [`BEGIN_KEYED`] with the idle-in-transaction deadline.
+    pub(crate) begin_keyed: String,
+    /// [`BEGIN_CLAIM`] with the idle-in-transaction deadline.
+    pub(crate) begin_claim: String,
     pub(crate) lock_instances: String,
     pub(crate) batch_steps: String,
     pub(crate) batch_dlq: String,
@@ -202,10 +215,15 @@ di AS (DELETE FROM {s}.workflow_instances x WHERE x.id = ANY (ARRAY(SELECT id FR
 SELECT count(*) FROM di";
 
 impl Queries {
-    /// Resolves every statement for `schema` (an already quoted identifier).
-    pub(crate) fn new(schema: &str) -> Self {
+    /// Resolves every statement for `schema` (an already quoted identifier); the
+    /// transactions of the hot paths end server-side after `call_timeout_ms` idle (see
+    /// [`BEGIN_KEYED`]).
+    pub(crate) fn new(schema: &str, call_timeout_ms: u64) -> Self {
         let r = |t: &str| t.replace("{s}", schema);
+        let idle = format!("; SET LOCAL idle_in_transaction_session_timeout = {call_timeout_ms}");
         Self {
+            begin_keyed: format!("{BEGIN_KEYED}{idle}"),
+            begin_claim: format!("{BEGIN_CLAIM}{idle}"),
             lock_instances: r(&c::lock_instances()),
             batch_steps: r(&c::batch_steps()),
             batch_dlq: r(&c::batch_dlq()),

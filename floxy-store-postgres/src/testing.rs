@@ -11,6 +11,10 @@
 //!   watchdog process when the owning process dies for any reason (panic, `SIGKILL`, or a
 //!   process-wide [`shared_cluster`] that is never dropped).
 //! * Missing binaries are an error with installation instructions, never a skip.
+//! * [`TestCluster::start_standby`] adds a streaming standby of a running cluster
+//!   (`pg_basebackup -R`, synchronous or asynchronous [`Replication`]), and
+//!   [`TestCluster::promote`] turns it into a primary: failover tests stop the primary hard
+//!   ([`TestCluster::stop_server`]) and promote the standby.
 
 use crate::{Layout, PostgresConfig, PostgresStore};
 use floxy_core::store::StoreError;
@@ -152,6 +156,17 @@ fn unique() -> u64 {
     (u64::from(nanos) << 20) ^ N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// How a standby started by [`TestCluster::start_standby`] replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replication {
+    /// Synchronous: the primary gets `synchronous_standby_names = '*'` and
+    /// `synchronous_commit = on`, so a commit returns only once the standby has flushed it.
+    Sync,
+    /// Asynchronous: commits return once the primary has flushed them; the standby may lag.
+    Async,
+}
+
 /// A running throwaway cluster. Stopped and removed on drop.
 #[derive(Debug)]
 pub struct TestCluster {
@@ -278,6 +293,143 @@ impl TestCluster {
         self.pg_start(self.port).map_err(|e| self.with_log(Some(e)))
     }
 
+    /// Starts a streaming standby of this (running) cluster on another port: a
+    /// `pg_basebackup -R -X stream` copy of its data directory, started in hot standby. With
+    /// [`Replication::Sync`] this cluster is then made to wait for it on every commit
+    /// (`ALTER SYSTEM SET synchronous_standby_names = '*'`, `synchronous_commit = on`,
+    /// reloaded; only this cluster's configuration changes, so the standby does not wait
+    /// for a standby of its own once promoted). Returns once the standby streams (in
+    /// `sync` state for [`Replication::Sync`]). The standby is a [`TestCluster`] of its own:
+    /// stopped and removed on drop, [`TestCluster::promote`] makes it a primary.
+    ///
+    /// # Errors
+    /// A failing command (the error holds the standby's log), or a standby that does not
+    /// stream within 60 s.
+    pub fn start_standby(&self, mode: Replication) -> Result<Self, HarnessError> {
+        self.start_standby_via(mode, &format!("127.0.0.1:{}", self.port))
+    }
+
+    /// [`TestCluster::start_standby`], with the standby reaching this cluster at `via`
+    /// (`host:port`, e.g. a proxy in front of it, so a test can cut or delay the WAL stream):
+    /// both `pg_basebackup` and the standby's `primary_conninfo` use that address.
+    ///
+    /// # Errors
+    /// As [`TestCluster::start_standby`]; an address without a port.
+    pub fn start_standby_via(&self, mode: Replication, via: &str) -> Result<Self, HarnessError> {
+        let (host, port) = via
+            .rsplit_once(':')
+            .ok_or_else(|| HarnessError::Command(format!("{via} is not host:port")))?;
+        if self.stopped {
+            return Err(HarnessError::Command("the cluster was removed".to_owned()));
+        }
+        let root =
+            std::env::temp_dir().join(format!("floxy-pg-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&root)?;
+        if self.as_postgres {
+            chown_postgres(&root)?;
+        }
+        let data = root.join("data");
+        let mut standby = Self {
+            root,
+            data,
+            bin: self.bin.clone(),
+            port: 0,
+            as_postgres: self.as_postgres,
+            watchdog: None,
+            stopped: false,
+            settings: self.settings.clone(),
+        };
+        standby.watchdog = standby.spawn_watchdog().ok();
+        let mut c = pg_command(self.as_postgres, &self.bin.join("pg_basebackup"));
+        c.args(["-h", host, "-p", port, "-U", "postgres"])
+            .arg("-D")
+            .arg(&standby.data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-w"]);
+        run(c, "pg_basebackup")?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            match standby.pg_start(port) {
+                Ok(()) => {
+                    standby.port = port;
+                    last_err = None;
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if last_err.is_some() {
+            return Err(standby.with_log(last_err));
+        }
+        if mode == Replication::Sync {
+            self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")?;
+            self.psql("ALTER SYSTEM SET synchronous_commit = 'on'")?;
+            self.psql("SELECT pg_reload_conf()")?;
+        }
+        let wanted = match mode {
+            Replication::Sync => "sync",
+            Replication::Async => "async",
+        };
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
+        loop {
+            let states = self.psql(
+                "SELECT string_agg(state || '/' || sync_state, ',') FROM pg_stat_replication",
+            )?;
+            if states
+                .split(',')
+                .any(|s| s.trim() == format!("streaming/{wanted}"))
+            {
+                return Ok(standby);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(standby.with_log(Some(HarnessError::Command(format!(
+                    "the standby does not stream as {wanted} after 60 s (pg_stat_replication: {states:?})"
+                )))));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote -w`): it stops replaying, leaves
+    /// recovery and accepts writes.
+    ///
+    /// # Errors
+    /// A failing `pg_ctl promote` (e.g. the cluster is not a standby; the error holds the
+    /// server log).
+    pub fn promote(&self) -> Result<(), HarnessError> {
+        if self.stopped {
+            return Err(HarnessError::Command("the cluster was removed".to_owned()));
+        }
+        let mut c = pg_command(self.as_postgres, &self.bin.join("pg_ctl"));
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "promote"]);
+        run(c, "pg_ctl promote").map_err(|e| self.with_log(Some(e)))
+    }
+
+    /// Runs `sql` with `psql` on the `postgres` database and returns its unaligned,
+    /// tuples-only output.
+    ///
+    /// # Errors
+    /// `psql` failed (e.g. the server is down or the SQL is wrong).
+    pub fn psql(&self, sql: &str) -> Result<String, HarnessError> {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .stdin(Stdio::null());
+        let out = c.output()?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(HarnessError::Command(format!(
+                "psql failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
     fn stop_command(&self) -> Command {
         let mut c = pg_command(self.as_postgres, &self.bin.join("pg_ctl"));
         c.arg("-D")
@@ -337,7 +489,11 @@ impl TestCluster {
             return;
         }
         self.stopped = true;
-        let _ = self.stop_command().stdout(Stdio::null()).status();
+        let _ = self
+            .stop_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
             let _ = w.wait();

@@ -9,6 +9,20 @@
 //!   reach the worker). Only for calls that change something (create, update, claim,
 //!   heartbeat, register).
 //!
+//! With [`ChaosStore::observe`] the decorator also counts the answers of the wrapped store
+//! that show fencing at work, per call (`<call>.<outcome>`, e.g.
+//! `update_instance.stale_lease`), so a test can tell that a partitioned worker's late
+//! writes were refused. Wrapping each engine's store in its own observing decorator
+//! attributes them to that engine.
+//!
+//! | outcome | the wrapped store answered |
+//! |---|---|
+//! | `stale_lease` | [`StoreError::StaleLease`]: the write's fencing token is no longer the item's lease (another worker holds it now) |
+//! | `stale_result` | the state machine refused a result for a step that moved on (another worker's attempt finished it) |
+//! | `instance_terminal` | the state machine refused a write to an instance that already ended |
+//! | `unavailable` | [`StoreError::Unavailable`] (e.g. a call into a silent connection timed out) |
+//! | `lease_lost` (`heartbeat` only) | one per lease the heartbeat reported as no longer held |
+//!
 //! ```
 //! use floxy_chaos::inject::store::{ChaosStore, StoreFaults};
 //! use floxy_chaos::{FaultCounters, FaultSwitch};
@@ -26,6 +40,7 @@
 
 use crate::faults::{FaultCounters, FaultSwitch};
 use crate::rng::{ChaosRng, between, chance, rng_for};
+use floxy::floxy_core::machine::TransitionError;
 use floxy::{
     Capabilities, ClaimRequest, ClaimedItem, CreateOutcome, DlqId, DlqQuery, DlqRecord, Event,
     InstanceId, InstanceQuery, InstanceRecord, InstanceSnapshot, LeaseRef, LeaseState, Page,
@@ -99,7 +114,12 @@ pub struct ChaosStore {
     rng: Mutex<ChaosRng>,
     switch: FaultSwitch,
     counters: FaultCounters,
+    observed: Option<FaultCounters>,
+    on_commit: Option<CommitHook>,
 }
+
+/// Called with every transition the wrapped store acknowledged (see [`ChaosStore::on_commit`]).
+pub type CommitHook = Arc<dyn Fn(&Transition) + Send + Sync>;
 
 impl std::fmt::Debug for ChaosStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,7 +152,34 @@ impl ChaosStore {
             rng: Mutex::new(rng_for(seed, "store-faults", &[])),
             switch,
             counters,
+            observed: None,
+            on_commit: None,
         }
+    }
+
+    /// Calls `hook` with every transition the wrapped store acknowledged (a
+    /// `create_instance` that created the instance, an `update_instance` that returned
+    /// `Ok`), before a lost reply may hide the acknowledgement from the caller: what a
+    /// failover test must find again afterwards.
+    #[must_use]
+    pub fn on_commit(mut self, hook: CommitHook) -> Self {
+        self.on_commit = Some(hook);
+        self
+    }
+
+    fn acknowledged(&self, t: &Transition) {
+        if let Some(h) = &self.on_commit {
+            h(t);
+        }
+    }
+
+    /// Also counts, into `outcomes`, the answers of the wrapped store that show fencing at
+    /// work (`<call>.<outcome>`, see the [module docs](self)). Counted whether or not the
+    /// switch is armed.
+    #[must_use]
+    pub fn observe(mut self, outcomes: FaultCounters) -> Self {
+        self.observed = Some(outcomes);
+        self
     }
 
     /// The wrapped store.
@@ -182,6 +229,20 @@ impl ChaosStore {
             )));
         }
         let result = call.await;
+        if let (Some(o), Err(e)) = (&self.observed, &result) {
+            let outcome = match e {
+                StoreError::StaleLease { .. } => Some("stale_lease"),
+                StoreError::Rejected(TransitionError::StaleResult { .. }) => Some("stale_result"),
+                StoreError::Rejected(TransitionError::InstanceTerminal { .. }) => {
+                    Some("instance_terminal")
+                }
+                StoreError::Unavailable(_) => Some("unavailable"),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                o.add(&format!("{what}.{outcome}"));
+            }
+        }
         if plan.lose_reply {
             self.counters.add("store.lost_reply");
             return Err(StoreError::Unavailable(format!(
@@ -213,19 +274,28 @@ impl Store for ChaosStore {
             .await
     }
     async fn create_instance(&self, t: Transition) -> Result<CreateOutcome, StoreError> {
-        self.around("create_instance", Op::Write, self.inner.create_instance(t))
-            .await
+        let copy = self.on_commit.as_ref().map(|_| t.clone());
+        self.around("create_instance", Op::Write, async {
+            let r = self.inner.create_instance(t).await;
+            if let (Ok(CreateOutcome::Created(_)), Some(t)) = (&r, &copy) {
+                self.acknowledged(t);
+            }
+            r
+        })
+        .await
     }
     async fn update_instance(
         &self,
         id: InstanceId,
         f: TransitionFn,
     ) -> Result<Transition, StoreError> {
-        self.around(
-            "update_instance",
-            Op::Write,
-            self.inner.update_instance(id, f),
-        )
+        self.around("update_instance", Op::Write, async {
+            let r = self.inner.update_instance(id, f).await;
+            if let Ok(t) = &r {
+                self.acknowledged(t);
+            }
+            r
+        })
         .await
     }
     async fn update_instance_eager(
@@ -236,11 +306,13 @@ impl Store for ChaosStore {
     ) -> Result<(Transition, Vec<ClaimedItem>), StoreError> {
         // Same faults as an update: a lost reply also loses the eager leases, which then
         // expire and are reclaimed like those of a crashed worker.
-        self.around(
-            "update_instance",
-            Op::Write,
-            self.inner.update_instance_eager(id, f, eager),
-        )
+        self.around("update_instance", Op::Write, async {
+            let r = self.inner.update_instance_eager(id, f, eager).await;
+            if let Ok((t, _)) = &r {
+                self.acknowledged(t);
+            }
+            r
+        })
         .await
     }
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<ClaimedItem>, StoreError> {
@@ -252,12 +324,23 @@ impl Store for ChaosStore {
         leases: &[LeaseRef],
         now: Timestamp,
     ) -> Result<Vec<LeaseState>, StoreError> {
-        self.around(
-            "heartbeat",
-            Op::Write,
-            self.inner.heartbeat(owner, leases, now),
-        )
-        .await
+        let states = self
+            .around(
+                "heartbeat",
+                Op::Write,
+                self.inner.heartbeat(owner, leases, now),
+            )
+            .await?;
+        if let Some(o) = &self.observed {
+            let lost = states
+                .iter()
+                .filter(|s| !matches!(s, LeaseState::Held { .. }))
+                .count();
+            if lost > 0 {
+                o.add_n("heartbeat.lease_lost", lost as u64);
+            }
+        }
+        Ok(states)
     }
     async fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceSnapshot>, StoreError> {
         self.around("load_instance", Op::Read, self.inner.load_instance(id))
