@@ -209,14 +209,12 @@ async fn console_served_by_floxyd_in_headless_chromium() {
         ("approve", "waiting_decision"),
         ("ship", ""),
     ] {
-        let node = b
-            .find(Locator::Css(&format!(
-                "#instance-graph g.node[data-step='{step}']"
-            )))
-            .await
-            .unwrap();
-        let class = node.attr("class").await.unwrap().unwrap();
-        assert!(class.contains(&format!("st-{status}")), "{step}: {class}");
+        wait_class(
+            &b,
+            &format!("#instance-graph g.node[data-step='{step}']"),
+            &format!("st-{status}"),
+        )
+        .await;
     }
     let timeline = wait_text(&b, "#timeline", |_| true).await;
     assert!(timeline.contains("workflow started"), "{timeline}");

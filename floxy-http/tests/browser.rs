@@ -250,14 +250,12 @@ async fn run(c: &Client, base: &str, engine: &Engine, seeded: &Seeded) -> Vec<Pa
         ("debit", "rolled_back"),
         ("notify", "failed"),
     ] {
-        let node = c
-            .find(Locator::Css(&format!(
-                "#instance-graph g.node[data-step='{step}']"
-            )))
-            .await
-            .unwrap();
-        let class = node.attr("class").await.unwrap().unwrap();
-        assert!(class.contains(&format!("st-{status}")), "{step}: {class}");
+        wait_class(
+            c,
+            &format!("#instance-graph g.node[data-step='{step}']"),
+            &format!("st-{status}"),
+        )
+        .await;
     }
     assert_eq!(count(c, "#instance-graph g.node").await, 3);
     assert_eq!(count(c, "#instance-graph path.edge").await, 2);

@@ -112,7 +112,30 @@ pub async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Stri
     }
 }
 
-/// Waits until the page loaded from the API after `since` (the app stamps `main`).
+/// Waits until the element of `css` exists and its `class` attribute contains `needle`;
+/// returns the attribute. Retries through re-renders (a live page replaces its elements:
+/// a handle found a moment ago may be stale).
+pub async fn wait_class(c: &Client, css: &str, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    loop {
+        if let Ok(el) = c.find(Locator::Css(css)).await
+            && let Ok(Some(class)) = el.attr("class").await
+        {
+            if class.contains(needle) {
+                return class;
+            }
+            last = class;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css}: class {last:?} never contained {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the page loaded from the API (the app stamps `main`).
 pub async fn wait_loaded(c: &Client) {
     c.wait()
         .at_most(WAIT)

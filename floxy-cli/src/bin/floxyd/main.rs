@@ -333,6 +333,9 @@ async fn serve(
     metrics: tech::Metrics,
     api: Option<api::Api>,
 ) -> CliResult<()> {
+    // Watch the signals before anything starts: a SIGTERM sent as soon as floxyd says it is
+    // ready (or while it starts) is a graceful stop, not the default action's instant death.
+    let mut signals = Signals::new()?;
     if matches!(store.spec(), StoreSpec::Postgres { .. }) {
         let msg = store.migrate(PostgresLayout::Plain).await?;
         tracing::info!("{msg}");
@@ -384,7 +387,6 @@ async fn serve(
     let upkeep = tokio::spawn(tech::upkeep(metrics, stopping.clone()));
     tracing::info!(workers = args.workers, "floxyd ready");
 
-    let mut signals = Signals::new()?;
     let first = signals.next().await;
     tracing::info!(
         signal = first,
