@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use floxy::floxy_core::model::PayloadTooLarge;
 use floxy::{EngineError, StoreError, TransitionError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -96,7 +97,9 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownWorkflow(_)
             | EngineError::UnknownInstance(_)
             | EngineError::UnknownDlqRecord(_) => Self::NotFound(msg),
-            EngineError::Definition(_) => Self::BadRequest(msg),
+            // Nesting is a property of the JSON, not of its size: the body is malformed for us.
+            EngineError::Definition(_)
+            | EngineError::PayloadTooLarge(PayloadTooLarge::Depth { .. }) => Self::BadRequest(msg),
             EngineError::PayloadTooLarge(_) => Self::TooLarge(msg),
             EngineError::DefinitionConflict(_) => Self::Conflict(msg),
             EngineError::Transition(t) => transition(&t, msg),

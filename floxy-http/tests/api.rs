@@ -286,6 +286,15 @@ async fn suite(store: Arc<dyn Store>) {
         &api.post(start, OPS, big_input).await,
         StatusCode::PAYLOAD_TOO_LARGE,
     );
+    // Nested past the engine's bound (64 levels) but within the JSON parser's: a bad body.
+    let deep = (0..70).fold(json!(1), |v, _| serde_json::Value::Array(vec![v]));
+    let reply = api.post(start, OPS, json!({ "input": deep })).await;
+    expect(&reply, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.json.to_string().contains("deeper than"),
+        "{}",
+        reply.json
+    );
     expect(
         &api.post("/api/workflows/ghost-v1/start", OPS, json!({}))
             .await,
