@@ -17,7 +17,7 @@
 use floxy::{InstanceId, WorkKind};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::Path;
 
@@ -81,6 +81,10 @@ struct State {
     effects: HashMap<RunKey, Effect>,
     total_calls: u64,
     retries: u64,
+    /// Totals of the entries dropped by [`Ledger::forget`].
+    forgotten: LedgerTotals,
+    /// Instances forgotten recently (two generations, see [`Ledger::rotate_forgotten`]).
+    gone: [HashSet<InstanceId>; 2],
 }
 
 /// The ledger. Cheap operations under one mutex; optionally mirrored to a file.
@@ -126,6 +130,13 @@ impl Ledger {
     }
 
     fn apply_line(st: &mut State, line: Line) {
+        let instance = match &line {
+            Line::Call { i, .. } | Line::Apply { i, .. } | Line::Reverse { i, .. } => *i,
+        };
+        if st.gone.iter().any(|g| g.contains(&instance)) {
+            st.forgotten.after_forget += 1;
+            return;
+        }
         match line {
             Line::Call { i, s, k, a } => {
                 st.total_calls += 1;
@@ -255,21 +266,60 @@ impl Ledger {
         v
     }
 
+    /// Drops every entry of `instances` (validated: a long run must not keep what it has
+    /// checked), keeping their part of the totals. An entry that arrives for one of them
+    /// later — work on an instance after it was validated as settled — is counted as
+    /// [`LedgerTotals::after_forget`] instead of recorded, for as long as the instance is
+    /// remembered (two calls of [`Ledger::rotate_forgotten`]).
+    pub fn forget(&self, instances: &HashSet<InstanceId>) {
+        if instances.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        st.calls.retain(|(i, _, _), _| !instances.contains(i));
+        st.max_attempt.retain(|(i, _, _), _| !instances.contains(i));
+        let forgotten = &mut st.forgotten;
+        st.effects.retain(|(i, _), e| {
+            if !instances.contains(i) {
+                return true;
+            }
+            forgotten.duplicate_applies += u64::from(e.applies.saturating_sub(1 + e.late_applies));
+            forgotten.late_applies += u64::from(e.late_applies);
+            forgotten.net += e.net();
+            false
+        });
+        st.gone[0].extend(instances.iter().copied());
+    }
+
+    /// Starts a new generation of forgotten instances: those forgotten before the previous
+    /// call are no longer remembered (bounded memory).
+    pub fn rotate_forgotten(&self) {
+        let mut st = self.state.lock();
+        st.gone[1] = std::mem::take(&mut st.gone[0]);
+    }
+
     /// Totals: (handler calls, calls with attempt > 1, duplicate applies absorbed, late
     /// applies after a reversal, net balance).
     #[must_use]
     pub fn totals(&self) -> LedgerTotals {
         let st = self.state.lock();
+        let f = &st.forgotten;
         LedgerTotals {
             calls: st.total_calls,
             retried_calls: st.retries,
-            duplicate_applies: st
-                .effects
-                .values()
-                .map(|e| u64::from(e.applies.saturating_sub(1 + e.late_applies)))
-                .sum(),
-            late_applies: st.effects.values().map(|e| u64::from(e.late_applies)).sum(),
-            net: st.effects.values().map(Effect::net).sum(),
+            duplicate_applies: f.duplicate_applies
+                + st.effects
+                    .values()
+                    .map(|e| u64::from(e.applies.saturating_sub(1 + e.late_applies)))
+                    .sum::<u64>(),
+            late_applies: f.late_applies
+                + st.effects
+                    .values()
+                    .map(|e| u64::from(e.late_applies))
+                    .sum::<u64>(),
+            net: f.net + st.effects.values().map(Effect::net).sum::<i64>(),
+            after_forget: f.after_forget,
         }
     }
 }
@@ -289,6 +339,11 @@ pub struct LedgerTotals {
     pub late_applies: u64,
     /// Net amount left in the ledger.
     pub net: i64,
+    /// Entries that arrived for an instance after it was validated and forgotten (runs with
+    /// [`crate::runner::Scenario::retention_ms`]): work on a settled instance. Counted, not
+    /// recorded; the run reports them as a violation.
+    #[serde(default)]
+    pub after_forget: u64,
 }
 
 #[cfg(test)]
@@ -335,5 +390,34 @@ mod tests {
         assert_eq!(m.merge_file(&dir).ok(), Some(2));
         assert_eq!(m.effect(i, "x").map(|e| e.net()), Some(3));
         let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn forgetting_keeps_the_totals_and_counts_what_arrives_afterwards() {
+        let l = Ledger::new();
+        let (a, b) = (InstanceId::from_u128(1), InstanceId::from_u128(2));
+        l.record_call(a, "x", WorkKind::Execute, 1);
+        l.apply(a, "x", 5);
+        l.apply(a, "x", 5);
+        l.record_call(b, "x", WorkKind::Execute, 1);
+        l.apply(b, "x", 7);
+        let before = l.totals();
+        l.forget(&HashSet::from([a]));
+        assert_eq!(l.totals(), before, "forgetting must not change the totals");
+        assert!(l.effects_of(a).is_empty() && l.calls_of(a).is_empty());
+        assert_eq!(l.effect(b, "x").map(|e| e.net()), Some(7));
+
+        // Work on a forgotten instance is counted, not recorded.
+        l.apply(a, "x", 5);
+        assert_eq!(l.totals().after_forget, 1);
+        assert!(l.effects_of(a).is_empty());
+        // Remembered for two generations, then forgotten for good (bounded memory).
+        l.rotate_forgotten();
+        l.record_call(a, "x", WorkKind::Execute, 2);
+        assert_eq!(l.totals().after_forget, 2);
+        l.rotate_forgotten();
+        l.record_call(a, "x", WorkKind::Execute, 3);
+        assert_eq!(l.totals().after_forget, 2);
+        assert_eq!(l.calls(a, "x", WorkKind::Execute), 1);
     }
 }

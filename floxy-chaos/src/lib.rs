@@ -54,7 +54,12 @@
 //!
 //! A [`runner::Run`] has a fault phase, a settle phase (faults off) and a validation;
 //! it prints a stats line every 10 s and returns a [`report::Report`] (text and JSON, with
-//! the seed and a verdict). [`sim`] runs the same thing on the memory store on virtual time:
+//! the seed and a verdict) that also records the process's resident memory, open
+//! descriptors and tokio tasks over time ([`resources`]). Long runs use *steady mode*
+//! ([`runner::Scenario::retention_ms`], the `soak` profile): instances are validated as they
+//! settle and finished ones removed from the store, so a run of any length holds about the same
+//! amount of work, and its resources at the end of the fault phase must be within 20 % of their
+//! one-minute figures. [`sim`] runs the same thing on the memory store on virtual time:
 //! thousands of seeds in seconds, each replayable from its seed. [`profiles`] has ready-made
 //! scenarios per backend.
 //!
@@ -110,6 +115,7 @@ pub mod process;
 pub mod profiles;
 pub mod proxy;
 pub mod report;
+pub mod resources;
 pub mod rng;
 pub mod runner;
 pub mod sim;

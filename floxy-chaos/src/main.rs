@@ -186,6 +186,15 @@ struct RunArgs {
     /// Time instances get to settle once faults stop.
     #[arg(long, value_parser = parse_duration)]
     settle_timeout: Option<Duration>,
+    /// Steady mode: validate instances as they settle and remove finished ones older than
+    /// this from the store (`60s`; `0s` keeps everything and validates at the end). The
+    /// soak profile uses one minute.
+    #[arg(long, value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// Largest growth of memory, descriptors and tasks from the one-minute figure to the
+    /// end of the fault phase, in percent (checked on fault phases of two minutes or more).
+    #[arg(long)]
+    max_resource_growth: Option<f64>,
     /// Largest rollback depth accepted.
     #[arg(long)]
     max_rollback_depth: Option<u32>,
@@ -412,6 +421,24 @@ fn scenario_of(a: &RunArgs, kind: BackendKind) -> Result<(Scenario, BackendOptio
     set!(a.pg_restarts, bo.pg_restarts);
     if let Some(t) = a.settle_timeout {
         sc.limits.settle_timeout_ms = millis(t);
+    }
+    if let Some(r) = a.retention {
+        sc.retention_ms = Some(millis(r)).filter(|&ms| ms > 0);
+    }
+    if let Some(pct) = a.max_resource_growth {
+        if !(pct.is_finite() && pct >= 0.0) {
+            bail!("--max-resource-growth must be a percentage >= 0, got {pct}");
+        }
+        sc.limits.max_resource_growth = Some(pct / 100.0);
+    }
+    if a.worker_processes > 0 && sc.retention_ms.is_some() {
+        // Worker processes write their ledger to files merged at the end: nothing can be
+        // validated (and forgotten) before that.
+        eprintln!(
+            "floxy-chaos: worker processes: steady mode off, every instance is validated at the end"
+        );
+        sc.retention_ms = None;
+        sc.limits.max_resource_growth = None;
     }
     if let Some(ws) = &a.workloads {
         sc.workloads = ws

@@ -1,6 +1,7 @@
 //! Reports: the live stats line and the final report (text and JSON).
 
 use crate::ledger::LedgerTotals;
+use crate::resources::Resources;
 use crate::validate::Violation;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,6 +42,12 @@ pub struct Stats {
     pub operator_commands: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// Instances validated (and forgotten) during the run, in steady mode.
+    #[serde(default)]
+    pub validated_during_run: u64,
+    /// Finished instances the steady mode removed from the store.
+    #[serde(default)]
+    pub cleaned: u64,
 }
 
 impl Stats {
@@ -114,6 +121,10 @@ pub struct Report {
     pub max_tasks: usize,
     /// Tokio tasks after shutdown.
     pub final_tasks: usize,
+    /// Resident memory, open descriptors and tasks over the run, with the one-minute and
+    /// end figures ([`crate::resources`]).
+    #[serde(default)]
+    pub resources: Resources,
     /// Broken invariants (capped at 200; `violations_total` has the count).
     pub violations: Vec<Violation>,
     /// Number of violations.
@@ -199,6 +210,32 @@ impl Report {
             "tasks: baseline {} | max {} | final {}",
             self.baseline_tasks, self.max_tasks, self.final_tasks
         );
+        if let Some(end) = &self.resources.at_end {
+            match &self.resources.at_one_minute {
+                Some(first) => {
+                    let _ = writeln!(
+                        t,
+                        "resources: at one minute {} | at the end of the fault phase {}",
+                        first.describe(),
+                        end.describe()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        t,
+                        "resources: at the end of the fault phase {}",
+                        end.describe()
+                    );
+                }
+            }
+        }
+        if s.validated_during_run > 0 || s.cleaned > 0 {
+            let _ = writeln!(
+                t,
+                "steady mode: {} instances validated during the run | {} removed from the store",
+                s.validated_during_run, s.cleaned
+            );
+        }
         let total: u64 = s.faults.values().sum();
         let _ = writeln!(t, "faults injected: {total}");
         for (k, v) in &s.faults {

@@ -20,6 +20,7 @@ use crate::inject::handler::{ChaosArcHandler, HandlerFaults, HandlerInjector};
 use crate::inject::store::{ChaosStore, StoreFaults};
 use crate::ledger::Ledger;
 use crate::report::{Report, Stats, Verdict};
+use crate::resources::{ResourceSample, Resources, SAMPLE_EVERY_MS};
 use crate::rng::{ChaosRng, between, chance, mix, rng_for};
 use crate::validate::{InstanceSummary, Limits, Violation, check_instance};
 use crate::workload::{self, Builtin, LedgerHandlers, WorkflowSpec, WorkloadOptions};
@@ -31,10 +32,10 @@ use floxy::{
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,12 @@ use tokio_util::sync::CancellationToken;
 /// Longest a single store or engine call made by the driver, the watcher or the validators
 /// may take before the run reports it as hung (`hung_call`) instead of waiting forever.
 pub const CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// With [`Scenario::retention_ms`], how long after it settled an instance is validated
+/// (and then forgotten): late work on it, if there were any, would still show.
+pub const VALIDATE_DELAY_MS: u64 = 5_000;
+/// With [`Scenario::retention_ms`], how often finished instances are removed from the store.
+pub const CLEANUP_EVERY_MS: u64 = 5_000;
 
 /// Epoch of the virtual clock of simulations.
 pub const SIM_EPOCH: Timestamp = Timestamp(1_700_000_000_000);
@@ -101,6 +108,14 @@ pub struct Scenario {
     /// Mixed into instance ids and fault decisions (not into the workload): worker
     /// processes of one run set it so they never collide.
     pub salt: u64,
+    /// Steady mode, for long runs: every instance is validated [`VALIDATE_DELAY_MS`] after it
+    /// settles and then forgotten (its ledger entries and the run's bookkeeping), and every
+    /// [`CLEANUP_EVERY_MS`] the terminal instances last updated more than this long ago (and
+    /// before every instance still to validate) are removed from the store. The run then
+    /// holds about this much finished work whatever its length, so its memory can be checked
+    /// for growth ([`Limits::max_resource_growth`]). `None`: keep everything, validate at the
+    /// end. Needs the run's own ledger (not worker processes' ledger files).
+    pub retention_ms: Option<u64>,
 }
 
 impl Default for Scenario {
@@ -130,6 +145,7 @@ impl Default for Scenario {
             virtual_time: false,
             exclusive_store: true,
             salt: 0,
+            retention_ms: None,
         }
     }
 }
@@ -259,7 +275,16 @@ struct Shared {
     engines: Mutex<Vec<Engine>>,
     engine_gen: AtomicUsize,
     inflight: Mutex<BTreeMap<InstanceId, InFlight>>,
-    started: Mutex<Vec<(u64, InstanceId, usize)>>,
+    /// Instances not validated yet, by ordinal: `(id, entry)`.
+    started: Mutex<BTreeMap<u64, (InstanceId, usize)>>,
+    /// Steady mode: settled instances waiting for their validation, `(settled at, ordinal)`.
+    to_validate: Mutex<VecDeque<(Timestamp, u64)>>,
+    /// Instances validated during the run (steady mode).
+    tally: Mutex<Tally>,
+    /// Instances removed from the store by the steady mode's cleanup.
+    cleaned: AtomicU64,
+    /// Resource samples.
+    resources: Mutex<Resources>,
     settled: Mutex<Stats>,
     violations: Mutex<Vec<Violation>>,
     notes: Mutex<Vec<String>>,
@@ -493,7 +518,11 @@ impl Run {
             engines: Mutex::new(Vec::new()),
             engine_gen: AtomicUsize::new(0),
             inflight: Mutex::new(BTreeMap::new()),
-            started: Mutex::new(Vec::new()),
+            started: Mutex::new(BTreeMap::new()),
+            to_validate: Mutex::new(VecDeque::new()),
+            tally: Mutex::new(Tally::default()),
+            cleaned: AtomicU64::new(0),
+            resources: Mutex::new(Resources::default()),
             settled: Mutex::new(Stats::default()),
             violations: Mutex::new(Vec::new()),
             notes: Mutex::new(self.notes.clone()),
@@ -541,6 +570,10 @@ impl Run {
         if sc.stats_interval_ms > 0 {
             let (s, stop) = (Arc::clone(&shared), stop_all.clone());
             bg_tasks.spawn(async move { s.stats_loop(stop).await });
+        }
+        if let Some(retention) = sc.retention_ms {
+            let (s, stop) = (Arc::clone(&shared), stop_all.clone());
+            bg_tasks.spawn(async move { s.steady_loop(retention, stop).await });
         }
         let watcher = {
             let (s, stop) = (Arc::clone(&shared), stop_all.clone());
@@ -688,7 +721,7 @@ impl Shared {
                 };
                 let ordinal = 1_000_000_000 + n;
                 n += 1;
-                self.started.lock().push((ordinal, rec.id, entry));
+                self.started.lock().insert(ordinal, (rec.id, entry));
                 self.settled.lock().started += 1;
                 if let Ok(permit) = Arc::clone(&extra).try_acquire_owned() {
                     self.inflight.lock().insert(
@@ -813,7 +846,7 @@ impl Shared {
                 continue;
             };
             let now = self.clock.now();
-            self.started.lock().push((ordinal, id, entry_ix));
+            self.started.lock().insert(ordinal, (id, entry_ix));
             self.settled.lock().started += 1;
             self.inflight.lock().insert(
                 id,
@@ -876,8 +909,15 @@ impl Shared {
                         }
                     };
                     if floxy::settled(&snap).is_some() {
-                        self.inflight.lock().remove(id);
+                        let gone = self.inflight.lock().remove(id);
                         self.count_settled(&snap.instance);
+                        if let Some(f) = gone
+                            && self.scenario.retention_ms.is_some()
+                        {
+                            self.to_validate
+                                .lock()
+                                .push_back((self.clock.now(), f.ordinal));
+                        }
                         continue;
                     }
                     self.watch_one(*id, &snap.instance, fault_phase);
@@ -977,9 +1017,15 @@ impl Shared {
         let every = Duration::from_millis(self.scenario.sample_interval_ms.max(10));
         let limit = self.baseline_tasks + self.scenario.limits.max_tasks;
         let mut flagged = false;
+        let mut next_resources = 0u64;
         loop {
             let n = tasks_now();
             self.max_tasks.fetch_max(n, Ordering::Relaxed);
+            let t = self.elapsed_ms();
+            if t >= next_resources {
+                next_resources = t + SAMPLE_EVERY_MS;
+                self.resources.lock().push(ResourceSample::now(t, n));
+            }
             if n > limit && !flagged {
                 flagged = true;
                 self.violate(Violation::new(
@@ -1003,6 +1049,8 @@ impl Shared {
         s.handler_calls = t.calls;
         s.retries = t.retried_calls;
         s.faults = self.counters.snapshot();
+        s.validated_during_run = self.tally.lock().instances;
+        s.cleaned = self.cleaned.load(Ordering::Relaxed);
         s
     }
 
@@ -1014,7 +1062,10 @@ impl Shared {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            let line = self.live_stats().line(self.elapsed_ms() / 1_000);
+            let mut line = self.live_stats().line(self.elapsed_ms() / 1_000);
+            if let Some(r) = self.resources.lock().samples.last() {
+                let _ = write!(line, " [{}]", r.describe());
+            }
             eprintln!("{line}");
         }
     }
@@ -1109,54 +1160,163 @@ impl Shared {
         }
     }
 
-    async fn validate(&self) -> Result<Vec<(u64, InstanceSummary)>, ChaosError> {
-        let started = self.started.lock().clone();
-        let mut out = Vec::with_capacity(started.len());
-        let mut queue_total = 0u64;
-        for (ordinal, id, entry) in started {
-            let e = &self.entries[entry];
-            let checked = tokio::time::timeout(
-                Duration::from_millis(CALL_TIMEOUT_MS),
-                check_instance(
-                    self.raw.as_ref(),
-                    &e.compiled,
-                    e.spec.as_ref(),
-                    Some(&self.ledger),
-                    id,
-                    &self.scenario.limits,
+    /// Validates instance `ordinal`: its violations are recorded; returns its summary (if it
+    /// still exists) and how many queue items it has. `Err` if the store could not be read
+    /// (a hung call is a violation and answers `Ok((None, 0))`).
+    async fn check_one(
+        &self,
+        ordinal: u64,
+        id: InstanceId,
+        entry: usize,
+    ) -> Result<(Option<InstanceSummary>, u64), ChaosError> {
+        let e = &self.entries[entry];
+        let checked = tokio::time::timeout(
+            Duration::from_millis(CALL_TIMEOUT_MS),
+            check_instance(
+                self.raw.as_ref(),
+                &e.compiled,
+                e.spec.as_ref(),
+                Some(&self.ledger),
+                id,
+                &self.scenario.limits,
+            ),
+        )
+        .await;
+        let Ok(checked) = checked else {
+            self.violate(Violation::new(
+                "hung_call",
+                format!(
+                    "reading instance #{ordinal} ({id}) for validation did not return within {CALL_TIMEOUT_MS} ms"
                 ),
-            )
-            .await;
-            let Ok(checked) = checked else {
-                self.violate(Violation::new(
-                    "hung_call",
-                    format!(
-                        "reading instance #{ordinal} ({id}) for validation did not return within {CALL_TIMEOUT_MS} ms"
-                    ),
-                ));
-                continue;
-            };
-            let (summary, v) = checked?;
-            for mut x in v {
-                x.detail = format!("#{ordinal}: {}", x.detail);
-                if x.kind.starts_with("note:") {
-                    x.kind.drain(.."note:".len());
-                    self.note(x.to_string());
-                } else {
-                    self.violate(x);
+            ));
+            return Ok((None, 0));
+        };
+        let (summary, v) = checked?;
+        for mut x in v {
+            x.detail = format!("#{ordinal}: {}", x.detail);
+            if x.kind.starts_with("note:") {
+                x.kind.drain(.."note:".len());
+                self.note(x.to_string());
+            } else {
+                self.violate(x);
+            }
+        }
+        let queued = match tokio::time::timeout(
+            Duration::from_millis(CALL_TIMEOUT_MS),
+            self.raw.list_queue(id),
+        )
+        .await
+        {
+            Ok(q) => q?.len() as u64,
+            Err(_) => 0,
+        };
+        Ok((summary, queued))
+    }
+
+    /// Steady mode ([`Scenario::retention_ms`]): validates and forgets settled instances,
+    /// removes old finished ones from the store, until `stop` fires. Store errors (a
+    /// database restart) only postpone the work.
+    async fn steady_loop(self: Arc<Self>, retention_ms: u64, stop: CancellationToken) {
+        let tick = Duration::from_millis(500);
+        let mut next_cleanup = self.clock.now().add_ms(CLEANUP_EVERY_MS);
+        let mut next_rotation = self.clock.now().add_ms(retention_ms.max(VALIDATE_DELAY_MS));
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(tick) => {}
+            }
+            let now = self.clock.now();
+            let mut forgotten = HashSet::new();
+            loop {
+                let due = {
+                    let mut q = self.to_validate.lock();
+                    match q.front() {
+                        Some(&(at, ordinal)) if now.since(at) >= VALIDATE_DELAY_MS => {
+                            q.pop_front();
+                            Some((at, ordinal))
+                        }
+                        _ => None,
+                    }
+                };
+                let Some((at, ordinal)) = due else { break };
+                let Some((id, entry)) = self.started.lock().get(&ordinal).copied() else {
+                    continue;
+                };
+                match self.check_one(ordinal, id, entry).await {
+                    Ok((summary, _)) => {
+                        if let Some(sm) = summary {
+                            self.tally.lock().add(ordinal, &sm, &self.ledger);
+                        }
+                        self.started.lock().remove(&ordinal);
+                        forgotten.insert(id);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "validation read failed; retrying later");
+                        self.to_validate.lock().push_front((at, ordinal));
+                        break;
+                    }
+                }
+                if stop.is_cancelled() {
+                    break;
                 }
             }
-            if let Ok(q) = tokio::time::timeout(
-                Duration::from_millis(CALL_TIMEOUT_MS),
-                self.raw.list_queue(id),
-            )
-            .await
-            {
-                queue_total += q?.len() as u64;
+            self.ledger.forget(&forgotten);
+            if now >= next_rotation {
+                next_rotation = now.add_ms(retention_ms.max(VALIDATE_DELAY_MS));
+                self.ledger.rotate_forgotten();
             }
+            if now >= next_cleanup {
+                next_cleanup = now.add_ms(CLEANUP_EVERY_MS);
+                // Never an instance still to validate: stay a margin (for clocks of other
+                // processes writing `updated_at`) before the oldest of them.
+                let mut older_than = Timestamp(
+                    now.as_millis()
+                        .saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX)),
+                );
+                if let Some(&(oldest, _)) = self.to_validate.lock().front() {
+                    older_than =
+                        older_than.min(Timestamp(oldest.as_millis().saturating_sub(10_000)));
+                }
+                match tokio::time::timeout(
+                    Duration::from_millis(CALL_TIMEOUT_MS),
+                    self.raw.cleanup(older_than),
+                )
+                .await
+                {
+                    Ok(Ok(n)) => {
+                        self.cleaned.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cleanup failed; retrying later"),
+                    Err(_) => self.violate(Violation::new(
+                        "hung_call",
+                        format!("Store::cleanup did not return within {CALL_TIMEOUT_MS} ms"),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn validate(&self) -> Result<Vec<(u64, InstanceSummary)>, ChaosError> {
+        let started: Vec<(u64, (InstanceId, usize))> =
+            self.started.lock().iter().map(|(o, v)| (*o, *v)).collect();
+        let mut out = Vec::with_capacity(started.len());
+        let mut queue_total = 0u64;
+        for (ordinal, (id, entry)) in started {
+            let (summary, queued) = self.check_one(ordinal, id, entry).await?;
+            queue_total += queued;
             if let Some(s) = summary {
                 out.push((ordinal, s));
             }
+        }
+        if self.ledger.totals().after_forget > 0 {
+            self.violate(Violation::new(
+                "late_work",
+                format!(
+                    "{} handler calls or effects arrived for instances already validated as settled",
+                    self.ledger.totals().after_forget
+                ),
+            ));
         }
         if self.scenario.exclusive_store {
             let st = self.raw.stats().await?;
@@ -1182,10 +1342,12 @@ impl Shared {
                     None => break,
                 }
             }
-            if listed != out.len() as u64 {
+            // Validated during the run and not removed since are still listed.
+            let expected = (out.len() as u64 + self.tally.lock().instances)
+                .saturating_sub(self.cleaned.load(Ordering::Relaxed));
+            if listed != expected {
                 self.note(format!(
-                    "the store lists {listed} instances, the run started {}",
-                    out.len()
+                    "the store lists {listed} instances, the run expected {expected}"
                 ));
             }
         }
@@ -1201,48 +1363,39 @@ impl Shared {
     ) -> Report {
         let sc = &self.scenario;
         let mut stats = self.live_stats();
-        // Final counts from the validated end state.
-        let (mut completed, mut failed, mut cancelled, mut aborted, mut dlq, mut unsettled) =
-            (0, 0, 0, 0, 0, 0);
-        let (mut rollbacks, mut max_depth, mut steps, mut comps, mut expiries) = (0, 0, 0, 0, 0);
-        let mut digest_src = String::new();
+        // Final counts from the validated end state: what was validated during the run and
+        // what was validated at the end.
+        let mut tally = self.tally.lock().clone();
         for (ordinal, s) in summaries {
-            match s.status {
-                InstanceStatus::Completed => completed += 1,
-                InstanceStatus::Failed => failed += 1,
-                InstanceStatus::Cancelled => cancelled += 1,
-                InstanceStatus::Aborted => aborted += 1,
-                InstanceStatus::Dlq => dlq += 1,
-                _ => unsettled += 1,
-            }
-            if s.rollback_depth > 0 {
-                rollbacks += 1;
-            }
-            max_depth = max_depth.max(s.rollback_depth);
-            steps += u64::from(s.steps_completed);
-            comps += u64::from(s.compensations);
-            expiries += u64::from(s.lease_expiries);
-            // Writing to a String cannot fail.
-            let _ = write!(
-                digest_src,
-                "{ordinal}:{}:{}:{}:{};",
-                s.workflow, s.status, s.rollback_depth, s.steps_completed
-            );
-            for (step, eff) in self.ledger.effects_of(s.id) {
-                let _ = write!(digest_src, "{step}={};", eff.net());
+            tally.add(*ordinal, s, &self.ledger);
+        }
+        stats.completed = tally.completed;
+        stats.failed = tally.failed;
+        stats.cancelled = tally.cancelled;
+        stats.aborted = tally.aborted;
+        stats.dlq = tally.dlq;
+        stats.unsettled = tally.unsettled;
+        stats.rollbacks = tally.rollbacks;
+        stats.max_rollback_depth = tally.max_depth;
+        stats.steps_completed = tally.steps;
+        stats.compensations = tally.compensations;
+        stats.lease_expiries = tally.lease_expiries;
+        let mut resources = self.resources.lock().clone();
+        resources.summarise(sc.duration_ms);
+        if let Some(limit) = sc.limits.max_resource_growth {
+            if resources.at_one_minute.is_some()
+                && sc.duration_ms >= 2 * crate::resources::FIRST_FIGURE_AT_MS
+            {
+                for v in resources.growth_violations(limit) {
+                    self.violate(v);
+                }
+            } else {
+                self.note(format!(
+                    "resource growth not checked: the fault phase ({} ms) is shorter than two minutes",
+                    sc.duration_ms
+                ));
             }
         }
-        stats.completed = completed;
-        stats.failed = failed;
-        stats.cancelled = cancelled;
-        stats.aborted = aborted;
-        stats.dlq = dlq;
-        stats.unsettled = unsettled;
-        stats.rollbacks = rollbacks;
-        stats.max_rollback_depth = max_depth;
-        stats.steps_completed = steps;
-        stats.compensations = comps;
-        stats.lease_expiries = expiries;
         let violations = self.violations.lock().clone();
         let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
         for v in &violations {
@@ -1266,12 +1419,62 @@ impl Shared {
             baseline_tasks: self.baseline_tasks,
             max_tasks,
             final_tasks,
+            resources,
             violations: violations.into_iter().take(200).collect(),
             violations_total: total,
             violations_by_kind: by_kind,
-            digest: format!("{:016x}", mix(0, &[digest_src.as_bytes()])),
+            digest: format!("{:016x}", tally.digest),
             notes: self.notes.lock().clone(),
         }
+    }
+}
+
+/// Counts over validated instances, added up one instance at a time (during the run in
+/// steady mode, at the end otherwise); the digest is order-independent.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    instances: u64,
+    completed: u64,
+    failed: u64,
+    cancelled: u64,
+    aborted: u64,
+    dlq: u64,
+    unsettled: u64,
+    rollbacks: u64,
+    max_depth: u32,
+    steps: u64,
+    compensations: u64,
+    lease_expiries: u64,
+    digest: u64,
+}
+
+impl Tally {
+    fn add(&mut self, ordinal: u64, s: &InstanceSummary, ledger: &Ledger) {
+        self.instances += 1;
+        match s.status {
+            InstanceStatus::Completed => self.completed += 1,
+            InstanceStatus::Failed => self.failed += 1,
+            InstanceStatus::Cancelled => self.cancelled += 1,
+            InstanceStatus::Aborted => self.aborted += 1,
+            InstanceStatus::Dlq => self.dlq += 1,
+            _ => self.unsettled += 1,
+        }
+        if s.rollback_depth > 0 {
+            self.rollbacks += 1;
+        }
+        self.max_depth = self.max_depth.max(s.rollback_depth);
+        self.steps += u64::from(s.steps_completed);
+        self.compensations += u64::from(s.compensations);
+        self.lease_expiries += u64::from(s.lease_expiries);
+        let mut line = format!(
+            "{ordinal}:{}:{}:{}:{};",
+            s.workflow, s.status, s.rollback_depth, s.steps_completed
+        );
+        for (step, eff) in ledger.effects_of(s.id) {
+            // Writing to a String cannot fail.
+            let _ = write!(line, "{step}={};", eff.net());
+        }
+        self.digest = self.digest.wrapping_add(mix(0, &[line.as_bytes()]));
     }
 }
 

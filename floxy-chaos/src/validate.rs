@@ -57,6 +57,10 @@ pub struct Limits {
     pub check_task_leak: bool,
     /// Check the ledger (turn off for workloads without ledger handlers).
     pub ledger: bool,
+    /// Largest growth of resident memory, open descriptors and tasks from the one-minute
+    /// figure to the end of the fault phase, as a fraction (0.2: 20 %), checked when the
+    /// fault phase lasts at least two minutes (see [`crate::resources`]); `None`: not checked.
+    pub max_resource_growth: Option<f64>,
 }
 
 impl Default for Limits {
@@ -69,6 +73,7 @@ impl Default for Limits {
             task_drain_timeout_ms: 5_000,
             check_task_leak: true,
             ledger: true,
+            max_resource_growth: None,
         }
     }
 }

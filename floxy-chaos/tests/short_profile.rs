@@ -125,3 +125,65 @@ fn short_profile_postgres_worker_processes_killed() {
     );
     assert!(fault(&r, "process.sigkill") >= 2);
 }
+
+/// Steady mode on `backend`: instances validated as they settle, finished ones removed from
+/// the store, and the run still balances.
+fn steady(backend: &str) {
+    let r = run(
+        &format!("steady-{backend}"),
+        &[
+            "--backend",
+            backend,
+            "--retention",
+            "3s",
+            "--duration",
+            "16s",
+        ],
+    );
+    let s = &r["stats"];
+    let started = s["started"].as_u64().unwrap();
+    let validated = s["validated_during_run"].as_u64().unwrap();
+    let cleaned = s["cleaned"].as_u64().unwrap();
+    assert!(
+        validated > started / 4,
+        "{backend}: only {validated} of {started} validated during the run"
+    );
+    assert!(
+        cleaned > 0 && cleaned <= validated,
+        "{backend}: cleaned {cleaned}, validated {validated}"
+    );
+    // Every instance was validated, during the run or at its end.
+    let settled: u64 = [
+        "completed",
+        "failed",
+        "cancelled",
+        "aborted",
+        "dlq",
+        "unsettled",
+    ]
+    .iter()
+    .map(|k| s[*k].as_u64().unwrap())
+    .sum();
+    assert_eq!(settled, started, "{backend}: {s}");
+    assert_eq!(r["ledger"]["after_forget"], 0);
+    assert!(r["resources"]["at_end"]["rss_bytes"].as_u64().unwrap() > 1 << 20);
+    assert!(r["resources"]["samples"].as_array().unwrap().len() >= 3);
+}
+
+#[test]
+#[ignore = "chaos short profile (about 20-40 s each): scripts/test.sh runs it with --run-ignored ignored-only"]
+fn steady_mode_memory() {
+    steady("memory");
+}
+
+#[test]
+#[ignore = "chaos short profile (about 20-40 s each): scripts/test.sh runs it with --run-ignored ignored-only"]
+fn steady_mode_redb() {
+    steady("redb");
+}
+
+#[test]
+#[ignore = "chaos short profile (about 20-40 s each): scripts/test.sh runs it with --run-ignored ignored-only"]
+fn steady_mode_postgres() {
+    steady("postgres");
+}
