@@ -187,8 +187,8 @@ struct RunArgs {
     #[arg(long, value_parser = parse_duration)]
     settle_timeout: Option<Duration>,
     /// Steady mode: validate instances as they settle and remove finished ones older than
-    /// this from the store (`60s`; `0s` keeps everything and validates at the end). The
-    /// soak profile uses one minute.
+    /// this from the store (`30s`; `0s` keeps everything and validates at the end). The
+    /// soak profile uses 30 s.
     #[arg(long, value_parser = parse_duration)]
     retention: Option<Duration>,
     /// Largest growth of memory, descriptors and tasks from the one-minute figure to the

@@ -7,11 +7,13 @@
 //! | `stress` | 60 s | 64 in flight, 3 engines × 16 workers | heavier faults |
 //! | `soak` | 10 min (use `--duration` for more) | as `default`, in steady mode | as `default`, a restart every few minutes |
 //!
-//! The soak runs in steady mode ([`Scenario::retention_ms`], one minute): instances are
-//! validated as they settle and finished ones are removed from the store, so the run holds
-//! about a minute of work whatever its length, and its resident memory, open descriptors and
-//! tasks at the end of the fault phase must be within 20 % of their one-minute figures
-//! ([`crate::validate::Limits::max_resource_growth`]).
+//! The soak runs in steady mode ([`Scenario::retention_ms`], 30 s): instances are validated
+//! as they settle and finished ones are removed from the store, so the run holds about 30 s
+//! of finished work whatever its length (reached some 40 s into the run), and its resident
+//! memory, open descriptors and tasks at the end of the fault phase must be within 20 % of
+//! their one-minute figures ([`crate::validate::Limits::max_resource_growth`]). With a
+//! retention of a minute or more, the one-minute figure is taken while the store still
+//! fills up, and the check compares a filling store with a full one.
 
 use crate::backend::{BackendKind, BackendOptions};
 use crate::inject::handler::HandlerFaults;
@@ -84,7 +86,7 @@ pub fn profile(name: &str, backend: BackendKind, seed: u64) -> Option<(Scenario,
         }
         "soak" => {
             sc.duration_ms = 600_000;
-            sc.retention_ms = Some(60_000);
+            sc.retention_ms = Some(30_000);
             sc.limits.max_resource_growth = Some(0.2);
             if pg {
                 bo.pg_restarts = 1_000;
