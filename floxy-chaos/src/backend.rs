@@ -184,7 +184,7 @@ impl Backend {
     #[cfg(feature = "postgres")]
     async fn open_postgres(opts: &BackendOptions, seed: u64) -> Result<Self, ChaosError> {
         use floxy_store_postgres::testing::{self, TestCluster};
-        use floxy_store_postgres::{Layout, PostgresConfig, PostgresStore};
+        use floxy_store_postgres::{Layout, PostgresConfig};
         let mut cleanup = Cleanup::default();
         let mut notes = Vec::new();
         let url = match &opts.pg_url {
@@ -207,7 +207,7 @@ impl Backend {
             .clone()
             .unwrap_or_else(|| format!("chaos_{:x}_{}", seed & 0xffff_ffff, std::process::id()));
         let cfg = PostgresConfig::default().schema(schema.clone());
-        let direct = PostgresStore::connect(&url, cfg.clone()).await?;
+        let direct = steady_store(&url, cfg.clone()).await?;
         direct.migrate(Layout::Plain).await?;
         let mut disruptors: Vec<Arc<dyn Disruptor>> = Vec::new();
         let mut engine_url = url.clone();
@@ -242,7 +242,7 @@ impl Backend {
                 "floxy-pg",
                 faults.clone(),
             ));
-            let proxied = PostgresStore::connect(&engine_url, cfg.clone()).await?;
+            let proxied = steady_store(&engine_url, cfg.clone()).await?;
             engine_store = Some(Arc::new(proxied));
             cleanup.proxy = Some(env);
         }
@@ -465,4 +465,28 @@ mod tests {
             Some("db:5432")
         );
     }
+}
+
+/// A store on a pool that keeps all its [`floxy_store_postgres::DEFAULT_POOL_SIZE`]
+/// connections open (`min_connections` = size), reopening them after a restart or a killed
+/// connection. The process's descriptors and tasks are then steady from the first minute,
+/// so a soak can check them for growth: a pool that fills up on demand — over minutes, with
+/// each burst after a restart — looks like a leak until it is full.
+#[cfg(feature = "postgres")]
+async fn steady_store(
+    url: &str,
+    cfg: floxy_store_postgres::PostgresConfig,
+) -> Result<floxy_store_postgres::PostgresStore, ChaosError> {
+    use floxy_store_postgres::DEFAULT_POOL_SIZE;
+    let opts: sqlx::postgres::PgConnectOptions = url
+        .parse()
+        .map_err(|e| ChaosError::Setup(format!("bad PostgreSQL URL: {e}")))?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(DEFAULT_POOL_SIZE)
+        .min_connections(DEFAULT_POOL_SIZE)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .map_err(|e| ChaosError::Setup(format!("connecting to PostgreSQL: {e}")))?;
+    Ok(floxy_store_postgres::PostgresStore::with_config(pool, cfg)?)
 }
