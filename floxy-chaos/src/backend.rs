@@ -450,23 +450,6 @@ impl Disruptor for PgRestarter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_of_urls() {
-        assert_eq!(
-            host_port("postgres://postgres@127.0.0.1:5433/postgres").as_deref(),
-            Some("127.0.0.1:5433")
-        );
-        assert_eq!(
-            host_port("postgres://u:p@db/x?sslmode=disable").as_deref(),
-            Some("db:5432")
-        );
-    }
-}
-
 /// A store on a pool that keeps all its [`floxy_store_postgres::DEFAULT_POOL_SIZE`]
 /// connections open (`min_connections` = size), reopening them after a restart or a killed
 /// connection. The process's descriptors and tasks are then steady from the first minute,
@@ -489,4 +472,21 @@ async fn steady_store(
         .await
         .map_err(|e| ChaosError::Setup(format!("connecting to PostgreSQL: {e}")))?;
     Ok(floxy_store_postgres::PostgresStore::with_config(pool, cfg)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_of_urls() {
+        assert_eq!(
+            host_port("postgres://postgres@127.0.0.1:5433/postgres").as_deref(),
+            Some("127.0.0.1:5433")
+        );
+        assert_eq!(
+            host_port("postgres://u:p@db/x?sslmode=disable").as_deref(),
+            Some("db:5432")
+        );
+    }
 }
