@@ -116,6 +116,10 @@ struct Cleanup {
     redb: Option<floxy_store_redb::RedbStore>,
     #[cfg(feature = "postgres")]
     cluster: Option<floxy_store_postgres::testing::TestCluster>,
+    /// The stores' pools, closed before the proxy and the server go away (see
+    /// [`steady_store`]).
+    #[cfg(feature = "postgres")]
+    pools: Vec<sqlx::PgPool>,
 }
 
 /// A unique temp path.
@@ -208,6 +212,7 @@ impl Backend {
             .unwrap_or_else(|| format!("chaos_{:x}_{}", seed & 0xffff_ffff, std::process::id()));
         let cfg = PostgresConfig::default().schema(schema.clone());
         let direct = steady_store(&url, cfg.clone()).await?;
+        cleanup.pools.push(direct.pool().clone());
         direct.migrate(Layout::Plain).await?;
         let mut disruptors: Vec<Arc<dyn Disruptor>> = Vec::new();
         let mut engine_url = url.clone();
@@ -243,6 +248,7 @@ impl Backend {
                 faults.clone(),
             ));
             let proxied = steady_store(&engine_url, cfg.clone()).await?;
+            cleanup.pools.push(proxied.pool().clone());
             engine_store = Some(Arc::new(proxied));
             cleanup.proxy = Some(env);
         }
@@ -287,6 +293,20 @@ impl Backend {
         drop(disruptors);
         drop(engine_store);
         drop(store);
+        // Closed, not just dropped: a pool that keeps `min_connections` reopens connections
+        // from tasks that hold it alive, and those would retry against a stopped server
+        // for minutes (tasks alive after the run).
+        #[cfg(feature = "postgres")]
+        for pool in cleanup.pools.drain(..) {
+            // Waits for connections still checked out; a task that never returns one is
+            // reported by the task-leak check, not waited for here.
+            if tokio::time::timeout(std::time::Duration::from_secs(10), pool.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("closing a PostgreSQL pool took more than 10 s");
+            }
+        }
         #[cfg(feature = "redb")]
         if let Some(r) = cleanup.redb.take()
             && let Err(e) = r.close().await
@@ -452,7 +472,8 @@ impl Disruptor for PgRestarter {
 
 /// A store on a pool that keeps all its [`floxy_store_postgres::DEFAULT_POOL_SIZE`]
 /// connections open (`min_connections` = size), reopening them after a restart or a killed
-/// connection. The process's descriptors and tasks are then steady from the first minute,
+/// connection; [`Backend::close`] must close the pool (sqlx's reopening tasks keep a
+/// dropped pool alive). The process's descriptors and tasks are then steady from the first minute,
 /// so a soak can check them for growth: a pool that fills up on demand — over minutes, with
 /// each burst after a restart — looks like a leak until it is full.
 #[cfg(feature = "postgres")]
