@@ -70,7 +70,10 @@ struct Entry<T> {
     lost: T,
 }
 
-/// The held leases, and when the heartbeat loop means to wake up next.
+/// The held leases, when the heartbeat loop means to wake up next, and the cancel requests
+/// that wait for a lease: all under one lock, so that a request and a registration on the
+/// same key never miss each other (a request that finds no lease is remembered before the
+/// registration looks, or the registration's lease is in the map before the request looks).
 struct Leases<T> {
     map: HashMap<u64, Entry<T>>,
     /// The earliest beat the heartbeat loop waits for (`i64::MAX`: none). A lease registered
@@ -78,6 +81,9 @@ struct Leases<T> {
     /// beat scans every lease, so it is done when the loop wakes, not at every registration
     /// (a scan per registration is quadratic in the handlers running at once).
     wake_at: Timestamp,
+    /// Cancel requests that found no local lease, with their time (see
+    /// [`PENDING_CANCEL_MS`]).
+    pending_cancels: VecDeque<(QueueKey, Timestamp)>,
 }
 
 impl<T> Default for Leases<T> {
@@ -85,6 +91,7 @@ impl<T> Default for Leases<T> {
         Self {
             map: HashMap::new(),
             wake_at: Timestamp(i64::MAX),
+            pending_cancels: VecDeque::new(),
         }
     }
 }
@@ -96,9 +103,6 @@ pub struct LeaseTable<W = Notify, T = CancellationToken> {
     next_id: AtomicU64,
     /// Woken by a lease due before the loop's scheduled beat (see [`Leases::wake_at`]).
     pub changed: W,
-    /// Cancel requests that found no local lease, with their time (see
-    /// [`PENDING_CANCEL_MS`]).
-    pending_cancels: Mutex<VecDeque<(QueueKey, Timestamp)>>,
 }
 
 impl<W: Default, T> Default for LeaseTable<W, T> {
@@ -107,7 +111,6 @@ impl<W: Default, T> Default for LeaseTable<W, T> {
             entries: Mutex::default(),
             next_id: AtomicU64::new(0),
             changed: W::default(),
-            pending_cancels: Mutex::default(),
         }
     }
 }
@@ -142,12 +145,13 @@ impl<W: Wake, T: Token> LeaseTable<W, T> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let period_ms = (ttl_ms / 3).max(MIN_HEARTBEAT_PERIOD_MS);
         let lost = T::default();
-        // A cancel requested while this claim was in flight: honour it now.
-        {
-            let mut pending = self.pending_cancels.lock();
+        let due_sooner = {
+            let mut leases = self.entries.lock();
+            // A cancel requested while this claim was in flight: honour it now (under the
+            // lock that inserts the lease, see `Leases`).
             let mut honoured = false;
             // Consumes the requests for `key` and forgets every expired one.
-            pending.retain(|(k, at)| {
+            leases.pending_cancels.retain(|(k, at)| {
                 let fresh = now.since(*at) <= PENDING_CANCEL_MS;
                 if *k == key {
                     honoured |= fresh;
@@ -158,16 +162,13 @@ impl<W: Wake, T: Token> LeaseTable<W, T> {
             if honoured {
                 cancel.cancel();
             }
-        }
-        let entry = Entry {
-            lease: LeaseRef { key, token },
-            period_ms,
-            next_beat: now.add_ms(period_ms),
-            cancel: cancel.clone(),
-            lost: lost.clone(),
-        };
-        let due_sooner = {
-            let mut leases = self.entries.lock();
+            let entry = Entry {
+                lease: LeaseRef { key, token },
+                period_ms,
+                next_beat: now.add_ms(period_ms),
+                cancel: cancel.clone(),
+                lost: lost.clone(),
+            };
             let next_beat = entry.next_beat;
             leases.map.insert(id, entry);
             let sooner = next_beat < leases.wake_at;
@@ -192,15 +193,17 @@ impl<W: Wake, T: Token> LeaseTable<W, T> {
     /// on `key`, remembers the request for a lease registered within [`PENDING_CANCEL_MS`]
     /// (a claim of it may be in flight).
     pub fn request_cancel(&self, key: &QueueKey, now: Timestamp) {
+        // One lock for the scan and the remembering (see `Leases`).
+        let mut leases = self.entries.lock();
         let mut found = false;
-        for e in self.entries.lock().map.values() {
+        for e in leases.map.values() {
             if &e.lease.key == key {
                 e.cancel.cancel();
                 found = true;
             }
         }
         if !found {
-            let mut pending = self.pending_cancels.lock();
+            let pending = &mut leases.pending_cancels;
             while pending.len() >= MAX_PENDING_CANCELS {
                 pending.pop_front();
             }
@@ -210,7 +213,7 @@ impl<W: Wake, T: Token> LeaseTable<W, T> {
 
     /// How many cancel requests wait for a lease (see [`PENDING_CANCEL_MS`]).
     pub fn pending_cancels(&self) -> usize {
-        self.pending_cancels.lock().len()
+        self.entries.lock().pending_cancels.len()
     }
 
     /// Moves every scheduled beat by `delta_ms`: the engine's clock just moved by that much
@@ -369,7 +372,7 @@ mod tests {
         // A request for a held lease fires it and is not remembered.
         table.request_cancel(&key(1), t0.add_ms(5));
         assert!(g3.cancel.is_cancelled());
-        assert!(table.pending_cancels.lock().is_empty());
+        assert_eq!(table.pending_cancels(), 0);
     }
 
     /// Whether the heartbeat loop was woken since the last call (consumes the wake-up).
@@ -419,10 +422,10 @@ mod tests {
         for n in 0..(MAX_PENDING_CANCELS as u128 + 10) {
             table.request_cancel(&key(n), Timestamp(0));
         }
-        let pending = table.pending_cancels.lock();
-        assert_eq!(pending.len(), MAX_PENDING_CANCELS);
+        assert_eq!(table.pending_cancels(), MAX_PENDING_CANCELS);
+        let leases = table.entries.lock();
         assert_eq!(
-            pending.front().map(|(k, _)| k.clone()),
+            leases.pending_cancels.front().map(|(k, _)| k.clone()),
             Some(key(10)),
             "oldest forgotten"
         );
