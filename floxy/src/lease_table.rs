@@ -211,7 +211,8 @@ impl<W: Wake, T: Token> LeaseTable<W, T> {
         }
     }
 
-    /// How many cancel requests wait for a lease (see [`PENDING_CANCEL_MS`]).
+    /// How many cancel requests wait for a lease (see [`PENDING_CANCEL_MS`]); for the tests.
+    #[cfg(any(test, floxy_loom))]
     pub fn pending_cancels(&self) -> usize {
         self.entries.lock().pending_cancels.len()
     }
