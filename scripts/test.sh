@@ -69,5 +69,13 @@ step "loom model of the memory store's claim path"
 RUSTFLAGS="--cfg floxy_loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p floxy-store-memory --test loom_claim --release
 
+step "loom model of the runtime's lease table (registration, cancels, heartbeat wake-ups and answers)"
+RUSTFLAGS="--cfg floxy_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p floxy --test loom_leases --release
+
+step "loom model of the redb writer's hand-over (batches between the preparing and the committing thread)"
+RUSTFLAGS="--cfg floxy_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p floxy-store-redb --test loom_writer --release
+
 echo
 echo "all tests passed"

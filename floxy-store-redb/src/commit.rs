@@ -7,6 +7,7 @@
 //! the next batch. It is the only code that opens write transactions on the file.
 
 use crate::Durability;
+use crate::handover::{Commit, Committing};
 use crate::layout::redb_err;
 use crate::ops::Ops;
 use crate::slot::DbSlot;
@@ -15,7 +16,7 @@ use floxy_core::store::StoreError;
 use parking_lot::Mutex;
 use redb::Database;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 /// A batch ready to commit.
@@ -26,14 +27,6 @@ pub(crate) struct Prepared {
     pub(crate) deliveries: Vec<Delivery>,
     /// What the store publishes once this batch is committed.
     pub(crate) published: Published,
-}
-
-/// A message to the committing thread.
-pub(crate) enum ToCommit {
-    /// Commit this batch, then report its outcome.
-    Batch(Box<Prepared>),
-    /// Make relaxed commits durable and stop (the thread then drops its database handle).
-    Close,
 }
 
 /// The committing thread's state.
@@ -52,61 +45,18 @@ pub(crate) struct Committer {
     /// Time spent applying and committing, and of that, in redb's commit.
     pub(crate) busy: Duration,
     pub(crate) committing: Duration,
+    /// Woken after each commit (through the preparing thread's request channel, which this
+    /// does not keep open): the next batch may go.
+    pub(crate) wake: tokio::sync::mpsc::WeakSender<Request>,
 }
 
 impl Committer {
-    /// The thread's loop: one write transaction per batch, its outcome (the commit error, if
-    /// any) sent back on `outcomes` after the replies were handed to the notifier, and the
-    /// preparing thread woken through its request channel (`wake` does not keep that
-    /// channel open). Returns the error of the final flush (relaxed mode), for
-    /// [`crate::RedbStore::close`].
-    pub(crate) fn run(
-        mut self,
-        rx: &Receiver<ToCommit>,
-        outcomes: &Sender<Option<StoreError>>,
-        wake: &tokio::sync::mpsc::WeakSender<Request>,
-    ) -> Result<(), StoreError> {
-        loop {
-            // In relaxed mode, commits left unsynced are synced after their interval even
-            // when no further request comes.
-            let msg = match self.flush_wait() {
-                None => match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                },
-                Some(wait) => match rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = self.flush() {
-                            tracing::error!(error = %e, "floxy-store-redb: relaxed flush failed");
-                            // Try again after another interval.
-                            self.last_flush = Instant::now();
-                        }
-                        continue;
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            match msg {
-                ToCommit::Batch(batch) => {
-                    let (deliveries, err) = self.commit(*batch);
-                    // The preparing thread learns the outcome before any caller does: a
-                    // request sent after its caller saw this batch fail is then never
-                    // prepared on top of it (see `Writer::run`).
-                    let gone = outcomes.send(err.clone()).is_err();
-                    self.answer(deliveries, err);
-                    if gone {
-                        break;
-                    }
-                    // A full channel needs no wake-up: the writer polls the outcome after
-                    // every request it takes.
-                    if let Some(tx) = wake.upgrade() {
-                        let _ = tx.try_send(Request::Wake);
-                    }
-                }
-                ToCommit::Close => break,
-            }
-        }
+    /// The thread's loop ([`Committing::run`]): one write transaction per batch, its
+    /// outcome reported to the preparing thread before its replies go to the notifier, until
+    /// the preparing thread closes the hand-over; then relaxed commits are made durable.
+    /// Returns the error of that final flush, for [`crate::RedbStore::close`].
+    pub(crate) fn run(mut self, pipe: &Committing<Box<Prepared>>) -> Result<(), StoreError> {
+        pipe.run(&mut self);
         if self.unflushed {
             self.flush()?;
         }
@@ -114,7 +64,7 @@ impl Committer {
     }
 
     /// Applies and commits one batch; returns its replies and its commit error.
-    fn commit(&mut self, batch: Prepared) -> (Vec<Delivery>, Option<StoreError>) {
+    fn commit_batch(&mut self, batch: Prepared) -> (Vec<Delivery>, Option<StoreError>) {
         let Prepared {
             mut ops,
             deliveries,
@@ -152,7 +102,7 @@ impl Committer {
     }
 
     /// Hands a batch's replies to the notifier thread.
-    fn answer(&self, deliveries: Vec<Delivery>, err: Option<StoreError>) {
+    fn send_replies(&self, deliveries: Vec<Delivery>, err: Option<StoreError>) {
         if let Err(std::sync::mpsc::SendError((deliveries, err))) =
             self.notifier.send((deliveries, err))
         {
@@ -247,6 +197,42 @@ impl Committer {
                     redb::Durability::None
                 }
             }
+        }
+    }
+}
+
+/// The committing thread's side of the hand-over ([`crate::handover`]).
+impl Commit for Committer {
+    type Sealed = Box<Prepared>;
+    type Replies = Vec<Delivery>;
+
+    /// In relaxed mode, commits left unsynced are synced after their interval even when no
+    /// further request comes.
+    fn idle_wait(&self) -> Option<Duration> {
+        self.flush_wait()
+    }
+
+    fn idle(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "floxy-store-redb: relaxed flush failed");
+            // Try again after another interval.
+            self.last_flush = Instant::now();
+        }
+    }
+
+    fn commit(&mut self, batch: Box<Prepared>) -> (Vec<Delivery>, Option<StoreError>) {
+        self.commit_batch(*batch)
+    }
+
+    fn answer(&mut self, replies: Vec<Delivery>, err: Option<StoreError>) {
+        self.send_replies(replies, err);
+    }
+
+    fn committed(&mut self) {
+        // A full channel needs no wake-up: the writer polls the outcome after every request
+        // it takes.
+        if let Some(tx) = self.wake.upgrade() {
+            let _ = tx.try_send(Request::Wake);
         }
     }
 }

@@ -236,8 +236,12 @@
 mod cache;
 mod commit;
 mod fast_hash;
+// `pub` items for the loom model (`tests/loom_writer.rs`), public only under
+// `--cfg floxy_loom` (below).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+#[cfg_attr(not(floxy_loom), allow(unreachable_pub))]
+mod handover;
 mod index;
 mod layout;
 mod open;
@@ -245,6 +249,7 @@ mod ops;
 mod read;
 mod row;
 mod slot;
+mod sync;
 mod writer;
 
 pub use layout::FORMAT_VERSION;
@@ -271,6 +276,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 pub use writer::WriterStats;
+/// The writer's hand-over protocol, for the loom model only (`tests/loom_writer.rs`); not a
+/// stable API.
+#[cfg(floxy_loom)]
+#[doc(hidden)]
+pub mod loom_model {
+    pub use crate::handover::{Commit, Committing, HandOver, Prepare, ToCommit, channel};
+}
 use writer::{Published, Request, UpdateFailure, Writer};
 
 /// Largest number of requests applied in one write transaction (one group commit).
@@ -454,7 +466,7 @@ impl RedbStore {
         let slot = Arc::new(DbSlot::new(db));
         let published = Arc::new(Mutex::new(Published::default()));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
-        let w = Writer::new(
+        let (w, pipe) = Writer::new(
             slot.clone(),
             reopen,
             options,
@@ -468,7 +480,7 @@ impl RedbStore {
         })?;
         std::thread::Builder::new()
             .name("floxy-redb-writer".to_owned())
-            .spawn(move || w.run(rx))
+            .spawn(move || w.run(pipe, rx))
             .map_err(|e| OpenError::Other {
                 path: path.clone(),
                 reason: format!("cannot start the writer thread: {e}"),

@@ -138,8 +138,13 @@ mod error;
 mod failpoints;
 mod handler;
 mod heartbeat;
+// `pub` items for the loom model (`tests/loom_leases.rs`), public only under
+// `--cfg floxy_loom` (below).
+#[cfg_attr(not(floxy_loom), allow(unreachable_pub))]
+mod lease_table;
 pub mod metrics;
 mod subscribe;
+mod sync;
 mod wait;
 mod waiters;
 mod worker;
@@ -160,6 +165,14 @@ pub use engine::{Engine, MAX_TIMELINE_EVENTS, StartOptions};
 pub use error::EngineError;
 pub use handler::{CompensationInfo, FnHandler, Handler, HandlerError, StepContext};
 pub use heartbeat::MIN_HEARTBEAT_PERIOD_MS;
+/// The lease table, for the loom model only (`tests/loom_leases.rs`); not a stable API.
+#[cfg(floxy_loom)]
+#[doc(hidden)]
+pub mod loom_model {
+    pub use crate::lease_table::{
+        LeaseGuard, LeaseTable, MAX_PENDING_CANCELS, PENDING_CANCEL_MS, Token, Wake,
+    };
+}
 pub use subscribe::{CommittedEvent, EventSubscription, SUBSCRIPTION_CAPACITY, SubscriptionError};
 pub use wait::{Settled, settled};
 pub use worker::{ABANDON_GRACE_MS, MIN_IDLE_SLEEP_MS, ShutdownReport};

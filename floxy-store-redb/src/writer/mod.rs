@@ -29,10 +29,11 @@
 //!   tried again, see [`REOPEN_RETRY`]). A failure while preparing (an encoding error, a read error)
 //!   fails the rest of the batch the same way.
 //!
-//! This module holds the pipeline (batches, hand-over, outcomes, reload); what a request
-//! does is in [`transition`] (definitions, creates, updates and their checks), [`lease`]
-//! (claims, heartbeats), [`retention`] (cleanup) and [`overlay`] (the reads a batch may make
-//! and the step rows it writes).
+//! This module holds the pipeline (batches, outcomes, reload; the hand-over protocol itself,
+//! which the loom model drives, is in [`crate::handover`]); what a request does is in
+//! [`transition`] (definitions, creates, updates and their checks), [`lease`] (claims,
+//! heartbeats), [`retention`] (cleanup) and [`overlay`] (the reads a batch may make and the
+//! step rows it writes).
 
 mod lease;
 mod overlay;
@@ -40,8 +41,9 @@ mod retention;
 mod transition;
 
 use crate::cache::{Cached, SnapshotCache};
-use crate::commit::{Committer, Prepared, ToCommit};
+use crate::commit::{Committer, Prepared};
 use crate::fast_hash::FastSet;
+use crate::handover::{self, HandOver, Prepare};
 use crate::index::QueueIndex;
 use crate::layout::{
     self, Counters, DEFINITIONS, DLQ, DLQ_BY_INSTANCE, IDEMPOTENCY, INSTANCES, LIVE, META,
@@ -355,7 +357,8 @@ pub(crate) fn load_state(db: &Database) -> Result<State, StoreError> {
 }
 
 /// Reads of the last committed transaction (see the module docs for when they are valid).
-/// Its read transaction is dropped as soon as a later batch commits (see [`Writer::settle`]).
+/// Its read transaction is dropped as soon as a later batch commits (see the writer's
+/// [`Prepare::settle`]).
 struct View {
     slot: Arc<DbSlot>,
     rtx: Option<ReadTransaction>,
@@ -380,7 +383,7 @@ impl View {
 
 /// What a batch wrote that the overlays track, to unpin once it is committed.
 #[derive(Debug, Default)]
-struct Touched {
+pub(crate) struct Touched {
     instances: Vec<InstanceId>,
     idempotency: Vec<(String, String)>,
     dlq: Vec<u64>,
@@ -390,7 +393,7 @@ struct Touched {
 type RowKey = (InstanceId, Arc<str>);
 
 /// The batch being prepared.
-struct Batch {
+pub(crate) struct Batch {
     seq: u64,
     ops: Ops,
     /// Step rows the request being prepared changed, written once each when it is done.
@@ -405,6 +408,10 @@ struct Batch {
     failed_under: Option<StoreError>,
     requests: u64,
 }
+
+/// The preparing thread's end of the hand-over: sealed batches, and what a committing batch
+/// touched (unpinned once it is committed).
+pub(crate) type Pipe = HandOver<Box<Prepared>, (u64, Touched)>;
 
 /// The preparing thread's state.
 pub(crate) struct Writer {
@@ -424,8 +431,6 @@ pub(crate) struct Writer {
     last_seq: u64,
     /// The last batch known committed.
     committed_seq: u64,
-    /// The batch being committed and what it touched.
-    in_flight: Option<(u64, Touched)>,
     stats: WriterStats,
     /// The size of the last batch handed over (see [`Ops::with_capacity`]).
     ops_size: (usize, usize),
@@ -444,8 +449,6 @@ pub(crate) struct Writer {
     spare_ops: std::sync::mpsc::Receiver<Ops>,
     /// Lists of replies the notifier has sent, empty, for the next batches (see [`notify`]).
     spare_deliveries: std::sync::mpsc::Receiver<Vec<Delivery>>,
-    to_commit: std::sync::mpsc::Sender<ToCommit>,
-    outcomes: std::sync::mpsc::Receiver<Option<StoreError>>,
     committer: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     /// For the replies of batches that never reach the committing thread.
     notifier: std::sync::mpsc::Sender<(Vec<Delivery>, Option<StoreError>)>,
@@ -461,8 +464,8 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// A writer over `db` with the state loaded at open; starts the notifier and the
-    /// committing thread.
+    /// A writer over `db` with the state loaded at open, and its end of the hand-over;
+    /// starts the notifier and the committing thread.
     pub(crate) fn new(
         slot: Arc<DbSlot>,
         reopen: Reopen,
@@ -470,14 +473,13 @@ impl Writer {
         (counters, index, live): State,
         published: Arc<Mutex<Published>>,
         wake: mpsc::WeakSender<Request>,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<(Self, Pipe)> {
         let (notifier, notify_rx) = std::sync::mpsc::channel();
         let (spare_lists, spare_deliveries) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("floxy-redb-notify".to_owned())
             .spawn(move || notify(&notify_rx, &spare_lists))?;
-        let (to_commit, commit_rx) = std::sync::mpsc::channel();
-        let (outcome_tx, outcomes) = std::sync::mpsc::channel();
+        let (pipe, committing) = handover::channel();
         let (spare, spare_ops) = std::sync::mpsc::channel();
         let committer = Committer {
             slot: slot.clone(),
@@ -489,10 +491,11 @@ impl Writer {
             spare,
             busy: Duration::ZERO,
             committing: Duration::ZERO,
+            wake,
         };
         let handle = std::thread::Builder::new()
             .name("floxy-redb-commit".to_owned())
-            .spawn(move || committer.run(&commit_rx, &outcome_tx, &wake))?;
+            .spawn(move || committer.run(&committing))?;
         let w = Self {
             view: View {
                 slot,
@@ -508,7 +511,6 @@ impl Writer {
             dlq_overlay: HashMap::new(),
             last_seq: 0,
             committed_seq: 0,
-            in_flight: None,
             stats: WriterStats::default(),
             ops_size: (0, 0),
             last_requests: 0,
@@ -517,8 +519,6 @@ impl Writer {
             claim_buf: Vec::new(),
             spare_ops,
             spare_deliveries,
-            to_commit,
-            outcomes,
             committer: Some(handle),
             notifier,
             published,
@@ -527,7 +527,7 @@ impl Writer {
             reopen,
         };
         *w.published.lock() = w.to_publish();
-        Ok(w)
+        Ok((w, pipe))
     }
 
     fn to_publish(&self) -> Published {
@@ -548,15 +548,15 @@ impl Writer {
     /// a batch commits, it keeps preparing the requests that arrive into the next batch and
     /// hands that over as soon as the committing thread reports (a [`Request::Wake`]), so a
     /// request waits for at most one commit before its own.
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    pub(crate) fn run(mut self, mut pipe: Pipe, mut rx: mpsc::Receiver<Request>) {
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         let mut batch = self.begin();
         loop {
-            let msg = if batch.requests > 0 && self.in_flight.is_none() {
+            let msg = if batch.requests > 0 && !pipe.committing() {
                 match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        batch = self.hand_over(batch);
+                        batch = self.hand_over(&mut pipe, batch);
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -574,30 +574,30 @@ impl Writer {
                 req if req.runs_alone() => {
                     // Commit what came before, wait for it, then this request on its own.
                     if batch.requests > 0 {
-                        batch = self.hand_over(batch);
+                        batch = self.hand_over(&mut pipe, batch);
                     }
-                    self.settle_in_flight();
-                    self.prepare(&mut batch, req);
-                    batch = self.hand_over(batch);
+                    pipe.settle_in_flight(&mut self);
+                    self.prepare(&mut batch, req, false);
+                    batch = self.hand_over(&mut pipe, batch);
                 }
                 req => {
                     // Settle the committing batch first if its outcome is in: the committing
                     // thread reports it here before it answers that batch's callers, so a
                     // request sent after a caller saw the batch fail is not prepared on top
                     // of it (and failed with it).
-                    batch = self.hand_over_if_settled(batch);
+                    batch = self.hand_over_if_settled(&mut pipe, batch);
                     if batch.requests >= MAX_GROUP_COMMIT as u64
-                        || (self.in_flight.is_none() && batch.requests >= IDLE_HAND_OVER)
+                        || (!pipe.committing() && batch.requests >= IDLE_HAND_OVER)
                     {
-                        batch = self.hand_over(batch);
+                        batch = self.hand_over(&mut pipe, batch);
                     }
-                    self.prepare(&mut batch, req);
+                    self.prepare(&mut batch, req, pipe.committing());
                 }
             }
-            batch = self.hand_over_if_settled(batch);
+            batch = self.hand_over_if_settled(&mut pipe, batch);
         }
         if batch.requests > 0 {
-            self.finish(batch);
+            self.finish(&mut pipe, batch);
         }
         // Refuse what is still queued, wait for the last commit, stop the committing thread
         // (it makes relaxed commits durable), release the file.
@@ -607,8 +607,7 @@ impl Writer {
                 d.send(None);
             }
         }
-        self.settle_in_flight();
-        let _ = self.to_commit.send(ToCommit::Close);
+        pipe.close(&mut self);
         let flushed = match self.committer.take().map(std::thread::JoinHandle::join) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(StoreError::Backend(
@@ -627,8 +626,8 @@ impl Writer {
     }
 
     /// [`Writer::finish`], then a new batch.
-    fn hand_over(&mut self, batch: Batch) -> Batch {
-        self.finish(batch);
+    fn hand_over(&mut self, pipe: &mut Pipe, batch: Batch) -> Batch {
+        self.finish(pipe, batch);
         self.begin()
     }
 
@@ -662,10 +661,10 @@ impl Writer {
         }
     }
 
-    /// Prepares one request into `batch`.
-    fn prepare(&mut self, batch: &mut Batch, req: Request) {
+    /// Prepares one request into `batch` (`committing`: whether a batch is committing).
+    fn prepare(&mut self, batch: &mut Batch, req: Request, committing: bool) {
         if batch.requests == 0
-            && self.in_flight.is_none()
+            && !committing
             && self.recover_at.is_some_and(|t| Instant::now() >= t)
         {
             // The database is down after an I/O error: try to reopen it (an empty batch
@@ -698,84 +697,20 @@ impl Writer {
 
     /// If the committing batch's outcome is in, settles it and hands `batch` (prepared on top
     /// of it) over, failed with it if it failed; returns the batch to go on with.
-    fn hand_over_if_settled(&mut self, mut batch: Batch) -> Batch {
-        if self.in_flight.is_some()
-            && let Poll::Ready(outcome) = self.poll_in_flight()
+    fn hand_over_if_settled(&mut self, pipe: &mut Pipe, mut batch: Batch) -> Batch {
+        if pipe.committing()
+            && let Poll::Ready(outcome) = pipe.poll_in_flight(self)
             && batch.requests > 0
         {
             batch.failed_under = outcome;
-            return self.hand_over(batch);
+            return self.hand_over(pipe, batch);
         }
         batch
     }
 
-    /// Waits for the committing batch, if any, and settles it. Returns its commit error.
-    fn settle_in_flight(&mut self) -> Option<StoreError> {
-        self.in_flight.as_ref()?;
-        let err = match self.outcomes.recv() {
-            Ok(err) => err,
-            Err(_) => Some(StoreError::Backend(
-                "the redb committing thread stopped".to_owned(),
-            )),
-        };
-        self.settle(err)
-    }
-
-    /// Settles the committing batch if its outcome is in: `Ready(commit error)`, or `Pending`
-    /// while it is still committing.
-    fn poll_in_flight(&mut self) -> Poll<Option<StoreError>> {
-        let err = match self.outcomes.try_recv() {
-            Ok(err) => err,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return Poll::Pending,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(StoreError::Backend(
-                "the redb committing thread stopped".to_owned(),
-            )),
-        };
-        Poll::Ready(self.settle(err))
-    }
-
-    /// The committing batch's outcome: on success its pins are released; on failure the
-    /// in-memory state is rebuilt. Returns the commit error.
-    fn settle(&mut self, err: Option<StoreError>) -> Option<StoreError> {
-        let (seq, touched) = self.in_flight.take()?;
-        match &err {
-            None => {
-                self.committed_seq = seq;
-                // The read snapshot is stale now: release it at once rather than at the next
-                // read, which may be many commits away (a run of completions reads nothing).
-                // While a snapshot lives, redb cannot free the pages later commits replace, so
-                // they stay in its write buffer until it overflows and writes them out one
-                // `pwrite` each: with the snapshot of the last create kept through a run of
-                // completions, 16 workers made 23 600 `pwrite`s instead of 5 500 and durable
-                // completions ran at 37.1 k/s against 47.7 k/s (medians of 5 alternating runs).
-                self.view.rtx = None;
-                let mut instances = touched.instances;
-                for id in instances.drain(..) {
-                    self.cache.unpin(id, seq);
-                }
-                self.spare_touched = instances;
-                for k in touched.idempotency {
-                    if self.idem_overlay.get(&k).is_some_and(|(s, _)| *s == seq) {
-                        self.idem_overlay.remove(&k);
-                    }
-                }
-                for d in touched.dlq {
-                    if self.dlq_overlay.get(&d).is_some_and(|(s, _)| *s == seq) {
-                        self.dlq_overlay.remove(&d);
-                    }
-                }
-            }
-            Some(e) => {
-                tracing::error!(error = %e, "floxy-store-redb: write transaction failed");
-                self.reload(Some(e));
-            }
-        }
-        err
-    }
-
     /// Hands `batch` to the committing thread once the batch before it is committed (or
-    /// fails it, if that one or its own preparation failed).
-    fn finish(&mut self, mut batch: Batch) {
+    /// fails it, if that one or its own preparation failed; see [`HandOver::finish`]).
+    fn finish(&mut self, pipe: &mut Pipe, mut batch: Batch) {
         // Empty after each request (see `write_rows`), or left over by a failed one.
         batch.rows.clear();
         batch.row_set.clear();
@@ -786,51 +721,9 @@ impl Writer {
         self.stats.batches += 1;
         self.stats.requests += batch.requests;
         self.stats.largest_batch = self.stats.largest_batch.max(batch.requests);
-        if batch.fatal.is_none() && self.counters_dirty {
-            match encode("counters", &self.counters) {
-                Ok(bytes) => batch.ops.meta(META_COUNTERS, &bytes),
-                Err(e) => batch.fatal = Some(e),
-            }
-        }
-        self.counters_dirty = false;
         self.stats.busy = self.stats.preparing;
-        // The batch was prepared on top of the committing one: it can go only if that
-        // one is durable.
-        let before = self.settle_in_flight().or(batch.failed_under.take());
-        let err = match (before, batch.fatal.take()) {
-            (Some(e), _) => Some(e),
-            (None, Some(e)) => {
-                // The batch's writes stay unwritten; rebuild what its preparation changed.
-                tracing::error!(error = %e, "floxy-store-redb: batch failed before its commit");
-                self.reload(Some(&e));
-                Some(e)
-            }
-            (None, None) => None,
-        };
-        if let Some(e) = err {
-            let _ = self.notifier.send((batch.deliveries, Some(e)));
-            return;
-        }
-        self.last_seq = batch.seq;
-        self.ops_size = batch.ops.size();
-        self.last_requests = usize::try_from(batch.requests)
-            .unwrap_or(0)
-            .min(MAX_GROUP_COMMIT);
-        let prepared = Prepared {
-            ops: batch.ops,
-            deliveries: batch.deliveries,
-            published: self.to_publish(),
-        };
-        match self.to_commit.send(ToCommit::Batch(Box::new(prepared))) {
-            Ok(()) => self.in_flight = Some((batch.seq, batch.touched)),
-            Err(std::sync::mpsc::SendError(msg)) => {
-                let e = StoreError::Backend("the redb committing thread stopped".to_owned());
-                if let ToCommit::Batch(p) = msg {
-                    let _ = self.notifier.send((p.deliveries, Some(e.clone())));
-                }
-                self.broken = Some(e);
-            }
-        }
+        let failed_under = batch.failed_under.take();
+        pipe.finish(self, batch, failed_under);
     }
 
     /// Rebuilds the in-memory state from the last committed transaction, after reopening
@@ -964,6 +857,89 @@ impl Writer {
             }
             Request::Wake => (None, None),
         }
+    }
+}
+
+/// The writer's side of the hand-over ([`crate::handover`]).
+impl Prepare for Writer {
+    type Batch = Batch;
+    type Sealed = Box<Prepared>;
+    type Tag = (u64, Touched);
+
+    /// The committing batch's outcome: on success its pins are released; on failure the
+    /// in-memory state is rebuilt.
+    fn settle(&mut self, (seq, touched): (u64, Touched), err: Option<&StoreError>) {
+        match err {
+            None => {
+                self.committed_seq = seq;
+                // The read snapshot is stale now: release it at once rather than at the next
+                // read, which may be many commits away (a run of completions reads nothing).
+                // While a snapshot lives, redb cannot free the pages later commits replace, so
+                // they stay in its write buffer until it overflows and writes them out one
+                // `pwrite` each: with the snapshot of the last create kept through a run of
+                // completions, 16 workers made 23 600 `pwrite`s instead of 5 500 and durable
+                // completions ran at 37.1 k/s against 47.7 k/s (medians of 5 alternating runs).
+                self.view.rtx = None;
+                let mut instances = touched.instances;
+                for id in instances.drain(..) {
+                    self.cache.unpin(id, seq);
+                }
+                self.spare_touched = instances;
+                for k in touched.idempotency {
+                    if self.idem_overlay.get(&k).is_some_and(|(s, _)| *s == seq) {
+                        self.idem_overlay.remove(&k);
+                    }
+                }
+                for d in touched.dlq {
+                    if self.dlq_overlay.get(&d).is_some_and(|(s, _)| *s == seq) {
+                        self.dlq_overlay.remove(&d);
+                    }
+                }
+            }
+            Some(e) => {
+                tracing::error!(error = %e, "floxy-store-redb: write transaction failed");
+                self.reload(Some(e));
+            }
+        }
+    }
+
+    fn seal(
+        &mut self,
+        mut batch: Batch,
+    ) -> Result<(Box<Prepared>, (u64, Touched)), (Batch, StoreError)> {
+        if batch.fatal.is_none() && self.counters_dirty {
+            match encode("counters", &self.counters) {
+                Ok(bytes) => batch.ops.meta(META_COUNTERS, &bytes),
+                Err(e) => batch.fatal = Some(e),
+            }
+        }
+        self.counters_dirty = false;
+        if let Some(e) = batch.fatal.take() {
+            // The batch's writes stay unwritten; rebuild what its preparation changed.
+            tracing::error!(error = %e, "floxy-store-redb: batch failed before its commit");
+            self.reload(Some(&e));
+            return Err((batch, e));
+        }
+        self.last_seq = batch.seq;
+        self.ops_size = batch.ops.size();
+        self.last_requests = usize::try_from(batch.requests)
+            .unwrap_or(0)
+            .min(MAX_GROUP_COMMIT);
+        let prepared = Prepared {
+            ops: batch.ops,
+            deliveries: batch.deliveries,
+            published: self.to_publish(),
+        };
+        Ok((Box::new(prepared), (batch.seq, batch.touched)))
+    }
+
+    fn fail(&mut self, batch: Batch, e: StoreError) {
+        let _ = self.notifier.send((batch.deliveries, Some(e)));
+    }
+
+    fn fail_sealed(&mut self, batch: Box<Prepared>, e: StoreError) {
+        let _ = self.notifier.send((batch.deliveries, Some(e.clone())));
+        self.broken = Some(e);
     }
 }
 
