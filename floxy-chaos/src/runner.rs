@@ -283,6 +283,9 @@ struct Shared {
     tally: Mutex<Tally>,
     /// Instances removed from the store by the steady mode's cleanup.
     cleaned: AtomicU64,
+    /// Start of the watcher's last pass that read every instance in flight: an instance
+    /// that was terminal before it has been seen settling (ms of the run's clock).
+    watched_through: AtomicI64,
     /// Resource samples.
     resources: Mutex<Resources>,
     settled: Mutex<Stats>,
@@ -522,6 +525,7 @@ impl Run {
             to_validate: Mutex::new(VecDeque::new()),
             tally: Mutex::new(Tally::default()),
             cleaned: AtomicU64::new(0),
+            watched_through: AtomicI64::new(start_ms.as_millis()),
             resources: Mutex::new(Resources::default()),
             settled: Mutex::new(Stats::default()),
             violations: Mutex::new(Vec::new()),
@@ -878,6 +882,8 @@ impl Shared {
             if self.clock.now() >= deadline {
                 return;
             }
+            let pass_start = self.clock.now();
+            let mut read_all = true;
             for chunk in ids.chunks(32) {
                 let loads = futures::future::join_all(chunk.iter().map(|id| {
                     tokio::time::timeout(
@@ -898,9 +904,11 @@ impl Shared {
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "watcher read failed");
+                            read_all = false;
                             continue;
                         }
                         Err(_) => {
+                            read_all = false;
                             self.violate(Violation::new(
                                 "hung_call",
                                 format!("Store::load_instance({id}) did not return within {CALL_TIMEOUT_MS} ms"),
@@ -922,6 +930,10 @@ impl Shared {
                     }
                     self.watch_one(*id, &snap.instance, fault_phase);
                 }
+            }
+            if read_all {
+                self.watched_through
+                    .store(pass_start.as_millis(), Ordering::SeqCst);
             }
             tokio::select! {
                 biased;
@@ -1268,15 +1280,18 @@ impl Shared {
             }
             if now >= next_cleanup {
                 next_cleanup = now.add_ms(CLEANUP_EVERY_MS);
-                // Never an instance still to validate: stay a margin (for clocks of other
-                // processes writing `updated_at`) before the oldest of them.
+                // Never an instance still to validate, nor one that may have ended unseen
+                // (the watcher could not read it: a database restart): stay a margin (for
+                // clocks of the processes writing `updated_at`) before the oldest instance
+                // still to validate and before the watcher's last complete pass.
+                let margin = |t: i64| Timestamp(t.saturating_sub(10_000));
                 let mut older_than = Timestamp(
                     now.as_millis()
                         .saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX)),
                 );
+                older_than = older_than.min(margin(self.watched_through.load(Ordering::SeqCst)));
                 if let Some(&(oldest, _)) = self.to_validate.lock().front() {
-                    older_than =
-                        older_than.min(Timestamp(oldest.as_millis().saturating_sub(10_000)));
+                    older_than = older_than.min(margin(oldest.as_millis()));
                 }
                 match tokio::time::timeout(
                     Duration::from_millis(CALL_TIMEOUT_MS),
