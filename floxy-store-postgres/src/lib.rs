@@ -567,7 +567,13 @@ impl PostgresStore {
             migrator
                 .run(&mut conn)
                 .await
-                .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))
+                .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+            // The store's functions, replaced by every migrate so that they match this
+            // version of the store (existing schemas get them on their next migrate).
+            conn.execute(&*self.inner.q.create_claim)
+                .await
+                .map_err(|e| StoreError::Backend(format!("creating floxy_claim: {e}")))?;
+            Ok(())
         }
         .await;
         let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
@@ -764,20 +770,15 @@ impl Store for PostgresStore {
             }
             let handlers: Vec<&str> = req.handlers.iter().map(|h| &**h).collect();
             let now = req.now;
-            let mut tx = self
-                .pool()
-                .begin_with(self.q().begin_claim.clone())
-                .await
-                .map_err(map_sqlx)?;
+            // One autocommit statement: one round trip (see `queries::CLAIM_FUNCTION`).
             let rows = sqlx::query(&self.q().claim)
                 .bind(&handlers)
                 .bind(now.as_millis())
                 .bind(limit_i64(limit))
                 .bind(&*req.owner)
-                .fetch_all(&mut *tx)
+                .fetch_all(self.pool())
                 .await
-                .map_err(map_sqlx)?;
-            tx.commit().await.map_err(map_sqlx)?;
+                .map_err(error::map_claim)?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 let item = codec::queue_item(row, 0)?;

@@ -309,3 +309,99 @@ async fn silent_connection_fails_at_the_call_deadline() {
         t0.elapsed()
     );
 }
+
+/// A claim is one round trip: one autocommit statement (the `floxy_claim` call), without a
+/// `BEGIN`, `SET LOCAL` or `COMMIT` around it. Counted with `pg_stat_statements` (which
+/// records every statement the server runs, utility statements included) on a cluster of
+/// its own, so no other test's statements are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_is_one_statement() {
+    use floxy_core::store::ClaimRequest;
+    use floxy_store_postgres::testing::{STATEMENT_STATS, TestCluster};
+    use sqlx::Row;
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start_with(STATEMENT_STATS).unwrap();
+    let url = cluster.url("postgres");
+    let admin = pool(&url, 1).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&admin)
+        .await
+        .unwrap();
+    // No NOTIFY: it is sent after a commit, in the background, and would be counted.
+    let store = PostgresStore::with_config(
+        pool(&url, 4).await.unwrap(),
+        PostgresConfig::default().schema("one_trip").notify(false),
+    )
+    .unwrap();
+    store.migrate(Layout::Plain).await.unwrap();
+    for n in 1..=3 {
+        store
+            .create_instance(start(iid(n), at(0), &[("a", "h")]))
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_stat_statements_reset()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let req = |limit| ClaimRequest {
+        owner: Arc::from("w"),
+        handlers: vec![Arc::from("h")],
+        limit,
+        now: at(1),
+    };
+    assert_eq!(store.claim(&req(1)).await.unwrap().len(), 1);
+    assert_eq!(store.claim(&req(5)).await.unwrap().len(), 2);
+    assert!(store.claim(&req(5)).await.unwrap().is_empty());
+    let rows = sqlx::query(
+        "SELECT query, calls FROM pg_stat_statements \
+         WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY calls DESC",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let seen: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "three claims ran other statements than the claim itself: {seen:#?}"
+    );
+    assert!(seen[0].0.contains("floxy_claim"), "{seen:#?}");
+    assert_eq!(seen[0].1, 3, "one statement per claim: {seen:#?}");
+}
+
+/// A schema migrated by a store without the claim function (simulated by dropping it)
+/// fails claims with a non-retryable error that says to migrate, and the next migrate
+/// brings the function back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_without_the_function_asks_for_a_migrate() {
+    use floxy_core::store::ClaimRequest;
+    use std::sync::Arc;
+
+    let store = test_store(Layout::Plain).await;
+    store
+        .create_instance(start(iid(1), at(0), &[("a", "h")]))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "DROP FUNCTION \"{}\".floxy_claim(text[], bigint, bigint, text)",
+        store.schema()
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let req = ClaimRequest {
+        owner: Arc::from("w"),
+        handlers: vec![Arc::from("h")],
+        limit: 1,
+        now: at(1),
+    };
+    let err = store.claim(&req).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("migrate")) && !err.is_retryable(),
+        "{err}"
+    );
+    store.migrate(Layout::Plain).await.unwrap();
+    assert_eq!(store.claim(&req).await.unwrap().len(), 1);
+}
