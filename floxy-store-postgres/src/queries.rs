@@ -7,7 +7,9 @@
 use crate::codec::{DLQ_COLS, EVENT_COLS, INSTANCE_COLS, QUEUE_COLS, STEP_COLS};
 use crate::commit::sql as c;
 
-/// Opens every transaction of the store's hot paths (claim, heartbeat, group commit).
+/// Opens the transactions of the store's hot paths that span several statements (heartbeat,
+/// group commit); the claim is one autocommit statement with the same settings as the
+/// `SET` clauses of its function ([`CLAIM_FUNCTION`]).
 ///
 /// Their statements look rows up by key, in batches (`UNNEST($1)` joined with a table, or
 /// `= ANY`). The planner knows nothing of an `UNNEST` parameter and sizes tables from
@@ -231,11 +233,26 @@ SELECT 'q', CASE WHEN lease_token IS NULL THEN 'ready' ELSE 'leased' END, count(
 UNION ALL
 SELECT 'd', 'dlq', count(*) FROM {s}.workflow_dlq";
 
-/// Retention, phase 1: old terminal instances (one pass over the terminal index).
+/// Retention, phase 1: one slice of at most `$2` instances created before the cutoff `$1`,
+/// after the cursor `($3, $4)` in `(created_at, id)` order (a range of the index
+/// `workflow_instances_created_idx`, whose column never changes, so completions stay HOT
+/// updates); answers the old terminal instances of the slice, the slice's size and its last
+/// key (the next cursor). An instance last updated before the cutoff was created before it.
 const CLEANUP_COLLECT: &str = "\
-SELECT id FROM {s}.workflow_instances
- WHERE status IN ('completed', 'failed', 'cancelled', 'aborted') AND updated_at < $1
- LIMIT $2";
+WITH slice AS (
+    SELECT id, created_at, status, updated_at FROM {s}.workflow_instances
+     WHERE created_at < $1 AND (created_at, id) > ($3::int8, $4::uuid)
+     ORDER BY created_at, id
+     LIMIT $2
+)
+SELECT coalesce((SELECT array_agg(id) FROM slice
+                  WHERE status IN ('completed', 'failed', 'cancelled', 'aborted')
+                    AND updated_at < $1), '{}'::uuid[]),
+       (SELECT count(*) FROM slice),
+       l.created_at, l.id
+  FROM (SELECT 1) one
+  LEFT JOIN (SELECT created_at, id FROM slice ORDER BY created_at DESC, id DESC LIMIT 1) l
+    ON true";
 
 /// Retention, phase 2: one chunk of those (locked, skipping busy ones, re-checked) and all
 /// their rows.

@@ -405,3 +405,45 @@ async fn claim_without_the_function_asks_for_a_migrate() {
     store.migrate(Layout::Plain).await.unwrap();
     assert_eq!(store.claim(&req).await.unwrap().len(), 1);
 }
+
+/// Retention walks the instances created before the cutoff in slices of `CLEANUP_SCAN`
+/// (`created_at`, then id): old terminal instances created after more than a slice of old
+/// live ones are still found and removed in one call, and the live ones are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_walks_past_slices_of_live_instances() {
+    use floxy_core::model::Timestamp;
+    use floxy_store_postgres::CLEANUP_SCAN;
+
+    let store = test_store(Layout::Plain).await;
+    let live = i64::try_from(CLEANUP_SCAN).unwrap() + 5_000;
+    let terminal = 3_000_i64;
+    sqlx::query(&format!(
+        "INSERT INTO \"{}\".workflow_instances (id, workflow_id, status, input, created_at, \
+             updated_at, version, completion_seq, rollback_depth, branches) \
+         SELECT gen_random_uuid(), 'w-v1', \
+                CASE WHEN g <= $1 THEN 'running' ELSE 'completed' END, '{{}}', g, g, 1, 0, 0, \
+                '[]' \
+           FROM generate_series(1, $1 + $2) g",
+        store.schema()
+    ))
+    .bind(live)
+    .bind(terminal)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "ANALYZE \"{}\".workflow_instances",
+        store.schema()
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let removed = store.cleanup(Timestamp(live + terminal + 1)).await.unwrap();
+    assert_eq!(removed, u64::try_from(terminal).unwrap());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        stats.instances_by_status,
+        vec![("running".to_owned(), u64::try_from(live).unwrap())]
+    );
+    assert_eq!(store.cleanup(Timestamp(i64::MAX)).await.unwrap(), 0);
+}
