@@ -258,16 +258,15 @@ async fn measure(url: &str, steps: u64, workers: usize, batch: usize) -> RowWork
 pub(crate) async fn run(quick: bool, report: &mut Report) {
     let steps: u64 = if quick { 2_000 } else { 10_000 };
     let (workers, batch) = (4, 100);
-    let (cluster, url) = match std::env::var(TEST_DATABASE_URL_ENV) {
-        Ok(u) => (None, u),
-        Err(_) => {
-            let c = tokio::task::spawn_blocking(|| TestCluster::start_with(STATEMENT_STATS))
-                .await
-                .unwrap()
-                .unwrap();
-            let u = c.url("postgres");
-            (Some(c), u)
-        }
+    let (cluster, url) = if let Ok(u) = std::env::var(TEST_DATABASE_URL_ENV) {
+        (None, u)
+    } else {
+        let c = tokio::task::spawn_blocking(|| TestCluster::start_with(STATEMENT_STATS))
+            .await
+            .unwrap()
+            .unwrap();
+        let u = c.url("postgres");
+        (Some(c), u)
     };
     let w = measure(&url, steps, workers, batch).await;
     drop(cluster);
