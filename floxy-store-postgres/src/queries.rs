@@ -93,10 +93,13 @@ pub(crate) struct Queries {
 /// `docs/perf-notes.md`). PL/pgSQL keeps the statement's plan per connection as a prepared
 /// statement would (custom plans first, then the generic plan if it is no worse).
 ///
-/// No idle-in-transaction deadline is needed: the transaction of an autocommit statement
-/// begins and ends with it on the server, it can never sit idle waiting for the client, so
-/// a client cut off mid-claim leaves no row locked (the server rolls the statement back
-/// when it cannot send the result, or commits it and the leases expire).
+/// No idle-in-transaction deadline is needed: the implicit transaction of an autocommit
+/// statement ends with the statement (sqlx sends its `Sync` with it), so it can never sit
+/// idle waiting for a client that was cut off; the claim's leases then expire like those of
+/// a worker that died.
+///
+/// `CREATE OR REPLACE` cannot change a function's result columns: a version of the store
+/// that changes them must `DROP FUNCTION` the old one first.
 ///
 /// What it returns is the statement's snapshot of the step run, from before the claim's own
 /// update (every part of one statement sees the same snapshot, so the final `SELECT` does not

@@ -447,3 +447,55 @@ async fn cleanup_walks_past_slices_of_live_instances() {
     );
     assert_eq!(store.cleanup(Timestamp(i64::MAX)).await.unwrap(), 0);
 }
+
+/// Transitions update the instance row in place (HOT, no index entries written), the one
+/// that makes it terminal included: no index of `workflow_instances` reads a column the hot
+/// path changes (the first schema's terminal index had a predicate on `status`). One
+/// connection, so the committer's statistics can be flushed from it and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_updates_are_hot_up_to_the_terminal_one() {
+    let base = test_store(Layout::Plain).await;
+    let store = PostgresStore::with_config(
+        pool(&database_url(), 1).await.unwrap(),
+        PostgresConfig::default()
+            .schema(base.schema())
+            .notify(false),
+    )
+    .unwrap();
+    store
+        .create_instance(start(iid(1), at(0), &[("a", "h")]))
+        .await
+        .unwrap();
+    store
+        .update_instance(iid(1), Box::new(|s| Ok(next(s, at(1)))))
+        .await
+        .unwrap();
+    store
+        .update_instance(
+            iid(1),
+            Box::new(|s| {
+                let mut t = next(s, at(2));
+                t.instance.status = InstanceStatus::Completed;
+                Ok(t)
+            }),
+        )
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (upd, hot): (i64, i64) = sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+         WHERE schemaname = $1 AND relname = 'workflow_instances'",
+    )
+    .bind(store.schema())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((upd, hot), (2, 2), "updates, of which HOT");
+    assert_eq!(
+        store.get_instance(iid(1)).await.unwrap().unwrap().status,
+        InstanceStatus::Completed
+    );
+}
