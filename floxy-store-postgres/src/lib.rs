@@ -160,7 +160,10 @@
 //! schema was): every transition writes `updated_at` and the last one `status`, and with no
 //! indexed column changing, PostgreSQL updates the row in place (a HOT update, no index
 //! writes), including the terminal one. Unchanged JSON columns (instance and step inputs,
-//! fork branches) are not even sent: `coalesce($new, stored)` keeps them.
+//! fork branches) are not even sent: `coalesce($new, stored)` keeps them. New pages of
+//! `workflow_instances` (and, in the plain layout, `workflow_steps`) are filled to 50 %, so
+//! that a group commit finishing the instances of one page finds room for their new
+//! versions there.
 //!
 //! # Replication and failover
 //!
