@@ -82,3 +82,25 @@ pub(crate) fn out_of_range(what: &str) -> StoreError {
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
+
+/// SQLSTATE of a call of a function that does not exist.
+const SQLSTATE_UNDEFINED_FUNCTION: &str = "42883";
+
+/// [`map_sqlx`] for the claim, which calls the schema's `floxy_claim` function: a schema
+/// migrated by an older version of the store has none, and the error says how to get it
+/// ([`StoreError::Backend`], not retryable: nothing changes until someone migrates).
+#[allow(clippy::needless_pass_by_value)] // by value to fit `.map_err(map_claim)`
+pub(crate) fn map_claim(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some(SQLSTATE_UNDEFINED_FUNCTION)
+        && db.message().contains("floxy_claim")
+    {
+        return StoreError::Backend(format!(
+            "{} (SQLSTATE {SQLSTATE_UNDEFINED_FUNCTION}): the schema was migrated by an older \
+             version of floxy-store-postgres; run PostgresStore::migrate (`floxyctl migrate`) \
+             to add the claim function",
+            db.message()
+        ));
+    }
+    map_sqlx(e)
+}

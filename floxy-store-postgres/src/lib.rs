@@ -67,7 +67,15 @@
 //!
 //! # The claim query
 //!
-//! One statement (so one round trip and one implicit transaction) per claim:
+//! One statement (so one round trip and one implicit transaction) per claim: `SELECT * FROM
+//! <schema>.floxy_claim(handlers, now, limit, owner)`, a PL/pgSQL function that
+//! [`PostgresStore::migrate`] creates or replaces (a schema migrated by an older version
+//! gets it on its next migrate; until then claims fail with a [`StoreError::Backend`] that
+//! says so). Its planner settings (`enable_seqscan = off`, `enable_mergejoin = off`: key
+//! lookups, see `docs/perf-notes.md`) are the function's `SET` clauses, so no `BEGIN` /
+//! `SET LOCAL` / `COMMIT` is sent, and an autocommit statement can never be left idle in a
+//! transaction holding row locks (the other hot-path transactions need
+//! `idle_in_transaction_session_timeout` for that). What the function does:
 //!
 //! 1. for each requested handler (`unnest($handlers)`, i.e. `handler = ANY`), the first
 //!    `limit` unleased items with `run_at <= now` in `(order_key, instance, step, kind)`
@@ -85,7 +93,10 @@
 //!    `step_started` event is inserted;
 //! 4. the items come back with their step runs; an item without a step run raises
 //!    `FX001` from `floxy_corrupt()`, which rolls the whole statement back
-//!    ([`StoreError::Corrupt`]).
+//!    ([`StoreError::Corrupt`]). The step run is the statement's snapshot, from before its
+//!    own update in 3 (all parts of one statement see one snapshot); the store applies
+//!    that update to it in Rust (`floxy_core::checks::start_run`, same condition), so the
+//!    worker gets the run as stored without a second read.
 //!
 //! `order_key = run_at - priority * aging_ms_per_point` is priority-with-aging order, so
 //! the index serves it directly. Heartbeats extend all of a worker's leases in one statement.
@@ -135,16 +146,24 @@
 //!    **only if no row in it belongs to an instance that is kept** (non-terminal, `dlq`, or
 //!    terminal but updated at or after the cutoff); partitions holding a live instance's
 //!    rows stay, however old;
-//! 2. terminal instances last updated before the cutoff are found in one pass over the
-//!    partial index of terminal instances (up to [`CLEANUP_SCAN`] per pass) and deleted with
-//!    all their rows (steps, events, queue, DLQ, decisions), in chunks of [`CLEANUP_CHUNK`]
-//!    instances per transaction, each re-checked under `FOR UPDATE SKIP LOCKED` (instances
-//!    locked by a concurrent commit are left for the next call).
+//! 2. terminal instances last updated before the cutoff are found by walking the instances
+//!    created before the cutoff (an instance updated before it was created before it) in
+//!    `(created_at, id)` order through the index `workflow_instances_created_idx`, in
+//!    slices of [`CLEANUP_SCAN`] (at most [`MAX_CLEANUP_PASSES`] per call), and deleted
+//!    with all their rows (steps, events, queue, DLQ, decisions), in chunks of
+//!    [`CLEANUP_CHUNK`] instances per transaction, each re-checked under `FOR UPDATE SKIP
+//!    LOCKED` (instances locked by a concurrent commit are left for the next call). A call
+//!    reads every instance created before the cutoff once, the kept ones included.
 //!
-//! The instance table deliberately has no index on `updated_at` or `status` alone: every
-//! transition writes `updated_at`, and with no indexed column changing, PostgreSQL updates
-//! the row in place (a HOT update, no index writes). Unchanged JSON columns (instance and
-//! step inputs, fork branches) are not even sent: `coalesce($new, stored)` keeps them.
+//! The instance table deliberately has no index on `updated_at` or `status` (not even a
+//! partial index whose predicate reads `status`, which the terminal index of the first
+//! schema was): every transition writes `updated_at` and the last one `status`, and with no
+//! indexed column changing, PostgreSQL updates the row in place (a HOT update, no index
+//! writes), including the terminal one. Unchanged JSON columns (instance and step inputs,
+//! fork branches) are not even sent: `coalesce($new, stored)` keeps them. New pages of
+//! `workflow_instances` (and, in the plain layout, `workflow_steps`) are filled to 50 %, so
+//! that a group commit finishing the instances of one page finds room for their new
+//! versions there.
 //!
 //! # Replication and failover
 //!
@@ -567,7 +586,13 @@ impl PostgresStore {
             migrator
                 .run(&mut conn)
                 .await
-                .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))
+                .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+            // The store's functions, replaced by every migrate so that they match this
+            // version of the store (existing schemas get them on their next migrate).
+            conn.execute(&*self.inner.q.create_claim)
+                .await
+                .map_err(|e| StoreError::Backend(format!("creating floxy_claim: {e}")))?;
+            Ok(())
         }
         .await;
         let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
@@ -764,20 +789,15 @@ impl Store for PostgresStore {
             }
             let handlers: Vec<&str> = req.handlers.iter().map(|h| &**h).collect();
             let now = req.now;
-            let mut tx = self
-                .pool()
-                .begin_with(self.q().begin_claim.clone())
-                .await
-                .map_err(map_sqlx)?;
+            // One autocommit statement: one round trip (see `queries::CLAIM_FUNCTION`).
             let rows = sqlx::query(&self.q().claim)
                 .bind(&handlers)
                 .bind(now.as_millis())
                 .bind(limit_i64(limit))
                 .bind(&*req.owner)
-                .fetch_all(&mut *tx)
+                .fetch_all(self.pool())
                 .await
-                .map_err(map_sqlx)?;
-            tx.commit().await.map_err(map_sqlx)?;
+                .map_err(error::map_claim)?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 let item = codec::queue_item(row, 0)?;

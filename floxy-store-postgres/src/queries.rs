@@ -7,7 +7,9 @@
 use crate::codec::{DLQ_COLS, EVENT_COLS, INSTANCE_COLS, QUEUE_COLS, STEP_COLS};
 use crate::commit::sql as c;
 
-/// Opens every transaction of the store's hot paths (claim, heartbeat, group commit).
+/// Opens the transactions of the store's hot paths that span several statements (heartbeat,
+/// group commit); the claim is one autocommit statement with the same settings as the
+/// `SET` clauses of its function ([`CLAIM_FUNCTION`]).
 ///
 /// Their statements look rows up by key, in batches (`UNNEST($1)` joined with a table, or
 /// `= ANY`). The planner knows nothing of an `UNNEST` parameter and sizes tables from
@@ -29,18 +31,10 @@ use crate::commit::sql as c;
 const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
-/// [`BEGIN_KEYED`] for the claim, which keeps hash joins: it joins the rows it picked with
-/// their own TID scan (`ctid = ANY(…)`), where a nested loop would compare every picked row
-/// with every other (quadratic in the batch size; see `docs/perf-notes.md`).
-const BEGIN_CLAIM: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_mergejoin = off";
-
 /// Resolved SQL text.
 pub(crate) struct Queries {
     /// [`BEGIN_KEYED`] with the idle-in-transaction deadline.
     pub(crate) begin_keyed: String,
-    /// [`BEGIN_CLAIM`] with the idle-in-transaction deadline.
-    pub(crate) begin_claim: String,
     pub(crate) lock_instances: String,
     pub(crate) batch_steps: String,
     pub(crate) batch_dlq: String,
@@ -61,6 +55,9 @@ pub(crate) struct Queries {
     pub(crate) insert_decisions: String,
     pub(crate) notify: String,
 
+    /// `CREATE OR REPLACE FUNCTION {s}.floxy_claim`: see [`CLAIM_FUNCTION`].
+    pub(crate) create_claim: String,
+    /// The call of [`CLAIM_FUNCTION`].
     pub(crate) claim: String,
     pub(crate) heartbeat: String,
     pub(crate) next_due: String,
@@ -83,7 +80,51 @@ pub(crate) struct Queries {
     pub(crate) layout: String,
 }
 
-const CLAIM: &str = "\
+/// The claim, as a function of the schema (`{s}.floxy_claim(handlers, now, limit, owner)`),
+/// created by [`crate::PostgresStore::migrate`] (`CREATE OR REPLACE`, so every migrate
+/// brings it up to date) and called as one autocommit statement: one round trip, one
+/// implicit transaction.
+///
+/// Its planner settings are the function's own `SET` clauses (in force while it runs, the
+/// session's settings untouched): `enable_seqscan = off` and `enable_mergejoin = off`, as in
+/// [`BEGIN_KEYED`] and for the same reasons, but hash joins stay on: the claim joins the
+/// rows it picked with their own TID scan (`ctid = ANY(…)`), where a nested loop would
+/// compare every picked row with every other (quadratic in the batch size; see
+/// `docs/perf-notes.md`). PL/pgSQL keeps the statement's plan per connection as a prepared
+/// statement would (custom plans first, then the generic plan if it is no worse).
+///
+/// No idle-in-transaction deadline is needed: the implicit transaction of an autocommit
+/// statement ends with the statement (sqlx sends its `Sync` with it), so it can never sit
+/// idle waiting for a client that was cut off; the claim's leases then expire like those of
+/// a worker that died.
+///
+/// `CREATE OR REPLACE` cannot change a function's result columns: a version of the store
+/// that changes them must `DROP FUNCTION` the old one first.
+///
+/// What it returns is the statement's snapshot of the step run, from before the claim's own
+/// update (every part of one statement sees the same snapshot, so the final `SELECT` does not
+/// see what the `st` part wrote); the store applies the same change to it in Rust
+/// (`floxy_core::checks::start_run`, under the same condition as the `st` part), so the
+/// worker gets the run as stored without reading it again.
+const CLAIM_FUNCTION: &str = "\
+CREATE OR REPLACE FUNCTION {s}.floxy_claim(
+    handlers text[], now_ms bigint, max_items bigint, owner text)
+RETURNS TABLE (
+    q_instance_id uuid, q_step text, q_kind text, q_workflow_id text, q_handler text,
+    q_run_at bigint, q_priority smallint, q_order_key bigint, q_attempt integer,
+    q_lease_ttl_ms bigint, q_cancel_requested boolean, q_lease_owner text,
+    q_lease_token bigint, q_lease_expires_at bigint, q_was_leased boolean,
+    r_instance_id uuid, r_step text, r_status text, r_attempts integer,
+    r_compensation_attempts integer, r_input jsonb, r_output jsonb, r_error text,
+    r_completed_seq bigint, r_compensate text, r_cancel_requested boolean, r_decision jsonb,
+    r_created_at bigint, r_started_at bigint, r_finished_at bigint, r_ok boolean)
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off
+SET enable_mergejoin = off
+AS $claim$
+#variable_conflict use_column
+BEGIN
+RETURN QUERY
 WITH h AS (SELECT DISTINCT unnest($1::text[]) AS handler),
 cand AS (
     SELECT x.* FROM h CROSS JOIN LATERAL (
@@ -147,7 +188,12 @@ SELECT u.instance_id, u.step, u.kind, u.workflow_id, u.handler, u.run_at, u.prio
   LEFT JOIN LATERAL (
       SELECT * FROM {s}.workflow_steps r1
        WHERE r1.instance_id = u.instance_id AND r1.step = u.step) r0 ON true
- ORDER BY u.lease_token";
+ ORDER BY u.lease_token;
+END
+$claim$";
+
+/// One claim: a single autocommit statement (see [`CLAIM_FUNCTION`]).
+const CLAIM: &str = "SELECT * FROM {s}.floxy_claim($1::text[], $2::int8, $3::int8, $4::text)";
 
 const HEARTBEAT: &str = "\
 WITH r AS (
@@ -190,11 +236,26 @@ SELECT 'q', CASE WHEN lease_token IS NULL THEN 'ready' ELSE 'leased' END, count(
 UNION ALL
 SELECT 'd', 'dlq', count(*) FROM {s}.workflow_dlq";
 
-/// Retention, phase 1: old terminal instances (one pass over the terminal index).
+/// Retention, phase 1: one slice of at most `$2` instances created before the cutoff `$1`,
+/// after the cursor `($3, $4)` in `(created_at, id)` order (a range of the index
+/// `workflow_instances_created_idx`, whose column never changes, so completions stay HOT
+/// updates); answers the old terminal instances of the slice, the slice's size and its last
+/// key (the next cursor). An instance last updated before the cutoff was created before it.
 const CLEANUP_COLLECT: &str = "\
-SELECT id FROM {s}.workflow_instances
- WHERE status IN ('completed', 'failed', 'cancelled', 'aborted') AND updated_at < $1
- LIMIT $2";
+WITH slice AS (
+    SELECT id, created_at, status, updated_at FROM {s}.workflow_instances
+     WHERE created_at < $1 AND (created_at, id) > ($3::int8, $4::uuid)
+     ORDER BY created_at, id
+     LIMIT $2
+)
+SELECT coalesce((SELECT array_agg(id) FROM slice
+                  WHERE status IN ('completed', 'failed', 'cancelled', 'aborted')
+                    AND updated_at < $1), '{}'::uuid[]),
+       (SELECT count(*) FROM slice),
+       l.created_at, l.id
+  FROM (SELECT 1) one
+  LEFT JOIN (SELECT created_at, id FROM slice ORDER BY created_at DESC, id DESC LIMIT 1) l
+    ON true";
 
 /// Retention, phase 2: one chunk of those (locked, skipping busy ones, re-checked) and all
 /// their rows.
@@ -223,7 +284,6 @@ impl Queries {
         let idle = format!("; SET LOCAL idle_in_transaction_session_timeout = {call_timeout_ms}");
         Self {
             begin_keyed: format!("{BEGIN_KEYED}{idle}"),
-            begin_claim: format!("{BEGIN_CLAIM}{idle}"),
             lock_instances: r(&c::lock_instances()),
             batch_steps: r(&c::batch_steps()),
             batch_dlq: r(&c::batch_dlq()),
@@ -244,6 +304,7 @@ impl Queries {
             insert_decisions: r(c::INSERT_DECISIONS),
             notify: r(c::NOTIFY),
 
+            create_claim: r(CLAIM_FUNCTION),
             claim: r(CLAIM),
             heartbeat: r(HEARTBEAT),
             next_due: r(NEXT_DUE),

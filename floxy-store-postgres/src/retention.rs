@@ -9,7 +9,8 @@ use sqlx::{Executor, Row};
 
 /// Old terminal instances removed per cleanup transaction.
 pub const CLEANUP_CHUNK: usize = 1_000;
-/// Old terminal instances collected per pass of the terminal index.
+/// Instances created before the cutoff read per pass (one slice of the creation-time
+/// index; the old terminal ones among them are removed).
 pub const CLEANUP_SCAN: usize = 100_000;
 /// Upper bound on the passes of one [`floxy_core::store::Store::cleanup`] call (a later call
 /// continues).
@@ -29,14 +30,23 @@ pub(crate) async fn cleanup(
     }
     let scan = i64::try_from(CLEANUP_SCAN).unwrap_or(i64::MAX);
     let mut removed = 0_u64;
+    // The cursor: the last (created_at, id) of the previous slice.
+    let mut after = (i64::MIN, uuid::Uuid::nil());
     for _ in 0..MAX_CLEANUP_PASSES {
-        let victims: Vec<uuid::Uuid> = sqlx::query_scalar(&store.q().cleanup_collect)
+        let row = sqlx::query(&store.q().cleanup_collect)
             .bind(older_than.as_millis())
             .bind(scan)
-            .fetch_all(store.pool())
+            .bind(after.0)
+            .bind(after.1)
+            .fetch_one(store.pool())
             .await
             .map_err(map_sqlx)?;
-        let mut pass = 0_u64;
+        let victims: Vec<uuid::Uuid> = row.try_get(0).map_err(map_sqlx)?;
+        let seen: i64 = row.try_get(1).map_err(map_sqlx)?;
+        let last: (Option<i64>, Option<uuid::Uuid>) = (
+            row.try_get(2).map_err(map_sqlx)?,
+            row.try_get(3).map_err(map_sqlx)?,
+        );
         for chunk in victims.chunks(CLEANUP_CHUNK) {
             let n: i64 = sqlx::query_scalar(&store.q().cleanup)
                 .bind(older_than.as_millis())
@@ -44,12 +54,13 @@ pub(crate) async fn cleanup(
                 .fetch_one(store.pool())
                 .await
                 .map_err(map_sqlx)?;
-            pass += u64::try_from(n).unwrap_or(0);
+            removed += u64::try_from(n).unwrap_or(0);
         }
-        removed += pass;
-        // Done, or only instances busy in a concurrent commit are left (next call).
-        if victims.len() < CLEANUP_SCAN || pass == 0 {
-            break;
+        // Done: the slice reached the end of the range (instances busy in a concurrent
+        // commit were skipped and are left for the next call).
+        match last {
+            (Some(c), Some(id)) if seen >= scan => after = (c, id),
+            _ => break,
         }
     }
     Ok(removed)

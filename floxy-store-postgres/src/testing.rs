@@ -35,6 +35,15 @@ pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub const TEST_POOL_SIZE: u32 = 24;
 /// Attempts at finding a free port for a new cluster.
 const START_ATTEMPTS: u32 = 5;
+/// Server settings that load `pg_stat_statements` (shipped with PostgreSQL's contrib
+/// package), for [`TestCluster::start_with`]: tests and benchmarks that count statements,
+/// rows and WAL per call then `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`.
+/// Statements inside functions are not tracked separately (`pg_stat_statements.track =
+/// top`): a top-level statement's figures include the work of the functions it calls.
+pub const STATEMENT_STATS: &[(&str, &str)] = &[
+    ("shared_preload_libraries", "pg_stat_statements"),
+    ("pg_stat_statements.track", "top"),
+];
 
 /// Why a test cluster could not be provided.
 #[derive(Debug, thiserror::Error)]

@@ -309,3 +309,193 @@ async fn silent_connection_fails_at_the_call_deadline() {
         t0.elapsed()
     );
 }
+
+/// A claim is one round trip: one autocommit statement (the `floxy_claim` call), without a
+/// `BEGIN`, `SET LOCAL` or `COMMIT` around it. Counted with `pg_stat_statements` (which
+/// records every statement the server runs, utility statements included) on a cluster of
+/// its own, so no other test's statements are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_is_one_statement() {
+    use floxy_core::store::ClaimRequest;
+    use floxy_store_postgres::testing::{STATEMENT_STATS, TestCluster};
+    use sqlx::Row;
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start_with(STATEMENT_STATS).unwrap();
+    let url = cluster.url("postgres");
+    let admin = pool(&url, 1).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&admin)
+        .await
+        .unwrap();
+    // No NOTIFY: it is sent after a commit, in the background, and would be counted.
+    let store = PostgresStore::with_config(
+        pool(&url, 4).await.unwrap(),
+        PostgresConfig::default().schema("one_trip").notify(false),
+    )
+    .unwrap();
+    store.migrate(Layout::Plain).await.unwrap();
+    for n in 1..=3 {
+        store
+            .create_instance(start(iid(n), at(0), &[("a", "h")]))
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_stat_statements_reset()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let req = |limit| ClaimRequest {
+        owner: Arc::from("w"),
+        handlers: vec![Arc::from("h")],
+        limit,
+        now: at(1),
+    };
+    assert_eq!(store.claim(&req(1)).await.unwrap().len(), 1);
+    assert_eq!(store.claim(&req(5)).await.unwrap().len(), 2);
+    assert!(store.claim(&req(5)).await.unwrap().is_empty());
+    let rows = sqlx::query(
+        "SELECT query, calls FROM pg_stat_statements \
+         WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY calls DESC",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let seen: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "three claims ran other statements than the claim itself: {seen:#?}"
+    );
+    assert!(seen[0].0.contains("floxy_claim"), "{seen:#?}");
+    assert_eq!(seen[0].1, 3, "one statement per claim: {seen:#?}");
+}
+
+/// A schema migrated by a store without the claim function (simulated by dropping it)
+/// fails claims with a non-retryable error that says to migrate, and the next migrate
+/// brings the function back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_without_the_function_asks_for_a_migrate() {
+    use floxy_core::store::ClaimRequest;
+    use std::sync::Arc;
+
+    let store = test_store(Layout::Plain).await;
+    store
+        .create_instance(start(iid(1), at(0), &[("a", "h")]))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "DROP FUNCTION \"{}\".floxy_claim(text[], bigint, bigint, text)",
+        store.schema()
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let req = ClaimRequest {
+        owner: Arc::from("w"),
+        handlers: vec![Arc::from("h")],
+        limit: 1,
+        now: at(1),
+    };
+    let err = store.claim(&req).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("migrate")) && !err.is_retryable(),
+        "{err}"
+    );
+    store.migrate(Layout::Plain).await.unwrap();
+    assert_eq!(store.claim(&req).await.unwrap().len(), 1);
+}
+
+/// Retention walks the instances created before the cutoff in slices of `CLEANUP_SCAN`
+/// (`created_at`, then id): old terminal instances created after more than a slice of old
+/// live ones are still found and removed in one call, and the live ones are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_walks_past_slices_of_live_instances() {
+    use floxy_core::model::Timestamp;
+    use floxy_store_postgres::CLEANUP_SCAN;
+
+    let store = test_store(Layout::Plain).await;
+    let live = i64::try_from(CLEANUP_SCAN).unwrap() + 5_000;
+    let terminal = 3_000_i64;
+    sqlx::query(&format!(
+        "INSERT INTO \"{}\".workflow_instances (id, workflow_id, status, input, created_at, \
+             updated_at, version, completion_seq, rollback_depth, branches) \
+         SELECT gen_random_uuid(), 'w-v1', \
+                CASE WHEN g <= $1 THEN 'running' ELSE 'completed' END, '{{}}', g, g, 1, 0, 0, \
+                '[]' \
+           FROM generate_series(1, $1 + $2) g",
+        store.schema()
+    ))
+    .bind(live)
+    .bind(terminal)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "ANALYZE \"{}\".workflow_instances",
+        store.schema()
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let removed = store.cleanup(Timestamp(live + terminal + 1)).await.unwrap();
+    assert_eq!(removed, u64::try_from(terminal).unwrap());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        stats.instances_by_status,
+        vec![("running".to_owned(), u64::try_from(live).unwrap())]
+    );
+    assert_eq!(store.cleanup(Timestamp(i64::MAX)).await.unwrap(), 0);
+}
+
+/// Transitions update the instance row in place (HOT, no index entries written), the one
+/// that makes it terminal included: no index of `workflow_instances` reads a column the hot
+/// path changes (the first schema's terminal index had a predicate on `status`). One
+/// connection, so the committer's statistics can be flushed from it and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_updates_are_hot_up_to_the_terminal_one() {
+    let base = test_store(Layout::Plain).await;
+    let store = PostgresStore::with_config(
+        pool(&database_url(), 1).await.unwrap(),
+        PostgresConfig::default()
+            .schema(base.schema())
+            .notify(false),
+    )
+    .unwrap();
+    store
+        .create_instance(start(iid(1), at(0), &[("a", "h")]))
+        .await
+        .unwrap();
+    store
+        .update_instance(iid(1), Box::new(|s| Ok(next(s, at(1)))))
+        .await
+        .unwrap();
+    store
+        .update_instance(
+            iid(1),
+            Box::new(|s| {
+                let mut t = next(s, at(2));
+                t.instance.status = InstanceStatus::Completed;
+                Ok(t)
+            }),
+        )
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (upd, hot): (i64, i64) = sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+         WHERE schemaname = $1 AND relname = 'workflow_instances'",
+    )
+    .bind(store.schema())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((upd, hot), (2, 2), "updates, of which HOT");
+    assert_eq!(
+        store.get_instance(iid(1)).await.unwrap().unwrap().status,
+        InstanceStatus::Completed
+    );
+}

@@ -19,6 +19,9 @@
 //!   (backend `redb`); floxy's claim + complete next to raw pgbench on the same server
 //!   (backend `postgres`);
 //! * `latency`: PostgreSQL claim latency by queue size (backend `postgres`);
+//! * `rows`: PostgreSQL row work per no-op step (statements, rows, WAL, tuples and HOT
+//!   updates per table, from `pg_stat_statements` and `pg_stat_user_tables` on a cluster of
+//!   its own; backend `postgres`);
 //! * `events`: the cost of `Engine::subscribe` on sagas/s, no / stalled / draining
 //!   subscriber (backend `memory`).
 //!
@@ -56,18 +59,20 @@ mod events;
 mod postgres;
 mod raw_redb;
 mod report;
+mod rows;
 mod stores;
 
 use report::Report;
 use std::path::PathBuf;
 
 /// The parts, in the order they run.
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     "claims",
     "completions",
     "sagas",
     "ceilings",
     "latency",
+    "rows",
     "events",
 ];
 
@@ -300,6 +305,9 @@ fn main() {
             && (opts.part("ceilings") || opts.part("latency"))
         {
             postgres::run(&opts, url, &mut report).await;
+        }
+        if pg_url.is_some() && opts.part("rows") {
+            rows::run(opts.quick, &mut report).await;
         }
         if opts.part("events") && opts.backend(Backend::Memory) {
             events::run(opts.quick, &mut report).await;

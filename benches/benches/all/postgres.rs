@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::Opts;
 use crate::report::Report;
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -66,7 +66,7 @@ pub(crate) async fn drop_store(store: &PostgresStore) {
     store.pool().close().await;
 }
 
-async fn store_on(url: &str, schema: &str, pool_size: u32) -> PostgresStore {
+pub(crate) async fn store_on(url: &str, schema: &str, pool_size: u32) -> PostgresStore {
     let store = PostgresStore::with_config(
         pool(url, pool_size).await.unwrap(),
         PostgresConfig::default().schema(schema),
@@ -81,7 +81,7 @@ async fn ready(store: &PostgresStore) -> u64 {
 }
 
 /// Starts `n` one-step instances through the store (group-committed creates).
-async fn prefill(store: &PostgresStore, wf: &Arc<CompiledWorkflow>, n: u64) {
+pub(crate) async fn prefill(store: &PostgresStore, wf: &Arc<CompiledWorkflow>, n: u64) {
     const CHUNK: u64 = 2_000;
     let mut left = n;
     while left > 0 {
