@@ -94,6 +94,9 @@ pub struct Backend {
     pub disruptors: Vec<Arc<dyn Disruptor>>,
     /// Settings worker processes need to reach the same data.
     pub child_args: Vec<String>,
+    /// What the store's connection pools hold now (descriptors, tasks), for the resource
+    /// checks ([`crate::resources::Pooled`]); `None` for stores without pools.
+    pub pooled: Option<crate::resources::Pooled>,
     /// Notes for the report.
     pub notes: Vec<String>,
     cleanup: Cleanup,
@@ -148,6 +151,7 @@ impl Backend {
                 engine_store: None,
                 disruptors: Vec::new(),
                 child_args: Vec::new(),
+                pooled: None,
                 notes: Vec::new(),
                 cleanup: Cleanup::default(),
             }),
@@ -169,6 +173,7 @@ impl Backend {
             engine_store: None,
             disruptors: Vec::new(),
             child_args: vec!["--redb-path".into(), path.display().to_string()],
+            pooled: None,
             notes: Vec::new(),
             cleanup: Cleanup {
                 temp_file: temp.then_some(path),
@@ -268,6 +273,7 @@ impl Backend {
             engine_store,
             disruptors,
             child_args: vec!["--pg-url".into(), engine_url, "--pg-schema".into(), schema],
+            pooled: Some(pooled(cleanup.pools.clone(), opts.network.is_some())),
             notes,
             cleanup,
         })
@@ -468,6 +474,26 @@ impl Disruptor for PgRestarter {
     async fn heal(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// What the pools hold now: one descriptor per connection, and for the engines' pool behind
+/// the in-process proxy (the last one, when `proxied`) two more descriptors (the proxy's two
+/// sockets) and three tasks (its connection and its two pipes) per connection.
+#[cfg(feature = "postgres")]
+fn pooled(pools: Vec<sqlx::PgPool>, proxied: bool) -> crate::resources::Pooled {
+    Arc::new(move || {
+        let mut fds = 0u64;
+        let mut tasks = 0u64;
+        for (i, p) in pools.iter().enumerate() {
+            let n = u64::from(p.size());
+            fds += n;
+            if proxied && i + 1 == pools.len() {
+                fds += 2 * n;
+                tasks += 3 * n;
+            }
+        }
+        (fds, tasks)
+    })
 }
 
 /// A store on a pool that keeps all its [`floxy_store_postgres::DEFAULT_POOL_SIZE`]

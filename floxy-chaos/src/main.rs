@@ -502,6 +502,9 @@ async fn run_cmd(a: RunArgs) -> Result<i32> {
     let mut run = Run::new(sc.clone(), Arc::clone(&backend.store), backend.name.clone())
         .ledger(Arc::clone(&ledger))
         .notes(backend.notes.clone());
+    if let Some(p) = &backend.pooled {
+        run = run.pooled(Arc::clone(p));
+    }
     if let Some(es) = &backend.engine_store {
         run = run.engine_store(Arc::clone(es));
     }

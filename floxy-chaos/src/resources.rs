@@ -12,6 +12,13 @@
 //! "33 % growth"), is a `resource_growth` violation. Medians, not single samples: the task
 //! count follows the handlers running at that instant.
 //!
+//! Descriptors and tasks are compared *net of the store's connection pools*: a PostgreSQL
+//! pool opens connections on demand and loses them to restarts and network faults, so how
+//! many it holds at an instant (up to its capacity) says nothing about a leak. The backend
+//! reports what its pools hold ([`Pooled`]: one descriptor per pooled connection, plus two
+//! descriptors and three tasks per connection through the in-process proxy); everything
+//! else — a proxy connection nobody pools any more, a task that never ends — still counts.
+//!
 //! Memory and descriptors are read from `/proc/self` (Linux); elsewhere they are `None` and
 //! only tasks are compared.
 
@@ -44,18 +51,42 @@ pub struct ResourceSample {
     pub open_fds: Option<u64>,
     /// Alive tokio tasks of the runtime.
     pub tasks: u64,
+    /// Of the descriptors, those held by the store's connection pools at that instant.
+    #[serde(default)]
+    pub pooled_fds: u64,
+    /// Of the tasks, those serving the store's pooled connections at that instant.
+    #[serde(default)]
+    pub pooled_tasks: u64,
 }
 
+/// What the store's connection pools hold now: `(descriptors, tasks)`.
+pub type Pooled = std::sync::Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
 impl ResourceSample {
-    /// Samples this process now, `t_ms` into the run, with `tasks` alive tokio tasks.
+    /// Samples this process now, `t_ms` into the run, with `tasks` alive tokio tasks, of
+    /// which the pools hold `pooled` (descriptors, tasks).
     #[must_use]
-    pub fn now(t_ms: u64, tasks: usize) -> Self {
+    pub fn now(t_ms: u64, tasks: usize, pooled: (u64, u64)) -> Self {
         Self {
             t_ms,
             rss_bytes: rss_bytes(),
             open_fds: open_fds(),
             tasks: tasks as u64,
+            pooled_fds: pooled.0,
+            pooled_tasks: pooled.1,
         }
+    }
+
+    /// Descriptors not held by the pools.
+    #[must_use]
+    pub fn net_fds(&self) -> Option<u64> {
+        self.open_fds.map(|n| n.saturating_sub(self.pooled_fds))
+    }
+
+    /// Tasks not serving pooled connections.
+    #[must_use]
+    pub fn net_tasks(&self) -> u64 {
+        self.tasks.saturating_sub(self.pooled_tasks)
     }
 
     /// One line: `rss 41.2 MiB, 23 fds, 87 tasks`.
@@ -68,7 +99,15 @@ impl ResourceSample {
         let fds = self
             .open_fds
             .map_or_else(|| "? fds".to_owned(), |n| format!("{n} fds"));
-        format!("{rss}, {fds}, {} tasks", self.tasks)
+        let pooled = if self.pooled_fds > 0 || self.pooled_tasks > 0 {
+            format!(
+                " ({} fds and {} tasks of them pooled)",
+                self.pooled_fds, self.pooled_tasks
+            )
+        } else {
+            String::new()
+        };
+        format!("{rss}, {fds}, {} tasks{pooled}", self.tasks)
     }
 }
 
@@ -149,7 +188,26 @@ impl Resources {
             rss_bytes: med(window.iter().filter_map(|s| s.rss_bytes).collect()),
             open_fds: med(window.iter().filter_map(|s| s.open_fds).collect()),
             tasks: med(window.iter().map(|s| s.tasks).collect()).unwrap_or(0),
+            pooled_fds: med(window.iter().map(|s| s.pooled_fds).collect()).unwrap_or(0),
+            pooled_tasks: med(window.iter().map(|s| s.pooled_tasks).collect()).unwrap_or(0),
         })
+    }
+
+    /// Medians of the net descriptors and tasks of the samples in `from..=to` ms.
+    fn net_median(&self, from: u64, to: u64) -> (Option<u64>, Option<u64>) {
+        let window: Vec<&ResourceSample> = self
+            .samples
+            .iter()
+            .filter(|s| (from..=to).contains(&s.t_ms))
+            .collect();
+        let med = |mut v: Vec<u64>| -> Option<u64> {
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        };
+        (
+            med(window.iter().filter_map(|s| s.net_fds()).collect()),
+            med(window.iter().map(|s| s.net_tasks()).collect()),
+        )
     }
 
     /// The `resource_growth` violations of fields whose end figure exceeds the one-minute
@@ -160,6 +218,9 @@ impl Resources {
         let (Some(first), Some(end)) = (self.at_one_minute, self.at_end) else {
             return Vec::new();
         };
+        let (first_fds, first_tasks) =
+            self.net_median(first.t_ms.saturating_sub(WINDOW_MS), first.t_ms);
+        let (end_fds, end_tasks) = self.net_median(end.t_ms.saturating_sub(WINDOW_MS), end.t_ms);
         let mut out = Vec::new();
         let mut check = |what: &str, a: Option<u64>, b: Option<u64>, slack: u64| {
             let (Some(a), Some(b)) = (a, b) else { return };
@@ -182,15 +243,15 @@ impl Resources {
             RSS_SLACK_BYTES,
         );
         check(
-            "open file descriptors",
-            first.open_fds,
-            end.open_fds,
+            "open file descriptors (net of the pools)",
+            first_fds,
+            end_fds,
             FD_SLACK,
         );
         check(
-            "tokio tasks",
-            Some(first.tasks),
-            Some(end.tasks),
+            "tokio tasks (net of the pools)",
+            first_tasks,
+            end_tasks,
             TASK_SLACK,
         );
         out
@@ -207,7 +268,31 @@ mod tests {
             rss_bytes: Some(rss_mib << 20),
             open_fds: Some(fds),
             tasks,
+            pooled_fds: 0,
+            pooled_tasks: 0,
         }
+    }
+
+    #[test]
+    fn a_pool_filling_up_is_not_growth_but_a_leak_beside_it_is() {
+        // A pool of connections through the proxy: 10 at one minute, 40 at the end (3 fds
+        // and 3 tasks each); 20 other descriptors and 15 other tasks throughout.
+        let pool = |t: u64| if t > 90 { 40 } else { 10 };
+        let sample = |t: u64, extra_fds: u64| ResourceSample {
+            pooled_fds: 3 * pool(t),
+            pooled_tasks: 3 * pool(t),
+            ..s(t, 100, 20 + extra_fds + 3 * pool(t), 15 + 3 * pool(t))
+        };
+        let filling: Vec<_> = (0..=120).step_by(5).map(|t| sample(t, 0)).collect();
+        assert!(run(&filling, 120).growth_violations(0.2).is_empty());
+        // The same, and 30 descriptors nobody pools by the end.
+        let leaking: Vec<_> = (0..=120)
+            .step_by(5)
+            .map(|t| sample(t, if t > 90 { 30 } else { 0 }))
+            .collect();
+        let v = run(&leaking, 120).growth_violations(0.2);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.contains("net of the pools"), "{}", v[0].detail);
     }
 
     fn run(samples: &[ResourceSample], fault_phase_s: u64) -> Resources {
@@ -282,7 +367,7 @@ mod tests {
 
     #[test]
     fn this_process_can_be_sampled() {
-        let x = ResourceSample::now(0, 1);
+        let x = ResourceSample::now(0, 1, (0, 0));
         if cfg!(target_os = "linux") {
             assert!(x.rss_bytes.is_some_and(|b| b > 1 << 20), "{x:?}");
             assert!(x.open_fds.is_some_and(|n| n >= 3), "{x:?}");

@@ -20,7 +20,7 @@ use crate::inject::handler::{ChaosArcHandler, HandlerFaults, HandlerInjector};
 use crate::inject::store::{ChaosStore, StoreFaults};
 use crate::ledger::Ledger;
 use crate::report::{Report, Stats, Verdict};
-use crate::resources::{ResourceSample, Resources, SAMPLE_EVERY_MS};
+use crate::resources::{Pooled, ResourceSample, Resources, SAMPLE_EVERY_MS};
 use crate::rng::{ChaosRng, between, chance, mix, rng_for};
 use crate::validate::{InstanceSummary, Limits, Violation, check_instance};
 use crate::workload::{self, Builtin, LedgerHandlers, WorkflowSpec, WorkloadOptions};
@@ -288,6 +288,8 @@ struct Shared {
     watched_through: AtomicI64,
     /// Resource samples.
     resources: Mutex<Resources>,
+    /// What the store's connection pools hold ([`Run::pooled`]).
+    pooled: Option<Pooled>,
     settled: Mutex<Stats>,
     violations: Mutex<Vec<Violation>>,
     notes: Mutex<Vec<String>>,
@@ -311,6 +313,7 @@ pub struct Run {
     ledger: Arc<Ledger>,
     counters: FaultCounters,
     notes: Vec<String>,
+    pooled: Option<Pooled>,
 }
 
 impl std::fmt::Debug for Run {
@@ -343,7 +346,17 @@ impl Run {
             ledger: Arc::new(Ledger::new()),
             counters: FaultCounters::default(),
             notes: Vec::new(),
+            pooled: None,
         }
+    }
+
+    /// Tells the resource sampler what the store's connection pools hold at any instant
+    /// (descriptors, tasks), so that descriptors and tasks are checked for growth net of
+    /// them ([`crate::resources`]).
+    #[must_use]
+    pub fn pooled(mut self, pooled: Pooled) -> Self {
+        self.pooled = Some(pooled);
+        self
     }
 
     /// Counts faults into `counters` (shared with injectors outside the run).
@@ -527,6 +540,7 @@ impl Run {
             cleaned: AtomicU64::new(0),
             watched_through: AtomicI64::new(start_ms.as_millis()),
             resources: Mutex::new(Resources::default()),
+            pooled: self.pooled.clone(),
             settled: Mutex::new(Stats::default()),
             violations: Mutex::new(Vec::new()),
             notes: Mutex::new(self.notes.clone()),
@@ -1036,7 +1050,10 @@ impl Shared {
             let t = self.elapsed_ms();
             if t >= next_resources {
                 next_resources = t + SAMPLE_EVERY_MS;
-                self.resources.lock().push(ResourceSample::now(t, n));
+                let pooled = self.pooled.as_ref().map_or((0, 0), |f| f());
+                self.resources
+                    .lock()
+                    .push(ResourceSample::now(t, n, pooled));
             }
             if n > limit && !flagged {
                 flagged = true;
