@@ -1341,12 +1341,12 @@ impl Shared {
                 out.push((ordinal, s));
             }
         }
-        if self.ledger.totals().after_forget > 0 {
+        let late = self.ledger.totals().after_forget;
+        if late > 0 {
             self.violate(Violation::new(
                 "late_work",
                 format!(
-                    "{} handler calls or effects arrived for instances already validated as settled",
-                    self.ledger.totals().after_forget
+                    "{late} handler calls or effects arrived for instances already validated as settled"
                 ),
             ));
         }

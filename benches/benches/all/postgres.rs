@@ -21,7 +21,7 @@ use floxy::{Builder, Payload};
 use floxy_core::graph::CompiledWorkflow;
 use floxy_core::machine::{self, Input, WorkOutcome};
 use floxy_core::model::{InstanceId, Timestamp};
-use floxy_core::store::{ClaimRequest, Store};
+use floxy_core::store::{ClaimRequest, ClaimedItem, Store, StoreError};
 use floxy_store_postgres::testing::{TEST_DATABASE_URL_ENV, TestCluster, pool};
 use floxy_store_postgres::{Layout, PostgresConfig, PostgresStore};
 use std::sync::Arc;
@@ -137,27 +137,41 @@ async fn worker(
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
-        let commits = claimed.into_iter().map(|c| {
-            let input = Input::WorkDone {
-                key: c.item.key.clone(),
-                token: c.item.lease.as_ref().unwrap().token,
-                attempt: c.item.attempt,
-                outcome: WorkOutcome::Succeeded(Payload::null()),
-            };
-            let wf = Arc::clone(&wf);
-            let t = now();
-            store.update_instance(
-                c.item.key.instance_id,
-                Box::new(move |snap| machine::apply(&wf, snap, &input, t)),
-            )
-        });
-        let ok = futures::future::join_all(commits)
+        let ok = complete_noops(&store, &wf, claimed)
             .await
             .into_iter()
             .flatten()
             .count();
         done.fetch_add(ok as u64, Ordering::Relaxed);
     }
+}
+
+/// Completes every claimed no-op step with success, each in its own `update_instance`
+/// (the group commit batches them), and returns the outcomes.
+pub(crate) async fn complete_noops(
+    store: &PostgresStore,
+    wf: &Arc<CompiledWorkflow>,
+    claimed: Vec<ClaimedItem>,
+) -> Vec<Result<(), StoreError>> {
+    let commits = claimed.into_iter().map(|c| {
+        let input = Input::WorkDone {
+            key: c.item.key.clone(),
+            token: c.item.lease.as_ref().unwrap().token,
+            attempt: c.item.attempt,
+            outcome: WorkOutcome::Succeeded(Payload::null()),
+        };
+        let wf = Arc::clone(wf);
+        let t = now();
+        store.update_instance(
+            c.item.key.instance_id,
+            Box::new(move |snap| machine::apply(&wf, snap, &input, t)),
+        )
+    });
+    futures::future::join_all(commits)
+        .await
+        .into_iter()
+        .map(|r| r.map(drop))
+        .collect()
 }
 
 /// Claim + complete throughput (completions per second).

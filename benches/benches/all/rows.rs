@@ -16,9 +16,8 @@
 //!   the updates were HOT (no index entries written);
 //! * the server's whole WAL (`pg_stat_wal`, including commit records).
 
-use floxy::{Builder, Payload};
+use floxy::Builder;
 use floxy_core::graph::CompiledWorkflow;
-use floxy_core::machine::{self, Input, WorkOutcome};
 use floxy_core::store::{ClaimRequest, Store};
 use floxy_store_postgres::testing::{STATEMENT_STATS, TEST_DATABASE_URL_ENV, TestCluster, pool};
 use floxy_store_postgres::{PostgresConfig, PostgresStore};
@@ -27,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::postgres::{now, prefill, store_on, vacuum};
+use crate::postgres::{complete_noops, now, prefill, store_on, vacuum};
 use crate::report::Report;
 
 const SCHEMA: &str = "bench_rows";
@@ -110,21 +109,7 @@ async fn drain(
                     if claimed.is_empty() {
                         break;
                     }
-                    let commits = claimed.into_iter().map(|c| {
-                        let input = Input::WorkDone {
-                            key: c.item.key.clone(),
-                            token: c.item.lease.as_ref().unwrap().token,
-                            attempt: c.item.attempt,
-                            outcome: WorkOutcome::Succeeded(Payload::null()),
-                        };
-                        let wf = Arc::clone(&wf);
-                        let t = now();
-                        store.update_instance(
-                            c.item.key.instance_id,
-                            Box::new(move |snap| machine::apply(&wf, snap, &input, t)),
-                        )
-                    });
-                    for r in futures::future::join_all(commits).await {
+                    for r in complete_noops(&store, &wf, claimed).await {
                         r.unwrap();
                         done.fetch_add(1, Ordering::Relaxed);
                     }
